@@ -1,0 +1,372 @@
+"""Checkpoint I/O that never executes code from a file.
+
+Two formats are read:
+
+* **Upstream Ultralytics ``.pt``** - a pickled ``models.yolo.Model`` (or ``DetectionModel``).
+  It is unpickled by ``torch.load(weights_only=True)``, torch's restricted unpickler, with an
+  allow-list that maps each upstream class name to an inert :class:`_Stub` (a plain object
+  that only receives attributes). Nothing named in the pickle is imported or called; a pickle
+  that names anything else (``os.system``, ``models.common.CBAM``...) is refused. The model is
+  then rebuilt from the stored ``yaml`` and the tensors are copied over by name.
+* **yolopt's own format** - a ``.safetensors`` file whose header metadata holds a JSON
+  description (architecture yaml, class names, stride, image size, provenance). Tensor shapes
+  in the file define the channel counts, so a pruned model loads back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .yolo import DetectionModel
+
+FORMAT_NAME = "yolopt-model"
+FORMAT_VERSION = 1
+
+# Upstream classes a detection checkpoint may contain, and torch.nn classes used by them.
+_UPSTREAM_CLASSES = [
+    "models.yolo.Model",
+    "models.yolo.DetectionModel",
+    "models.yolo.Detect",
+    "models.common.Conv",
+    "models.common.DWConv",
+    "models.common.Focus",
+    "models.common.Bottleneck",
+    "models.common.BottleneckCSP",
+    "models.common.C3",
+    "models.common.SPP",
+    "models.common.SPPF",
+    "models.common.Concat",
+    "models.experimental.Ensemble",
+]
+_TORCH_NN_CLASSES = [
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.activation.SiLU",
+    "torch.nn.modules.activation.LeakyReLU",
+    "torch.nn.modules.activation.Hardswish",
+    "torch.nn.modules.activation.ReLU",
+    "torch.nn.modules.linear.Identity",
+    "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.upsampling.Upsample",
+]
+
+
+class _Stub:
+    """Inert stand-in for a pickled object: it only collects the attributes it is given."""
+
+    _qualname = "?"
+
+    def __repr__(self):
+        return f"<stub {self._qualname}>"
+
+
+def _stub_globals() -> list[tuple[Any, str]]:
+    out: list[tuple[Any, str]] = []
+    for qualname in _UPSTREAM_CLASSES + _TORCH_NN_CLASSES:
+        cls = type(qualname.rsplit(".", 1)[1], (_Stub,), {"_qualname": qualname})
+        out.append((cls, qualname))
+    # numpy scalars and arrays appear in training metadata (e.g. best_fitness); these
+    # reconstructors only build arrays from bytes.
+    core = getattr(np, "_core", None) or np.core
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out.append((core.multiarray.scalar, f"{mod}.scalar"))
+        out.append((core.multiarray._reconstruct, f"{mod}._reconstruct"))
+    out.append((np.ndarray, "numpy.ndarray"))
+    out.append((np.dtype, "numpy.dtype"))
+    for name in dir(np.dtypes):
+        if name.endswith("DType"):
+            out.append((getattr(np.dtypes, name), f"numpy.dtypes.{name}"))
+    return out
+
+
+def _refusal(path: Path, err: Exception) -> CheckpointError:
+    text = str(err)
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported (?:global|class)[:\s]+([\w.]+)", text)
+    if m:
+        name = m.group(1)
+        if name.startswith("models."):
+            return CheckpointError(f"{path}: checkpoint uses module {name}, which yolopt does not support")
+        return CheckpointError(
+            f"{path}: checkpoint references {name}, which is not allowed in a model file; refusing to load it"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated or not a YOLOv5/yolopt file): {first[:160]}")
+
+
+def _file_kind(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n < 100_000_000:
+            return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
+    return "unknown"
+
+
+# --------------------------------------------------------------------------- upstream .pt
+
+
+def _stub_children(stub) -> dict[str, Any]:
+    return dict(getattr(stub, "_modules", None) or {})
+
+
+def _stub_state_dict(stub, prefix: str = "") -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for key in ("_parameters", "_buffers"):
+        for name, t in (getattr(stub, key, None) or {}).items():
+            if t is not None and name not in getattr(stub, "_non_persistent_buffers_set", set()):
+                sd[prefix + name] = t.detach() if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+    for name, child in _stub_children(stub).items():
+        if child is not None:
+            sd.update(_stub_state_dict(child, f"{prefix}{name}."))
+    return sd
+
+
+def _stub_modules(stub, prefix: str = ""):
+    yield prefix.rstrip("."), stub
+    for name, child in _stub_children(stub).items():
+        if child is not None:
+            yield from _stub_modules(child, f"{prefix}{name}.")
+
+
+def _sync_from_stubs(model: nn.Module, root_stub) -> None:
+    """Copy per-module settings the yaml does not carry (BN eps, activation, upsample mode)."""
+    acts = {"SiLU": nn.SiLU, "ReLU": nn.ReLU, "Hardswish": nn.Hardswish, "Identity": nn.Identity}
+    for name, stub in _stub_modules(root_stub):
+        if not name:
+            continue
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        kind = type(stub).__name__
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = float(getattr(stub, "eps", module.eps))
+            module.momentum = getattr(stub, "momentum", module.momentum)
+        elif isinstance(module, nn.Upsample):
+            module.scale_factor = getattr(stub, "scale_factor", module.scale_factor)
+            module.mode = getattr(stub, "mode", module.mode)
+        elif kind in acts or kind == "LeakyReLU":
+            want = nn.LeakyReLU(stub.negative_slope) if kind == "LeakyReLU" else acts[kind]()
+            if type(module) is not type(want) or kind == "LeakyReLU":
+                parent_name, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, attr, want)
+
+
+def _load_upstream(path: Path) -> tuple[DetectionModel, dict]:
+    try:
+        with torch.serialization.safe_globals(_stub_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one clear line
+        raise _refusal(path, e) from None
+
+    stub = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
+    if not isinstance(stub, _Stub) or not hasattr(stub, "yaml"):
+        if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise CheckpointError(f"{path}: a bare state dict has no architecture; use a full YOLOv5 checkpoint")
+        raise CheckpointError(f"{path}: not a YOLOv5 detection checkpoint (no model with a yaml inside)")
+    if stub._qualname == "models.experimental.Ensemble":
+        raise CheckpointError(f"{path}: model ensembles are not supported; load one member checkpoint")
+
+    cfg = stub.yaml
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: checkpoint yaml is not a mapping")
+    try:
+        model = DetectionModel(cfg, ch=cfg.get("ch", 3), init=False)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    _sync_from_stubs(model, stub)
+
+    sd = {k: v for k, v in _stub_state_dict(stub).items() if not k.endswith("anchor_grid")}
+    _load_weights(model, sd, path)
+    stride = getattr(stub, "stride", None)
+    if stride is not None:
+        model.stride = torch.as_tensor(stride, dtype=torch.float32).clone()
+        model.detect.stride = model.stride.clone()
+    model.names = _names_list(getattr(stub, "names", None), model.nc)
+    info = {
+        "source_format": "ultralytics-yolov5",
+        "date": ckpt.get("date") if isinstance(ckpt, dict) else None,
+        "epoch": ckpt.get("epoch") if isinstance(ckpt, dict) else None,
+    }
+    return model, info
+
+
+def _names_list(names, nc: int) -> list[str]:
+    if isinstance(names, dict):
+        names = [names.get(i, names.get(str(i), str(i))) for i in range(nc)]
+    if not names or len(names) != nc:
+        return [str(i) for i in range(nc)]
+    return [str(n) for n in names]
+
+
+def _reshape_to(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Resize Conv2d / BatchNorm2d modules whose stored weight shape differs (pruned models)."""
+    for name, m in list(model.named_modules()):
+        w = sd.get(f"{name}.weight")
+        if w is None or tuple(w.shape) == tuple(getattr(m, "weight", torch.empty(0)).shape):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(m, nn.Conv2d):
+            groups = m.groups
+            if groups > 1 and groups == m.in_channels == m.out_channels:
+                groups = w.shape[0]  # depth-wise stays depth-wise
+            new = nn.Conv2d(
+                w.shape[1] * groups, w.shape[0], m.kernel_size, m.stride, m.padding, m.dilation, groups,
+                bias=f"{name}.bias" in sd,
+            )
+        elif isinstance(m, nn.BatchNorm2d):
+            new = nn.BatchNorm2d(w.shape[0], eps=m.eps, momentum=m.momentum)
+        else:
+            continue
+        setattr(parent, attr, new)
+
+
+def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    if any(k.endswith(".conv.bias") for k in sd) and not any(".bn." in k for k in sd):
+        model.fuse()  # stored fused
+        own = model.state_dict()
+    if any(k in own and tuple(v.shape) != tuple(own[k].shape) for k, v in sd.items()):
+        _reshape_to(model, sd)
+        own = model.state_dict()
+    missing = sorted(set(own) - set(sd) - {k for k in own if k.endswith("num_batches_tracked")})
+    unexpected = sorted(set(sd) - set(own))
+    bad_shape = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        detail = (
+            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else f"shape {bad_shape[:3]}"
+        )
+        raise CheckpointError(f"{path}: weights do not match the stored architecture ({detail})")
+    with torch.no_grad():
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
+    model.float()
+
+
+# --------------------------------------------------------------------------- yolopt format
+
+
+def _read_safetensors_meta(path: Path) -> dict:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    meta = header.get("__metadata__", {})
+    if "yolopt" not in meta:
+        raise CheckpointError(f"{path}: a safetensors file without yolopt metadata (not a yolopt model)")
+    return json.loads(meta["yolopt"])
+
+
+def _load_yolopt(path: Path) -> tuple[DetectionModel, dict]:
+    from safetensors.torch import load_file
+
+    try:
+        meta = _read_safetensors_meta(path)
+        sd = load_file(str(path))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable yolopt model (truncated or corrupt): {str(e)[:160]}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: unknown yolopt file kind {meta.get('format')!r}")
+    try:
+        model = DetectionModel(meta["yaml"], ch=meta["yaml"].get("ch", 3), init=False)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad architecture in metadata: {e}") from None
+    prefix = "model." if any(k.startswith("model.model.") for k in sd) else ""
+    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    for name, eps in meta.get("bn_eps", {}).items():
+        model.get_submodule(name).eps = eps
+    _load_weights(model, sd, path)
+    model.stride = torch.tensor(meta["stride"], dtype=torch.float32)
+    model.detect.stride = model.stride.clone()
+    model.names = _names_list(meta.get("names"), model.nc)
+    model.imgsz = meta.get("imgsz")
+    return model, meta.get("provenance", {})
+
+
+def atomic_write(path: str | Path, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then rename the temp file over ``path`` (same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(model: DetectionModel, path: str | Path, imgsz: int | None = None, provenance: dict | None = None) -> Path:
+    """Write ``model`` in yolopt's format (safetensors + JSON metadata), atomically."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    bn_eps = {n: m.eps for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.eps != 1e-3}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "yaml": model.yaml,
+        "names": list(model.names),
+        "stride": [float(s) for s in model.stride],
+        "imgsz": imgsz or getattr(model, "imgsz", None),
+        "fused": bool(model.is_fused),
+        "bn_eps": bn_eps,
+        "params": model.num_params(),
+        "provenance": {
+            "yolopt_version": __version__,
+            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(getattr(model, "provenance", None) or {}),
+            **(provenance or {}),
+        },
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"yolopt": json.dumps(meta)}))
+
+
+def load_model(path: str | Path) -> DetectionModel:
+    """Load a YOLOv5 model (upstream ``.pt`` or yolopt ``.safetensors``) in eval mode, float32."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a weights file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    kind = _file_kind(path)
+    if kind == "safetensors":
+        model, prov = _load_yolopt(path)
+    elif kind in ("torch-zip", "torch-legacy"):
+        if kind == "torch-zip":
+            try:
+                zipfile.ZipFile(path).testzip()
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt zip: {e})") from None
+        model, prov = _load_upstream(path)
+    else:
+        raise CheckpointError(f"{path}: not a checkpoint (neither a PyTorch .pt nor a yolopt .safetensors file)")
+    model.provenance = {"source": str(path), **{k: v for k, v in prov.items() if v is not None}}
+    return model.eval()
