@@ -1,0 +1,70 @@
+"""The ``yolopt`` command. Each sub-command lives in ``yolopt.commands.<name>``.
+
+Errors in user input (``YoloptError``) print one line on stderr and exit with status 1;
+warnings print as ``yolopt: warning: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import YoloptError
+
+# Sub-commands, in the order `yolopt --help` lists them. Each module defines
+# `register(subparsers)` which adds its parser and sets `func=run`.
+COMMANDS = ["predict", "val", "info", "demo"]
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record):
+        level = "warning" if record.levelno == logging.WARNING else record.levelname.lower()
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"yolopt: {level}: {record.getMessage()}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    log = logging.getLogger("yolopt")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(_OneLineFormatter())
+        log.addHandler(h)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="yolopt",
+        description="Measure, compress and deploy YOLOv5 detectors. Run `yolopt COMMAND --help` for details.",
+    )
+    p.add_argument("--version", action="version", version=f"yolopt {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"yolopt.commands.{name}").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args) or 0)
+    except YoloptError as e:
+        print(f"yolopt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("yolopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

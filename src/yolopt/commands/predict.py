@@ -1,0 +1,58 @@
+"""yolopt predict: detect objects in images."""
+
+from __future__ import annotations
+
+import logging
+
+from ..predict import predict, write_outputs
+from ._common import add_common_model_args, load_for_inference, pick_device
+
+log = logging.getLogger("yolopt")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="detect objects in images",
+        description="Detect objects in image files, folders or glob patterns. Each image is letterboxed "
+        "to an imgsz square (pad 114), run through the model, filtered by class-aware NMS, and the boxes are "
+        "mapped back to the original pixels.",
+    )
+    p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
+    p.add_argument("source", nargs="+", help="image files, folders or glob patterns")
+    add_common_model_args(p)
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--classes", type=int, nargs="+", help="keep only these class ids")
+    p.add_argument("--out", help="folder for annotated images")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help="write detections as JSON to PATH (or to stdout when given without PATH)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    device = pick_device(args.device)
+    model, imgsz = load_for_inference(args.weights, args.imgsz, device)
+    results = predict(model, args.source, imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                      agnostic=args.agnostic, classes=args.classes, device=device)
+    json_path = None if args.json in (None, "-") else args.json
+    write_outputs(results, args.out, json_path)
+    if args.json == "-":
+        json.dump([r.to_dict() for r in results], sys.stdout, indent=1)
+        print()
+    else:
+        for r in results:
+            counts = {}
+            for k in r.cls:
+                n = r.names[int(k)] if int(k) < len(r.names) else str(int(k))
+                counts[n] = counts.get(n, 0) + 1
+            summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no detections"
+            log.info("%s (%dx%d): %s", r.image, r.width, r.height, summary)
+        if args.out:
+            log.info("annotated images in %s", args.out)
+    return 0

@@ -1,0 +1,1 @@
+"""Box operations, NMS, COCO mAP and the validation loop."""

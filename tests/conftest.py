@@ -1,0 +1,60 @@
+"""Shared fixtures. Real assets come from ../shared (present in CI); never copied into the repo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("YOLOPT_SHARED", ROOT.parent / "shared")).resolve()
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared asset missing: {path} (set YOLOPT_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def yolov5n_pt(shared) -> Path:
+    return _need(shared / "weights" / "yolov5n.pt")
+
+
+@pytest.fixture(scope="session")
+def ppe_pt(shared) -> Path:
+    return _need(shared / "weights" / "ppe_yolov5n.pt")
+
+
+@pytest.fixture(scope="session")
+def coco128_yaml(shared) -> Path:
+    return _need(shared / "data" / "coco128" / "coco128.yaml")
+
+
+@pytest.fixture(scope="session")
+def bus_jpg(shared) -> Path:
+    return _need(shared / "data" / "images" / "bus.jpg")
+
+
+@pytest.fixture(scope="session")
+def yolov5n(yolov5n_pt):
+    """The official yolov5n, loaded once (eval, unfused). Tests must not modify it."""
+    import yolopt
+
+    return yolopt.load(yolov5n_pt)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m yolopt ARGS` in a subprocess (exit code and stderr as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "yolopt", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+    )
