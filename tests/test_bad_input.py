@@ -1,0 +1,191 @@
+"""Every kind of bad input exits non-zero with one clear line, and nothing unsafe runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import yolopt
+from yolopt.errors import CheckpointError
+from conftest import run_cli
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("yolopt: error")]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, bus_jpg):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(marker)}, ckpt)
+    with pytest.raises(CheckpointError, match="system"):
+        yolopt.load(ckpt)
+    r = run_cli("predict", ckpt, bus_jpg)
+    _one_line_error(r, str(ckpt), "system", "refusing")
+    assert not marker.exists(), "code from the pickle ran"
+
+
+def test_unsupported_module(tmp_path, bus_jpg):
+    models = types.ModuleType("models")
+    common = types.ModuleType("models.common")
+
+    class CBAM(torch.nn.Module):
+        pass
+
+    CBAM.__module__ = "models.common"
+    CBAM.__qualname__ = "CBAM"
+    common.CBAM = CBAM
+    models.common = common
+    sys.modules["models"], sys.modules["models.common"] = models, common
+    try:
+        ckpt = tmp_path / "cbam.pt"
+        torch.save({"model": CBAM()}, ckpt)
+    finally:
+        del sys.modules["models"], sys.modules["models.common"]
+    line = _one_line_error(run_cli("predict", ckpt, bus_jpg), str(ckpt))
+    assert "checkpoint uses module models.common.CBAM, which yolopt does not support" in line
+
+
+def test_missing_weights(tmp_path, bus_jpg):
+    _one_line_error(run_cli("predict", tmp_path / "nope.pt", bus_jpg), "nope.pt", "not found")
+
+
+def test_not_a_checkpoint_and_truncated(tmp_path, yolov5n_pt, bus_jpg):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello, I am not a model\n")
+    _one_line_error(run_cli("predict", junk, bus_jpg), "junk.pt", "not a checkpoint")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(yolov5n_pt.read_bytes()[: 2_000_000])
+    _one_line_error(run_cli("predict", trunc, bus_jpg), "trunc.pt", "truncated")
+    img_as_pt = tmp_path / "image.pt"
+    shutil.copy(bus_jpg, img_as_pt)
+    _one_line_error(run_cli("predict", img_as_pt, bus_jpg), "image.pt")
+
+
+def _mini_dataset(root: Path, shared: Path, names, labels: dict[str, str] | None = None, n_images: int = 2) -> Path:
+    src = sorted((shared / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))[:n_images]
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for f in src:
+        shutil.copy(f, root / "images" / "val" / f.name)
+        lab = shared / "data" / "coco128" / "labels" / "train2017" / f"{f.stem}.txt"
+        if lab.exists():
+            shutil.copy(lab, root / "labels" / "val" / lab.name)
+    for name, text in (labels or {}).items():
+        (root / "labels" / "val" / name).write_text(text)
+    cfg = {"path": ".", "train": "images/val", "val": "images/val", "names": names}
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "data.yaml"
+
+
+@pytest.fixture()
+def coco_names(yolov5n):
+    return list(yolov5n.names)
+
+
+def test_data_yaml_problems(tmp_path, yolov5n_pt):
+    _one_line_error(run_cli("val", yolov5n_pt, "--data", tmp_path / "missing.yaml"), "missing.yaml", "not found")
+    bad = tmp_path / "nonames.yaml"
+    bad.write_text("path: .\nval: images\n")
+    _one_line_error(run_cli("val", yolov5n_pt, "--data", bad), "nonames.yaml", "names")
+
+
+def test_empty_image_folder(tmp_path, yolov5n_pt, coco_names):
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": ".", "val": "images/val", "names": coco_names}))
+    _one_line_error(run_cli("val", yolov5n_pt, "--data", tmp_path / "data.yaml"), "images/val", "empty")
+
+
+def test_wrong_class_count(tmp_path, yolov5n_pt, shared):
+    data = _mini_dataset(tmp_path, shared, ["helmet", "vest"], labels=None, n_images=1)
+    # coco labels have ids up to 79: either the label check or the class-count check must fire
+    r = run_cli("val", yolov5n_pt, "--data", data)
+    line = _one_line_error(r)
+    assert "class" in line
+
+
+def test_wrong_class_count_clean_labels(tmp_path, yolov5n_pt, shared):
+    data = _mini_dataset(tmp_path, shared, ["helmet", "vest"], n_images=1)
+    for f in (tmp_path / "labels" / "val").glob("*.txt"):
+        f.write_text("0 0.5 0.5 0.2 0.2\n")
+    line = _one_line_error(run_cli("val", yolov5n_pt, "--data", data), "data.yaml")
+    assert "2 classes" in line and "80" in line
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("0 0.5 0.5 0.1 0.1\n80 0.5 0.5 0.1 0.1\n", ":2: class id 80 out of range"),
+        ("0 0.5 0.5 0.1\n", ":1: expected 5 columns"),
+        ("0 0.5 0.5 0.1 0.1\n3 1.5 0.5 0.1 0.1\n", ":2: coordinates outside [0, 1]"),
+        ("zero 0.5 0.5 0.1 0.1\n", ":1: non-numeric"),
+    ],
+)
+def test_bad_labels(tmp_path, yolov5n_pt, shared, coco_names, text, needle):
+    src = sorted((shared / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))[0]
+    data = _mini_dataset(tmp_path, shared, coco_names, labels={f"{src.stem}.txt": text}, n_images=1)
+    line = _one_line_error(run_cli("val", yolov5n_pt, "--data", data), f"{src.stem}.txt{needle}")
+    assert line
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, yolov5n_pt, shared, coco_names):
+    data = _mini_dataset(tmp_path, shared, coco_names, n_images=2)
+    (tmp_path / "images" / "val" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    out = tmp_path / "m.json"
+    r = run_cli("val", yolov5n_pt, "--data", data, "--json", out, "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    assert "broken.jpg" in r.stderr and "warning" in r.stderr
+    import json
+
+    m = json.loads(out.read_text())
+    assert m["images"] == 2 and len(m["skipped"]) == 1 and m["skipped"][0].endswith("broken.jpg")
+
+
+def test_predict_skips_corrupt_image(tmp_path, yolov5n_pt, bus_jpg):
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    shutil.copy(bus_jpg, tmp_path / "bus.jpg")
+    r = run_cli("predict", yolov5n_pt, tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "broken.png" in r.stderr
+    import json
+
+    assert [Path(g["image"]).name for g in json.loads(r.stdout)] == ["bus.jpg"]
+
+
+def test_imgsz_rounded_to_stride(yolov5n_pt, bus_jpg):
+    r = run_cli("predict", yolov5n_pt, bus_jpg, "--imgsz", "630", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "not a multiple of the model stride 32; using 640" in r.stderr
+
+
+def test_missing_source(yolov5n_pt, tmp_path):
+    _one_line_error(run_cli("predict", yolov5n_pt, tmp_path / "nothing.jpg"), "nothing.jpg", "no such file")
+
+
+def test_predict_never_overwrites_inputs(yolov5n_pt, tmp_path, bus_jpg):
+    shutil.copy(bus_jpg, tmp_path / "bus.jpg")
+    before = (tmp_path / "bus.jpg").read_bytes()
+    r = run_cli("predict", yolov5n_pt, tmp_path / "bus.jpg", "--out", tmp_path)
+    assert r.returncode != 0
+    assert (tmp_path / "bus.jpg").read_bytes() == before

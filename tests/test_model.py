@@ -1,0 +1,112 @@
+"""Model parity with upstream YOLOv5, built-in configs, fusion and yolopt's own format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import yolopt
+from yolopt.models import DetectionModel, builtin_config, builtin_names
+
+
+def _raw_diff(model, shared, ref_name):
+    x = torch.from_numpy(np.load(shared / "reference" / "bus_input_640.npy"))
+    ref = np.load(shared / "reference" / ref_name)
+    with torch.no_grad():
+        y = model(x).numpy()
+    assert y.shape == ref.shape
+    return np.abs(y[..., :4] - ref[..., :4]).max(), np.abs(y[..., 4:] - ref[..., 4:]).max()
+
+
+@pytest.mark.parametrize("weights,ref", [("yolov5n.pt", "bus_raw_640.npy"), ("ppe_yolov5n.pt", "ppe_yolov5n_bus_raw_640.npy")])
+def test_raw_output_matches_upstream(shared, weights, ref):
+    model = yolopt.load(shared / "weights" / weights)
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    box_diff, score_diff = _raw_diff(model, shared, ref)
+    assert box_diff <= 1e-2 and score_diff <= 1e-3, (box_diff, score_diff)
+    # fused model stays within the same tolerance
+    box_diff, score_diff = _raw_diff(model.fuse(), shared, ref)
+    assert box_diff <= 1e-2 and score_diff <= 1e-3, (box_diff, score_diff)
+
+
+def test_checkpoint_metadata(yolov5n, ppe_pt):
+    assert yolov5n.nc == 80 and yolov5n.names[0] == "person" and yolov5n.names[79] == "toothbrush"
+    assert yolov5n.stride.tolist() == [8.0, 16.0, 32.0]
+    assert yolov5n.num_params() == 1_872_157
+    ppe = yolopt.load(ppe_pt)
+    assert ppe.nc == 2 and ppe.names == ["helmet", "vest"]
+    # BN settings come from the checkpoint, not torch defaults
+    bns = [m for m in yolov5n.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 for m in bns)
+
+
+def test_fused_param_count(yolov5n_pt):
+    m = yolopt.load(yolov5n_pt).fuse()
+    assert m.is_fused and m.num_params() == 1_867_405
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_builtin_configs(name):
+    if name[-1] in "lx" or name.endswith(("l6", "x6", "m6")):
+        pytest.skip("large configs: same code path as the small ones, skipped to keep the suite fast")
+    m = DetectionModel(builtin_config(name, nc=3)).eval()
+    p6 = name.endswith("6")
+    assert m.stride.tolist() == ([8.0, 16.0, 32.0, 64.0] if p6 else [8.0, 16.0, 32.0])
+    with torch.no_grad():
+        y = m(torch.rand(1, 3, 128, 128))
+    cells = sum((128 // int(s)) ** 2 for s in m.stride)
+    assert y.shape == (1, 3 * cells, 8)
+    m.train()
+    raw = m(torch.rand(2, 3, 128, 128))
+    assert [tuple(r.shape) for r in raw][0] == (2, 3, 16, 16, 8)
+
+
+def test_custom_anchors_and_nc():
+    cfg = builtin_config("yolov5n", nc=5)
+    cfg["anchors"] = [[5, 6, 8, 14, 15, 11], [10, 20, 30, 30, 20, 40], [50, 60, 90, 100, 200, 150]]
+    m = DetectionModel(cfg)
+    assert m.detect.nc == 5
+    torch.testing.assert_close(m.detect.anchors[0] * 8, torch.tensor([[5.0, 6.0], [8.0, 14.0], [15.0, 11.0]]))
+
+
+def test_yolopt_format_roundtrip(yolov5n_pt, tmp_path):
+    m = yolopt.load(yolov5n_pt)
+    path = yolopt.save(m, tmp_path / "m.safetensors", imgsz=640, provenance={"note": "roundtrip"})
+    assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temp file"
+    m2 = yolopt.load(path)
+    assert m2.names == m.names and m2.nc == 80 and m2.imgsz == 640
+    assert m2.provenance["note"] == "roundtrip"
+    x = torch.rand(1, 3, 256, 320)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x), m(x), rtol=0, atol=0)
+    # fused models store a fused architecture and load back fused
+    m.fuse()
+    m3 = yolopt.load(yolopt.save(m, tmp_path / "f.safetensors"))
+    assert m3.is_fused and m3.num_params() == 1_867_405
+    with torch.no_grad():
+        torch.testing.assert_close(m3(x), m(x), rtol=0, atol=0)
+
+
+def test_pruned_channel_counts_roundtrip(tmp_path):
+    """A model whose layers have non-yaml channel counts (as after pruning) loads back exactly."""
+    m = DetectionModel(builtin_config("yolov5n", nc=4)).eval()
+    keep = torch.tensor([0, 1, 2, 3, 5, 7, 8, 9, 11, 13, 14, 15])  # drop 4 of layer 0's 16 channels
+    l0, l1 = m.model[0], m.model[1]
+    new0 = nn.Conv2d(3, len(keep), 6, 2, 2, bias=False)
+    new0.weight.data = l0.conv.weight.data[keep].clone()
+    bn0 = nn.BatchNorm2d(len(keep), eps=1e-3, momentum=0.03)
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        getattr(bn0, attr).data = getattr(l0.bn, attr).data[keep].clone()
+    new1 = nn.Conv2d(len(keep), l1.conv.out_channels, 3, 2, 1, bias=False)
+    new1.weight.data = l1.conv.weight.data[:, keep].clone()
+    l0.conv, l0.bn, l1.conv = new0, bn0, new1
+    m.eval()  # the new BN starts in training mode
+    path = yolopt.save(m, tmp_path / "pruned.safetensors")
+    m2 = yolopt.load(path)
+    assert m2.model[0].conv.out_channels == 12 and m2.model[1].conv.in_channels == 12
+    assert m2.num_params() == m.num_params()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x), m(x), rtol=0, atol=0)
