@@ -87,6 +87,8 @@ def profile_model(
         if rt not in BACKENDS[1:]:
             raise YoloptError(f"deployment runtime {rt}: choose onnxruntime or openvino")
 
+    if source:
+        source = [str(p) for p in P.list_images(source)]  # fail fast on a bad --source, before any timing
     runtime_file = None
     if isinstance(model, (str, Path)):
         p = Path(model)

@@ -48,9 +48,14 @@ def find_bottlenecks(report: dict, top: int = 10) -> list[dict]:
         bound = r.get("bound")
         tip = _COMPUTE_TIP if bound == "compute" else _MEMORY_TIP if bound == "memory" else ""
         pct = r.get("pct_of_peak")
+        roof = r.get("pct_of_roof")
+        if roof is not None and roof < 30:
+            tip = (f"{bound}-bound by arithmetic intensity but only at {roof:.0f}% of its roofline limit: per-op "
+                   "overhead and kernel efficiency dominate (small maps, many small ops) - op fusion in an optimized "
+                   "runtime (OpenVINO / ONNX Runtime) helps before cutting FLOPs; then " + tip.split(": ", 1)[-1])
         f.append({
             "kind": "layer", "target": r["name"], "metric": "latency_ms", "value": r["latency_ms"], "share": r["share"],
-            "type": r["type"], "stage": r["stage"], "bound": bound,
+            "type": r["type"], "stage": r["stage"], "bound": bound, "pct_of_roof": roof,
             "message": f"{r['name']} ({r['type']}, {r['stage']}) takes {100 * r['share']:.1f}% of model time "
                        f"({r['latency_ms']:.2f} ms, {r['flops'] / 1e6:.0f} MFLOPs"
                        + (f", {pct:.0f}% of peak" if pct is not None else "") + ")",

@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 STAGES = ("backbone", "neck", "head")
@@ -62,15 +63,39 @@ def sub_modules(layer: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _flops(module: nn.Module, args) -> tuple[int, dict]:
-    with FlopCounterMode(display=False) as fc:
+class _OpBytes(TorchDispatchMode):
+    """Bytes read + written by every aten op, as eager PyTorch executes them (views excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func._schema.name.startswith("aten::") and not _is_view(func):
+            self.bytes += _nbytes(list(args) + list((kwargs or {}).values())) + _nbytes(out)
+        return out
+
+
+def _is_view(func) -> bool:
+    name = func._schema.name.split("::")[-1]
+    return name in _VIEW_OPS or any(a.alias_info is not None and not a.alias_info.is_write
+                                    for a in func._schema.returns)
+
+
+_VIEW_OPS = {"view", "_unsafe_view", "expand", "permute", "split", "split_with_sizes", "slice", "select", "t",
+             "transpose", "unsqueeze", "squeeze", "alias", "detach", "as_strided", "unbind", "chunk"}
+
+
+def _flops(module: nn.Module, args) -> tuple[int, dict, int]:
+    with FlopCounterMode(display=False) as fc, _OpBytes() as ob:
         module(*args)
     by_op = defaultdict(int)
     for _mod, ops in fc.get_flop_counts().items():
         if _mod == "Global":
             for op, n in ops.items():
                 by_op[str(op).split(".")[-1]] += int(n)
-    return int(fc.get_total_flops()), dict(by_op)
+    return int(fc.get_total_flops()), dict(by_op), ob.bytes
 
 
 @torch.inference_mode()
@@ -104,7 +129,7 @@ def analyse_layers(model, x: torch.Tensor, children: bool = True) -> list[dict]:
     rows = []
     for layer in layers:
         args = captured[layer]
-        flops, by_op = _flops(layer, args)
+        flops, by_op, op_bytes = _flops(layer, args)
         row = {
             "index": int(layer.i),
             "name": f"model.{layer.i}",
@@ -118,13 +143,14 @@ def analyse_layers(model, x: torch.Tensor, children: bool = True) -> list[dict]:
             "input_bytes": _nbytes(args),
             "activation_bytes": _nbytes(outputs[layer]),
             "param_bytes": sum(p.numel() * p.element_size() for p in layer.parameters()),
+            "op_bytes": op_bytes,
         }
         if children:
             kids = []
             for cname, child in sub_modules(layer):
                 if child not in captured:  # not called in this forward
                     continue
-                cflops, _ = _flops(child, captured[child])
+                cflops, _, _ = _flops(child, captured[child])
                 kids.append({
                     "name": f"{row['name']}.{cname}",
                     "type": type(child).__name__,
