@@ -181,27 +181,30 @@ def write_plots(rep: dict, out_dir: str | Path) -> list[Path]:
         plt.close(fig)
 
     m = rep.get("machine")
-    if rows and m:
+    pts = [r for r in rows if r["flops"] > 0 and r["achieved_gflops"] > 0]
+    if pts and m:
         import numpy as np
 
         fig, ax = plt.subplots(figsize=(7, 5))
-        ai = np.array([max(r["arithmetic_intensity"], 1e-3) for r in rows])
-        xs = np.logspace(np.log10(min(ai.min(), m["ridge_flops_per_byte"]) / 2),
-                         np.log10(max(ai.max(), m["ridge_flops_per_byte"]) * 2), 100)
+        ridge = m["ridge_flops_per_byte"]
+        ai = np.array([r["arithmetic_intensity"] for r in pts])
+        xs = np.logspace(np.log10(min(ai.min(), ridge) / 4), np.log10(max(ai.max(), ridge) * 4), 200)
         ax.plot(xs, np.minimum(m["peak_gflops"], xs * m["bandwidth_gbs"]), "k-", label="roofline")
+        ax.axvline(ridge, color="k", ls=":", lw=0.8)
         for st, c in STAGE_COLORS.items():
-            sel = [r for r in rows if r["stage"] == st]
+            sel = [r for r in pts if r["stage"] == st]
             if sel:
-                ax.scatter([max(r["arithmetic_intensity"], 1e-3) for r in sel],
-                           [max(r["achieved_gflops"], 1e-3) for r in sel], color=c, label=st)
-        for r in sorted(rows, key=lambda r: -r["latency_ms"])[:5]:
-            ax.annotate(r["name"].replace("model.", ""), (max(r["arithmetic_intensity"], 1e-3),
-                                                          max(r["achieved_gflops"], 1e-3)), fontsize=8)
+                ax.scatter([r["arithmetic_intensity"] for r in sel], [r["achieved_gflops"] for r in sel], color=c,
+                           label=st, s=[20 + 400 * r["share"] for r in sel], alpha=0.8)
+        for r in sorted(pts, key=lambda r: -r["latency_ms"])[:6]:
+            ax.annotate(r["name"].replace("model.", ""), (r["arithmetic_intensity"], r["achieved_gflops"]), fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+        ax.set_xlabel("arithmetic intensity (FLOP / byte moved)")
         ax.set_ylabel("achieved GFLOP/s")
-        ax.set_title(f"roofline: peak {m['peak_gflops']:.0f} GFLOP/s, {m['bandwidth_gbs']:.1f} GB/s")
+        skipped = len(rows) - len(pts)
+        ax.set_title(f"roofline: peak {m['peak_gflops']:.0f} GFLOP/s, {m['bandwidth_gbs']:.1f} GB/s"
+                     + (f" ({skipped} zero-FLOP layers not shown)" if skipped else ""), fontsize=10)
         ax.legend()
         written.append(_save(fig, out / "roofline.png"))
         plt.close(fig)
