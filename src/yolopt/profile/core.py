@@ -265,6 +265,13 @@ def _profile_runtime_file(path, imgsz, batch, backend, threads, source, sweep, t
             _cache[backend] = RT.OrtRunner(path, threads) if backend == "onnxruntime" else RT.OvRunner(path, threads)
         return _cache[backend]
 
+    fixed_hw = bool(shape and len(shape) == 4 and shape[2] and shape[3])
+    fixed_b = bool(shape and shape[0])
+    if sweep and (fixed_hw or fixed_b):
+        sweep_sizes = (imgsz,) if fixed_hw else sweep_sizes
+        sweep_batches = (batch,) if fixed_b else sweep_batches
+        report["sweep_note"] = (f"{path.name} has a fixed input shape {shape}; the sweep covers only the shapes it "
+                                "accepts (export with dynamic axes to sweep sizes and batches)")
     _finish(report, make_runner, imgsz, source, pipeline and (not shape or shape[0] in (None, 1)), pipeline_repeats,
             sweep, sweep_sizes, sweep_batches, sweep_repeats, top, progress)
     return report
