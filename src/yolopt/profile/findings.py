@@ -71,7 +71,8 @@ def find_bottlenecks(report: dict, top: int = 10) -> list[dict]:
             continue
         f.append({
             "kind": "memory_bound", "target": [r["name"] for r in sel], "metric": "share", "value": share, "share": share,
-            "message": f"{_fmt_range(a, b)} ({', '.join(sorted({r['type'] for r in sel}))}) are memory-bound: "
+            "message": f"{_fmt_range(a, b)} ({', '.join(sorted({r['type'] for r in sel}))}) "
+                       f"{'is' if a == b else 'are'} memory-bound: "
                        f"{100 * share:.1f}% of model time below the bandwidth roof",
             "suggestion": _MEMORY_TIP,
         })
