@@ -233,13 +233,20 @@ def test_cli_json_and_plots(yolov5n_pt, tmp_path):
     (["{pt}", "--imgsz", "0"], "--imgsz 0"),
     (["{pt}", "--batch", "0"], "--batch 0"),
     (["{pt}", "--threads", "0"], "--threads 0"),
+    (["{pt}", "--source", "{tmp}/nothing.jpg"], "no such file"),
 ])
-def test_cli_bad_input(yolov5n_pt, tmp_path, args, msg):
-    args = [a.replace("{pt}", str(yolov5n_pt)) for a in args]
-    res = run_cli("profile", *args, "--no-pipeline", "--runtimes", cwd=tmp_path)
-    assert res.returncode == 1
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("yolopt: error:") and msg in lines[0], res.stderr
+def test_cli_bad_input(yolov5n_pt, tmp_path, capsys, args, msg):
+    from yolopt.cli import main
+
+    args = [a.replace("{pt}", str(yolov5n_pt)).replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["profile", *args, "--runtimes"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("yolopt: error:") and msg in lines[0], lines
+
+
+def test_cli_bad_input_subprocess(tmp_path):
+    res = run_cli("profile", tmp_path / "missing.pt", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.strip() == f"yolopt: error: {tmp_path / 'missing.pt'}: weights file not found"
 
 
 def test_bad_arguments_raise(yolov5n):

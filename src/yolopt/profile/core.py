@@ -83,6 +83,8 @@ def profile_model(
         raise YoloptError(f"repeats {repeats}: must be at least 1")
     if deploy is None:
         deploy = tuple(rt for rt, mod in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")) if _have(mod))
+    if backend != "torch" and backend not in deploy:
+        deploy = (*deploy, backend)  # the chosen backend's whole-model latency comes from its profile
     for rt in deploy:
         if rt not in BACKENDS[1:]:
             raise YoloptError(f"deployment runtime {rt}: choose onnxruntime or openvino")
@@ -189,6 +191,8 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
             report["deploy"][rt] = {"error": str(e)}
             continue
         RT.attach_torch_names(d, rows)
+        runner = RT.OrtRunner(onnx_static, threads) if rt == "onnxruntime" else RT.OvRunner(onnx_static, threads)
+        d["latency_ms_unprofiled"] = RT.runner_latency(runner, xn, repeats=repeats, warmup=warmup)
         report["deploy"][rt] = d
 
     report["latency_ms"] = whole

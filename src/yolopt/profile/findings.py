@@ -12,6 +12,15 @@ _COMPUTE_TIP = ("compute-bound: fewer FLOPs help - channel pruning or a narrower
                 "or int8 quantization (VNNI/AMX kernels)")
 _MEMORY_TIP = ("memory-bound: fewer bytes help - int8/fp16 activations, fusing it with neighbours (e.g. conv+act, "
                "channels-last layouts in OpenVINO/ONNX Runtime), or a smaller input size")
+_TYPE_TIPS = {
+    "Detect": "most of Detect's time is the box decode (sigmoid, grid/anchor arithmetic and a concat over every "
+              "anchor), elementwise work the FLOP count barely sees: run it inside an optimized runtime's fused graph, "
+              "or export without decode and decode only boxes that pass the confidence threshold",
+    "SPPF": "SPPF is three chained max-pools plus a concat: memory traffic, not FLOPs - fused pooling in an optimized "
+            "runtime or a smaller input size help",
+    "Concat": "concat is a pure copy: runtimes that write producers straight into the concat buffer remove it",
+    "nn.Upsample": "nearest upsampling is a pure copy: a runtime that fuses it into the next conv removes it",
+}
 _STAGE_TIPS = {
     "decode": "image decode is CPU work outside the model: decode in a separate thread/process, use smaller JPEGs, "
               "or libjpeg-turbo / cv2.IMREAD_REDUCED_COLOR_2 when the source is much larger than the input size",
@@ -53,6 +62,8 @@ def find_bottlenecks(report: dict, top: int = 10) -> list[dict]:
             tip = (f"{bound}-bound by arithmetic intensity but only at {roof:.0f}% of its roofline limit: per-op "
                    "overhead and kernel efficiency dominate (small maps, many small ops) - op fusion in an optimized "
                    "runtime (OpenVINO / ONNX Runtime) helps before cutting FLOPs; then " + tip.split(": ", 1)[-1])
+        if r["type"] in _TYPE_TIPS:
+            tip = _TYPE_TIPS[r["type"]] + "; " + tip
         f.append({
             "kind": "layer", "target": r["name"], "metric": "latency_ms", "value": r["latency_ms"], "share": r["share"],
             "type": r["type"], "stage": r["stage"], "bound": bound, "pct_of_roof": roof,

@@ -66,8 +66,10 @@ def print_report(rep: dict, top: int = 10, console=None) -> None:
         if "error" in d:
             con.print(f"[yellow]{rt}:[/] {d['error']}")
             continue
-        t = Table(title=f"deployment view: {rt} {d.get('version', '')} - run {d['latency_ms']:.2f} ms, layer sum "
-                        f"{d['layer_sum_ms']:.2f} ms ({100 * d['sum_ratio']:.0f}%), top {top}")
+        unprof = d.get("latency_ms_unprofiled")
+        t = Table(title=f"deployment view: {rt} {d.get('version', '')} - run {d['latency_ms']:.2f} ms"
+                        + (f" ({unprof:.2f} ms without profiling)" if unprof else "")
+                        + f", layer sum {d['layer_sum_ms']:.2f} ms ({100 * d['sum_ratio']:.0f}%), top {top}")
         for c in ("layer", "type", "ms", "share", "torch ms"):
             t.add_column(c, justify="left" if c in ("layer", "type") else "right")
         for r in sorted(d["layers"], key=lambda r: -r["latency_ms"])[:top]:

@@ -272,3 +272,14 @@ class OvRunner(Runner):
     def __call__(self, x):
         self.req.infer({0: x})
         return torch.from_numpy(np.array(self.req.get_output_tensor(0).data))
+
+
+def runner_latency(runner: Runner, x: np.ndarray, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall-clock ms of ``runner(x)`` (no profiler attached)."""
+    ts = []
+    for r in range(warmup + repeats):
+        t0 = time.perf_counter()
+        runner(x)
+        if r >= warmup:
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
