@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.images import list_images, read_image
 from ..data.letterbox import letterbox, to_tensor
@@ -28,7 +27,7 @@ def default_sources(shared: Path | None = None) -> list[Path]:
     roots = [Path(os.environ["YOLOPT_SHARED"])] if os.environ.get("YOLOPT_SHARED") else []
     here = Path(__file__).resolve()
     roots += [shared] if shared else []
-    roots += [p / "shared" for p in here.parents[:5]]
+    roots += [p / "shared" for p in here.parents[:5]] + [Path.cwd() / "shared", Path.cwd().parent / "shared"]
     for root in roots:
         if root and (root / "data" / "images").is_dir():
             imgs = list_images(root / "data" / "images")
