@@ -158,8 +158,11 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
         "latency_ms_torch": whole,
         "layer_latency_sum_ms": layer_sum,
         "layer_sum_ratio": layer_sum / whole,
-        "timing": {"method": "median of per-layer pre/post forward-hook perf_counter deltas vs median of hook-free "
-                             "whole-model passes, interleaved", "repeats": repeats, "warmup": warmup},
+        "timing": {"method": "whole model: median of hook-free passes; layers: pre/post forward-hook perf_counter "
+                             "deltas averaged over the typical (interquartile) repeats; hook-free and hooked passes "
+                             "interleaved in shuffled order", "repeats": repeats, "warmup": warmup,
+                   "whole_ms_central": timing["whole_ms_central"], "hooked_pass_ms": timing["hooked_pass_ms"],
+                   "layers_ms_median": timing["layers_ms_median"]},
         "layers": rows,
         "groups": {"stage": L.group_totals(rows, "stage"), "type": L.group_totals(rows, "type")},
         "machine": machine,

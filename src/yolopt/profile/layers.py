@@ -8,6 +8,7 @@ so that machine noise hits both alike, and medians are reported.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections import defaultdict
@@ -183,8 +184,9 @@ def central_mean(per_pass: list[dict], totals: list[float]) -> dict:
 def time_layers(model, x: torch.Tensor, repeats: int = 30, warmup: int = 5, children: bool = True) -> dict:
     """Latency per top-level layer (and per child module) vs the whole model.
 
-    Each repeat runs (a) the whole model with no hooks, (b) a pass with pre/post hooks on the
-    top-level layers, and, with ``children``, (c) a pass with hooks on their direct children.
+    Each repeat runs, in a shuffled order, (a) the whole model with no hooks, (b) a pass with
+    pre/post hooks on the top-level layers, and, with ``children``, (c) a pass with hooks on their
+    direct children.
     ``whole_ms`` is the median of (a); ``layers_ms`` the per-layer time averaged over the
     typical (interquartile) passes of (b) - see :func:`central_mean`; ``layers_ms_median`` the
     plain per-layer medians.
@@ -223,16 +225,30 @@ def time_layers(model, x: torch.Tensor, repeats: int = 30, warmup: int = 5, chil
                 h.remove()
         return dict(rec), (t1 - t0) * 1e3
 
-    for r in range(warmup + repeats):
+    def plain_pass():
         t0 = time.perf_counter()
         model(x)
-        t1 = time.perf_counter()
-        rec, tot = hooked_pass(layers, names)
-        if kids:
-            krec, ktot = hooked_pass([c for _, c in kids], kid_names)
+        return (time.perf_counter() - t0) * 1e3
+
+    rng = random.Random(0)
+    for r in range(warmup + repeats):
+        # the three passes run in a shuffled order so no pass type always follows another
+        todo = ["plain", "layers", "children"] if kids else ["plain", "layers"]
+        rng.shuffle(todo)
+        res = {}
+        for kind in todo:
+            if kind == "plain":
+                res[kind] = plain_pass()
+            elif kind == "layers":
+                res[kind] = hooked_pass(layers, names)
+            else:
+                res[kind] = hooked_pass([c for _, c in kids], kid_names)
         if r < warmup:
             continue
-        whole.append((t1 - t0) * 1e3)
+        rec, tot = res["layers"]
+        if kids:
+            krec, ktot = res["children"]
+        whole.append(res["plain"])
         passes.append(rec)
         pass_totals.append(tot)
         if kids:
@@ -240,9 +256,13 @@ def time_layers(model, x: torch.Tensor, repeats: int = 30, warmup: int = 5, chil
             kid_totals.append(ktot)
 
     order = [f"model.{m.i}" for m in layers]
-    central = central_mean(passes, pass_totals)
+    # Select typical repeats by the mean of the (adjacent in time) hook-free and hooked passes, so the
+    # layer times and the whole-model time come from the same moments of a noisy machine.
+    pair = [(w + t) / 2 for w, t in zip(whole, pass_totals)]
+    central = central_mean([{**p, "__whole__": w} for p, w in zip(passes, whole)], pair)
     return {
         "whole_ms": statistics.median(whole),
+        "whole_ms_central": central.pop("__whole__"),
         "whole_ms_all": whole,
         "hooked_pass_ms": statistics.median(pass_totals),
         "layers_ms": {n: central.get(n, 0.0) for n in order},
