@@ -254,3 +254,17 @@ def test_bad_arguments_raise(yolov5n):
     with pytest.raises(YoloptError, match="no such file"):
         profile_model(yolov5n, imgsz=64, repeats=1, warmup=0, deploy=(), source=["/nonexistent/x.jpg"],
                       machine={"peak_gflops": 1.0, "bandwidth_gbs": 1.0, "ridge_flops_per_byte": 1.0})
+
+
+def test_runtime_backend_is_profiled_and_used(bus_jpg, machine):
+    cfg = builtin_config("yolov5n", nc=2)
+    cfg["width_multiple"] = 0.2
+    model = DetectionModel(cfg).eval()
+    backend = "openvino" if _has("openvino") else "onnxruntime"
+    r = profile_model(model, imgsz=128, backend=backend, threads=1, repeats=4, warmup=1, deploy=(),
+                      source=[str(bus_jpg)], pipeline_repeats=1, machine=machine, children=False)
+    assert list(r["deploy"]) == [backend]  # added even though no deployment runtimes were asked for
+    d = r["deploy"][backend]
+    assert r["latency_ms"] == d["latency_ms"] and r["latency_ms_torch"] > 0 and d["latency_ms_unprofiled"] > 0
+    assert r["pipeline"]["backend"] == backend and set(r["stages_ms"]) == STAGES
+    assert "children" not in r["layers"][0]
