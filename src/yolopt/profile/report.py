@@ -36,6 +36,8 @@ def print_report(rep: dict, top: int = 10, console=None) -> None:
     con.print(head)
     if rep.get("params") is not None:
         extra = f" ({rep['params_unfused']:,} before Conv+BN fusion)" if rep.get("params_unfused") else ""
+        if rep.get("format") == "onnxruntime":
+            extra = " (ONNX initializers)"
         con.print(f"params {rep['params']:,}{extra}" + (f", FLOPs {rep['flops'] / 1e9:.2f} G" if rep.get("flops") else ""))
     if rep.get("note"):
         con.print(f"[yellow]note:[/] {rep['note']}")
@@ -70,12 +72,14 @@ def print_report(rep: dict, top: int = 10, console=None) -> None:
         t = Table(title=f"deployment view: {rt} {d.get('version', '')} - run {d['latency_ms']:.2f} ms"
                         + (f" ({unprof:.2f} ms without profiling)" if unprof else "")
                         + f", layer sum {d['layer_sum_ms']:.2f} ms ({100 * d['sum_ratio']:.0f}%), top {top}")
-        for c in ("layer", "type", "ms", "share", "torch ms"):
+        cols = ("layer", "type", "ms", "share", "torch ms") if rows else ("layer", "ms", "share")
+        for c in cols:
             t.add_column(c, justify="left" if c in ("layer", "type") else "right")
         for r in sorted(d["layers"], key=lambda r: -r["latency_ms"])[:top]:
             tm = r.get("torch_ms")
-            t.add_row(r["name"], r.get("type", "-"), f"{r['latency_ms']:.2f}", f"{100 * r['share']:.1f}%",
-                      "-" if tm is None else f"{tm:.2f}")
+            cells = [r["name"], r.get("type", "-"), f"{r['latency_ms']:.2f}", f"{100 * r['share']:.1f}%",
+                     "-" if tm is None else f"{tm:.2f}"]
+            t.add_row(*(cells if rows else [cells[0], cells[2], cells[3]]))
         con.print(t)
 
     pipe = rep.get("pipeline")
