@@ -1,0 +1,285 @@
+"""Deployment view: per-layer latency in ONNX Runtime and OpenVINO, mapped to yolopt layer names.
+
+The model is exported to ONNX here (fused, to a temp dir). Node names from ``torch.onnx.export``
+carry the module path (``/model.8/cv1/conv/Conv``); runtimes keep (a variant of) those names
+for fused kernels, so each node's time is credited to ``model.<i>`` and to a module path
+(``model.8.cv1.conv``). Nodes without a module path (input/output reorders) go to ``other``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import YoloptError
+
+log = logging.getLogger("yolopt")
+
+_LAYER_RE = re.compile(r"/model\.(\d+)((?:/[a-z_][A-Za-z0-9_]*(?:\.\d+)?)*)")
+
+
+def map_node_name(node: str) -> tuple[str, str]:
+    """ONNX/runtime node name -> (top-level layer ``model.<i>`` or ``other``, module path)."""
+    m = _LAYER_RE.search(node)
+    if not m:
+        return "other", "other"
+    top = f"model.{m.group(1)}"
+    segs = [s for s in m.group(2).split("/") if s]
+    return top, ".".join([top, *segs])
+
+
+def export_onnx(model, path: Path, batch: int, imgsz: int, dynamic: bool = False, opset: int = 17) -> Path:
+    """Export a fused copy of ``model`` to ONNX (input ``images``, output ``output``)."""
+    m = copy.deepcopy(model).float().cpu().eval()
+    if not m.is_fused:
+        m.fuse()
+    x = torch.zeros(batch, 3, imgsz, imgsz)
+    kwargs = {}
+    if dynamic:
+        kwargs["dynamic_axes"] = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, x, str(path), opset_version=opset, input_names=["images"], output_names=["output"],
+                          dynamo=False, **kwargs)
+    return path
+
+
+def onnx_input_shape(path: Path) -> list:
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    dims = g.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
+def onnx_params(path: Path) -> int:
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in g.initializer))
+
+
+def _layer_table(per_run_layers: list[dict], per_run_modules: list[dict], whole: list[float], node_sums: list[float],
+                 runtime: str, extra: dict) -> dict:
+    """Per-layer times averaged over the typical (interquartile) runs, like the torch table."""
+    from .layers import central_mean
+
+    lay = central_mean(per_run_layers, whole)
+    names = sorted(lay, key=lambda n: (n == "other", int(n.split(".")[1]) if n != "other" else 0))
+    layers = [{"name": n, "latency_ms": lay[n],
+               "latency_ms_median": statistics.median([r.get(n, 0.0) for r in per_run_layers])} for n in names]
+    total = sum(r["latency_ms"] for r in layers) or 1.0
+    for r in layers:
+        r["share"] = r["latency_ms"] / total
+    modules = central_mean(per_run_modules, whole)
+    whole_ms = statistics.median(whole)
+    sum_ms = sum(r["latency_ms"] for r in layers)
+    return {
+        "runtime": runtime,
+        "latency_ms": whole_ms,
+        "layer_sum_ms": sum_ms,
+        "node_sum_ms": statistics.median(node_sums),
+        "sum_ratio": sum_ms / whole_ms if whole_ms else None,
+        "layers": layers,
+        "modules_ms": dict(sorted(modules.items(), key=lambda kv: -kv[1])),
+        "repeats": len(whole),
+        **extra,
+    }
+
+
+def profile_onnxruntime(onnx_path: Path, x: np.ndarray, threads: int | None, repeats: int = 20, warmup: int = 3) -> dict:
+    """Per-layer latency from ONNX Runtime's built-in profiler.
+
+    Whole-model time is the profiler's ``model_run`` event; node time is the sum of its
+    ``*_kernel_time`` events inside that run.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise YoloptError("onnxruntime is not installed (pip install 'yolopt[deploy]')") from e
+    with tempfile.TemporaryDirectory(prefix="yolopt-ortprof-") as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(warmup + repeats):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
+    nodes = sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")),
+                   key=lambda e: e["ts"])
+    runs = runs[warmup:]
+    per_layers, per_modules, whole, sums = [], [], [], []
+    ops = defaultdict(list)
+    j = 0
+    for run in runs:
+        t0, t1 = run["ts"], run["ts"] + run["dur"]
+        lay, mod, s = defaultdict(float), defaultdict(float), 0.0
+        op_run = defaultdict(float)
+        while j < len(nodes) and nodes[j]["ts"] < t0:
+            j += 1
+        while j < len(nodes) and nodes[j]["ts"] <= t1:
+            e = nodes[j]
+            ms = e["dur"] / 1e3
+            top, path = map_node_name(e["name"][: -len("_kernel_time")])
+            lay[top] += ms
+            mod[path] += ms
+            op_run[e.get("args", {}).get("op_name", "?")] += ms
+            s += ms
+            j += 1
+        per_layers.append(dict(lay))
+        per_modules.append(dict(mod))
+        whole.append(run["dur"] / 1e3)
+        sums.append(s)
+        for k, v in op_run.items():
+            ops[k].append(v)
+    if not runs:
+        raise YoloptError(f"{onnx_path}: onnxruntime profiler recorded no runs")
+    op_ms = {k: statistics.median(v + [0.0] * (len(runs) - len(v))) for k, v in ops.items()}
+    return _layer_table(per_layers, per_modules, whole, sums, "onnxruntime",
+                        {"version": ort.__version__, "ops_ms": dict(sorted(op_ms.items(), key=lambda kv: -kv[1])),
+                         "timing": "profiler model_run event vs sum of node kernel_time events"})
+
+
+def profile_openvino(model_path: Path, x: np.ndarray, threads: int | None, repeats: int = 20, warmup: int = 3) -> dict:
+    """Per-layer latency from OpenVINO's per-node performance counters (CPU plugin)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise YoloptError("openvino is not installed (pip install 'yolopt[deploy]')") from e
+    core = ov.Core()
+    cfg = {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        compiled = core.compile_model(str(model_path), "CPU", cfg)
+    except Exception as e:  # noqa: BLE001
+        raise YoloptError(f"{model_path}: OpenVINO cannot compile this model: {str(e).splitlines()[0]}") from None
+    req = compiled.create_infer_request()
+    per_layers, per_modules, whole, sums = [], [], [], []
+    ops = defaultdict(list)
+    for r in range(warmup + repeats):
+        t0 = time.perf_counter()
+        req.infer({0: x})
+        t1 = time.perf_counter()
+        if r < warmup:
+            continue
+        lay, mod, s, op_run = defaultdict(float), defaultdict(float), 0.0, defaultdict(float)
+        for p in req.get_profiling_info():
+            ms = p.real_time.total_seconds() * 1e3
+            if ms <= 0:
+                continue
+            top, path = map_node_name(p.node_name)
+            lay[top] += ms
+            mod[path] += ms
+            op_run[p.node_type] += ms
+            s += ms
+        per_layers.append(dict(lay))
+        per_modules.append(dict(mod))
+        whole.append((t1 - t0) * 1e3)
+        sums.append(s)
+        for k, v in op_run.items():
+            ops[k].append(v)
+    op_ms = {k: statistics.median(v + [0.0] * (repeats - len(v))) for k, v in ops.items()}
+    return _layer_table(per_layers, per_modules, whole, sums, "openvino",
+                        {"version": ov.__version__.split("-")[0], "ops_ms": dict(sorted(op_ms.items(), key=lambda kv: -kv[1])),
+                         "timing": "wall time of infer() vs sum of per-node real_time counters"})
+
+
+def attach_torch_names(deploy: dict, torch_rows: list[dict] | None) -> None:
+    """Add the torch layer type/stage and torch latency next to each runtime layer row."""
+    if not torch_rows:
+        return
+    by_name = {r["name"]: r for r in torch_rows}
+    for r in deploy["layers"]:
+        t = by_name.get(r["name"])
+        if t:
+            r["type"], r["stage"], r["torch_ms"] = t["type"], t["stage"], t.get("latency_ms")
+        else:
+            r["type"], r["stage"], r["torch_ms"] = "other", "other", None
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-model runners (used by the pipeline stages and the scaling sweep)
+
+
+class Runner:
+    """``runner(x: np.ndarray float32 BCHW) -> torch.Tensor`` decoded predictions (B, N, 5+nc)."""
+
+    backend = "?"
+
+    def __call__(self, x: np.ndarray) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, x):
+        return self.model(torch.from_numpy(x))
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, threads: int | None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        self.name = self.sess.get_inputs()[0].name
+
+    def __call__(self, x):
+        return torch.from_numpy(self.sess.run(None, {self.name: x})[0])
+
+
+class OvRunner(Runner):
+    backend = "openvino"
+
+    def __init__(self, model_path: Path, threads: int | None):
+        import openvino as ov
+
+        cfg = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = ov.Core().compile_model(str(model_path), "CPU", cfg)
+        self.req = self.compiled.create_infer_request()
+
+    def __call__(self, x):
+        self.req.infer({0: x})
+        return torch.from_numpy(np.array(self.req.get_output_tensor(0).data))
+
+
+def runner_latency(runner: Runner, x: np.ndarray, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall-clock ms of ``runner(x)`` (no profiler attached)."""
+    ts = []
+    for r in range(warmup + repeats):
+        t0 = time.perf_counter()
+        runner(x)
+        if r >= warmup:
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
