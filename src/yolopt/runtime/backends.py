@@ -151,6 +151,7 @@ class TorchBackend(Backend):
         self.path = Path(path) if path is not None else Path("<model>")
         self.threads = threads
         self.fuse = fuse
+        self.name = "torch" if fuse else "torch-unfused"
         self.device = torch.device(device)
         if model is None:
             model = load_model(self.path)
