@@ -113,7 +113,7 @@ def _agreement(ref_hi, ref_lo, exp_hi, exp_lo) -> tuple[float, float, float]:
 
 
 def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool = False, half: bool = False,
-           conf: float = 0.001, iou: float = 0.45, max_det: int = 300, atol: float | None = None,
+           conf: float = 0.01, iou: float = 0.45, max_det: int = 100, atol: float | None = None,
            min_agreement: float | None = None, images: list | None = None, raise_on_fail: bool = True) -> VerifyResult:
     """Run ``backend`` (a runtime Backend) and ``model`` (fp32 PyTorch) on the same inputs and compare."""
     d_atol, d_box, d_agree = TOLERANCE[bool(half)]
