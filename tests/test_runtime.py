@@ -16,21 +16,12 @@ IMGSZ = 256
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, yolov5n_pt, yolov5n):
+def files(tmp_path_factory, yolov5n_pt, yolov5n, deploy_artifacts):
     import yolopt
-    from yolopt.export import export
 
-    d = tmp_path_factory.mktemp("runtime")
-    st = d / "m.safetensors"
+    st = tmp_path_factory.mktemp("runtime") / "m.safetensors"
     yolopt.save(yolov5n, st)
-    return {
-        "pt": yolov5n_pt,
-        "safetensors": st,
-        "onnx": export(yolov5n_pt, "onnx", imgsz=IMGSZ, out=d / "m.onnx").path,
-        "onnx_dyn": export(yolov5n_pt, "onnx", imgsz=IMGSZ, dynamic=True, out=d / "dyn.onnx").path,
-        "openvino": export(yolov5n_pt, "openvino", imgsz=IMGSZ, out=d / "ov" / "m.xml").path,
-        "torchscript": export(yolov5n_pt, "torchscript", imgsz=IMGSZ, out=d / "m.torchscript").path,
-    }
+    return {"pt": yolov5n_pt, "safetensors": st, **{k: v.path for k, v in deploy_artifacts.items()}}
 
 
 @pytest.fixture(scope="module")

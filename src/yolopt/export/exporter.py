@@ -209,8 +209,8 @@ def export(weights, format: str = "onnx", imgsz: int | tuple[int, int] = 640, ba
         raise ExportError(f"--imgsz {imgsz[0]}x{imgsz[1]} must be a positive multiple of the model stride {s}")
     if batch < 1:
         raise ExportError(f"--batch {batch}: must be at least 1")
-    if nms and fmt == "torchscript":
-        raise ExportError("--nms is available for onnx, openvino and tensorrt exports, not torchscript")
+    if nms and fmt in ("torchscript", "tensorrt"):
+        raise ExportError(f"--nms is available for onnx and openvino exports, not {fmt}")
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ExportError(f"NMS thresholds must be in [0, 1], got conf={conf} iou={iou}")
     if fmt == "tensorrt":

@@ -170,6 +170,13 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             return self.model(t.to(self.device).float()).float().cpu()
 
+    def __getattr__(self, item):
+        # anything else (yaml, parameters(), model internals) is the wrapped DetectionModel's
+        model = self.__dict__.get("model")
+        if model is None:
+            raise AttributeError(item)
+        return getattr(model, item)
+
     def clone(self) -> "TorchBackend":
         import copy
 
@@ -326,6 +333,8 @@ class TensorRTBackend(Backend):
         inp = torch.from_numpy(x).to(self.device, dt).contiguous()
         self.context.set_input_shape(self.input_name, tuple(inp.shape))
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        if min(out_shape) < 0:
+            raise RuntimeBackendError(f"{self.path}: data-dependent output shape {out_shape} is not supported")
         odt = torch.float16 if self.engine.get_tensor_dtype(self.output_name) == trt.DataType.HALF else torch.float32
         out = torch.empty(out_shape, dtype=odt, device=self.device)
         self.context.set_tensor_address(self.input_name, inp.data_ptr())
