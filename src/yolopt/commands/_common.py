@@ -46,6 +46,8 @@ def load_for_inference(weights: str, imgsz: int, device: torch.device, threads: 
         import os
 
         threads = max(1, (os.cpu_count() or 1) // workers)
+    if threads:
+        torch.set_num_threads(int(threads))  # pre/post-processing (letterbox, NMS) runs in torch too
     backend = load_backend(weights, threads=threads, **kwargs)
     if not backend.dynamic and backend.imgsz:
         if imgsz != backend.imgsz[0] or backend.imgsz[0] != backend.imgsz[1]:
