@@ -119,7 +119,7 @@ def test_missing_file_and_cli_error(tmp_path, bus_jpg):
 
 def test_predict_cli_on_artifacts_and_workers(files, bus_jpg, shared):
     def run(*a):
-        r = run_cli("predict", *a, "--imgsz", IMGSZ, "--json")
+        r = run_cli("predict", *a, "--imgsz", IMGSZ, "--threads", "1", "--json")
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -148,7 +148,7 @@ def small_data(tmp_path_factory, coco128_yaml):
 
 
 def _val(model, data, *extra):
-    r = run_cli("val", model, "--data", data, "--imgsz", IMGSZ, "--batch", "8", *extra)
+    r = run_cli("val", model, "--data", data, "--imgsz", IMGSZ, "--batch", "8", "--threads", "1", *extra)
     assert r.returncode == 0, r.stderr
     return r
 
