@@ -52,7 +52,7 @@ def run(args) -> int:
                  nms=args.nms, opset=args.opset, out=args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
                  simplify=not args.no_simplify, verify_images=args.verify_source, atol=args.atol)
     v = res.verify
-    c = Console()
+    c = Console(soft_wrap=True)
     c.print(f"[bold]{res.format}[/bold] export: {', '.join(str(f) for f in res.files)} ({res.size_mb:.2f} MB, "
             f"{res.seconds:.1f} s)")
     c.print(f"verified on input(s) {', '.join('x'.join(map(str, (s[0], 3, s[1], s[2]))) for s in v.shapes)}: "
