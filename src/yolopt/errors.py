@@ -15,3 +15,11 @@ class CheckpointError(YoloptError):
 
 class DatasetError(YoloptError):
     """A dataset yaml, image folder or label file that is wrong."""
+
+
+class ExportError(YoloptError):
+    """An export that cannot be done (format, options, missing tool) or failed verification."""
+
+
+class RuntimeBackendError(YoloptError):
+    """An artifact that cannot be loaded or run (unreadable file, wrong input, missing runtime)."""

@@ -17,7 +17,7 @@ from .data.images import list_images, read_image
 from .data.letterbox import letterbox, to_tensor
 from .evaluate.boxes import clip_boxes
 from .evaluate.nms import non_max_suppression
-from .models.checkpoint import atomic_write, load_model
+from .models.checkpoint import atomic_write
 
 log = logging.getLogger("yolopt")
 
@@ -104,7 +104,9 @@ def predict(
     ``imgsz`` square (pad 114), exactly like upstream YOLOv5 at a fixed input size.
     """
     if isinstance(model, (str, Path)):
-        model = load_model(model).fuse()
+        from .runtime import load as load_backend
+
+        model = load_backend(model)
     names = list(getattr(model, "names", []))
     results = []
     for path in list_images(source if not isinstance(source, Path) else str(source)):
@@ -112,11 +114,19 @@ def predict(
         if im is None:
             log.warning("%s: corrupt or unreadable image, skipped", path)
             continue
-        padded, _, _ = letterbox(im, imgsz, auto=False)
+        padded, _, _ = letterbox(im, imgsz, auto=False)  # imgsz may be (h, w) for a fixed artifact
         x = to_tensor(padded)[None].to(device)
         with torch.inference_mode():
             pred = model(x)
-        det = non_max_suppression(torch.as_tensor(pred).float().cpu(), conf, iou, classes, agnostic, max_det=max_det)[0]
+        if getattr(model, "end2end", False):  # NMS ran inside the artifact: rows [batch, x1, y1, x2, y2, conf, cls]
+            det = torch.as_tensor(pred).float().cpu()[:, 1:]
+            det = det[det[:, 4] > conf]
+            if classes is not None:
+                det = det[torch.isin(det[:, 5].long(), torch.tensor(classes))]
+            det = det[:max_det]
+        else:
+            det = non_max_suppression(torch.as_tensor(pred).float().cpu(), conf, iou, classes, agnostic,
+                                      max_det=max_det)[0]
         det = scale_to_original(det.clone(), padded.shape[:2], im.shape[:2])
         results.append(
             Detections(str(path), im.shape[1], im.shape[0], det[:, :4].numpy(), det[:, 4].numpy(),

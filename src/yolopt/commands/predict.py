@@ -18,7 +18,8 @@ def register(sub) -> None:
         "to an imgsz square (pad 114), run through the model, filtered by class-aware NMS, and the boxes are "
         "mapped back to the original pixels.",
     )
-    p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
+    p.add_argument("weights", help="model: Ultralytics .pt, yolopt .safetensors, or an exported .onnx / .xml / "
+                   ".torchscript / .engine")
     p.add_argument("source", nargs="+", help="image files, folders or glob patterns")
     add_common_model_args(p)
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
@@ -36,10 +37,33 @@ def run(args) -> int:
     import json
     import sys
 
+    from ..data.images import list_images
+
     device = pick_device(args.device)
-    model, imgsz = load_for_inference(args.weights, args.imgsz, device)
-    results = predict(model, args.source, imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                      agnostic=args.agnostic, classes=args.classes, device=device)
+    workers = max(1, args.workers)
+    threads = args.threads
+    if threads is None and workers > 1:
+        import os
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    model, imgsz = load_for_inference(args.weights, args.imgsz, device, threads=threads)
+    dev = device if model.name in ("torch", "torchscript") else "cpu"
+    kw = dict(imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic,
+              classes=args.classes, device=dev)
+    files = list_images(args.source)
+    if workers > 1 and len(files) > 1:
+        # contiguous chunks of images, one session per worker thread (order is kept)
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = min(workers, len(files))
+        step = -(-len(files) // n)
+        chunks = [files[i:i + step] for i in range(0, len(files), step)]
+        replicas = [model] + [model.clone() for _ in range(len(chunks) - 1)]
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda a: predict(a[0], a[1], **kw), zip(replicas, chunks)))
+        results = [r for part in parts for r in part]
+    else:
+        results = predict(model, files, **kw)
     json_path = None if args.json in (None, "-") else args.json
     write_outputs(results, args.out, json_path)
     if args.json == "-":

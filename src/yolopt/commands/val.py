@@ -20,7 +20,8 @@ def register(sub) -> None:
         description="Evaluate a model on a YOLO-format dataset like upstream val.py (rectangular batches, "
         "multi-label NMS) and compute COCO mAP with pycocotools.",
     )
-    p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
+    p.add_argument("weights", help="model: Ultralytics .pt, yolopt .safetensors, or an exported .onnx / .xml / "
+                   ".torchscript / .engine")
     p.add_argument("--data", required=True, help="dataset yaml (path / train / val / names)")
     p.add_argument("--split", default="val", choices=["val", "train", "test"], help="dataset split (default val)")
     add_common_model_args(p)
@@ -35,10 +36,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..errors import YoloptError
+
     device = pick_device(args.device)
-    model, imgsz = load_for_inference(args.weights, args.imgsz, device)
+    model, imgsz = load_for_inference(args.weights, args.imgsz, device, threads=args.threads, workers=args.workers)
+    if getattr(model, "end2end", False):
+        raise YoloptError(f"{args.weights}: exported with --nms (final detections at fixed thresholds); "
+                          "mAP needs the raw outputs, so export it without --nms")
+    # fixed-shape artifacts cannot take rectangular batches: square letterbox at their size
+    rect = bool(getattr(model, "dynamic", True))
+    if isinstance(imgsz, tuple):
+        raise YoloptError(f"{args.weights}: fixed non-square input {imgsz[0]}x{imgsz[1]} is not supported by val")
+    if not rect:
+        log.info("%s: fixed %dx%d input, validating with square letterbox (rect=False)", args.weights, imgsz, imgsz)
     res = validate(model, args.data, split=args.split, imgsz=imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
-                   max_det=args.max_det, device=device)
+                   max_det=args.max_det, rect=rect, device=device if model.name in ("torch", "torchscript") else "cpu")
     console = Console(stderr=False)
     t = Table(title=f"{args.weights} on {args.data} [{args.split}] at {imgsz}")
     for col in ("images", "instances", "P", "R", "mAP50", "mAP50-95"):
@@ -56,7 +68,7 @@ def run(args) -> int:
         log.warning("%d unreadable image(s) skipped: %s", len(res.skipped), ", ".join(res.skipped[:5]))
     if args.json:
         d = res.to_dict()
-        d.update(weights=args.weights, data=args.data, split=args.split, imgsz=imgsz)
+        d.update(weights=args.weights, data=args.data, split=args.split, imgsz=imgsz, backend=model.name, rect=rect)
         if not args.verbose:
             d.pop("per_class")
         write_json(args.json, d)

@@ -1,0 +1,197 @@
+"""Latency / throughput measurement of any runtime backend.
+
+* model-only: a fixed random (B,3,H,W) input through ``backend(x)``.
+* end-to-end (``source``): image file decode + letterbox + inference + NMS + box rescale, cycling
+  over real images.
+* streams: N independent sessions (``backend.clone()``) driven by N threads at once; the
+  throughput is images / wall time over all of them.
+
+Latencies are wall-clock per call (per batch), in milliseconds.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import YoloptError
+
+
+@dataclass
+class BenchRecord:
+    backend: str
+    model: str
+    imgsz: list
+    batch: int
+    threads: int | None
+    streams: int
+    latency_ms: dict
+    fps: float
+    throughput_fps: float
+    peak_rss_mb: float
+    size_mb: float
+    end2end: bool = False
+    iters: int = 0
+    warmup: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+def percentiles(samples_ms) -> dict:
+    """p50/p90/p99/mean (ms) of a list of latencies."""
+    a = np.asarray(list(samples_ms), dtype=np.float64)
+    if not a.size:
+        raise YoloptError("no timing samples (iters/duration too small)")
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def artifact_size_mb(path) -> float:
+    p = Path(path)
+    if not p.exists():
+        return 0.0
+    files = [p, p.with_suffix(".bin")] if p.suffix == ".xml" else [p]
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+def time_calls(fn: Callable[[], object], warmup: int = 10, iters: int | None = 100,
+               duration: float | None = None) -> list[float]:
+    """Call ``fn`` ``warmup`` times, then ``iters`` times (or for ``duration`` seconds); ms per call."""
+    for _ in range(max(0, warmup)):
+        fn()
+    out = []
+    t_end = time.perf_counter() + duration if duration else None
+    n = 0
+    while True:
+        if t_end is None and n >= (iters or 0):
+            break
+        if t_end is not None and time.perf_counter() >= t_end and n > 0:
+            break
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+        n += 1
+    return out
+
+
+class EndToEnd:
+    """One full image->detections step over a batch of real images (decode, letterbox, model, NMS, rescale)."""
+
+    def __init__(self, backend, images: list, imgsz, batch: int, conf: float = 0.25, iou: float = 0.45):
+        from ..data.images import list_images
+
+        self.backend = backend
+        self.files = list_images(images)
+        if not self.files:
+            raise YoloptError(f"{images}: no images for --end2end")
+        self.imgsz = imgsz
+        self.batch = batch
+        self.conf, self.iou = conf, iou
+        self.k = 0
+        self.detections = 0
+
+    def __call__(self):
+        from ..data.images import read_image
+        from ..data.letterbox import letterbox, to_tensor
+        from ..evaluate.nms import non_max_suppression
+        from ..predict import scale_to_original
+
+        ims, xs = [], []
+        for _ in range(self.batch):
+            f = self.files[self.k % len(self.files)]
+            self.k += 1
+            im = read_image(f)
+            if im is None:
+                raise YoloptError(f"{f}: corrupt or unreadable image")
+            padded, _, _ = letterbox(im, self.imgsz, auto=False)
+            ims.append(im)
+            xs.append(to_tensor(padded))
+        x = torch.stack(xs)
+        with torch.inference_mode():
+            pred = self.backend(x)
+        if getattr(self.backend, "end2end", False):
+            dets = [pred[pred[:, 0] == i][:, 1:] for i in range(len(ims))]
+        else:
+            dets = non_max_suppression(pred, self.conf, self.iou)
+        for d, im in zip(dets, ims):
+            scale_to_original(d.clone(), tuple(x.shape[2:]), im.shape[:2])
+            self.detections += len(d)
+
+
+def _input(imgsz, batch: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.random((batch, 3, *imgsz), dtype=np.float32)
+
+
+def benchmark(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None = 100,
+              duration: float | None = None, streams: int = 1, source=None, model_name: str | None = None,
+              conf: float = 0.25, iou: float = 0.45) -> BenchRecord:
+    """Measure ``backend`` (a :mod:`yolopt.runtime` Backend) at one batch size."""
+    if isinstance(imgsz, int):
+        imgsz = (imgsz, imgsz)
+    if batch < 1 or streams < 1:
+        raise YoloptError(f"--batch and --streams must be >= 1 (got {batch}, {streams})")
+    if iters is not None and iters < 1 and not duration:
+        raise YoloptError(f"--iters must be >= 1 (got {iters})")
+
+    def make_step(b):
+        if source is not None:
+            return EndToEnd(b, source, imgsz, batch, conf, iou)
+        x = _input(imgsz, batch)
+        return lambda: b(x)
+
+    step = make_step(backend)
+    lat = time_calls(step, warmup, iters, duration)
+    p = percentiles(lat)
+    fps = batch * 1e3 / p["mean"]
+    throughput = fps
+    extra = {}
+    if streams > 1:
+        replicas = [backend] + [backend.clone() for _ in range(streams - 1)]
+        steps = [make_step(r) for r in replicas]
+        n_calls = len(lat)
+        for s in steps:  # warm every session
+            for _ in range(max(1, min(warmup, 3))):
+                s()
+        barrier = threading.Barrier(streams)
+        stream_lat: list[list[float]] = [[] for _ in range(streams)]
+
+        def drive(k):
+            barrier.wait()
+            stream_lat[k] = time_calls(steps[k], 0, n_calls if not duration else None, duration)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(streams) as pool:
+            list(pool.map(drive, range(streams)))
+        wall = time.perf_counter() - t0
+        total = sum(len(s) for s in stream_lat) * batch
+        throughput = total / wall
+        extra["stream_latency_ms"] = percentiles([v for s in stream_lat for v in s])
+    return BenchRecord(
+        backend=backend.name, model=str(model_name or backend.path), imgsz=list(imgsz), batch=batch,
+        threads=backend.threads, streams=streams, latency_ms=p, fps=fps, throughput_fps=throughput,
+        peak_rss_mb=peak_rss_mb(), size_mb=artifact_size_mb(backend.path), end2end=source is not None,
+        iters=len(lat), warmup=warmup, extra=extra)
+
+
+def median(values) -> float:
+    return float(statistics.median(values))

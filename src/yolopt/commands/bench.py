@@ -1,0 +1,87 @@
+"""yolopt bench: latency, FPS and multi-stream throughput of any model file."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import YoloptError
+from ._common import load_for_inference, pick_device, write_json
+
+log = logging.getLogger("yolopt")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure latency (p50/p90/p99), FPS and parallel throughput",
+        description="Benchmark a .pt/.safetensors/.onnx/.xml/.torchscript/.engine model: model-only on a fixed "
+        "random input, or --end2end on real images (decode + letterbox + inference + NMS). Reports latency "
+        "percentiles, FPS, throughput with N parallel streams (separate sessions in threads), peak RSS and size.",
+    )
+    p.add_argument("weights", help="model file")
+    p.add_argument("--imgsz", type=int, default=640, help="input size (default 640; fixed artifacts use their own)")
+    p.add_argument("--batch", default="1", help="batch size(s), comma separated, e.g. 1,8 (default 1)")
+    p.add_argument("--threads", type=int, help="intra-op threads per session (default: the runtime's choice)")
+    p.add_argument("--streams", type=int, default=1, help="parallel streams for the throughput figure (default 1)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up calls (default 10)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iters", type=int, default=100, help="timed calls (default 100)")
+    g.add_argument("--duration", type=float, help="time for this many seconds instead of --iters")
+    p.add_argument("--end2end", action="store_true", help="include decode + letterbox + NMS on --source images")
+    p.add_argument("--source", nargs="+", help="images for --end2end (files, folders or globs)")
+    p.add_argument("--no-fuse", action="store_true", help="PyTorch weights: keep BatchNorm (eager, unfused)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda:0 / 0 for PyTorch weights")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON (a list when several batches)")
+    p.set_defaults(func=run)
+
+
+def _batches(spec: str) -> list[int]:
+    try:
+        out = [int(v) for v in str(spec).split(",") if v.strip()]
+    except ValueError:
+        raise YoloptError(f"--batch {spec}: expected integers separated by commas, e.g. 1,8") from None
+    if not out or min(out) < 1:
+        raise YoloptError(f"--batch {spec}: batch sizes must be >= 1")
+    return out
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..bench import benchmark
+    from ..runtime import TorchBackend, backend_for
+
+    batches = _batches(args.batch)
+    if args.end2end and not args.source:
+        raise YoloptError("--end2end needs --source IMAGES")
+    if args.streams < 1:
+        raise YoloptError(f"--streams {args.streams}: must be >= 1")
+    device = pick_device(args.device)
+    if args.no_fuse and backend_for(args.weights) == "torch":
+        model = TorchBackend(args.weights, threads=args.threads, fuse=False, device=device)
+        imgsz = args.imgsz
+    else:
+        model, imgsz = load_for_inference(args.weights, args.imgsz, device, threads=args.threads)
+    if model.batch is not None and any(b != model.batch for b in batches):
+        log.warning("%s has a fixed batch of %d; other batch sizes run as chunks of %d", args.weights, model.batch,
+                    model.batch)
+    records = []
+    for b in batches:
+        r = benchmark(model, imgsz, batch=b, warmup=args.warmup, iters=None if args.duration else args.iters,
+                      duration=args.duration, streams=args.streams, source=args.source if args.end2end else None,
+                      model_name=args.weights)
+        records.append(r)
+    t = Table(title=f"{args.weights} [{model.name}] {'end-to-end' if args.end2end else 'model only'}")
+    for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS", f"thru x{args.streams} FPS", "peak RSS MB",
+                "size MB"):
+        t.add_column(col, justify="right")
+    for r in records:
+        L = r.latency_ms
+        t.add_row(str(r.batch), f"{L['p50']:.2f}", f"{L['p90']:.2f}", f"{L['p99']:.2f}", f"{L['mean']:.2f}",
+                  f"{r.fps:.1f}", f"{r.throughput_fps:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.2f}")
+    Console().print(t)
+    if args.json:
+        payload = [r.to_dict() for r in records]
+        write_json(args.json, payload[0] if len(payload) == 1 else payload)
+    return 0

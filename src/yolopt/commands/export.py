@@ -1,0 +1,62 @@
+"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT) and verify it."""
+
+from __future__ import annotations
+
+import logging
+
+from ._common import write_json
+
+log = logging.getLogger("yolopt")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to onnx / openvino / torchscript / tensorrt (verified against PyTorch)",
+        description="Fuse Conv+BN, export, and verify: the artifact and the PyTorch model run on the same inputs; "
+        "the max |diff| and detection agreement are reported and the export fails (nothing written) when they are "
+        "beyond tolerance. Class names, stride, imgsz and the yolopt version are stored in the artifact.",
+    )
+    p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
+    p.add_argument("--format", required=True, help="onnx, openvino, torchscript or tensorrt")
+    p.add_argument("--imgsz", type=int, nargs="+", default=[640], help="input size: one value or H W (default 640)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the fixed input (default 1)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")
+    p.add_argument("--half", action="store_true", help="FP16 (openvino: FP16 weights; onnx/torchscript/tensorrt: CUDA)")
+    p.add_argument("--nms", action="store_true",
+                   help="NMS inside the graph: outputs final detections (K,7) = [batch, x1, y1, x2, y2, conf, class]")
+    p.add_argument("--conf", type=float, default=0.25, help="--nms confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="--nms IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=300, help="--nms maximum detections per image (default 300)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim clean-up")
+    p.add_argument("--out", help="output file (or folder for openvino); default next to the weights")
+    p.add_argument("--verify-source", nargs="+", metavar="IMAGE",
+                   help="images to verify on (default: a synthetic scene)")
+    p.add_argument("--atol", type=float, help="override the score tolerance of the verification")
+    p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from ..export import export
+
+    if len(args.imgsz) not in (1, 2):
+        from ..errors import ExportError
+
+        raise ExportError("--imgsz takes one value or two (H W)")
+    imgsz = (args.imgsz[0], args.imgsz[-1])
+    res = export(args.weights, args.format, imgsz=imgsz, batch=args.batch, dynamic=args.dynamic, half=args.half,
+                 nms=args.nms, opset=args.opset, out=args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                 simplify=not args.no_simplify, verify_images=args.verify_source, atol=args.atol)
+    v = res.verify
+    c = Console(soft_wrap=True)
+    c.print(f"[bold]{res.format}[/bold] export: {', '.join(str(f) for f in res.files)} ({res.size_mb:.2f} MB, "
+            f"{res.seconds:.1f} s)")
+    c.print(f"verified on input(s) {', '.join('x'.join(map(str, (s[0], 3, s[1], s[2]))) for s in v.shapes)}: "
+            f"{v.summary()} -> [green]PASS[/green]")
+    if args.json:
+        write_json(args.json, res.to_dict())
+    return 0

@@ -1,0 +1,435 @@
+"""Inference backends: PyTorch, ONNX Runtime, OpenVINO, TorchScript, TensorRT.
+
+All of them map a float (B,3,H,W) RGB batch in [0,1] (torch tensor or numpy array) to a
+``torch.Tensor`` on the CPU: decoded ``(B,N,5+nc)`` predictions, or, for an artifact exported
+with ``--nms`` (``end2end``), the final detections ``(K,7)`` = [batch, x1, y1, x2, y2, conf, cls].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import RuntimeBackendError
+
+log = logging.getLogger("yolopt")
+
+METADATA_FORMAT = "yolopt-export"
+SUFFIXES = {
+    ".pt": "torch", ".pth": "torch", ".safetensors": "torch",
+    ".onnx": "onnx", ".xml": "openvino", ".torchscript": "torchscript", ".engine": "tensorrt", ".trt": "tensorrt",
+}
+
+
+def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """Metadata strings written by ``yolopt export`` -> python values (missing keys are absent)."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except (TypeError, ValueError):
+            out[k] = v
+    return out
+
+
+class Backend:
+    """Common interface. Subclasses implement ``_run(np.ndarray) -> np.ndarray | torch.Tensor``."""
+
+    name = "base"
+    path: Path
+    names: list[str]
+    nc: int
+    stride: torch.Tensor
+    imgsz: tuple[int, int] | None = None  # the export size (h, w), when known
+    batch: int | None = None  # fixed batch size, None when dynamic
+    dynamic: bool = True  # spatial size may vary
+    end2end: bool = False  # NMS inside the artifact
+    nms: dict | None = None  # thresholds baked in when end2end
+    half: bool = False
+    threads: int | None = None
+
+    def _init_meta(self, meta: dict[str, Any], stride_default=(8, 16, 32)) -> None:
+        names = meta.get("names")
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names, key=int)]
+        self.names = list(names) if names else [str(i) for i in range(int(meta.get("nc", 80)))]
+        self.nc = int(meta.get("nc", len(self.names)))
+        st = meta.get("stride", list(stride_default))
+        self.stride = torch.tensor(st if isinstance(st, (list, tuple)) else [st], dtype=torch.float32)
+        if meta.get("imgsz") is not None:
+            im = meta["imgsz"]
+            self.imgsz = (int(im[0]), int(im[1])) if isinstance(im, (list, tuple)) else (int(im), int(im))
+        self.end2end = bool(meta.get("nms"))
+        self.nms = meta.get("nms") or None
+        self.half = bool(meta.get("half", False))
+        self.version = meta.get("yolopt_version")
+
+    # --- shape handling -------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple:
+        """(B, 3, H, W) with ``None`` for dynamic dimensions."""
+        h, w = (self.imgsz if (self.imgsz and not self.dynamic) else (None, None))
+        return (self.batch, 3, h, w)
+
+    @property
+    def fixed_shape(self) -> bool:
+        return not self.dynamic
+
+    def check_input(self, x: np.ndarray) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise RuntimeBackendError(f"{self.path}: expected a (B,3,H,W) input, got shape {tuple(x.shape)}")
+        if not self.dynamic and self.imgsz and tuple(x.shape[2:]) != tuple(self.imgsz):
+            raise RuntimeBackendError(
+                f"{self.path}: input size {x.shape[2]}x{x.shape[3]} does not match the artifact's fixed input "
+                f"{self.imgsz[0]}x{self.imgsz[1]} (use --imgsz {self.imgsz[0]}, or export with --dynamic)")
+        s = int(self.stride.max())
+        if self.dynamic and (x.shape[2] % s or x.shape[3] % s):
+            raise RuntimeBackendError(
+                f"{self.path}: input size {x.shape[2]}x{x.shape[3]} is not a multiple of the stride {s}")
+
+    def __call__(self, x) -> torch.Tensor:
+        a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        self.check_input(a)
+        if self.batch is None or a.shape[0] == self.batch:
+            return self._wrap(self._run(a))
+        # fixed batch: run in chunks, zero-padding the last one
+        outs = []
+        for i in range(0, a.shape[0], self.batch):
+            chunk = a[i:i + self.batch]
+            n = chunk.shape[0]
+            if n < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), np.float32)])
+            y = self._wrap(self._run(chunk))
+            if self.end2end:
+                y = y[y[:, 0] < n]
+                y[:, 0] += i
+            else:
+                y = y[:n]
+            outs.append(y)
+        return torch.cat(outs, 0)
+
+    @staticmethod
+    def _wrap(y) -> torch.Tensor:
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        t = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
+        return t.float().cpu()
+
+    def _run(self, x: np.ndarray):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def clone(self) -> "Backend":
+        """An independent instance (its own session) for another stream/thread."""
+        return type(self)(self.path, threads=self.threads)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "path": str(self.path), "nc": self.nc, "imgsz": self.imgsz,
+                "batch": self.batch, "dynamic": self.dynamic, "end2end": self.end2end, "half": self.half}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path} input={self.input_shape}>"
+
+
+class TorchBackend(Backend):
+    """A PyTorch ``DetectionModel`` (upstream .pt or yolopt .safetensors); fused unless ``fuse=False``."""
+
+    name = "torch"
+
+    def __init__(self, path, threads: int | None = None, fuse: bool = True, device: str | torch.device = "cpu",
+                 model=None):
+        from ..models.checkpoint import load_model
+
+        self.path = Path(path) if path is not None else Path("<model>")
+        self.threads = threads
+        self.fuse = fuse
+        self.name = "torch" if fuse else "torch-unfused"
+        self.device = torch.device(device)
+        if model is None:
+            model = load_model(self.path)
+            if fuse:
+                model = model.fuse()
+        self.model = model.to(self.device).eval()
+        self._init_meta({"names": list(model.names), "nc": model.nc, "stride": [float(s) for s in model.stride]})
+        imgsz = (getattr(model, "provenance", None) or {}).get("imgsz")
+        self.imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, (int, float)) else None
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    def __call__(self, x) -> torch.Tensor:
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.check_input(t)
+        with torch.inference_mode():
+            return self.model(t.to(self.device).float()).float().cpu()
+
+    def __getattr__(self, item):
+        # anything else (yaml, parameters(), model internals) is the wrapped DetectionModel's
+        model = self.__dict__.get("model")
+        if model is None:
+            raise AttributeError(item)
+        return getattr(model, item)
+
+    def clone(self) -> "TorchBackend":
+        import copy
+
+        return TorchBackend(self.path, threads=self.threads, fuse=self.fuse, device=self.device,
+                            model=copy.deepcopy(self.model))
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path, threads: int | None = None, providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeBackendError(f"{path}: onnxruntime is not installed (pip install 'yolopt[deploy]')") from None
+        self.path = Path(path)
+        self.threads = threads
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        avail = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises several exception types
+            raise RuntimeBackendError(f"{self.path}: not a loadable ONNX model ({_first_line(e)})") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self._init_meta(meta)
+        b, _, h, w = inp.shape
+        self.batch = b if isinstance(b, int) else None
+        self.dynamic = not (isinstance(h, int) and isinstance(w, int))
+        if not self.dynamic:
+            self.imgsz = (h, w)
+        self.in_dtype = np.float16 if "float16" in inp.type else np.float32
+
+    def _run(self, x):
+        return self.session.run(self.output_names[:1], {self.input_name: x.astype(self.in_dtype, copy=False)})[0]
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, path, threads: int | None = None, device: str = "CPU"):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeBackendError(f"{path}: openvino is not installed (pip install 'yolopt[deploy]')") from None
+        self.path = Path(path)
+        self.threads = threads
+        bin_path = self.path.with_suffix(".bin")
+        if not bin_path.exists():
+            raise RuntimeBackendError(f"{self.path}: OpenVINO weights file {bin_path.name} is missing next to it")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+            cfg = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+            cfg["PERFORMANCE_HINT"] = "LATENCY"
+            self.compiled = core.compile_model(model, device, cfg)
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeBackendError(f"{self.path}: not a loadable OpenVINO IR ({_first_line(e)})") from None
+        meta = {}
+        if model.has_rt_info(["yolopt"]):
+            for k in ("format", "names", "nc", "stride", "imgsz", "batch", "dynamic", "nms", "half", "yolopt_version"):
+                if model.has_rt_info(["yolopt", k]):
+                    meta[k] = model.get_rt_info(["yolopt", k]).astype(str)
+        self._init_meta(decode_metadata(meta))
+        ps = model.inputs[0].get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in ps]
+        self.batch = dims[0]
+        self.dynamic = dims[2] is None or dims[3] is None
+        if not self.dynamic:
+            self.imgsz = (dims[2], dims[3])
+        self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def _run(self, x):
+        with self._lock:  # one infer request per backend; clone() for parallel streams
+            res = self.request.infer({0: x})
+            return np.array(res[self.compiled.outputs[0]])
+
+
+class TorchScriptBackend(Backend):
+    name = "torchscript"
+
+    def __init__(self, path, threads: int | None = None, device: str | torch.device = "cpu"):
+        self.path = Path(path)
+        self.threads = threads
+        self.device = torch.device(device)
+        extra = {"config.txt": ""}
+        try:
+            self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeBackendError(f"{self.path}: not a loadable TorchScript file ({_first_line(e)})") from None
+        meta = decode_metadata(json.loads(extra["config.txt"])) if extra["config.txt"] else {}
+        meta = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v) for k, v in meta.items()}
+        self._init_meta(meta)
+        self.batch = None if meta.get("dynamic") else meta.get("batch")
+        self.dynamic = bool(meta.get("dynamic", False))
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    def __call__(self, x) -> torch.Tensor:
+        return super().__call__(x)
+
+    def _run(self, x):
+        dtype = torch.float16 if self.half else torch.float32
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x).to(self.device, dtype))
+
+
+class TensorRTBackend(Backend):
+    """A serialized TensorRT engine, run on CUDA through torch tensors as I/O buffers."""
+
+    name = "tensorrt"
+
+    def __init__(self, path, threads: int | None = None, device: str = "cuda:0"):
+        self.path = Path(path)
+        self.threads = threads
+        trt = require_tensorrt(self.path)
+        self.device = torch.device(device)
+        logger = trt.Logger(trt.Logger.WARNING)
+        blob = self.path.read_bytes()
+        # yolopt engines start with a length-prefixed JSON metadata block
+        meta: dict = {}
+        if blob[:8] == b"YOLOPT1\0":
+            n = int.from_bytes(blob[8:12], "little")
+            meta = decode_metadata(json.loads(blob[12:12 + n]))
+            blob = blob[12 + n:]
+        with trt.Runtime(logger) as rt:
+            self.engine = rt.deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise RuntimeBackendError(f"{self.path}: not a TensorRT engine for this TensorRT/GPU version")
+        self.context = self.engine.create_execution_context()
+        self._init_meta(meta)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        shp = tuple(self.engine.get_tensor_shape(self.input_name))
+        self.batch = shp[0] if shp[0] > 0 else None
+        self.dynamic = shp[2] < 0 or shp[3] < 0
+        if not self.dynamic:
+            self.imgsz = (shp[2], shp[3])
+        self._trt = trt
+
+    def _run(self, x):
+        trt = self._trt
+        dt = torch.float16 if self.engine.get_tensor_dtype(self.input_name) == trt.DataType.HALF else torch.float32
+        inp = torch.from_numpy(x).to(self.device, dt).contiguous()
+        self.context.set_input_shape(self.input_name, tuple(inp.shape))
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        if min(out_shape) < 0:
+            raise RuntimeBackendError(f"{self.path}: data-dependent output shape {out_shape} is not supported")
+        odt = torch.float16 if self.engine.get_tensor_dtype(self.output_name) == trt.DataType.HALF else torch.float32
+        out = torch.empty(out_shape, dtype=odt, device=self.device)
+        self.context.set_tensor_address(self.input_name, inp.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeBackendError(f"{self.path}: TensorRT execution failed")
+        stream.synchronize()
+        return out
+
+
+def require_tensorrt(path) -> Any:
+    """The ``tensorrt`` module, or one clear error when it or a CUDA GPU is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise RuntimeBackendError(f"{path}: TensorRT needs the `tensorrt` Python package and an NVIDIA GPU; "
+                                  "`tensorrt` is not installed") from None
+    if not torch.cuda.is_available():
+        raise RuntimeBackendError(f"{path}: TensorRT needs a CUDA GPU; none is available on this machine")
+    return trt
+
+
+class ParallelBackend(Backend):
+    """Spread each batch over N independent backend instances (streams) run in threads.
+
+    ONNX Runtime, OpenVINO and PyTorch release the GIL while they compute, so N sessions with
+    ``threads = cores / N`` each overlap their work.
+    """
+
+    def __init__(self, backend: Backend, workers: int):
+        self.base = backend
+        self.workers = max(1, int(workers))
+        self.replicas = [backend] + [backend.clone() for _ in range(self.workers - 1)]
+        self.pool = ThreadPoolExecutor(self.workers)
+        for k in ("name", "path", "names", "nc", "stride", "imgsz", "batch", "dynamic", "end2end", "nms", "half",
+                  "threads"):
+            setattr(self, k, getattr(backend, k))
+
+    def __call__(self, x) -> torch.Tensor:
+        n = x.shape[0]
+        if n == 1 or self.workers == 1:
+            return self.base(x)
+        step = max(self.batch or 1, -(-n // self.workers))
+        parts = [(i, x[i:i + step]) for i in range(0, n, step)]
+        futs = [self.pool.submit(self.replicas[k % self.workers], p) for k, (_, p) in enumerate(parts)]
+        outs = [f.result() for f in futs]
+        if self.end2end:
+            for (i, _), o in zip(parts, outs):
+                o[:, 0] += i
+        return torch.cat(outs, 0)
+
+    def clone(self):
+        return ParallelBackend(self.base.clone(), self.workers)
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:200]
+
+
+def backend_for(path: str | Path) -> str:
+    """Backend name for a file, from its suffix (a folder holding one .xml means OpenVINO)."""
+    p = Path(path)
+    if p.is_dir():
+        xml = sorted(p.glob("*.xml"))
+        if len(xml) == 1:
+            return "openvino"
+        raise RuntimeBackendError(f"{p}: is a folder, expected a model file")
+    kind = SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise RuntimeBackendError(
+            f"{p}: unknown model format '{p.suffix or '(no suffix)'}' "
+            f"(expected one of {', '.join(sorted(set(SUFFIXES)))})")
+    return kind
+
+
+_CLASSES: dict[str, Callable[..., Backend]] = {
+    "torch": TorchBackend, "onnx": OnnxBackend, "openvino": OpenVINOBackend,
+    "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend,
+}
+
+
+def load(path: str | Path, threads: int | None = None, **kwargs) -> Backend:
+    """Open any yolopt-supported model file with the backend its suffix names."""
+    p = Path(path)
+    kind = backend_for(p)
+    if p.is_dir():
+        p = sorted(p.glob("*.xml"))[0]
+    if not p.exists():
+        raise RuntimeBackendError(f"{p}: model file not found")
+    if p.stat().st_size == 0:
+        raise RuntimeBackendError(f"{p}: empty file, not a model")
+    return _CLASSES[kind](p, threads=threads, **kwargs)
+
+
+def default_threads(streams: int = 1) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, streams))

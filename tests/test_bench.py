@@ -1,0 +1,99 @@
+"""yolopt bench: latency percentiles, throughput, JSON records, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+pytest.importorskip("onnxruntime")
+
+KEYS = {"backend", "model", "imgsz", "batch", "threads", "streams", "latency_ms", "fps", "throughput_fps",
+        "peak_rss_mb", "size_mb"}
+
+
+@pytest.fixture(scope="module")
+def onnx_dyn(tmp_path_factory, yolov5n_pt):
+    from yolopt.export import export
+
+    return export(yolov5n_pt, "onnx", imgsz=128, dynamic=True, out=tmp_path_factory.mktemp("bench") / "m.onnx").path
+
+
+def _check(rec, batch, streams=1):
+    assert KEYS <= set(rec)
+    L = rec["latency_ms"]
+    assert 0 < L["p50"] <= L["p90"] <= L["p99"]
+    assert min(L.values()) > 0 and L["mean"] <= L["p99"] * 1.0001
+    assert rec["batch"] == batch and rec["streams"] == streams
+    assert rec["fps"] == pytest.approx(batch * 1000 / L["mean"], rel=1e-6)
+    assert rec["throughput_fps"] > 0 and rec["peak_rss_mb"] > 50
+
+
+def test_percentiles_and_time_calls():
+    from yolopt.bench import percentiles, time_calls
+
+    p = percentiles([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert p["p50"] == 3.0 and p["mean"] == 22.0 and p["p50"] < p["p90"] < p["p99"] < 100.0
+    calls = []
+    lat = time_calls(lambda: calls.append(1), warmup=3, iters=7)
+    assert len(lat) == 7 and len(calls) == 10 and all(v >= 0 for v in lat)
+    lat = time_calls(lambda: None, warmup=0, iters=None, duration=0.05)
+    assert len(lat) > 10
+
+
+def test_benchmark_api_streams_and_end2end(onnx_dyn, bus_jpg):
+    from yolopt import runtime
+    from yolopt.bench import benchmark
+
+    b = runtime.load(onnx_dyn, threads=1)
+    r = benchmark(b, 128, batch=2, warmup=1, iters=5, streams=2).to_dict()
+    _check(r, 2, 2)
+    assert r["size_mb"] == pytest.approx(onnx_dyn.stat().st_size / 1e6)
+    assert r["backend"] == "onnxruntime" and r["threads"] == 1 and not r["end2end"]
+    assert r["extra"]["stream_latency_ms"]["p50"] > 0
+    e = benchmark(b, 128, batch=1, warmup=1, iters=3, source=[bus_jpg])
+    assert e.end2end and e.latency_ms["p50"] > 0
+
+
+def test_bench_cli_json(onnx_dyn, tmp_path):
+    out = tmp_path / "b.json"
+    r = run_cli("bench", onnx_dyn, "--imgsz", "128", "--batch", "1,2", "--warmup", "1", "--iters", "4",
+                "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(out.read_text())
+    assert isinstance(recs, list) and [x["batch"] for x in recs] == [1, 2]
+    for rec, b in zip(recs, (1, 2)):
+        _check(rec, b)
+        assert rec["imgsz"] == [128, 128] and rec["threads"] == 1
+    assert "p50 ms" in r.stdout
+
+
+def test_bench_cli_end2end_torch_unfused(yolov5n_pt, bus_jpg, tmp_path):
+    out = tmp_path / "e.json"
+    r = run_cli("bench", yolov5n_pt, "--imgsz", "128", "--warmup", "1", "--iters", "3", "--end2end", "--source",
+                bus_jpg, "--no-fuse", "--json", out)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    _check(rec, 1)
+    assert rec["backend"] == "torch-unfused" and rec["end2end"] is True
+    assert rec["size_mb"] == pytest.approx(yolov5n_pt.stat().st_size / 1e6)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--batch", "1,x"], "--batch 1,x: expected integers"),
+    (["--batch", "0"], "batch sizes must be >= 1"),
+    (["--end2end"], "--end2end needs --source"),
+    (["--streams", "0"], "--streams 0: must be >= 1"),
+])
+def test_bench_bad_options(onnx_dyn, args, needle):
+    r = run_cli("bench", onnx_dyn, "--iters", "1", *args)
+    assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_unknown_file(tmp_path):
+    p = tmp_path / "model.bin"
+    p.write_bytes(b"x")
+    r = run_cli("bench", p)
+    assert r.returncode == 1 and "unknown model format '.bin'" in r.stderr and str(p) in r.stderr
