@@ -117,7 +117,7 @@ def test_torchscript_extra_files(artifacts, fused):
 def test_nms_onnx_matches_predict_on_bus(tmp_path, yolov5n_pt, yolov5n, bus_jpg):
     """Acceptance: the --nms ONNX (640) returns the same detections as `yolopt predict`."""
     from yolopt import runtime
-    from yolopt.predict import predict
+    from yolopt.detect import predict
 
     out = tmp_path / "nms.onnx"
     r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--out", out, "--verify-source", bus_jpg)

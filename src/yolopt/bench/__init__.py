@@ -113,7 +113,7 @@ class EndToEnd:
         from ..data.images import read_image
         from ..data.letterbox import letterbox, to_tensor
         from ..evaluate.nms import non_max_suppression
-        from ..predict import scale_to_original
+        from ..detect import scale_to_original
 
         ims, xs = [], []
         for _ in range(self.batch):

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..evaluate.validate import validate
 from ..models.checkpoint import load_model
-from ..predict import predict, write_outputs
+from ..detect import predict, write_outputs
 
 log = logging.getLogger("yolopt")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..predict import predict, write_outputs
+from ..detect import predict, write_outputs
 from ._common import add_common_model_args, load_for_inference, pick_device
 
 log = logging.getLogger("yolopt")

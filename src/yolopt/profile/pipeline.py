@@ -12,7 +12,7 @@ from ..data.images import list_images, read_image
 from ..data.letterbox import letterbox, to_tensor
 from ..errors import YoloptError
 from ..evaluate.nms import non_max_suppression
-from ..predict import scale_to_original
+from ..detect import scale_to_original
 
 STAGE_KEYS = ("decode", "preprocess", "inference", "nms", "postprocess")
 DEPLOY_CONF = 0.25
