@@ -110,3 +110,11 @@ def test_pruned_channel_counts_roundtrip(tmp_path):
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(m2(x), m(x), rtol=0, atol=0)
+
+
+def test_builtin_config_equals_official_yaml(yolov5n):
+    cfg = builtin_config("yolov5n")
+    assert cfg["backbone"] == yolov5n.yaml["backbone"] and cfg["head"] == yolov5n.yaml["head"]
+    assert cfg["anchors"] == yolov5n.yaml["anchors"]
+    # upstream's published size of yolov5s6: 12.6M parameters
+    assert DetectionModel(builtin_config("yolov5s6")).num_params() == pytest.approx(12.6e6, rel=0.005)

@@ -29,8 +29,9 @@ _P6_ANCHORS = [
 _UP = ["None", 2, "nearest"]
 
 
-def _p5() -> tuple[list, list]:
-    backbone = [
+def _stem() -> list:
+    """Backbone rows shared by P5 and P6 models, down to stride 16 (layers 0-6)."""
+    return [
         [-1, 1, "Conv", [64, 6, 2, 2]],  # 0  P1/2
         [-1, 1, "Conv", [128, 3, 2]],  # 1  P2/4
         [-1, 3, "C3", [128]],
@@ -38,69 +39,57 @@ def _p5() -> tuple[list, list]:
         [-1, 6, "C3", [256]],
         [-1, 1, "Conv", [512, 3, 2]],  # 5  P4/16
         [-1, 9, "C3", [512]],
+    ]
+
+
+def _top_down(widths: list[int], lateral: list[int]) -> list:
+    """FPN rows: for each width, 1x1 Conv, upsample, concat with a backbone layer, C3."""
+    rows = []
+    for c, src in zip(widths, lateral):
+        rows += [
+            [-1, 1, "Conv", [c, 1, 1]],
+            [-1, 1, "nn.Upsample", _UP],
+            [[-1, src], 1, "Concat", [1]],
+            [-1, 3, "C3", [c, False]],
+        ]
+    return rows
+
+
+def _bottom_up(widths: list[int], lateral: list[int]) -> list:
+    """PAN rows: for each width, stride-2 Conv, concat with a top-down layer, C3."""
+    rows = []
+    for c_down, c_out, src in zip(widths[:-1], widths[1:], lateral):
+        rows += [
+            [-1, 1, "Conv", [c_down, 3, 2]],
+            [[-1, src], 1, "Concat", [1]],
+            [-1, 3, "C3", [c_out, False]],
+        ]
+    return rows
+
+
+def _p5() -> tuple[list, list]:
+    backbone = _stem() + [
         [-1, 1, "Conv", [1024, 3, 2]],  # 7  P5/32
         [-1, 3, "C3", [1024]],
         [-1, 1, "SPPF", [1024, 5]],  # 9
     ]
-    head = [
-        [-1, 1, "Conv", [512, 1, 1]],
-        [-1, 1, "nn.Upsample", _UP],
-        [[-1, 6], 1, "Concat", [1]],
-        [-1, 3, "C3", [512, False]],  # 13
-        [-1, 1, "Conv", [256, 1, 1]],
-        [-1, 1, "nn.Upsample", _UP],
-        [[-1, 4], 1, "Concat", [1]],
-        [-1, 3, "C3", [256, False]],  # 17 (P3/8 out)
-        [-1, 1, "Conv", [256, 3, 2]],
-        [[-1, 14], 1, "Concat", [1]],
-        [-1, 3, "C3", [512, False]],  # 20 (P4/16 out)
-        [-1, 1, "Conv", [512, 3, 2]],
-        [[-1, 10], 1, "Concat", [1]],
-        [-1, 3, "C3", [1024, False]],  # 23 (P5/32 out)
-        [[17, 20, 23], 1, "Detect", ["nc", "anchors"]],
-    ]
+    # top-down 10-17 (C3 at 13, 17 = P3 out); bottom-up 18-23 (P4 out 20, P5 out 23)
+    head = _top_down([512, 256], [6, 4]) + _bottom_up([256, 512, 1024], [14, 10])
+    head.append([[17, 20, 23], 1, "Detect", ["nc", "anchors"]])
     return backbone, head
 
 
 def _p6() -> tuple[list, list]:
-    backbone = [
-        [-1, 1, "Conv", [64, 6, 2, 2]],  # 0  P1/2
-        [-1, 1, "Conv", [128, 3, 2]],  # 1  P2/4
-        [-1, 3, "C3", [128]],
-        [-1, 1, "Conv", [256, 3, 2]],  # 3  P3/8
-        [-1, 6, "C3", [256]],
-        [-1, 1, "Conv", [512, 3, 2]],  # 5  P4/16
-        [-1, 9, "C3", [512]],
+    backbone = _stem() + [
         [-1, 1, "Conv", [768, 3, 2]],  # 7  P5/32
         [-1, 3, "C3", [768]],
         [-1, 1, "Conv", [1024, 3, 2]],  # 9  P6/64
         [-1, 3, "C3", [1024]],
         [-1, 1, "SPPF", [1024, 5]],  # 11
     ]
-    head = [
-        [-1, 1, "Conv", [768, 1, 1]],
-        [-1, 1, "nn.Upsample", _UP],
-        [[-1, 8], 1, "Concat", [1]],
-        [-1, 3, "C3", [768, False]],  # 15
-        [-1, 1, "Conv", [512, 1, 1]],
-        [-1, 1, "nn.Upsample", _UP],
-        [[-1, 6], 1, "Concat", [1]],
-        [-1, 3, "C3", [512, False]],  # 19
-        [-1, 1, "Conv", [256, 1, 1]],
-        [-1, 1, "nn.Upsample", _UP],
-        [[-1, 4], 1, "Concat", [1]],
-        [-1, 3, "C3", [256, False]],  # 23 (P3/8 out)
-        [-1, 1, "Conv", [256, 3, 2]],
-        [[-1, 20], 1, "Concat", [1]],
-        [-1, 3, "C3", [512, False]],  # 26 (P4/16 out)
-        [-1, 1, "Conv", [512, 3, 2]],
-        [[-1, 16], 1, "Concat", [1]],
-        [-1, 3, "C3", [768, False]],  # 29 (P5/32 out)
-        [-1, 1, "Conv", [768, 3, 2]],
-        [[-1, 12], 1, "Concat", [1]],
-        [-1, 3, "C3", [1024, False]],  # 32 (P6/64 out)
-        [[23, 26, 29, 32], 1, "Detect", ["nc", "anchors"]],
-    ]
+    # top-down 12-23 (P3 out 23); bottom-up 24-32 (P4 26, P5 29, P6 32)
+    head = _top_down([768, 512, 256], [8, 6, 4]) + _bottom_up([256, 512, 768, 1024], [20, 16, 12])
+    head.append([[23, 26, 29, 32], 1, "Detect", ["nc", "anchors"]])
     return backbone, head
 
 
