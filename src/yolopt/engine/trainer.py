@@ -184,6 +184,8 @@ class Trainer:
         self.resume_path = Path(resume) if resume else None
         self.rank, self.world, self.local_rank = _dist_env()
         self.main = self.rank in (-1, 0)
+        if not self.main:  # rank-0-only logging; warnings and errors still show
+            logging.getLogger("yolopt").setLevel(logging.WARNING)
         self.epoch = 0
         self.history: list[dict] = []
         self.best_fitness = -1.0
@@ -259,7 +261,11 @@ class Trainer:
                     raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
                                       f"or choose another --out")
             else:
-                out = _next_run_dir(Path("runs/train/exp"))
+                out = _next_run_dir(Path("runs/train/exp")) if self.main else None
+                if self.world > 1:  # every rank must use rank 0's choice
+                    box = [str(out) if out else None]
+                    torch.distributed.broadcast_object_list(box, src=0)
+                    out = Path(box[0])
             cfg.out = str(out)
         self.out = Path(cfg.out)
 
