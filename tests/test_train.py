@@ -195,9 +195,14 @@ def test_freeze_keeps_backbone_and_extra_loss_hook_runs(tiny_data, tmp_path):
     class Count(Callback):
         def extra_loss(self, trainer, imgs, targets, preds):
             calls.append(imgs.shape[0])
-            return preds[0].sum() * 0.0
+            with torch.no_grad():
+                t = trainer.teacher(imgs)  # frozen teacher in eval mode: decoded outputs
+            s = torch.cat([p[..., 4].flatten(1) for p in preds], 1)
+            assert t.shape[:2] == s.shape and not trainer.teacher.training
+            return 0.1 * torch.nn.functional.binary_cross_entropy_with_logits(s, t[..., 4])
 
-    res = train(tiny_data, epochs=1, out=tmp_path / "fz", freeze=10, callbacks=[Count()],
+    teacher = DetectionModel(builtin_config("yolov5n", nc=3))
+    res = train(tiny_data, epochs=1, out=tmp_path / "fz", freeze=10, callbacks=[Count()], teacher=teacher,
                 **{**TINY, "cfg": None, "weights": str(tmp_path / "start.safetensors")})
     assert sum(calls) == 12  # every training image went through the hook
     from safetensors.torch import load_file
