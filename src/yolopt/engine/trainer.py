@@ -239,6 +239,10 @@ class Trainer:
             saved = self._state["config"]
             keep = {"device": cfg.device, "workers": cfg.workers, "progress": cfg.progress}
             cfg = self.cfg = TrainConfig(**{**saved, **keep, "out": str(self.resume_path.parent)})
+        if self.resume_path is None:  # absolute paths, so `--resume` works from any folder
+            cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
+            if cfg.weights and Path(cfg.weights).exists():
+                cfg.weights = str(Path(cfg.weights).resolve())
         if cfg.epochs < 1:
             raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
         if cfg.batch < 1:
@@ -484,7 +488,7 @@ class Trainer:
         save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
                               imgsz=self.imgsz, train_state=state, provenance=prov)
         if best:
-            atomic_write(self.out / BEST, lambda tmp: shutil.copyfile(last, tmp))
+            atomic_write(self.out / BEST, lambda tmp: shutil.copy(last, tmp))  # content + mode
 
     def _write_results(self) -> None:
         buf = io.StringIO()
