@@ -46,7 +46,7 @@ def run(args) -> int:
 
     common = {"device": args.device, "workers": args.workers, "progress": not args.no_progress}
     if args.resume is not None:
-        res = train(resume=args.resume or None, **common)
+        res = train(resume=args.resume, **common)  # "" = newest run under runs/train
     else:
         if not args.data:
             raise YoloptError("--data DATA.yaml is required")
