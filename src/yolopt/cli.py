@@ -16,7 +16,7 @@ from .errors import YoloptError
 
 # Sub-commands, in the order `yolopt --help` lists them. Each module defines
 # `register(subparsers)` which adds its parser and sets `func=run`.
-COMMANDS = ["predict", "val", "info", "profile", "export", "bench", "demo"]
+COMMANDS = ["predict", "val", "info", "profile", "export", "bench", "train", "data", "demo"]
 
 
 class _OneLineFormatter(logging.Formatter):

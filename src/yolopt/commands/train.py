@@ -1,0 +1,61 @@
+"""yolopt train: fine-tune or train a YOLOv5 detector (also under torchrun for DDP)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import YoloptError
+
+log = logging.getLogger("yolopt")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a detector on a YOLO-format dataset",
+        description="Train like upstream YOLOv5 (same loss, augmentation, SGD schedule and EMA). Writes "
+        "last.safetensors / best.safetensors (yolopt models that also resume exactly), results.csv and "
+        "results.png to --out. Multi-process: torchrun --nproc_per_node N -m yolopt train ...",
+    )
+    p.add_argument("--data", help="dataset yaml (path / train / val / names)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="start from these weights (.pt or .safetensors)")
+    src.add_argument("--cfg", help="train from scratch: built-in model name (yolov5n...) or a model yaml")
+    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
+    p.add_argument("--imgsz", type=int, default=640, help="train/val image size (default 640)")
+    p.add_argument("--batch", type=int, default=16, help="total batch size over all processes (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes per rank (default 2; 0 = main)")
+    p.add_argument("--device", default="auto", help="cpu, 0, 0,1 (use torchrun for several) or auto (default)")
+    p.add_argument("--hyp", help="hyperparameter yaml overriding hyp.scratch-low values")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers (10 = backbone)")
+    p.add_argument("--out", help="run folder (default runs/train/exp, exp2, ...)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                   help="continue the run in DIR (default: newest under runs/train) exactly where it stopped")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and always the last)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear learning-rate decay")
+    p.add_argument("--close-mosaic", type=int, default=10,
+                   help="turn mosaic off for the last N epochs when training longer than N (default 10)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across DDP processes")
+    p.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..engine.trainer import train
+
+    common = {"device": args.device, "workers": args.workers, "progress": not args.no_progress}
+    if args.resume is not None:
+        res = train(resume=args.resume, **common)  # "" = newest run under runs/train
+    else:
+        if not args.data:
+            raise YoloptError("--data DATA.yaml is required")
+        if not (args.weights or args.cfg):
+            raise YoloptError("give --weights W (fine-tune) or --cfg yolov5n.yaml (train from scratch)")
+        res = train(args.data, weights=args.weights, cfg=args.cfg, epochs=args.epochs, imgsz=args.imgsz,
+                    batch=args.batch, hyp=args.hyp, freeze=args.freeze, out=args.out, val_every=args.val_every,
+                    seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn, **common)
+    if res is not None and res.out is not None:
+        best = f", best fitness {res.best_fitness:.4f} -> {res.best}" if res.best else ""
+        log.info("done: %d epochs in %.1f min; last -> %s%s", res.epochs, res.minutes, res.last, best)
+    return 0

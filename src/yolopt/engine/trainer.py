@@ -1,0 +1,559 @@
+"""The training loop (single process or DDP), usable from Python and from ``yolopt train``.
+
+    >>> from yolopt.engine import train
+    >>> res = train(data="synth/data.yaml", cfg="yolov5n", epochs=30, imgsz=320, batch=32)
+    >>> res.best, res.best_fitness
+
+Hooks for later stages (distillation, pruning, QAT) are :class:`Callback` objects; the
+``teacher`` model, when given, is moved to the device, frozen and exposed as
+``trainer.teacher`` for ``Callback.extra_loss``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ..errors import CheckpointError, YoloptError
+from ..models.checkpoint import atomic_write, load_model
+from ..models.configs import load_config
+from ..models.yolo import DetectionModel
+from .checkpoint import (
+    optimizer_state_from,
+    prefixed,
+    read_train_checkpoint,
+    save_train_checkpoint,
+    set_rng_state,
+)
+from .ema import ModelEMA, unwrap
+from .loader import EpochSampler, TrainDataset, index_split, make_loader
+from .loss import DEFAULT_HYP, YoloLoss, scaled_loss_hyp
+
+log = logging.getLogger("yolopt")
+
+LAST, BEST = "last.safetensors", "best.safetensors"
+CSV_FIELDS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
+              "metrics/mAP50", "metrics/mAP50-95", "fitness", "lr/pg0", "lr/pg1", "lr/pg2", "epoch_s", "images_per_s"]
+
+
+class TrainingError(YoloptError):
+    """Training stopped (e.g. a non-finite loss); the message says what was kept."""
+
+
+class Callback:
+    """Override any of these to extend training. ``trainer`` gives access to everything
+    (``model``, ``ema``, ``optimizer``, ``teacher``, ``epoch``, ``cfg``...)."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+
+    def extra_loss(self, trainer: "Trainer", imgs: torch.Tensor, targets: torch.Tensor,
+                   preds: list[torch.Tensor]) -> torch.Tensor | None:
+        """An extra scalar loss added to the detection loss (already scaled as you want it)."""
+        return None
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        """After every optimiser step (``step`` = batches seen so far)."""
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    weights: str | None = None
+    cfg: str | None = None
+    epochs: int = 100
+    imgsz: int = 640
+    batch: int = 16
+    workers: int = 2
+    device: str = "auto"
+    hyp: dict | str | None = None
+    freeze: int = 0
+    out: str | None = None
+    val_every: int = 1
+    seed: int = 0
+    cos_lr: bool = False
+    close_mosaic: int = 10
+    sync_bn: bool = False
+    nbs: int = 64
+    progress: bool = True
+    plots: bool = True
+    exist_ok: bool = False
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    last: Path
+    best: Path | None
+    epochs: int
+    best_fitness: float
+    history: list[dict] = field(default_factory=list)
+    minutes: float = 0.0
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", -1)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", -1))
+
+
+def _load_hyp(spec) -> dict:
+    if spec is None:
+        return dict(DEFAULT_HYP)
+    if isinstance(spec, dict):
+        extra = spec
+    else:
+        p = Path(spec)
+        if not p.is_file():
+            raise YoloptError(f"{p}: hyperparameter file not found")
+        try:
+            extra = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise YoloptError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(extra, dict):
+            raise YoloptError(f"{p}: hyperparameter file must be a mapping of name: value")
+        bad = [k for k, v in extra.items() if not isinstance(v, (int, float))]
+        if bad:
+            raise YoloptError(f"{p}: hyperparameter {bad[0]!r} must be a number")
+    return {**DEFAULT_HYP, **{k: float(v) for k, v in extra.items()}}
+
+
+def _next_run_dir(base: Path) -> Path:
+    if not base.exists() or not any(base.iterdir()):
+        return base
+    for i in range(2, 10_000):
+        cand = base.with_name(f"{base.name}{i}")
+        if not cand.exists() or not any(cand.iterdir()):
+            return cand
+    raise YoloptError(f"{base}: too many runs")
+
+
+def lr_lambda(epochs: int, lrf: float, cos: bool):
+    if cos:
+        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, decay: float) -> torch.optim.Optimizer:
+    """SGD (nesterov) with 3 groups: biases (no decay), weights (decay), BatchNorm weights (no decay)."""
+    biases, weights, bn = [], [], []
+    norm_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
+    for mod in model.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if name == "bias":
+                biases.append(p)
+            elif name == "weight" and isinstance(mod, norm_types):
+                bn.append(p)
+            else:
+                weights.append(p)
+    opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    opt.add_param_group({"params": weights, "weight_decay": decay})
+    opt.add_param_group({"params": bn, "weight_decay": 0.0})
+    return opt
+
+
+def _transfer(src: DetectionModel, dst: DetectionModel) -> int:
+    """Copy every tensor whose name and shape match; returns how many were copied."""
+    ssd, dsd = src.state_dict(), dst.state_dict()
+    common = {k: v for k, v in ssd.items() if k in dsd and v.shape == dsd[k].shape}
+    dst.load_state_dict(common, strict=False)
+    return len(common)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, teacher: nn.Module | None = None,
+                 resume: str | Path | None = None):
+        self.cfg = cfg
+        self.callbacks = list(callbacks or [])
+        self.teacher = teacher
+        self.resume_path = Path(resume) if resume else None
+        self.rank, self.world, self.local_rank = _dist_env()
+        self.main = self.rank in (-1, 0)
+        if not self.main:  # rank-0-only logging; warnings and errors still show
+            logging.getLogger("yolopt").setLevel(logging.WARNING)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_fitness = -1.0
+
+    # ------------------------------------------------------------------ setup
+    def _device(self) -> torch.device:
+        spec = str(self.cfg.device or "auto")
+        if self.world > 1:
+            if spec != "cpu" and torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)
+                return torch.device("cuda", self.local_rank)
+            return torch.device("cpu")
+        if "," in spec:
+            raise YoloptError(f"--device {spec}: for several GPUs launch with "
+                              f"`torchrun --nproc_per_node {len(spec.split(','))} -m yolopt train ...`")
+        from ..commands._common import pick_device
+
+        return pick_device(spec)
+
+    def _build_model(self, nc: int, names: list[str]) -> DetectionModel:
+        cfg = self.cfg
+        if cfg.weights:
+            src = load_model(cfg.weights)
+            if src.nc == nc:
+                model = src
+            else:
+                model = DetectionModel(src.yaml, nc=nc)
+                n = _transfer(src, model)
+                log.info("transferred %d/%d tensors from %s (nc %d -> %d)", n, len(model.state_dict()), cfg.weights,
+                         src.nc, nc)
+        elif cfg.cfg:
+            try:
+                yaml_cfg = load_config(cfg.cfg)
+            except KeyError as e:
+                raise YoloptError(f"--cfg {cfg.cfg}: {e.args[0]}") from None
+            except (ValueError, OSError) as e:
+                raise YoloptError(f"--cfg {cfg.cfg}: {e}") from None
+            try:
+                model = DetectionModel(yaml_cfg, nc=nc)
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                raise YoloptError(f"--cfg {cfg.cfg}: cannot build the model ({e})") from None
+        else:
+            raise YoloptError("give --weights (start from a trained model) or --cfg (train from scratch)")
+        model.names = list(names)
+        return model.float()
+
+    def _setup(self):
+        cfg = self.cfg
+        if self.resume_path is not None:
+            self._tensors, _, self._state = read_train_checkpoint(self.resume_path)
+            saved = self._state["config"]
+            keep = {"device": cfg.device, "workers": cfg.workers, "progress": cfg.progress}
+            cfg = self.cfg = TrainConfig(**{**saved, **keep, "out": str(self.resume_path.parent)})
+        if self.resume_path is None:  # absolute paths, so `--resume` works from any folder
+            cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
+            if cfg.weights and Path(cfg.weights).exists():
+                cfg.weights = str(Path(cfg.weights).resolve())
+        if cfg.epochs < 1:
+            raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
+        if cfg.batch < 1:
+            raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
+        self.hyp = _load_hyp(cfg.hyp)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend)
+        self.device = self._device()
+        seed = cfg.seed + max(self.rank, 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        # out dir
+        if self.resume_path is None:
+            if cfg.out:
+                out = Path(cfg.out)
+                if (out / LAST).exists() and not cfg.exist_ok:
+                    raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
+                                      f"or choose another --out")
+            else:
+                out = _next_run_dir(Path("runs/train/exp")) if self.main else None
+                if self.world > 1:  # every rank must use rank 0's choice
+                    box = [str(out) if out else None]
+                    torch.distributed.broadcast_object_list(box, src=0)
+                    out = Path(box[0])
+            cfg.out = str(out)
+        self.out = Path(cfg.out)
+
+        # data (labels checked once; the cache is shared by all ranks)
+        from ..data.dataset import load_data_config
+
+        dcfg = load_data_config(cfg.data)
+        self.train_index, names = index_split(cfg.data, "train")
+        self.has_val = "val" in dcfg.splits
+        model = self._build_model(len(names), names)
+        if self.resume_path is not None:
+            model.load_state_dict(prefixed(self._tensors, "train.model."))
+        self.nc = model.nc
+        self.gs = max(int(model.stride.max()), 32)
+        self.imgsz = int(math.ceil(cfg.imgsz / self.gs) * self.gs)
+        if self.imgsz != cfg.imgsz:
+            log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", cfg.imgsz, self.gs, self.imgsz)
+
+        # freeze
+        frozen = [f"model.{i}." for i in range(cfg.freeze)]
+        for name, p in model.named_parameters():
+            p.requires_grad_(not any(name.startswith(f) for f in frozen))
+        model.to(self.device)
+
+        # optimisation
+        self.batch_rank = max(cfg.batch // self.world, 1)
+        self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
+        wd = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
+        self.optimizer = build_optimizer(model, self.hyp["lr0"], self.hyp["momentum"], wd)
+        self.lf = lr_lambda(cfg.epochs, self.hyp["lrf"], cfg.cos_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(model) if self.main else None
+        self.start_epoch, self.last_opt_step = 0, -1
+        if self.resume_path is not None:
+            st = self._state
+            self.optimizer.load_state_dict(optimizer_state_from(self._tensors, st))
+            if self.ema is not None:
+                self.ema.ema.load_state_dict(prefixed(self._tensors, "model."))
+                self.ema.updates = int(st["ema_updates"])
+            self.start_epoch = int(st["epoch"]) + 1
+            self.last_opt_step = int(st.get("last_opt_step", -1))
+            self.accumulate = int(st.get("accumulate", self.accumulate))
+            self.best_fitness = float(st.get("best_fitness", -1.0))
+            self.history = list(st.get("history", []))
+            self.scheduler.last_epoch = self.start_epoch - 1
+            set_rng_state(self._tensors, st.get("rng", {}))
+            del self._tensors
+            if self.start_epoch >= cfg.epochs:
+                raise YoloptError(f"{self.resume_path}: run already finished ({cfg.epochs} epochs); nothing to resume")
+            log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, cfg.epochs)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if self.world > 1 and cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+        # loss
+        det = model.detect
+        model.hyp = scaled_loss_hyp(self.hyp, det.nl, det.nc, self.imgsz)
+        model.gr = 1.0
+        self.loss_fn = YoloLoss(model, model.hyp)
+
+        if self.world > 1:
+            ids = [self.local_rank] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+
+        self.dataset = TrainDataset(self.train_index, self.imgsz, self.hyp, seed=cfg.seed, augment=True)
+        self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed, rank=max(self.rank, 0), world=self.world)
+        self.loader = make_loader(self.dataset, self.batch_rank, cfg.workers, self.sampler,
+                                  pin=self.device.type == "cuda")
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(
+                yaml.safe_dump({**asdict(cfg), "hyp": self.hyp}, sort_keys=False)))
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> TrainResult:
+        t_start = time.time()
+        self._setup()
+        cfg = self.cfg
+        nb = len(self.loader)
+        nw = max(round(self.hyp["warmup_epochs"] * nb), 100)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        if self.main:
+            log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", cfg.weights or cfg.cfg,
+                     cfg.epochs, self.imgsz, self.device, len(self.dataset), cfg.batch,
+                     f" ({self.world} processes)" if self.world > 1 else "", self.out)
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self.epoch = epoch
+                self._train_epoch(epoch, nb, nw)
+                if self.world > 1:
+                    torch.distributed.barrier()
+        finally:
+            if self.world > 1 and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        best = self.out / BEST
+        return TrainResult(self.out, self.out / LAST, best if best.exists() else None, cfg.epochs,
+                           self.best_fitness, self.history, (time.time() - t_start) / 60)
+
+    def _train_epoch(self, epoch: int, nb: int, nw: int) -> None:
+        cfg, hyp, model, opt = self.cfg, self.hyp, self.model, self.optimizer
+        model.train()
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, epoch)
+        mosaic = not (cfg.epochs > cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic)
+        if self.main and cfg.close_mosaic and cfg.epochs > cfg.close_mosaic and epoch == cfg.epochs - cfg.close_mosaic:
+            log.info("closing mosaic for the last %d epochs", cfg.close_mosaic)
+        self.sampler.set_epoch(epoch, mosaic)
+        mloss = torch.zeros(3)
+        t0 = time.time()
+        seen = 0
+        it = enumerate(self.loader)
+        bar = None
+        if self.main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(it, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
+            it = bar
+        opt.zero_grad()
+        for i, (imgs, targets, _paths) in it:
+            ni = i + nb * epoch
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255
+            if ni <= nw:  # warm-up: lr ramps (bias lr down from warmup_bias_lr), momentum ramps up
+                xi = [0, nw]
+                self.accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch]).round()))
+                for j, g in enumerate(opt.param_groups):
+                    g["lr"] = float(np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 0 else 0.0,
+                                                       g["initial_lr"] * self.lf(epoch)]))
+                    if "momentum" in g:
+                        g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+            with torch.autocast(self.device.type, enabled=self.amp):
+                preds = model(imgs)
+                loss, items = self.loss_fn(preds, targets.to(self.device))
+                for cb in self.callbacks:
+                    extra = cb.extra_loss(self, imgs, targets, preds)
+                    if extra is not None:
+                        loss = loss + extra
+                if self.world > 1:
+                    loss = loss * self.world
+            if not torch.isfinite(loss).all():
+                if bar is not None:
+                    bar.close()
+                kept = self.out / LAST
+                where = f"last good checkpoint kept: {kept}" if kept.exists() else "no checkpoint written yet"
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: training "
+                                    f"stopped ({where}); lower lr0 or check the labels")
+            self.scaler.scale(loss).backward()
+            if ni - self.last_opt_step >= self.accumulate:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                self.scaler.step(opt)
+                self.scaler.update()
+                opt.zero_grad()
+                if self.ema is not None:
+                    self.ema.update(model)
+                self.last_opt_step = ni
+                for cb in self.callbacks:
+                    cb.on_step_end(self, ni)
+            mloss = (mloss * i + items.cpu()) / (i + 1)
+            seen += imgs.shape[0]
+            if bar is not None:
+                dt = max(time.time() - t0, 1e-9)
+                bar.set_postfix_str(f"box {mloss[0]:.4f} obj {mloss[1]:.4f} cls {mloss[2]:.4f} "
+                                    f"{seen * self.world / dt:.1f} img/s", refresh=False)
+        if bar is not None:
+            bar.close()
+        lrs = [g["lr"] for g in opt.param_groups]
+        self.scheduler.step()
+        epoch_s = time.time() - t0
+        if not self.main:
+            return
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "train/box_loss": float(mloss[0]),
+                                   "train/obj_loss": float(mloss[1]), "train/cls_loss": float(mloss[2])}
+        final = epoch + 1 == cfg.epochs
+        ran_val = False
+        if self.has_val and ((epoch + 1) % max(cfg.val_every, 1) == 0 or final):
+            from ..evaluate.validate import validate
+
+            res = validate(self.ema.ema, cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
+                           device=self.device, progress=cfg.progress)
+            metrics.update({"metrics/precision": res.precision, "metrics/recall": res.recall,
+                            "metrics/mAP50": res.map50, "metrics/mAP50-95": res.map50_95,
+                            "fitness": 0.1 * res.map50 + 0.9 * res.map50_95})
+            ran_val = True
+        metrics.update({"lr/pg0": lrs[0], "lr/pg1": lrs[1], "lr/pg2": lrs[2], "epoch_s": round(epoch_s, 2),
+                        "images_per_s": round(seen * self.world / max(epoch_s, 1e-9), 2)})
+        self.history.append(metrics)
+        improved = ran_val and metrics["fitness"] > self.best_fitness
+        if improved:
+            self.best_fitness = metrics["fitness"]
+        if not self.has_val and self.best_fitness < 0:
+            improved = final  # no val split: best = last at the end
+        self._save(epoch, improved)
+        self._write_results()
+        msg = (f"epoch {epoch + 1}/{cfg.epochs}: box {mloss[0]:.4f} obj {mloss[1]:.4f} cls {mloss[2]:.4f}, "
+               f"{epoch_s:.1f} s")
+        if ran_val:
+            msg += f", mAP50 {metrics['metrics/mAP50']:.4f} mAP50-95 {metrics['metrics/mAP50-95']:.4f}"
+        log.info(msg)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch, metrics)
+
+    # ------------------------------------------------------------------ outputs
+    def _save(self, epoch: int, best: bool) -> None:
+        state = {"epoch": epoch, "ema_updates": self.ema.updates, "best_fitness": self.best_fitness,
+                 "last_opt_step": self.last_opt_step, "accumulate": self.accumulate,
+                 "history": self.history, "config": asdict(self.cfg), "hyp": self.hyp}
+        prov = {"trained_from": self.cfg.weights or self.cfg.cfg, "data": str(self.cfg.data), "epochs": epoch + 1}
+        last = self.out / LAST
+        save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
+                              imgsz=self.imgsz, train_state=state, provenance=prov)
+        if best:
+            atomic_write(self.out / BEST, lambda tmp: shutil.copy(last, tmp))  # content + mode
+
+    def _write_results(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in self.history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        atomic_write(self.out / "results.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        if self.cfg.plots:
+            try:
+                plot_results(self.history, self.out / "results.png")
+            except Exception as e:  # noqa: BLE001 - a plotting failure must not stop training
+                log.warning("could not draw results.png: %s", e)
+
+
+def plot_results(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
+            "metrics/mAP50", "metrics/mAP50-95"]
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6), tight_layout=True)
+    for ax, k in zip(axes.ravel(), keys):
+        pts = [(h["epoch"], h[k]) for h in history if k in h]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker=".", linewidth=1.5)
+        ax.set_title(k)
+        ax.set_xlabel("epoch")
+    axes.ravel()[-1].axis("off")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def find_resume_checkpoint(spec: str | Path | None) -> Path:
+    """``--resume DIR`` (or a checkpoint file), or the newest run under runs/train when empty."""
+    if spec in (None, "", True):
+        runs = sorted(Path("runs/train").glob(f"*/{LAST}"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise YoloptError("--resume: no runs/train/*/last.safetensors to resume from (give the run folder)")
+        return runs[-1]
+    p = Path(spec)
+    if p.is_dir():
+        if not (p / LAST).is_file():
+            raise YoloptError(f"{p}: no {LAST} in this folder; nothing to resume")
+        return p / LAST
+    if p.is_file():
+        return p
+    raise YoloptError(f"{p}: resume folder not found")
+
+
+def train(data: str | None = None, *, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
+          teacher: nn.Module | None = None, **kwargs) -> TrainResult:
+    """Train (or, with ``resume=RUN_DIR``, continue) a detector; see :class:`TrainConfig`."""
+    if resume is not None:
+        ckpt = find_resume_checkpoint(resume)
+        try:
+            _, _, state = read_train_checkpoint(ckpt)
+        except CheckpointError:
+            raise
+        cfg = TrainConfig(**{**state["config"], **{k: v for k, v in kwargs.items()
+                                                   if k in ("device", "workers", "progress")}})
+        return Trainer(cfg, callbacks, teacher, resume=ckpt).train()
+    if data is None:
+        raise YoloptError("--data is required")
+    return Trainer(TrainConfig(data=str(data), **kwargs), callbacks, teacher).train()

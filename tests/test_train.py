@@ -1,0 +1,303 @@
+"""Training engine: augmentation keeps labels, optimiser groups, exact resume, SIGKILL resume,
+NaN stop, freeze, DDP (gloo, 2 CPU processes) and bad input. Tiny synthetic data only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import yolopt
+from yolopt.data.synth import generate
+from yolopt.engine import loader as L
+from yolopt.engine.checkpoint import read_train_checkpoint
+from yolopt.engine.loss import DEFAULT_HYP
+from yolopt.engine.trainer import Callback, TrainingError, build_optimizer, lr_lambda, train
+from yolopt.models import DetectionModel, builtin_config
+
+from conftest import ROOT, run_cli
+
+TINY = dict(cfg="yolov5n", imgsz=64, batch=4, workers=0, progress=False, plots=False, close_mosaic=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models train fastest single-threaded (and do not fight other jobs for the cores)."""
+    n, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # CLI subprocesses too
+    yield
+    torch.set_num_threads(n)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("synth") / "d", images=15, classes=3, imgsz=64, seed=11)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+# ----------------------------------------------------------------------------- data pipeline
+
+
+def test_flip_and_letterbox_keep_labels_consistent(tiny_data):
+    idx, _ = L.index_split(tiny_data, "train")
+    hyp = {**DEFAULT_HYP, "mosaic": 0.0, "translate": 0.0, "scale": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0,
+           "fliplr": 1.0}
+    k = next(i for i, lab in enumerate(idx.labels) if len(lab))
+    ds = L.TrainDataset(idx, 64, hyp, seed=0)
+    img, lab, _ = ds[(k, 0, False)]
+    ref = idx.labels[k]
+    assert lab.shape == (len(ref), 6)
+    np.testing.assert_allclose(lab[:, 1].numpy(), ref[:, 0])
+    np.testing.assert_allclose(lab[:, 2].numpy(), 1 - ref[:, 1], atol=2e-3)  # mirrored x
+    np.testing.assert_allclose(lab[:, 3:].numpy(), ref[:, 2:], atol=2e-3)
+    from yolopt.data.images import read_image
+
+    orig = read_image(idx.files[k])[..., ::-1]  # RGB
+    np.testing.assert_array_equal(img.numpy().transpose(1, 2, 0), orig[:, ::-1])
+
+
+def test_mosaic_and_affine_boxes_stay_on_objects(tiny_data):
+    idx, _ = L.index_split(tiny_data, "train")
+    ds = L.TrainDataset(idx, 64, dict(DEFAULT_HYP, hsv_h=0, hsv_s=0, hsv_v=0), seed=1)
+    total = 0
+    for i in range(len(ds)):
+        img, lab, _ = ds[(i, 2, True)]
+        assert img.shape == (3, 64, 64) and img.dtype == torch.uint8
+        if len(lab):
+            xywh = lab[:, 2:]
+            assert (xywh[:, :2] >= 0).all() and (xywh[:, :2] <= 1).all() and (xywh[:, 2:] > 0).all()
+            for _, _, cx, cy, w, h in lab.tolist():  # a box never covers only mosaic padding
+                x1, y1 = int((cx - w / 2) * 64), int((cy - h / 2) * 64)
+                x2, y2 = max(int((cx + w / 2) * 64), x1 + 1), max(int((cy + h / 2) * 64), y1 + 1)
+                assert (img[:, y1:y2, x1:x2] != 114).any()
+        total += len(lab)
+    assert total > 0
+    # same (seed, epoch, index) -> same sample; another epoch -> a different one
+    a, b, c = ds[(3, 5, True)], ds[(3, 5, True)], ds[(3, 6, True)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+
+
+def test_label_cache_is_reused_and_invalidated(tiny_data):
+    idx, _ = L.index_split(tiny_data, "val")
+    cache = Path(str(L.label_path(idx.files[0]).parent) + ".yolopt.cache")
+    assert cache.is_file()
+    lp = L.label_path(idx.files[0])
+    old = lp.read_text()
+    try:
+        lp.write_text("7 0.5 0.5 0.1 0.1\n")  # class 7 of 3: the cache must not hide it
+        with pytest.raises(yolopt.errors.DatasetError, match=r"class id 7 out of range"):
+            L.index_split(tiny_data, "val")
+    finally:
+        lp.write_text(old)
+
+
+def test_sampler_splits_ranks_and_depends_only_on_epoch():
+    s0, s1 = L.EpochSampler(7, seed=0, rank=0, world=2), L.EpochSampler(7, seed=0, rank=1, world=2)
+    s0.set_epoch(3, True)
+    s1.set_epoch(3, True)
+    a, b = [k[0] for k in s0], [k[0] for k in s1]
+    assert len(a) == len(b) == 4 and set(a) | set(b) == set(range(7))
+    s0.set_epoch(3, True)
+    assert [k[0] for k in s0] == a
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def test_optimizer_groups_and_schedules():
+    model = DetectionModel(builtin_config("yolov5n", nc=3))
+    opt = build_optimizer(model, 0.01, 0.937, 0.0005)
+    g_bias, g_w, g_bn = opt.param_groups
+    assert g_bias["weight_decay"] == 0 and g_bn["weight_decay"] == 0 and g_w["weight_decay"] == 0.0005
+    assert g_bias["nesterov"] and g_bias["momentum"] == 0.937
+    n_bn = sum(1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert len(g_bn["params"]) == n_bn
+    assert len(g_bias["params"]) == n_bn + 3  # BN biases + Detect conv biases
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    lin, cos = lr_lambda(100, 0.01, False), lr_lambda(100, 0.01, True)
+    assert lin(0) == pytest.approx(1) and lin(50) == pytest.approx(0.505) and lin(100) == pytest.approx(0.01)
+    assert cos(0) == pytest.approx(1) and cos(50) == pytest.approx(0.505) and cos(100) == pytest.approx(0.01)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+class _StopAfterFirstEpoch(Callback):
+    class Stop(Exception):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        raise self.Stop
+
+
+def test_resume_is_bit_exact_and_outputs_are_written(tiny_data, tmp_path):
+    full = train(tiny_data, epochs=2, out=tmp_path / "full", **TINY)
+    assert full.epochs == 2 and len(full.history) == 2
+    rows = (tmp_path / "full" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss")
+    with pytest.raises(_StopAfterFirstEpoch.Stop):
+        train(tiny_data, epochs=2, out=tmp_path / "cut", callbacks=[_StopAfterFirstEpoch()], **TINY)
+    _, _, st = read_train_checkpoint(tmp_path / "cut" / "last.safetensors")
+    assert st["epoch"] == 0
+    train(resume=tmp_path / "cut", workers=1, progress=False)  # another worker count: same batches
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, diff[:5]
+    # last/best are ordinary yolopt models (EMA weights)
+    m = yolopt.load(tmp_path / "cut" / "best.safetensors")
+    assert m.nc == 3 and m.names[0] == "circle"
+    ema = {k[len("model."):]: v for k, v in a.items() if k.startswith("model.")}
+    assert torch.equal(m.state_dict()["model.24.m.0.weight"], ema["model.24.m.0.weight"])
+
+
+def test_nan_loss_stops_with_message_and_keeps_last(tiny_data, tmp_path):
+    class Poison(Callback):
+        def extra_loss(self, trainer, imgs, targets, preds):
+            return torch.tensor(float("nan")) if trainer.epoch == 1 else None
+
+    with pytest.raises(TrainingError, match=r"non-finite loss.*epoch 2, batch 1.*last good checkpoint kept"):
+        train(tiny_data, epochs=3, out=tmp_path / "nan", callbacks=[Poison()], **TINY)
+    _, _, st = read_train_checkpoint(tmp_path / "nan" / "last.safetensors")
+    assert st["epoch"] == 0  # epoch 1's checkpoint, untouched
+    yolopt.load(tmp_path / "nan" / "last.safetensors")
+
+
+def test_freeze_keeps_backbone_and_extra_loss_hook_runs(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    start = DetectionModel(builtin_config("yolov5n", nc=3))
+    start.names = ["a", "b", "c"]
+    yolopt.save(start, tmp_path / "start.safetensors", imgsz=64)
+    calls = []
+
+    class Count(Callback):
+        def extra_loss(self, trainer, imgs, targets, preds):
+            calls.append(imgs.shape[0])
+            with torch.no_grad():
+                t = trainer.teacher(imgs)  # frozen teacher in eval mode: decoded outputs
+            s = torch.cat([p[..., 4].flatten(1) for p in preds], 1)
+            assert t.shape[:2] == s.shape and not trainer.teacher.training
+            return 0.1 * torch.nn.functional.binary_cross_entropy_with_logits(s, t[..., 4])
+
+    teacher = DetectionModel(builtin_config("yolov5n", nc=3))
+    res = train(tiny_data, epochs=1, out=tmp_path / "fz", freeze=10, callbacks=[Count()], teacher=teacher,
+                **{**TINY, "cfg": None, "weights": str(tmp_path / "start.safetensors")})
+    assert sum(calls) == 12  # every training image went through the hook
+    from safetensors.torch import load_file
+
+    sd = load_file(res.last)
+    s0 = start.state_dict()
+    assert torch.equal(sd["train.model.model.0.conv.weight"], s0["model.0.conv.weight"])  # frozen
+    assert torch.equal(sd["train.model.model.9.cv2.conv.weight"], s0["model.9.cv2.conv.weight"])
+    assert not torch.equal(sd["train.model.model.24.m.0.weight"], s0["model.24.m.0.weight"])  # trained
+
+
+def test_sigkill_mid_epoch_then_resume(tiny_data, tmp_path):
+    data = generate(tmp_path / "d", images=60, classes=3, imgsz=96, seed=5)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "yolopt", "train", "--data", str(data), "--cfg", "yolov5n", "--epochs", "3",
+           "--imgsz", "96", "--batch", "4", "--workers", "1", "--out", str(out), "--no-progress", "--val-every", "9"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = out / "last.safetensors"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    time.sleep(0.3)  # into epoch 2
+    assert proc.poll() is None, "run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    _, _, st = read_train_checkpoint(last)  # complete and readable
+    assert st["epoch"] in (0, 1)
+    r = run_cli("train", "--resume", out, "--no-progress", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    _, _, st = read_train_checkpoint(last)
+    assert st["epoch"] == 2 and len(st["history"]) == 3
+    assert [row["epoch"] for row in st["history"]] == [1, 2, 3]
+    rows = (out / "results.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
+
+    v = run_cli("val", out / "best.safetensors", "--data", data, "--imgsz", "96", "--json", tmp_path / "v.json")
+    assert v.returncode == 0, v.stderr
+    assert 0 <= json.loads((tmp_path / "v.json").read_text())["map50"] <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_gloo(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "yolopt", "train", "--data", str(tiny_data), "--cfg", "yolov5n",
+           "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--device", "cpu", "--out", str(out),
+           "--no-progress"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(2 processes)" in r.stderr
+    assert r.stderr.count("done: 1 epochs") == 1  # rank-0-only logging
+    _, _, st = read_train_checkpoint(out / "last.safetensors")
+    assert st["epoch"] == 0 and st["config"]["batch"] == 8
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 2
+    assert yolopt.load(out / "best.safetensors").nc == 3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 1, (r.returncode, r.stderr[-1000:])
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("yolopt: error:")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-1000:]
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_bad_input_exits_with_one_line(tiny_data, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data.parent, bad)
+    lab = sorted((bad / "labels" / "train").glob("*.txt"))[2]
+    lab.write_text("5 0.5 0.5 0.2 0.2\n")
+    _one_line_error(run_cli("train", "--data", bad / "data.yaml", "--cfg", "yolov5n", "--epochs", "1",
+                            "--imgsz", "64", "--out", tmp_path / "o1"), str(lab), "class id 5 out of range")
+    empty = tmp_path / "empty"
+    (empty / "images" / "train").mkdir(parents=True)
+    (empty / "images" / "val").mkdir(parents=True)
+    (empty / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [a]\n")
+    _one_line_error(run_cli("train", "--data", empty / "data.yaml", "--cfg", "yolov5n", "--out", tmp_path / "o2"),
+                    "images/train", "empty")
+    _one_line_error(run_cli("train", "--data", tiny_data, "--cfg", "yolov5q.yaml", "--out", tmp_path / "o3"),
+                    "--cfg yolov5q.yaml", "unknown model config")
+    (tmp_path / "norun").mkdir()
+    _one_line_error(run_cli("train", "--resume", tmp_path / "norun"), "norun", "no last.safetensors")
+    r = subprocess.run([sys.executable, "-m", "yolopt", "train", "--resume"], cwd=tmp_path / "norun", env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    _one_line_error(r, "--resume", "runs/train")  # bare --resume: newest run under ./runs/train
