@@ -179,8 +179,21 @@ def _worker_init(_):
     cv2.setNumThreads(0)
 
 
+def _worker_context():
+    """Start loader workers from a clean server process, not by fork()ing this one.
+
+    fork() copies a process whose other threads (OpenVINO / ONNX Runtime / OpenMP pools, if
+    any were started) do not exist in the child, which can crash the worker; forkserver
+    avoids that at the cost of one extra start-up.
+    """
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def make_loader(dataset: TrainDataset, batch: int, workers: int, sampler: EpochSampler, pin: bool = False) -> DataLoader:
     workers = min(workers, os.cpu_count() or 1, batch)
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin, worker_init_fn=_worker_init, drop_last=False,
-                      persistent_workers=False)
+                      persistent_workers=False, multiprocessing_context=_worker_context() if workers else None)
