@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -15,7 +14,7 @@ import torch
 
 from .data.images import list_images, read_image
 from .data.letterbox import letterbox, to_tensor
-from .evaluate.boxes import clip_boxes
+from .evaluate.boxes import scale_boxes
 from .evaluate.nms import non_max_suppression
 from .models.checkpoint import atomic_write
 
@@ -59,10 +58,7 @@ def scale_to_original(det: torch.Tensor, input_hw: tuple[int, int], orig_hw: tup
     gain = min(input_hw[0] / orig_hw[0], input_hw[1] / orig_hw[1])
     pad_w = (input_hw[1] - orig_hw[1] * gain) / 2
     pad_h = (input_hw[0] - orig_hw[0] * gain) / 2
-    det[:, [0, 2]] -= pad_w
-    det[:, [1, 3]] -= pad_h
-    det[:, :4] /= gain
-    clip_boxes(det[:, :4], orig_hw)
+    scale_boxes(det[:, :4], (gain, gain), (pad_w, pad_h), orig_hw)
     return det
 
 
@@ -152,9 +148,3 @@ def write_outputs(results: list[Detections], out_dir: str | Path | None, json_pa
     if json_path:
         payload = json.dumps([r.to_dict() for r in results], indent=1)
         atomic_write(json_path, lambda tmp: Path(tmp).write_text(payload))
-
-
-def timed_predict(*args, **kwargs) -> tuple[list[Detections], float]:
-    t0 = time.perf_counter()
-    out = predict(*args, **kwargs)
-    return out, time.perf_counter() - t0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -11,14 +10,6 @@ import torch
 
 PAD_VALUE = 114
 
-
-@dataclass(frozen=True)
-class LetterboxInfo:
-    """How an original image maps into the network input: ``input = orig * ratio + pad``."""
-
-    orig_shape: tuple[int, int]  # (h, w) of the original image
-    ratio: tuple[float, float]  # (w_gain, h_gain)
-    pad: tuple[float, float]  # (left, top) padding in input pixels
 
 
 def letterbox(
@@ -69,9 +60,3 @@ def to_tensor(im_bgr: np.ndarray) -> torch.Tensor:
     """HWC BGR uint8 -> CHW RGB float32 in [0, 1]."""
     im = np.ascontiguousarray(im_bgr[..., ::-1].transpose(2, 0, 1))
     return torch.from_numpy(im).float().div_(255.0)
-
-
-def preprocess(im_bgr: np.ndarray, imgsz: int | tuple[int, int], stride: int = 32) -> tuple[torch.Tensor, LetterboxInfo]:
-    """One image for inference at a fixed size: letterbox (no auto padding) and normalise."""
-    padded, ratio, pad = letterbox(im_bgr, imgsz, auto=False, stride=stride)
-    return to_tensor(padded), LetterboxInfo(im_bgr.shape[:2], ratio, pad)

@@ -23,7 +23,7 @@ from ..data.dataset import image_files, image_size, label_path, load_data_config
 from ..data.images import read_image
 from ..data.letterbox import letterbox, resize_long_side, to_tensor
 from ..errors import DatasetError
-from .boxes import box_iou, clip_boxes, xywh2xyxy
+from .boxes import box_iou, scale_boxes, xywh2xyxy
 from .coco import coco_map, precision_recall
 from .nms import non_max_suppression
 
@@ -196,10 +196,7 @@ def validate(
 
         for det, (it, (h0, w0), gain, pad) in zip(out, metas):
             det = det.clone()
-            det[:, [0, 2]] -= pad[0]
-            det[:, [1, 3]] -= pad[1]
-            det[:, :4] /= gain
-            clip_boxes(det[:, :4], (h0, w0))
+            scale_boxes(det[:, :4], (gain, gain), pad, (h0, w0))
             gt_images.append({"id": it.image_id, "width": w0, "height": h0})
             lab = it.labels
             gt_xywh = lab[:, 1:5] * np.array([w0, h0, w0, h0], dtype=np.float32)
