@@ -301,3 +301,20 @@ def test_bad_input_exits_with_one_line(tiny_data, tmp_path):
     r = subprocess.run([sys.executable, "-m", "yolopt", "train", "--resume"], cwd=tmp_path / "norun", env=_env(),
                        capture_output=True, text=True, timeout=300)
     _one_line_error(r, "--resume", "runs/train")  # bare --resume: newest run under ./runs/train
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.02\nmomentm: 0.9\n")  # typo must not be silently ignored
+    _one_line_error(run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--hyp", hyp, "--out", tmp_path / "o4"),
+                    str(hyp), "unknown hyperparameter 'momentm' (did you mean 'momentum'?)")
+
+
+def test_hyp_file_overrides_defaults_and_tolerates_upstream_extras(tmp_path):
+    from yolopt.engine.trainer import _load_hyp
+
+    p = tmp_path / "hyp.scratch-low.yaml"
+    p.write_text("lr0: 0.02\nscale: 0.25\ncopy_paste: 0.0\nanchors: 3\n")  # upstream files carry the last two
+    hyp = _load_hyp(str(p))
+    assert hyp["lr0"] == 0.02 and hyp["scale"] == 0.25 and hyp["momentum"] == DEFAULT_HYP["momentum"]
+    assert "copy_paste" not in hyp and "anchors" not in hyp
+    p.write_text("lr0: fast\n")
+    with pytest.raises(yolopt.errors.YoloptError, match="'lr0' must be a number"):
+        _load_hyp(str(p))

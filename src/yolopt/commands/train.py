@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear learning-rate decay")
     p.add_argument("--close-mosaic", type=int, default=10,
                    help="turn mosaic off for the last N epochs when training longer than N (default 10)")
+    p.add_argument("--nbs", type=int, default=64,
+                   help="nominal batch size: gradients are accumulated to about this many images per optimizer "
+                        "step and weight decay is scaled to it (default 64, as upstream)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across DDP processes")
     p.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of progress bars")
     p.set_defaults(func=run)
@@ -54,7 +57,8 @@ def run(args) -> int:
             raise YoloptError("give --weights W (fine-tune) or --cfg yolov5n.yaml (train from scratch)")
         res = train(args.data, weights=args.weights, cfg=args.cfg, epochs=args.epochs, imgsz=args.imgsz,
                     batch=args.batch, hyp=args.hyp, freeze=args.freeze, out=args.out, val_every=args.val_every,
-                    seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn, **common)
+                    seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn, nbs=args.nbs,
+                    **common)
     if res is not None and res.out is not None:
         best = f", best fitness {res.best_fitness:.4f} -> {res.best}" if res.best else ""
         log.info("done: %d epochs in %.1f min; last -> %s%s", res.epochs, res.minutes, res.last, best)

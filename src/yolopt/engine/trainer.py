@@ -12,6 +12,7 @@ Hooks for later stages (distillation, pruning, QAT) are :class:`Callback` object
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import logging
 import math
@@ -112,6 +113,10 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", -1)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", -1))
 
 
+# keys found in upstream hyp.*.yaml files that yolopt accepts but does not use
+UNUSED_UPSTREAM_HYP = {"copy_paste", "anchors"}
+
+
 def _load_hyp(spec) -> dict:
     if spec is None:
         return dict(DEFAULT_HYP)
@@ -127,9 +132,20 @@ def _load_hyp(spec) -> dict:
             raise YoloptError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(extra, dict):
             raise YoloptError(f"{p}: hyperparameter file must be a mapping of name: value")
-        bad = [k for k, v in extra.items() if not isinstance(v, (int, float))]
-        if bad:
-            raise YoloptError(f"{p}: hyperparameter {bad[0]!r} must be a number")
+    where = "hyp" if isinstance(spec, dict) else str(spec)
+    extra = dict(extra)
+    for k in UNUSED_UPSTREAM_HYP & extra.keys():
+        v = extra.pop(k)
+        if v:  # upstream hyp files carry these; yolopt does not implement them
+            log.warning("%s: hyperparameter %r=%s is not implemented by yolopt and is ignored", where, k, v)
+    unknown = sorted(set(extra) - set(DEFAULT_HYP))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(DEFAULT_HYP), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise YoloptError(f"{where}: unknown hyperparameter {unknown[0]!r}{hint}")
+    bad = [k for k, v in extra.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise YoloptError(f"{where}: hyperparameter {bad[0]!r} must be a number")
     return {**DEFAULT_HYP, **{k: float(v) for k, v in extra.items()}}
 
 
