@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,9 @@ def test_yolopt_format_roundtrip(yolov5n_pt, tmp_path):
     m = yolopt.load(yolov5n_pt)
     path = yolopt.save(m, tmp_path / "m.safetensors", imgsz=640, provenance={"note": "roundtrip"})
     assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temp file"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "atomic write kept mkstemp's private 0600 mode"
     m2 = yolopt.load(path)
     assert m2.names == m.names and m2.nc == 80 and m2.imgsz == 640
     assert m2.provenance["note"] == "roundtrip"

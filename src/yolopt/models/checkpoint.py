@@ -304,6 +304,15 @@ def _load_yolopt(path: Path) -> tuple[DetectionModel, dict]:
     return model, meta.get("provenance", {})
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: str | Path, write_fn) -> Path:
     """Call ``write_fn(tmp_path)`` then rename the temp file over ``path`` (same folder)."""
     path = Path(path)
@@ -312,6 +321,7 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
