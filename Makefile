@@ -22,14 +22,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/yolopt demo
 
-# The training-engine tests (which start data-loader and DDP worker processes) run in their own
-# interpreter: in one process with the OpenVINO / ONNX Runtime tests, the run crashed with SIGSEGV
-# (native, no Python traceback; see the issue notes). Each part must pass.
-TRAIN_TESTS := tests/test_loss.py tests/test_synth.py tests/test_train.py
-
 test: $(STAMP)
-	$(VPY) -m pytest tests -q $(addprefix --ignore=,$(TRAIN_TESTS))
-	$(VPY) -m pytest $(TRAIN_TESTS) -q
+	$(VPY) -m pytest tests -q
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -174,3 +174,33 @@ def test_val_refuses_nms_artifact(tmp_path, yolov5n_pt, small_data):
     p = export(yolov5n_pt, "onnx", imgsz=128, nms=True, out=tmp_path / "nms.onnx").path
     r = run_cli("val", p, "--data", small_data, "--imgsz", 128)
     assert r.returncode == 1 and "exported with --nms" in r.stderr
+
+
+_ALTSTACK_SCRIPT = """
+import faulthandler, gc, signal, subprocess, sys, threading
+import numpy as np
+from yolopt.runtime import load
+from yolopt.runtime.altstack import current_sigaltstack
+faulthandler.enable()                             # gives the main thread an alternate signal stack
+signal.signal(signal.SIGCHLD, lambda *a: None)    # Python handlers run SA_ONSTACK (torch's DataLoader sets one)
+before = current_sigaltstack()
+box = [load(sys.argv[1])]
+box[0](np.zeros((1, 3, 256, 256), np.float32))
+assert current_sigaltstack() == before, (before, current_sigaltstack())
+t = threading.Thread(target=lambda: (box.clear(), gc.collect()))  # freed on another thread, as GC may do
+t.start(); t.join()
+for _ in range(3):
+    subprocess.run(["true"], check=True)          # SIGCHLD delivered on the main thread's alternate stack
+print("ok")
+"""
+
+
+def test_openvino_leaves_the_signal_stack_alone(files):
+    """OpenVINO's CPU plugin swaps the thread's sigaltstack; once freed, the next SIGCHLD was a SIGSEGV."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    r = subprocess.run([sys.executable, "-c", _ALTSTACK_SCRIPT, str(files["openvino"])], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-1500:])

@@ -134,6 +134,11 @@ def test_optimizer_groups_and_schedules():
     assert len(g_bn["params"]) == n_bn
     assert len(g_bias["params"]) == n_bn + 3  # BN biases + Detect conv biases
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    adam = build_optimizer(model, 0.001, 0.9, 0.0005, "AdamW")
+    assert isinstance(adam, torch.optim.AdamW) and adam.param_groups[0]["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in adam.param_groups] == [0.0, 0.0005, 0.0]
+    with pytest.raises(yolopt.errors.YoloptError, match="unknown optimizer 'Lion'"):
+        build_optimizer(model, 0.01, 0.937, 0.0005, "Lion")
     lin, cos = lr_lambda(100, 0.01, False), lr_lambda(100, 0.01, True)
     assert lin(0) == pytest.approx(1) and lin(50) == pytest.approx(0.505) and lin(100) == pytest.approx(0.01)
     assert cos(0) == pytest.approx(1) and cos(50) == pytest.approx(0.505) and cos(100) == pytest.approx(0.01)
@@ -308,13 +313,13 @@ def test_bad_input_exits_with_one_line(tiny_data, tmp_path):
 
 
 def test_hyp_file_overrides_defaults_and_tolerates_upstream_extras(tmp_path):
-    from yolopt.engine.trainer import _load_hyp
+    from yolopt.engine.trainer import load_hyp
 
     p = tmp_path / "hyp.scratch-low.yaml"
     p.write_text("lr0: 0.02\nscale: 0.25\ncopy_paste: 0.0\nanchors: 3\n")  # upstream files carry the last two
-    hyp = _load_hyp(str(p))
+    hyp = load_hyp(str(p))
     assert hyp["lr0"] == 0.02 and hyp["scale"] == 0.25 and hyp["momentum"] == DEFAULT_HYP["momentum"]
     assert "copy_paste" not in hyp and "anchors" not in hyp
     p.write_text("lr0: fast\n")
     with pytest.raises(yolopt.errors.YoloptError, match="'lr0' must be a number"):
-        _load_hyp(str(p))
+        load_hyp(str(p))

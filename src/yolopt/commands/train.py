@@ -39,13 +39,17 @@ def register(sub) -> None:
     p.add_argument("--nbs", type=int, default=64,
                    help="nominal batch size: gradients are accumulated to about this many images per optimizer "
                         "step and weight decay is scaled to it (default 64, as upstream)")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD",
+                   help="SGD (nesterov, default, as upstream) or Adam/AdamW (momentum is beta1; "
+                        "use a smaller lr0 such as 0.001 via --hyp or --lr0)")
+    p.add_argument("--lr0", type=float, help="initial learning rate (overrides the hyp value)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across DDP processes")
     p.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..engine.trainer import train
+    from ..engine.trainer import load_hyp, train
 
     common = {"device": args.device, "workers": args.workers, "progress": not args.no_progress}
     if args.resume is not None:
@@ -55,10 +59,13 @@ def run(args) -> int:
             raise YoloptError("--data DATA.yaml is required")
         if not (args.weights or args.cfg):
             raise YoloptError("give --weights W (fine-tune) or --cfg yolov5n.yaml (train from scratch)")
+        hyp = args.hyp
+        if args.lr0 is not None:
+            hyp = {**load_hyp(args.hyp), "lr0": args.lr0}
         res = train(args.data, weights=args.weights, cfg=args.cfg, epochs=args.epochs, imgsz=args.imgsz,
-                    batch=args.batch, hyp=args.hyp, freeze=args.freeze, out=args.out, val_every=args.val_every,
-                    seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn, nbs=args.nbs,
-                    **common)
+                    batch=args.batch, hyp=hyp, freeze=args.freeze, out=args.out, val_every=args.val_every,
+                    seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
+                    nbs=args.nbs, optimizer=args.optimizer, **common)
     if res is not None and res.out is not None:
         best = f", best fitness {res.best_fitness:.4f} -> {res.best}" if res.best else ""
         log.info("done: %d epochs in %.1f min; last -> %s%s", res.epochs, res.minutes, res.last, best)

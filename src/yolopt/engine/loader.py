@@ -183,8 +183,9 @@ def _worker_context():
     """Start loader workers from a clean server process, not by fork()ing this one.
 
     fork() copies a process whose other threads (OpenVINO / ONNX Runtime / OpenMP pools, if
-    any were started) do not exist in the child, which can crash the worker; forkserver
-    avoids that at the cost of one extra start-up.
+    any were started) do not exist in the child, so a lock one of them held stays locked in
+    the worker; forkserver avoids that. Workers are persistent, so the start-up (importing
+    torch in each worker) is paid once per run, not once per epoch.
     """
     import multiprocessing as mp
 
@@ -196,4 +197,4 @@ def make_loader(dataset: TrainDataset, batch: int, workers: int, sampler: EpochS
     workers = min(workers, os.cpu_count() or 1, batch)
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin, worker_init_fn=_worker_init, drop_last=False,
-                      persistent_workers=False, multiprocessing_context=_worker_context() if workers else None)
+                      persistent_workers=workers > 0, multiprocessing_context=_worker_context() if workers else None)

@@ -93,6 +93,7 @@ class TrainConfig:
     close_mosaic: int = 10
     sync_bn: bool = False
     nbs: int = 64
+    optimizer: str = "SGD"
     progress: bool = True
     plots: bool = True
     exist_ok: bool = False
@@ -117,7 +118,8 @@ def _dist_env() -> tuple[int, int, int]:
 UNUSED_UPSTREAM_HYP = {"copy_paste", "anchors"}
 
 
-def _load_hyp(spec) -> dict:
+def load_hyp(spec) -> dict:
+    """hyp.scratch-low defaults overridden by a yaml file or a dict (unknown keys are an error)."""
     if spec is None:
         return dict(DEFAULT_HYP)
     if isinstance(spec, dict):
@@ -165,19 +167,31 @@ def lr_lambda(epochs: int, lrf: float, cos: bool):
     return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
 
 
-def build_optimizer(model: nn.Module, lr: float, momentum: float, decay: float) -> torch.optim.Optimizer:
-    """SGD (nesterov) with 3 groups: biases (no decay), weights (decay), BatchNorm weights (no decay)."""
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, decay: float,
+                    name: str = "SGD") -> torch.optim.Optimizer:
+    """3 groups: biases (no decay), weights (decay), BatchNorm weights (no decay).
+
+    SGD is nesterov with ``momentum``; Adam / AdamW use ``momentum`` as beta1 (as upstream).
+    """
     biases, weights, bn = [], [], []
     norm_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
     for mod in model.modules():
-        for name, p in mod.named_parameters(recurse=False):
-            if name == "bias":
+        for pname, p in mod.named_parameters(recurse=False):
+            if pname == "bias":
                 biases.append(p)
-            elif name == "weight" and isinstance(mod, norm_types):
+            elif pname == "weight" and isinstance(mod, norm_types):
                 bn.append(p)
             else:
                 weights.append(p)
-    opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    if name == "SGD":
+        opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name in ("Adam", "AdamW"):
+        opt = getattr(torch.optim, name)(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise YoloptError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     opt.add_param_group({"params": weights, "weight_decay": decay})
     opt.add_param_group({"params": bn, "weight_decay": 0.0})
     return opt
@@ -263,7 +277,7 @@ class Trainer:
             raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
         if cfg.batch < 1:
             raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
-        self.hyp = _load_hyp(cfg.hyp)
+        self.hyp = load_hyp(cfg.hyp)
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend)
@@ -314,7 +328,9 @@ class Trainer:
         self.batch_rank = max(cfg.batch // self.world, 1)
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
         wd = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        self.optimizer = build_optimizer(model, self.hyp["lr0"], self.hyp["momentum"], wd)
+        self.optimizer = build_optimizer(model, self.hyp["lr0"], self.hyp["momentum"], wd, cfg.optimizer)
+        # a 0.1 bias lr during warm-up suits SGD; Adam-family steps are lr-sized, so biases warm up from 0
+        self.warmup_bias_lr = self.hyp["warmup_bias_lr"] if cfg.optimizer == "SGD" else 0.0
         self.lf = lr_lambda(cfg.epochs, self.hyp["lrf"], cfg.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.ema = ModelEMA(model) if self.main else None
@@ -418,7 +434,7 @@ class Trainer:
                 xi = [0, nw]
                 self.accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch]).round()))
                 for j, g in enumerate(opt.param_groups):
-                    g["lr"] = float(np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 0 else 0.0,
+                    g["lr"] = float(np.interp(ni, xi, [self.warmup_bias_lr if j == 0 else 0.0,
                                                        g["initial_lr"] * self.lf(epoch)]))
                     if "momentum" in g:
                         g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import YoloptError
+from ..runtime.altstack import preserve_sigaltstack
 
 log = logging.getLogger("yolopt")
 
@@ -168,7 +169,8 @@ def profile_openvino(model_path: Path, x: np.ndarray, threads: int | None, repea
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        compiled = core.compile_model(str(model_path), "CPU", cfg)
+        with preserve_sigaltstack():  # see runtime/altstack.py
+            compiled = core.compile_model(str(model_path), "CPU", cfg)
     except Exception as e:  # noqa: BLE001
         raise YoloptError(f"{model_path}: OpenVINO cannot compile this model: {str(e).splitlines()[0]}") from None
     req = compiled.create_infer_request()
@@ -266,7 +268,8 @@ class OvRunner(Runner):
         cfg = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(str(model_path), "CPU", cfg)
+        with preserve_sigaltstack():
+            self.compiled = ov.Core().compile_model(str(model_path), "CPU", cfg)
         self.req = self.compiled.create_infer_request()
 
     def __call__(self, x):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import RuntimeBackendError
+from .altstack import preserve_sigaltstack
 
 log = logging.getLogger("yolopt")
 
@@ -240,7 +241,8 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self.path))
             cfg = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
             cfg["PERFORMANCE_HINT"] = "LATENCY"
-            self.compiled = core.compile_model(model, device, cfg)
+            with preserve_sigaltstack():  # see runtime/altstack.py
+                self.compiled = core.compile_model(model, device, cfg)
         except Exception as e:  # noqa: BLE001
             raise RuntimeBackendError(f"{self.path}: not a loadable OpenVINO IR ({_first_line(e)})") from None
         meta = {}
