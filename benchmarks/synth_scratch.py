@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--nbs", type=int, default=16, help="nominal batch (16: one optimizer step per batch)")
+    ap.add_argument("--optimizer", default="AdamW")
+    ap.add_argument("--lr0", type=float, default=0.001)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data", default=str(ROOT / "runs" / "synth1000"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_synth_scratch"))
@@ -81,7 +83,8 @@ def main() -> int:
 
         c = yaml.safe_load((run / "config.yaml").read_text())
         command = (f"yolopt train --data {os.path.relpath(c['data'], ROOT)} --cfg {c['cfg']} --epochs {c['epochs']} --imgsz {c['imgsz']} "
-                   f"--batch {c['batch']} --nbs {c.get('nbs', 64)} --workers {c['workers']} --device cpu "
+                   f"--batch {c['batch']} --nbs {c.get('nbs', 64)} --optimizer {c.get('optimizer', 'SGD')} "
+                   f"--lr0 {c['hyp']['lr0']} --workers {c['workers']} --device cpu "
                    f"--val-every {c['val_every']} --close-mosaic {c['close_mosaic']} --seed {c['seed']}")
         out = summarise(run, command, None)
     else:
@@ -95,10 +98,10 @@ def main() -> int:
             generate(data, images=1000, classes=4, imgsz=320, seed=0)
         t0 = time.time()
         res = train(str(data / "data.yaml"), cfg="yolov5n", epochs=args.epochs, imgsz=320, batch=args.batch,
-                    nbs=args.nbs, workers=args.workers, device="cpu", val_every=5, close_mosaic=10,
+                    nbs=args.nbs, optimizer=args.optimizer, hyp={"lr0": args.lr0}, workers=args.workers, device="cpu", val_every=5, close_mosaic=10,
                     out=args.out, exist_ok=True, progress=False)
         command = (f"python benchmarks/synth_scratch.py --epochs {args.epochs} --batch {args.batch} "
-                   f"--nbs {args.nbs} --workers {args.workers}")
+                   f"--nbs {args.nbs} --optimizer {args.optimizer} --lr0 {args.lr0} --workers {args.workers}")
         out = summarise(res.out, command, time.time() - t0)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
