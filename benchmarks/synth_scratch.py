@@ -32,10 +32,21 @@ def _num(v: str):
         return None
 
 
-def summarise(run: Path, command: str, wall_s: float | None) -> dict:
+def _command(c: dict) -> str:
+    """The `yolopt train` line equivalent to a run's config.yaml."""
+    return (f"yolopt train --data {os.path.relpath(c['data'], ROOT)} --cfg {c['cfg']} --epochs {c['epochs']} "
+            f"--imgsz {c['imgsz']} --batch {c['batch']} --nbs {c.get('nbs', 64)} "
+            f"--optimizer {c.get('optimizer', 'SGD')} --lr0 {c['hyp']['lr0']} --workers {c['workers']} --device cpu "
+            f"--val-every {c['val_every']} --close-mosaic {c['close_mosaic']} --seed {c['seed']}")
+
+
+def summarise(run: Path, wall_s: float | None) -> dict:
+    import yaml
+
     rows = list(csv.DictReader((run / "results.csv").open()))
     hist = [{k: _num(v) if v != "" else None for k, v in r.items()} for r in rows]
     cfg = (run / "config.yaml").read_text()
+    command = _command(yaml.safe_load(cfg))
     if wall_s is None:  # a finished CLI run: config.yaml is written at the start, results.csv after each epoch
         wall_s = (run / "results.csv").stat().st_mtime - (run / "config.yaml").stat().st_mtime
     reached = next((h for h in hist if (h.get("metrics/mAP50") or 0) >= TARGET_MAP50), None)
@@ -78,15 +89,7 @@ def main() -> int:
     args = ap.parse_args()
 
     if args.from_run:
-        run = Path(args.from_run)
-        import yaml
-
-        c = yaml.safe_load((run / "config.yaml").read_text())
-        command = (f"yolopt train --data {os.path.relpath(c['data'], ROOT)} --cfg {c['cfg']} --epochs {c['epochs']} --imgsz {c['imgsz']} "
-                   f"--batch {c['batch']} --nbs {c.get('nbs', 64)} --optimizer {c.get('optimizer', 'SGD')} "
-                   f"--lr0 {c['hyp']['lr0']} --workers {c['workers']} --device cpu "
-                   f"--val-every {c['val_every']} --close-mosaic {c['close_mosaic']} --seed {c['seed']}")
-        out = summarise(run, command, None)
+        out = summarise(Path(args.from_run), None)
     else:
         from yolopt.cli import setup_logging
         from yolopt.data.synth import generate
@@ -98,11 +101,9 @@ def main() -> int:
             generate(data, images=1000, classes=4, imgsz=320, seed=0)
         t0 = time.time()
         res = train(str(data / "data.yaml"), cfg="yolov5n", epochs=args.epochs, imgsz=320, batch=args.batch,
-                    nbs=args.nbs, optimizer=args.optimizer, hyp={"lr0": args.lr0}, workers=args.workers, device="cpu", val_every=5, close_mosaic=10,
-                    out=args.out, exist_ok=True, progress=False)
-        command = (f"python benchmarks/synth_scratch.py --epochs {args.epochs} --batch {args.batch} "
-                   f"--nbs {args.nbs} --optimizer {args.optimizer} --lr0 {args.lr0} --workers {args.workers}")
-        out = summarise(res.out, command, time.time() - t0)
+                    nbs=args.nbs, optimizer=args.optimizer, hyp={"lr0": args.lr0}, workers=args.workers,
+                    device="cpu", val_every=5, close_mosaic=10, out=args.out, exist_ok=True, progress=False)
+        out = summarise(res.out, time.time() - t0)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--nbs", type=int, default=64,
                    help="nominal batch size: gradients are accumulated to about this many images per optimizer "
                         "step and weight decay is scaled to it (default 64, as upstream)")
+    # the same names as engine.trainer.OPTIMIZERS, spelled out so `yolopt --help` does not import torch
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD",
                    help="SGD (nesterov, default, as upstream) or Adam/AdamW (momentum is beta1; "
                         "use a smaller lr0 such as 0.001 via --hyp or --lr0)")

@@ -188,7 +188,7 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float, decay: float,
                 weights.append(p)
     if name == "SGD":
         opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
-    elif name in ("Adam", "AdamW"):
+    elif name in OPTIMIZERS:
         opt = getattr(torch.optim, name)(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
         raise YoloptError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import YoloptError
-from ..runtime.altstack import preserve_sigaltstack
+from ..runtime.altstack import compile_openvino
 
 log = logging.getLogger("yolopt")
 
@@ -164,13 +164,11 @@ def profile_openvino(model_path: Path, x: np.ndarray, threads: int | None, repea
         import openvino as ov
     except ImportError as e:
         raise YoloptError("openvino is not installed (pip install 'yolopt[deploy]')") from e
-    core = ov.Core()
     cfg = {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        with preserve_sigaltstack():  # see runtime/altstack.py
-            compiled = core.compile_model(str(model_path), "CPU", cfg)
+        compiled = compile_openvino(str(model_path), "CPU", cfg)
     except Exception as e:  # noqa: BLE001
         raise YoloptError(f"{model_path}: OpenVINO cannot compile this model: {str(e).splitlines()[0]}") from None
     req = compiled.create_infer_request()
@@ -263,13 +261,10 @@ class OvRunner(Runner):
     backend = "openvino"
 
     def __init__(self, model_path: Path, threads: int | None):
-        import openvino as ov
-
         cfg = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
-        with preserve_sigaltstack():
-            self.compiled = ov.Core().compile_model(str(model_path), "CPU", cfg)
+        self.compiled = compile_openvino(str(model_path), "CPU", cfg)
         self.req = self.compiled.create_infer_request()
 
     def __call__(self, x):

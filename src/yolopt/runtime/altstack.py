@@ -36,30 +36,36 @@ def _libc():
 _LIBC = _libc()
 
 
+def _get() -> _StackT | None:
+    st = _StackT()
+    if _LIBC is None or _LIBC.sigaltstack(None, ctypes.byref(st)) != 0:
+        return None
+    return st
+
+
 def current_sigaltstack() -> tuple[int, int, int] | None:
     """(ss_sp, ss_flags, ss_size) of the calling thread, or None where unsupported."""
-    if _LIBC is None:
-        return None
-    st = _StackT()
-    if _LIBC.sigaltstack(None, ctypes.byref(st)) != 0:
-        return None
-    return (st.ss_sp or 0, st.ss_flags, st.ss_size)
+    st = _get()
+    return None if st is None else (st.ss_sp or 0, st.ss_flags, st.ss_size)
 
 
 @contextmanager
 def preserve_sigaltstack():
     """Restore the calling thread's alternate signal stack after the block."""
-    if _LIBC is None:
-        yield
-        return
-    saved = _StackT()
-    ok = _LIBC.sigaltstack(None, ctypes.byref(saved)) == 0
+    saved = current_sigaltstack()
     try:
         yield
     finally:
-        if ok:
-            now = _StackT()
-            _LIBC.sigaltstack(None, ctypes.byref(now))
-            if (now.ss_sp, now.ss_flags, now.ss_size) != (saved.ss_sp, saved.ss_flags, saved.ss_size):
-                restore = _StackT(saved.ss_sp, saved.ss_flags & ~1, saved.ss_size)  # SS_ONSTACK is not settable
-                _LIBC.sigaltstack(ctypes.byref(restore), None)
+        if saved is not None and current_sigaltstack() != saved:
+            sp, flags, size = saved
+            _LIBC.sigaltstack(ctypes.byref(_StackT(sp, flags & ~1, size)), None)  # SS_ONSTACK is not settable
+
+
+def compile_openvino(model, device: str = "CPU", config: dict | None = None, core=None):
+    """``ov.Core().compile_model`` with the calling thread's signal stack kept (the one way yolopt compiles)."""
+    if core is None:
+        import openvino as ov
+
+        core = ov.Core()
+    with preserve_sigaltstack():
+        return core.compile_model(model, device, config or {})

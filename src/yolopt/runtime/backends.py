@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import RuntimeBackendError
-from .altstack import preserve_sigaltstack
+from .altstack import compile_openvino
 
 log = logging.getLogger("yolopt")
 
@@ -241,8 +241,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(self.path))
             cfg = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
             cfg["PERFORMANCE_HINT"] = "LATENCY"
-            with preserve_sigaltstack():  # see runtime/altstack.py
-                self.compiled = core.compile_model(model, device, cfg)
+            self.compiled = compile_openvino(model, device, cfg, core=core)
         except Exception as e:  # noqa: BLE001
             raise RuntimeBackendError(f"{self.path}: not a loadable OpenVINO IR ({_first_line(e)})") from None
         meta = {}
