@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from yolopt import __version__, load
     from yolopt.bench import EndToEnd, artifact_size_mb, peak_rss_mb, percentiles, time_calls
     from yolopt.export import export
-    from yolopt.models.checkpoint import atomic_write
+    from yolopt.fileio import atomic_write
     from yolopt.runtime import OnnxBackend, OpenVINOBackend, TorchBackend
 
     torch.set_num_threads(args.threads)

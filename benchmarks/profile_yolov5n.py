@@ -34,7 +34,7 @@ def main() -> int:
 
     import torch
 
-    from yolopt.commands._common import write_json
+    from yolopt.fileio import write_json
     from yolopt.profile import profile_model
     from yolopt.profile.report import print_report, write_plots
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolopt.evaluate.boxes import box_iou, scale_boxes, xywh2xyxy, xyxy2xywh
-from yolopt.evaluate.nms import greedy_nms, non_max_suppression
+from yolopt.ops.boxes import box_iou, scale_boxes, xywh2xyxy, xyxy2xywh
+from yolopt.ops.nms import greedy_nms, non_max_suppression
 
 
 def _reference_nms(boxes, scores, thr):

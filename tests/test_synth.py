@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import pytest
 
 from yolopt.data.dataset import image_files, label_path, load_data_config, read_labels

@@ -14,9 +14,9 @@ import torch
 
 from .data.images import list_images, read_image
 from .data.letterbox import letterbox, to_tensor
-from .evaluate.boxes import scale_boxes
-from .evaluate.nms import non_max_suppression
-from .models.checkpoint import atomic_write
+from .ops.boxes import scale_boxes
+from .ops.nms import non_max_suppression
+from .fileio import atomic_write
 
 log = logging.getLogger("yolopt")
 

@@ -112,7 +112,7 @@ class EndToEnd:
     def __call__(self):
         from ..data.images import read_image
         from ..data.letterbox import letterbox, to_tensor
-        from ..evaluate.nms import non_max_suppression
+        from ..ops.nms import non_max_suppression
         from ..detect import scale_to_original
 
         ims, xs = [], []

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import torch
 
-from ..evaluate.validate import check_imgsz
-from ..models.checkpoint import atomic_write
+from ..fileio import write_json  # noqa: F401 - re-used by commands
+from ..ops.sizes import check_imgsz
+from ..runtime.device import pick_device  # noqa: F401
 
 log = logging.getLogger("yolopt")
-
-
-def pick_device(spec: str | None) -> torch.device:
-    if spec in (None, "", "auto"):
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if spec.isdigit():
-        spec = f"cuda:{spec}"
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import YoloptError
-
-        raise YoloptError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-    return dev
 
 
 def load_for_inference(weights: str, imgsz: int, device: torch.device, threads: int | None = None,
@@ -58,12 +44,6 @@ def load_for_inference(weights: str, imgsz: int, device: torch.device, threads: 
     if workers > 1:
         backend = ParallelBackend(backend, workers)
     return backend, imgsz
-
-
-def write_json(path: str | Path, payload) -> None:
-    text = json.dumps(payload, indent=1, default=float)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
-    log.info("wrote %s", path)
 
 
 def add_common_model_args(p, imgsz: int = 640) -> None:

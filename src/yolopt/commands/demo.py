@@ -53,7 +53,7 @@ def run(args) -> int:
                       f"({', '.join(sorted({r.names[k] for k in r.cls}))})")
     console.rule("val on coco128")
     res = validate(model, shared / "data" / "coco128" / "coco128.yaml")
-    from ._common import write_json
+    from ..fileio import write_json
 
     write_json(out / "val.json", res.to_dict())
     console.print(f"coco128: mAP50-95 {res.map50_95:.4f}  mAP50 {res.map50:.4f}  "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ._common import write_json
+from ..fileio import write_json
 
 log = logging.getLogger("yolopt")
 

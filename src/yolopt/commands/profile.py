@@ -42,7 +42,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..profile import profile_model
     from ..profile.report import print_report, write_plots
-    from ._common import write_json
+    from ..fileio import write_json
 
     if args.imgsz < 32:
         raise YoloptError(f"--imgsz {args.imgsz}: must be at least 32")

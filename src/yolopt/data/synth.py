@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from ..errors import YoloptError
-from ..models.checkpoint import atomic_write
+from ..fileio import atomic_write
 
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross", "ring", "letter_A", "arrow", "hexagon", "letter_Z"]
 MAX_OCCLUDED = 0.4  # an object may lose at most this fraction of its area to later objects

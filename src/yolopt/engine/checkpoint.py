@@ -17,7 +17,6 @@ a temporary name and renamed, so a kill at any moment leaves the previous file i
 from __future__ import annotations
 
 import json
-import os
 import random
 import struct
 from datetime import datetime, timezone
@@ -28,7 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.checkpoint import FORMAT_NAME, FORMAT_VERSION, atomic_write
+from ..fileio import atomic_write
+from ..models.checkpoint import FORMAT_NAME, FORMAT_VERSION
 
 TRAIN_FORMAT = "yolopt-train"
 TRAIN_VERSION = 1
@@ -109,17 +109,7 @@ def save_train_checkpoint(path: str | Path, *, ema_model, model, optimizer, imgs
                                        for pid, st in osd["state"].items()}},
              "rng": rng_js}
     meta = {"yolopt": json.dumps(model_meta(ema_model, imgsz, provenance)), "yolopt_train": json.dumps(state)}
-    def write(tmp):
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o666 & ~_umask())  # like a normally created file, not mkstemp's 0600
-
-    return atomic_write(path, write)
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_train_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict]:

@@ -23,7 +23,7 @@ from ..data.dataset import image_files, image_size, label_path, load_data_config
 from ..data.images import read_image
 from ..data.letterbox import letterbox, resize_long_side
 from ..errors import DatasetError
-from ..models.checkpoint import atomic_write
+from ..fileio import atomic_write
 from .augment import augment_hsv, mosaic4, random_affine, xywhn_to_xyxy, xyxy_to_xywhn
 
 log = logging.getLogger("yolopt")

@@ -30,7 +30,8 @@ import yaml
 from torch import nn
 
 from ..errors import CheckpointError, YoloptError
-from ..models.checkpoint import atomic_write, load_model
+from ..fileio import atomic_write
+from ..models.checkpoint import load_model
 from ..models.configs import load_config
 from ..models.yolo import DetectionModel
 from .checkpoint import (
@@ -231,7 +232,7 @@ class Trainer:
         if "," in spec:
             raise YoloptError(f"--device {spec}: for several GPUs launch with "
                               f"`torchrun --nproc_per_node {len(spec.split(','))} -m yolopt train ...`")
-        from ..commands._common import pick_device
+        from ..runtime.device import pick_device
 
         return pick_device(spec)
 

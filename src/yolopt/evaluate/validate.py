@@ -9,7 +9,6 @@ evaluation thresholds. mAP comes from pycocotools on the original-pixel boxes.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ from ..data.dataset import image_files, image_size, label_path, load_data_config
 from ..data.images import read_image
 from ..data.letterbox import letterbox, resize_long_side, to_tensor
 from ..errors import DatasetError
-from .boxes import box_iou, scale_boxes, xywh2xyxy
+from ..ops.boxes import box_iou, scale_boxes, xywh2xyxy
 from .coco import coco_map, precision_recall
-from .nms import non_max_suppression
+from ..ops.nms import non_max_suppression
 
 log = logging.getLogger("yolopt")
 
@@ -233,11 +232,3 @@ def validate(
         "nms": 1e3 * t_nms / n_img,
     }
     return ValResult(res.map50_95, res.map50, p, r, n_img, len(gt_boxes), skipped, speed, per_class, detections)
-
-
-def check_imgsz(imgsz: int, stride: int) -> int:
-    """Round ``imgsz`` up to a multiple of ``stride`` (with a warning when it changes)."""
-    new = int(math.ceil(imgsz / stride) * stride)
-    if new != imgsz:
-        log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", imgsz, stride, new)
-    return new

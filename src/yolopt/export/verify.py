@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from ..evaluate.boxes import box_iou
-from ..evaluate.nms import non_max_suppression
+from ..ops.boxes import box_iou
+from ..ops.nms import non_max_suppression
 
 log = logging.getLogger("yolopt")
 

@@ -16,10 +16,8 @@ Two formats are read:
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 from .yolo import DetectionModel
 
 FORMAT_NAME = "yolopt-model"
@@ -302,31 +301,6 @@ def _load_yolopt(path: Path) -> tuple[DetectionModel, dict]:
     model.names = _names_list(meta.get("names"), model.nc)
     model.imgsz = meta.get("imgsz")
     return model, meta.get("provenance", {})
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: str | Path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then rename the temp file over ``path`` (same folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_model(model: DetectionModel, path: str | Path, imgsz: int | None = None, provenance: dict | None = None) -> Path:

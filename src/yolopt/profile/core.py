@@ -115,7 +115,7 @@ def profile_model(
 
 def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, top, repeats, warmup, deploy, pipeline,
                    pipeline_repeats, children, sweep_sizes, sweep_batches, sweep_repeats, machine, progress) -> dict:
-    from ..evaluate.validate import check_imgsz
+    from ..ops.sizes import check_imgsz
 
     model = model.float().cpu().eval()
     params_unfused = None if model.is_fused else model.num_params()

@@ -11,7 +11,7 @@ import numpy as np
 from ..data.images import list_images, read_image
 from ..data.letterbox import letterbox, to_tensor
 from ..errors import YoloptError
-from ..evaluate.nms import non_max_suppression
+from ..ops.nms import non_max_suppression
 from ..detect import scale_to_original
 
 STAGE_KEYS = ("decode", "preprocess", "inference", "nms", "postprocess")

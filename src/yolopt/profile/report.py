@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.checkpoint import atomic_write
+from ..fileio import atomic_write
 
 STAGE_COLORS = {"backbone": "#4C72B0", "neck": "#DD8452", "head": "#55A868", "other": "#8C8C8C"}
 PIPE_COLORS = {"decode": "#8172B3", "preprocess": "#937860", "inference": "#4C72B0", "nms": "#C44E52",

@@ -1,0 +1,11 @@
+"""Tensor operations every layer of yolopt may import: box formats, IoU, NMS, size rules.
+
+Nothing here imports another yolopt package.
+"""
+
+from .boxes import box_iou, clip_boxes, scale_boxes, xywh2xyxy, xyxy2xywh
+from .nms import greedy_nms, non_max_suppression
+from .sizes import check_imgsz
+
+__all__ = ["box_iou", "clip_boxes", "scale_boxes", "xywh2xyxy", "xyxy2xywh", "greedy_nms", "non_max_suppression",
+           "check_imgsz"]
