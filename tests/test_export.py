@@ -87,7 +87,7 @@ def test_openvino_ir_and_rt_info(artifacts, fused, bus_jpg):
     assert res.size_mb > 0.8 * artifacts["onnx"].size_mb
     from yolopt import runtime
 
-    b = runtime.load(xml)
+    b = runtime.open(xml)
     x = _bus_input(bus_jpg)
     with torch.inference_mode():
         ref = fused(x)
@@ -125,7 +125,7 @@ def test_nms_onnx_matches_predict_on_bus(tmp_path, yolov5n_pt, yolov5n, bus_jpg)
     assert "PASS" in r.stdout
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert "NonMaxSuppression" in ops
-    b = runtime.load(out)
+    b = runtime.open(out)
     assert b.end2end and b.nms == {"conf": 0.25, "iou": 0.45, "max_det": 300}
     # raw artifact output: rows [batch, x1, y1, x2, y2, conf, cls] in input pixels
     raw = b(_bus_input(bus_jpg, 640))
@@ -161,13 +161,13 @@ def test_verification_catches_corrupted_artifact(artifacts, tmp_path, fused, bus
 
     bad = tmp_path / "corrupt.onnx"
     _corrupt(artifacts["onnx"].path, bad)
-    backend = runtime.load(bad)
+    backend = runtime.open(bad)
     res = verify(backend, fused, (IMGSZ, IMGSZ), images=[bus_jpg], raise_on_fail=False)
     assert not res.passed and res.max_score_diff > 1e-2
     with pytest.raises(ExportError, match="verification FAILED"):
         verify(backend, fused, (IMGSZ, IMGSZ), images=[bus_jpg])
     # the intact artifact passes the same check
-    assert verify(runtime.load(artifacts["onnx"].path), fused, (IMGSZ, IMGSZ), images=[bus_jpg]).passed
+    assert verify(runtime.open(artifacts["onnx"].path), fused, (IMGSZ, IMGSZ), images=[bus_jpg]).passed
 
 
 def test_failed_verification_writes_nothing(tmp_path, yolov5n_pt):
@@ -230,6 +230,6 @@ def test_tensorrt_engine(tmp_path, yolov5n_pt, bus_jpg, half):
 
     res = export(yolov5n_pt, "tensorrt", imgsz=IMGSZ, half=half, out=tmp_path / "m.engine", verify_images=[bus_jpg])
     assert res.verify.passed and res.path.exists()
-    b = runtime.load(res.path)
+    b = runtime.open(res.path)
     assert b.name == "tensorrt" and b.names[0] == "person" and b.imgsz == (IMGSZ, IMGSZ)
     assert b(_bus_input(bus_jpg)).shape == (1, 3 * 21 * 64, 85)

@@ -18,7 +18,7 @@ from yolopt.profile import profile_model
 from yolopt.profile.findings import find_bottlenecks
 from yolopt.profile.layers import analyse_layers, central_mean, time_layers
 from yolopt.profile.roofline import measure_machine
-from yolopt.profile.runtime_layers import export_onnx, map_node_name
+from yolopt.profile.runtime_layers import map_node_name
 
 @contextlib.contextmanager
 def _one_thread():
@@ -215,7 +215,9 @@ def _has(mod):
 
 
 def test_onnx_model_input(yolov5n, machine, tmp_path, bus_jpg):
-    path = export_onnx(yolov5n, tmp_path / "m.onnx", 1, 160)
+    from yolopt.export import export
+
+    path = export(None, "onnx", imgsz=160, out=tmp_path / "m.onnx", model=yolov5n).path
     r = profile_model(str(path), imgsz=640, threads=1, repeats=5, warmup=1, deploy=("onnxruntime",),
                       source=[str(bus_jpg)], pipeline_repeats=1, machine=machine)
     assert r["imgsz"] == 160  # taken from the model's fixed input shape

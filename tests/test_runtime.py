@@ -36,7 +36,7 @@ def x():
 def test_every_backend_same_call_and_attributes(files, yolov5n, x, key, name):
     from yolopt import runtime
 
-    b = runtime.load(files[key])
+    b = runtime.open(files[key])
     assert b.name == name
     assert b.names == list(yolov5n.names) and b.nc == 80
     assert [int(s) for s in b.stride] == [8, 16, 32]
@@ -56,7 +56,7 @@ def test_every_backend_same_call_and_attributes(files, yolov5n, x, key, name):
 def test_fixed_batch_artifact_runs_larger_batches_in_chunks(files, yolov5n):
     from yolopt import runtime
 
-    b = runtime.load(files["openvino"])
+    b = runtime.open(files["openvino"])
     xb = torch.rand(3, 3, IMGSZ, IMGSZ)
     with torch.inference_mode():
         ref = yolov5n(xb)
@@ -67,7 +67,7 @@ def test_fixed_batch_artifact_runs_larger_batches_in_chunks(files, yolov5n):
 def test_parallel_backend_matches_single(files):
     from yolopt import runtime
 
-    b = runtime.load(files["onnx_dyn"], threads=1)
+    b = runtime.open(files["onnx_dyn"], threads=1)
     p = runtime.ParallelBackend(b, 2)
     assert len(p.replicas) == 2 and p.replicas[1] is not b
     xb = torch.rand(4, 3, 128, 160)
@@ -78,13 +78,13 @@ def test_wrong_input_size_is_a_clear_error(files):
     from yolopt import runtime
 
     for key in ("onnx", "openvino"):
-        b = runtime.load(files[key])
+        b = runtime.open(files[key])
         with pytest.raises(runtime.RuntimeBackendError, match=rf"{files[key].name}: input size 320x320 does not match"):
             b(torch.zeros(1, 3, 320, 320))
     with pytest.raises(runtime.RuntimeBackendError, match="expected a"):
-        runtime.load(files["onnx_dyn"])(torch.zeros(3, 64, 64))
+        runtime.open(files["onnx_dyn"])(torch.zeros(3, 64, 64))
     with pytest.raises(runtime.RuntimeBackendError, match="not a multiple of the stride 32"):
-        runtime.load(files["onnx_dyn"])(torch.zeros(1, 3, 100, 64))
+        runtime.open(files["onnx_dyn"])(torch.zeros(1, 3, 100, 64))
 
 
 @pytest.mark.parametrize("name,content,needle", [
@@ -100,7 +100,7 @@ def test_unreadable_artifacts(tmp_path, name, content, needle):
     p = tmp_path / name
     p.write_bytes(content)
     with pytest.raises(runtime.RuntimeBackendError, match=needle) as e:
-        runtime.load(p)
+        runtime.open(p)
     assert str(p) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -108,7 +108,7 @@ def test_missing_file_and_cli_error(tmp_path, bus_jpg):
     from yolopt import runtime
 
     with pytest.raises(runtime.RuntimeBackendError, match="model file not found"):
-        runtime.load(tmp_path / "nope.onnx")
+        runtime.open(tmp_path / "nope.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00" * 64)
     r = run_cli("predict", bad, bus_jpg)

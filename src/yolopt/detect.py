@@ -10,12 +10,10 @@ from typing import Iterable
 
 import cv2
 import numpy as np
-import torch
 
 from .data.images import list_images, read_image
-from .data.letterbox import letterbox, to_tensor
-from .ops.boxes import scale_boxes
-from .ops.nms import non_max_suppression
+from .data.preprocess import preprocess
+from .ops.postprocess import postprocess
 from .fileio import atomic_write
 
 log = logging.getLogger("yolopt")
@@ -53,15 +51,6 @@ class Detections:
         }
 
 
-def scale_to_original(det: torch.Tensor, input_hw: tuple[int, int], orig_hw: tuple[int, int]) -> torch.Tensor:
-    """Map xyxy boxes from a centred letterbox of ``orig_hw`` in ``input_hw`` back (in place)."""
-    gain = min(input_hw[0] / orig_hw[0], input_hw[1] / orig_hw[1])
-    pad_w = (input_hw[1] - orig_hw[1] * gain) / 2
-    pad_h = (input_hw[0] - orig_hw[0] * gain) / 2
-    scale_boxes(det[:, :4], (gain, gain), (pad_w, pad_h), orig_hw)
-    return det
-
-
 def _palette(k: int) -> tuple[int, int, int]:
     rng = np.random.default_rng(k * 7919 + 17)
     return tuple(int(v) for v in rng.integers(40, 255, 3))
@@ -86,44 +75,31 @@ def draw(im: np.ndarray, det: Detections) -> np.ndarray:
 def predict(
     model,
     source: str | Path | Iterable,
-    imgsz: int = 640,
+    imgsz: int | tuple[int, int] = 640,
     conf: float = 0.25,
     iou: float = 0.45,
     max_det: int = 300,
     agnostic: bool = False,
     classes: list[int] | None = None,
-    device: str | torch.device = "cpu",
 ) -> list[Detections]:
-    """Detect objects in image files (paths, folders or globs); ``model`` may be a path.
+    """Detect objects in image files (paths, folders or globs).
 
-    Unreadable images are skipped with a warning. Each image is letterboxed to an
-    ``imgsz`` square (pad 114), exactly like upstream YOLOv5 at a fixed input size.
+    ``model``: a model file, an in-memory ``DetectionModel`` or a :mod:`yolopt.runtime` backend.
+    Unreadable images are skipped with a warning. Each image is letterboxed to an ``imgsz``
+    square (pad 114), exactly like upstream YOLOv5's detect.py at a fixed input size.
     """
-    if isinstance(model, (str, Path)):
-        from .runtime import load as load_backend
+    from .runtime import open as open_backend
 
-        model = load_backend(model)
-    names = list(getattr(model, "names", []))
+    backend = open_backend(model)
+    names = list(getattr(backend, "names", []))
     results = []
     for path in list_images(source if not isinstance(source, Path) else str(source)):
         im = read_image(path)
         if im is None:
             log.warning("%s: corrupt or unreadable image, skipped", path)
             continue
-        padded, _, _ = letterbox(im, imgsz, auto=False)  # imgsz may be (h, w) for a fixed artifact
-        x = to_tensor(padded)[None].to(device)
-        with torch.inference_mode():
-            pred = model(x)
-        if getattr(model, "end2end", False):  # NMS ran inside the artifact: rows [batch, x1, y1, x2, y2, conf, cls]
-            det = torch.as_tensor(pred).float().cpu()[:, 1:]
-            det = det[det[:, 4] > conf]
-            if classes is not None:
-                det = det[torch.isin(det[:, 5].long(), torch.tensor(classes))]
-            det = det[:max_det]
-        else:
-            det = non_max_suppression(torch.as_tensor(pred).float().cpu(), conf, iou, classes, agnostic,
-                                      max_det=max_det)[0]
-        det = scale_to_original(det.clone(), padded.shape[:2], im.shape[:2])
+        x, metas = preprocess([im], imgsz, mode="square")
+        det = postprocess(backend(x), metas, conf, iou, max_det, classes, agnostic, end2end=backend.end2end)[0]
         results.append(
             Detections(str(path), im.shape[1], im.shape[0], det[:, :4].numpy(), det[:, 4].numpy(),
                        det[:, 5].numpy().astype(int), names)

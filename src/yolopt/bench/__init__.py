@@ -1,8 +1,12 @@
-"""Latency / throughput measurement of any runtime backend.
+"""The one timing path: latency / throughput of any :mod:`yolopt.runtime` backend.
+
+    >>> from yolopt import bench, runtime
+    >>> rec = bench.measure(runtime.open("yolov5n.onnx", threads=2), 640, iters=50)
+    >>> rec.latency_ms["p50"], rec.fps, rec.machine["cpu"]
 
 * model-only: a fixed random (B,3,H,W) input through ``backend(x)``.
 * end-to-end (``source``): image file decode + letterbox + inference + NMS + box rescale, cycling
-  over real images.
+  over real images, with the median of each stage (``stages_ms``).
 * streams: N independent sessions (``backend.clone()``) driven by N threads at once; the
   throughput is images / wall time over all of them.
 
@@ -21,9 +25,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
+from ..data.images import list_images, read_image
+from ..data.preprocess import preprocess
 from ..errors import YoloptError
+from ..machine import machine_info
+from ..ops.postprocess import select, to_original
+
+STAGES = ("decode", "preprocess", "inference", "nms", "postprocess")
 
 
 @dataclass
@@ -42,12 +51,17 @@ class BenchRecord:
     end2end: bool = False
     iters: int = 0
     warmup: int = 0
+    precision: str = "fp32"
+    stages_ms: dict | None = None  # end-to-end only: median ms per call of each stage
+    machine: dict = field(default_factory=machine_info)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if not d["extra"]:
             d.pop("extra")
+        if d["stages_ms"] is None:
+            d.pop("stages_ms")
         return d
 
 
@@ -94,47 +108,51 @@ def time_calls(fn: Callable[[], object], warmup: int = 10, iters: int | None = 1
 
 
 class EndToEnd:
-    """One full image->detections step over a batch of real images (decode, letterbox, model, NMS, rescale)."""
+    """One full image -> detections step over a batch of real images: decode, letterbox, model,
+    NMS and rescale (the same :func:`preprocess` and :func:`~yolopt.ops.postprocess.postprocess` steps as
+    ``yolopt predict``, timed one by one).
 
-    def __init__(self, backend, images: list, imgsz, batch: int, conf: float = 0.25, iou: float = 0.45):
-        from ..data.images import list_images
+    Each call appends its per-stage times (ms) to ``stage_samples``.
+    """
 
+    def __init__(self, backend, images, imgsz, batch: int, conf: float = 0.25, iou: float = 0.45,
+                 max_det: int = 300):
         self.backend = backend
         self.files = list_images(images)
         if not self.files:
             raise YoloptError(f"{images}: no images for --end2end")
         self.imgsz = imgsz
         self.batch = batch
-        self.conf, self.iou = conf, iou
+        self.conf, self.iou, self.max_det = conf, iou, max_det
         self.k = 0
         self.detections = 0
+        self.last: list = []
+        self.counts: list[int] = []  # detections per image, in call order
+        self.stage_samples: dict[str, list[float]] = {k: [] for k in STAGES}
 
     def __call__(self):
-        from ..data.images import read_image
-        from ..data.letterbox import letterbox, to_tensor
-        from ..ops.nms import non_max_suppression
-        from ..detect import scale_to_original
-
-        ims, xs = [], []
+        t0 = time.perf_counter()
+        ims = []
         for _ in range(self.batch):
             f = self.files[self.k % len(self.files)]
             self.k += 1
             im = read_image(f)
             if im is None:
                 raise YoloptError(f"{f}: corrupt or unreadable image")
-            padded, _, _ = letterbox(im, self.imgsz, auto=False)
             ims.append(im)
-            xs.append(to_tensor(padded))
-        x = torch.stack(xs)
-        with torch.inference_mode():
-            pred = self.backend(x)
-        if getattr(self.backend, "end2end", False):
-            dets = [pred[pred[:, 0] == i][:, 1:] for i in range(len(ims))]
-        else:
-            dets = non_max_suppression(pred, self.conf, self.iou)
-        for d, im in zip(dets, ims):
-            scale_to_original(d.clone(), tuple(x.shape[2:]), im.shape[:2])
-            self.detections += len(d)
+        t1 = time.perf_counter()
+        x, metas = preprocess(ims, self.imgsz, mode="square")
+        t2 = time.perf_counter()
+        pred = self.backend(x)
+        t3 = time.perf_counter()
+        dets = select(pred, self.conf, self.iou, self.max_det, end2end=self.backend.end2end, batch=len(ims))
+        t4 = time.perf_counter()
+        self.last = to_original(dets, metas)
+        t5 = time.perf_counter()
+        self.counts += [len(d) for d in self.last]
+        self.detections += sum(len(d) for d in self.last)
+        for k, (a, b) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
+            self.stage_samples[k].append((b - a) * 1e3)
 
 
 def _input(imgsz, batch: int) -> np.ndarray:
@@ -142,10 +160,14 @@ def _input(imgsz, batch: int) -> np.ndarray:
     return rng.random((batch, 3, *imgsz), dtype=np.float32)
 
 
-def benchmark(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None = 100,
-              duration: float | None = None, streams: int = 1, source=None, model_name: str | None = None,
-              conf: float = 0.25, iou: float = 0.45) -> BenchRecord:
-    """Measure ``backend`` (a :mod:`yolopt.runtime` Backend) at one batch size."""
+def measure(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None = 100,
+            duration: float | None = None, streams: int = 1, source=None, model_name: str | None = None,
+            conf: float = 0.25, iou: float = 0.45) -> BenchRecord:
+    """Time ``backend`` (a :mod:`yolopt.runtime` Backend) at one batch size; the one timing path.
+
+    ``imgsz``: int or (h, w). ``source``: images for the end-to-end pipeline (else model-only on
+    a fixed random input). ``streams > 1`` adds a throughput figure with that many sessions in threads.
+    """
     if isinstance(imgsz, int):
         imgsz = (imgsz, imgsz)
     if batch < 1 or streams < 1:
@@ -161,10 +183,14 @@ def benchmark(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | Non
 
     step = make_step(backend)
     lat = time_calls(step, warmup, iters, duration)
+    extra: dict = {}
+    stages = None
+    if source is not None:  # the warm-up calls' stage times are dropped
+        stages = {k: float(np.median(v[-len(lat):])) for k, v in step.stage_samples.items()}
+        extra["detections_per_image"] = step.counts[-len(lat) * batch:][:len(step.files)]
     p = percentiles(lat)
     fps = batch * 1e3 / p["mean"]
     throughput = fps
-    extra = {}
     if streams > 1:
         replicas = [backend] + [backend.clone() for _ in range(streams - 1)]
         steps = [make_step(r) for r in replicas]
@@ -190,7 +216,7 @@ def benchmark(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | Non
         backend=backend.name, model=str(model_name or backend.path), imgsz=list(imgsz), batch=batch,
         threads=backend.threads, streams=streams, latency_ms=p, fps=fps, throughput_fps=throughput,
         peak_rss_mb=peak_rss_mb(), size_mb=artifact_size_mb(backend.path), end2end=source is not None,
-        iters=len(lat), warmup=warmup, extra=extra)
+        iters=len(lat), warmup=warmup, precision=getattr(backend, "precision", "fp32"), stages_ms=stages, extra=extra)
 
 
 def median(values) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import YoloptError
-from ._common import load_for_inference, pick_device, write_json
+from ..fileio import write_json
+from ._common import add_precision_arg
 
 log = logging.getLogger("yolopt")
 
@@ -31,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--source", nargs="+", help="images for --end2end (files, folders or globs)")
     p.add_argument("--no-fuse", action="store_true", help="PyTorch weights: keep BatchNorm (eager, unfused)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda:0 / 0 for PyTorch weights")
+    add_precision_arg(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (a list when several batches)")
     p.set_defaults(func=run)
 
@@ -49,30 +51,29 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench import benchmark
-    from ..runtime import TorchBackend, backend_for
+    from ..bench import measure
+    from ..machine import describe
+    from ..runtime import open as open_backend
 
     batches = _batches(args.batch)
     if args.end2end and not args.source:
         raise YoloptError("--end2end needs --source IMAGES")
     if args.streams < 1:
         raise YoloptError(f"--streams {args.streams}: must be >= 1")
-    device = pick_device(args.device)
-    if args.no_fuse and backend_for(args.weights) == "torch":
-        model = TorchBackend(args.weights, threads=args.threads, fuse=False, device=device)
-        imgsz = args.imgsz
-    else:
-        model, imgsz = load_for_inference(args.weights, args.imgsz, device, threads=args.threads)
+    model = open_backend(args.weights, device=args.device, threads=args.threads, precision=args.precision,
+                         fuse=not args.no_fuse)
+    imgsz = model.resolve_imgsz(args.imgsz)
     if model.batch is not None and any(b != model.batch for b in batches):
         log.warning("%s has a fixed batch of %d; other batch sizes run as chunks of %d", args.weights, model.batch,
                     model.batch)
     records = []
     for b in batches:
-        r = benchmark(model, imgsz, batch=b, warmup=args.warmup, iters=None if args.duration else args.iters,
+        r = measure(model, imgsz, batch=b, warmup=args.warmup, iters=None if args.duration else args.iters,
                       duration=args.duration, streams=args.streams, source=args.source if args.end2end else None,
                       model_name=args.weights)
         records.append(r)
-    t = Table(title=f"{args.weights} [{model.name}] {'end-to-end' if args.end2end else 'model only'}")
+    t = Table(title=f"{args.weights} [{model.name} {model.precision}] {'end-to-end' if args.end2end else 'model only'}"
+              f" on {describe()}")
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS", f"thru x{args.streams} FPS", "peak RSS MB",
                 "size MB"):
         t.add_column(col, justify="right")

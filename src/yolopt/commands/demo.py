@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..evaluate.validate import validate
+from ..evaluate import evaluate
 from ..models.checkpoint import load_model
 from ..detect import predict, write_outputs
 
@@ -52,7 +52,7 @@ def run(args) -> int:
         console.print(f"{Path(r.image).name}: {len(r)} detections "
                       f"({', '.join(sorted({r.names[k] for k in r.cls}))})")
     console.rule("val on coco128")
-    res = validate(model, shared / "data" / "coco128" / "coco128.yaml")
+    res = evaluate(model, shared / "data" / "coco128" / "coco128.yaml")
     from ..fileio import write_json
 
     write_json(out / "val.json", res.to_dict())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..detect import predict, write_outputs
-from ._common import add_common_model_args, load_for_inference, pick_device
+from ._common import add_common_model_args
 
 log = logging.getLogger("yolopt")
 
@@ -38,32 +38,30 @@ def run(args) -> int:
     import sys
 
     from ..data.images import list_images
+    from ..runtime import default_threads, torch_threads
+    from ..runtime import open as open_backend
 
-    device = pick_device(args.device)
     workers = max(1, args.workers)
-    threads = args.threads
-    if threads is None and workers > 1:
-        import os
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-    model, imgsz = load_for_inference(args.weights, args.imgsz, device, threads=threads)
-    dev = device if model.name in ("torch", "torchscript") else "cpu"
+    threads = args.threads or (default_threads(workers) if workers > 1 else None)
+    model = open_backend(args.weights, device=args.device, threads=threads, precision=args.precision)
+    imgsz = model.resolve_imgsz(args.imgsz)
     kw = dict(imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic,
-              classes=args.classes, device=dev)
+              classes=args.classes)
     files = list_images(args.source)
-    if workers > 1 and len(files) > 1:
-        # contiguous chunks of images, one session per worker thread (order is kept)
-        from concurrent.futures import ThreadPoolExecutor
+    with torch_threads(threads):
+        if workers > 1 and len(files) > 1:
+            # contiguous chunks of images, one session per worker thread (order is kept)
+            from concurrent.futures import ThreadPoolExecutor
 
-        n = min(workers, len(files))
-        step = -(-len(files) // n)
-        chunks = [files[i:i + step] for i in range(0, len(files), step)]
-        replicas = [model] + [model.clone() for _ in range(len(chunks) - 1)]
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            parts = list(pool.map(lambda a: predict(a[0], a[1], **kw), zip(replicas, chunks)))
-        results = [r for part in parts for r in part]
-    else:
-        results = predict(model, files, **kw)
+            n = min(workers, len(files))
+            step = -(-len(files) // n)
+            chunks = [files[i:i + step] for i in range(0, len(files), step)]
+            replicas = [model] + [model.clone() for _ in range(len(chunks) - 1)]
+            with ThreadPoolExecutor(len(chunks)) as pool:
+                parts = list(pool.map(lambda a: predict(a[0], a[1], **kw), zip(replicas, chunks)))
+            results = [r for part in parts for r in part]
+        else:
+            results = predict(model, files, **kw)
     json_path = None if args.json in (None, "-") else args.json
     write_outputs(results, args.out, json_path)
     if args.json == "-":

@@ -7,8 +7,9 @@ import logging
 from rich.console import Console
 from rich.table import Table
 
-from ..evaluate.validate import validate
-from ._common import add_common_model_args, load_for_inference, pick_device, write_json
+from ..evaluate import evaluate
+from ..fileio import write_json
+from ._common import add_common_model_args
 
 log = logging.getLogger("yolopt")
 
@@ -36,30 +37,28 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import YoloptError
+    from ..runtime import open as open_backend
+    from ..runtime import torch_threads
 
-    device = pick_device(args.device)
-    model, imgsz = load_for_inference(args.weights, args.imgsz, device, threads=args.threads, workers=args.workers)
-    if getattr(model, "end2end", False):
-        raise YoloptError(f"{args.weights}: exported with --nms (final detections at fixed thresholds); "
-                          "mAP needs the raw outputs, so export it without --nms")
-    # fixed-shape artifacts cannot take rectangular batches: square letterbox at their size
-    rect = bool(getattr(model, "dynamic", True))
-    if isinstance(imgsz, tuple):
-        raise YoloptError(f"{args.weights}: fixed non-square input {imgsz[0]}x{imgsz[1]} is not supported by val")
-    if not rect:
-        log.info("%s: fixed %dx%d input, validating with square letterbox (rect=False)", args.weights, imgsz, imgsz)
-    res = validate(model, args.data, split=args.split, imgsz=imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
-                   max_det=args.max_det, rect=rect, device=device if model.name in ("torch", "torchscript") else "cpu")
+    model = open_backend(args.weights, device=args.device, threads=args.threads, workers=args.workers,
+                         precision=args.precision)
+    with torch_threads(args.threads):  # pre/post-processing runs in torch too
+        res = evaluate(model, args.data, split=args.split, imgsz=args.imgsz, batch=args.batch, conf=args.conf,
+                       iou=args.iou, max_det=args.max_det)
+    if res.mode == "square":
+        log.info("%s: fixed %dx%d input, evaluated with a square letterbox; a PyTorch or --dynamic model is evaluated "
+                 "with rect batches (less padding), so its mAP differs slightly: compare like with like",
+                 args.weights, res.imgsz, res.imgsz)
     console = Console(stderr=False)
-    t = Table(title=f"{args.weights} on {args.data} [{args.split}] at {imgsz}")
-    for col in ("images", "instances", "P", "R", "mAP50", "mAP50-95"):
+    t = Table(title=f"{args.weights} [{res.backend} {res.inference_precision}] on {args.data} [{args.split}] at {res.imgsz}, "
+              f"{res.mode} letterbox")
+    for col in ("class", "images", "instances", "P", "R", "mAP50", "mAP50-95"):
         t.add_column(col, justify="right")
-    t.add_row(str(res.images), str(res.instances), f"{res.precision:.3f}", f"{res.recall:.3f}",
-              f"{res.map50:.4f}", f"{res.map50_95:.4f}")
+    t.add_row("all", str(res.images), str(res.instances), f"{res.precision:.3f}",
+              f"{res.recall:.3f}", f"{res.map50:.4f}", f"{res.map50_95:.4f}")
     if args.verbose:
         for pc in res.per_class:
-            t.add_row(f"  {pc['name']}", str(pc["instances"]), "", "", f"{pc['map50']:.4f}", f"{pc['map50_95']:.4f}")
+            t.add_row(pc["name"], "", str(pc["instances"]), "", "", f"{pc['map50']:.4f}", f"{pc['map50_95']:.4f}")
     console.print(t)
     s = res.speed_ms
     console.print(f"speed per image: decode {s['decode']:.1f} ms, pre-process {s['preprocess']:.1f} ms, "
@@ -68,7 +67,7 @@ def run(args) -> int:
         log.warning("%d unreadable image(s) skipped: %s", len(res.skipped), ", ".join(res.skipped[:5]))
     if args.json:
         d = res.to_dict()
-        d.update(weights=args.weights, data=args.data, split=args.split, imgsz=imgsz, backend=model.name, rect=rect)
+        d.update(weights=args.weights, data=args.data, split=args.split, rect=res.mode == "rect")
         if not args.verbose:
             d.pop("per_class")
         write_json(args.json, d)

@@ -1,1 +1,9 @@
-"""Box operations, NMS, COCO mAP and the validation loop."""
+"""COCO mAP of any model (in memory, a file, or a runtime backend) on a YOLO-format dataset.
+
+    >>> from yolopt.evaluate import evaluate
+    >>> res = evaluate(model, "coco128.yaml", max_images=32)   # ValResult: map50_95, map50, mode, speed_ms...
+"""
+
+from .validate import ValResult, evaluate
+
+__all__ = ["ValResult", "evaluate"]

@@ -12,7 +12,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,11 +19,11 @@ from tqdm import tqdm
 
 from ..data.dataset import image_files, image_size, label_path, load_data_config, read_labels
 from ..data.images import read_image
-from ..data.letterbox import letterbox, resize_long_side, to_tensor
+from ..data.preprocess import MODES, preprocess, rect_shape
 from ..errors import DatasetError
-from ..ops.boxes import box_iou, scale_boxes, xywh2xyxy
+from ..ops.boxes import box_iou, xywh2xyxy
+from ..ops.postprocess import postprocess
 from .coco import coco_map, precision_recall
-from ..ops.nms import non_max_suppression
 
 log = logging.getLogger("yolopt")
 
@@ -41,11 +40,18 @@ class ValResult:
     speed_ms: dict[str, float] = field(default_factory=dict)  # per image
     per_class: list[dict] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list, repr=False)  # COCO results format
+    mode: str = "rect"  # letterbox used: rect (minimal padding) or square; mAPs compare only within one mode
+    imgsz: int = 640
+    backend: str = "torch"
+    inference_precision: str = "fp32"  # fp32 | fp16 | bf16 | int8: what the model computed in
 
     def to_dict(self, with_predictions: bool = False) -> dict:
+        from ..machine import machine_info
+
         d = asdict(self)
         if not with_predictions:
             d.pop("predictions")
+        d["machine"] = machine_info()
         return d
 
 
@@ -58,25 +64,16 @@ class _Item:
 
 
 def rect_batches(shapes_hw: np.ndarray, batch: int, imgsz: int, stride: int, pad: float = 0.5):
-    """Order images by aspect ratio and give each batch its letterbox shape (h, w).
+    """Order images by aspect ratio and give each batch its rect letterbox shape (h, w), as upstream val.py.
 
     Returns (order, batch_index_per_sorted_image, batch_shapes).
     """
     ar = shapes_hw[:, 0] / shapes_hw[:, 1]
     order = ar.argsort()  # same (unstable) order as upstream, so batches match
-    ar = ar[order]
     bi = np.arange(len(order)) // batch
     nb = int(bi[-1]) + 1 if len(bi) else 0
-    rel = np.ones((nb, 2))
-    for i in range(nb):
-        a = ar[bi == i]
-        lo, hi = a.min(), a.max()
-        if hi < 1:
-            rel[i] = [hi, 1]
-        elif lo > 1:
-            rel[i] = [1, 1 / lo]
-    shapes = (np.ceil(rel * imgsz / stride + pad).astype(int) * stride).astype(int)
-    return order, bi, shapes
+    shapes = np.array([rect_shape(shapes_hw[order][bi == i], imgsz, stride, pad) for i in range(nb)], dtype=int)
+    return order, bi, shapes.reshape(nb, 2)
 
 
 def _image_id(path: Path, index: int) -> int:
@@ -113,8 +110,8 @@ def _match(pred: torch.Tensor, gt_xyxy: torch.Tensor, gt_cls: torch.Tensor, thr:
     return tp
 
 
-def validate(
-    model: Callable[[torch.Tensor], torch.Tensor],
+def evaluate(
+    model,
     data: str | Path,
     split: str = "val",
     imgsz: int = 640,
@@ -122,80 +119,102 @@ def validate(
     conf: float = 0.001,
     iou: float = 0.6,
     max_det: int = 300,
-    rect: bool = True,
-    stride: int | None = None,
-    nc: int | None = None,
+    mode: str | None = None,
+    max_images: int | None = None,
     progress: bool = True,
-    device: str | torch.device = "cpu",
+    device=None,
+    threads: int | None = None,
+    workers: int = 1,
+    precision: str | None = None,
 ) -> ValResult:
-    """Evaluate ``model`` (maps a float (B,3,H,W) batch to (B,N,5+nc)) on a dataset split.
+    """COCO mAP of any model on a dataset split.
 
-    ``rect=False`` letterboxes every image to an ``imgsz`` square (for fixed-shape artifacts).
+    ``model``: an in-memory ``DetectionModel`` (used as is, on its device), a model file, or a
+    :mod:`yolopt.runtime` backend. ``mode``: the letterbox, ``rect`` or ``square`` (see
+    :mod:`yolopt.data.preprocess`); by default it follows the model: rect for PyTorch and dynamic
+    artifacts, square at the artifact's size for fixed-shape ones. The two give slightly different
+    mAPs, so the result records which was used (``ValResult.mode``): compare like with like.
+    ``max_images``: evaluate only the first N images (quick checks inside search loops).
     """
+    from ..runtime import open as open_backend
+
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    try:
+        return _evaluate(open_backend(model, device=device, threads=threads, workers=workers, precision=precision),
+                         data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress) -> ValResult:
+    where = backend.path
+    if backend.end2end:
+        raise DatasetError(f"{where}: exported with --nms (final detections at fixed thresholds); mAP needs the "
+                           "raw outputs, so export it without --nms")
+    size = backend.resolve_imgsz(imgsz)
+    if isinstance(size, tuple):
+        raise DatasetError(f"{where}: fixed non-square input {size[0]}x{size[1]} is not supported by val")
+    mode = mode or backend.letterbox_mode
+    if mode not in MODES:
+        raise DatasetError(f"letterbox mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "rect" and not backend.dynamic:
+        raise DatasetError(f"{where}: a fixed {size}x{size} input cannot take rect batches; use mode square")
+    if max_images is not None and max_images < 1:
+        raise DatasetError(f"max_images {max_images}: must be at least 1")
+
     cfg = load_data_config(data)
-    stride = int(stride or max(int(getattr(model, "stride", torch.tensor([32])).max()), 32))
-    model_nc = nc if nc is not None else getattr(model, "nc", None)
-    if model_nc is not None and model_nc != cfg.nc:
-        raise DatasetError(f"{cfg.yaml_path}: dataset has {cfg.nc} classes but the model predicts {model_nc}")
+    stride = max(int(backend.stride.max()), 32)
+    if backend.nc != cfg.nc:
+        raise DatasetError(f"{cfg.yaml_path}: dataset has {cfg.nc} classes but the model predicts {backend.nc}")
     files = image_files(cfg, split)
+    if max_images is not None:
+        files = files[:max_images]
     items, skipped = _load_items(files, cfg.nc)
     if not items:
         raise DatasetError(f"{cfg.yaml_path}: no readable images in the `{split}` split")
 
     shapes = np.array([it.shape for it in items], dtype=np.float64)
-    if rect:
-        order, bi, batch_shapes = rect_batches(shapes, batch, imgsz, stride)
+    if mode == "rect":
+        order, bi, batch_shapes = rect_batches(shapes, batch, size, stride)
     else:
         order = np.arange(len(items))
         bi = order // batch
-        batch_shapes = np.full((int(bi[-1]) + 1, 2), imgsz)
+        batch_shapes = np.full((int(bi[-1]) + 1, 2), size)
 
     t_decode = t_pre = t_inf = t_nms = 0.0
     gt_images, gt_boxes, detections = [], [], []
     all_tp, all_conf, all_pcls, all_tcls = [], [], [], []
-    n_batches = len(batch_shapes)
-    bar = tqdm(range(n_batches), desc=f"val {split}", unit="batch", disable=not progress, leave=False)
+    bar = tqdm(range(len(batch_shapes)), desc=f"evaluating {split}", unit="batch", disable=not progress, leave=False)
     for b in bar:
-        idx = order[bi == b]
-        new_shape = tuple(int(v) for v in batch_shapes[b])
-        tensors, metas = [], []
-        for k in idx:
+        batch_items, ims = [], []
+        for k in order[bi == b]:
             it = items[k]
             t0 = time.perf_counter()
             im = read_image(it.path)
-            t1 = time.perf_counter()
-            t_decode += t1 - t0
+            t_decode += time.perf_counter() - t0
             if im is None:
                 log.warning("%s: corrupt or unreadable image, skipped", it.path)
                 skipped.append(str(it.path))
                 continue
-            h0, w0 = im.shape[:2]
-            im = resize_long_side(im, imgsz)
-            h, w = im.shape[:2]
-            im, _, pad = letterbox(im, new_shape, auto=False, scaleup=False)
-            tensors.append(to_tensor(im))
-            metas.append((it, (h0, w0), h / h0, pad))
-            t_pre += time.perf_counter() - t1
-        if not tensors:
+            batch_items.append(it)
+            ims.append(im)
+        if not ims:
             continue
-        t0 = time.perf_counter()
-        x = torch.stack(tensors).to(device)
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            pred = model(x)
-        if isinstance(pred, (list, tuple)):
-            pred = pred[0]
-        pred = torch.as_tensor(pred).float().cpu()
+        x, metas = preprocess(ims, size, mode=mode, stride=stride, shape=tuple(int(v) for v in batch_shapes[b]),
+                              resize_first=True)
         t2 = time.perf_counter()
-        out = non_max_suppression(pred, conf, iou, multi_label=True, max_det=max_det)
+        pred = backend(x)
         t3 = time.perf_counter()
-        t_pre += t1 - t0
-        t_inf += t2 - t1
-        t_nms += t3 - t2
+        out = postprocess(pred, metas, conf, iou, max_det, multi_label=True)
+        t4 = time.perf_counter()
+        t_pre += t2 - t1
+        t_inf += t3 - t2
+        t_nms += t4 - t3
 
-        for det, (it, (h0, w0), gain, pad) in zip(out, metas):
-            det = det.clone()
-            scale_boxes(det[:, :4], (gain, gain), pad, (h0, w0))
+        for det, it, meta in zip(out, batch_items, metas):
+            h0, w0 = meta.orig_hw
             gt_images.append({"id": it.image_id, "width": w0, "height": h0})
             lab = it.labels
             gt_xywh = lab[:, 1:5] * np.array([w0, h0, w0, h0], dtype=np.float32)
@@ -231,4 +250,9 @@ def validate(
         "inference": 1e3 * t_inf / n_img,
         "nms": 1e3 * t_nms / n_img,
     }
-    return ValResult(res.map50_95, res.map50, p, r, n_img, len(gt_boxes), skipped, speed, per_class, detections)
+    return ValResult(res.map50_95, res.map50, p, r, n_img, len(gt_boxes), skipped, speed, per_class, detections,
+                     mode=mode, imgsz=int(size), backend=backend.name,
+                     inference_precision=backend.precision)
+
+
+validate = evaluate  # temporary alias while callers move to evaluate()

@@ -56,15 +56,15 @@ def verify_inputs(imgsz: tuple[int, int], batch: int, seed: int = 0, images: lis
     h, w = imgsz
     if images:
         from ..data.images import read_image
-        from ..data.letterbox import letterbox, to_tensor
+        from ..data.preprocess import preprocess
 
-        ts = []
+        ims = []
         for k in range(batch):
             im = read_image(images[k % len(images)])
             if im is None:
                 raise ExportError(f"{images[k % len(images)]}: unreadable image for verification")
-            ts.append(to_tensor(letterbox(im, (h, w), auto=False)[0]))
-        return torch.stack(ts)
+            ims.append(im)
+        return preprocess(ims, (h, w), mode="square")[0]
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     x = torch.stack([xx, yy, (xx + yy) / 2])[None].repeat(batch, 1, 1, 1) * 0.6 + 0.2

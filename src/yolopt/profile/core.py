@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..bench import measure
 from ..errors import YoloptError
+from ..runtime import TorchBackend, torch_threads
 from . import layers as L
 from . import pipeline as P
 from . import roofline as R
@@ -31,15 +32,27 @@ def _have(mod: str) -> bool:
     return importlib.util.find_spec(mod) is not None
 
 
-@contextmanager
-def _torch_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def _export_onnx(fused, path: Path, batch: int, imgsz: int, dynamic: bool = False) -> Path:
+    """The deployment view's artifact, made by :mod:`yolopt.export` like any other."""
+    from ..export import export
+
+    return export(None, "onnx", imgsz=imgsz, batch=batch, dynamic=dynamic, out=path, model=fused).path
+
+
+def _runtime_backend(runtime: str, path: Path, threads: int | None):
+    """A runtime backend of the named runtime for an .onnx (OpenVINO reads ONNX too) or .xml file."""
+    from ..runtime import OnnxBackend, OpenVINOBackend
+
+    if runtime == "onnxruntime":
+        return OnnxBackend(path, threads=threads, providers=["CPUExecutionProvider"])
+    return OpenVINOBackend(path, threads=threads)
+
+
+def _machine(threads: int | None, measured: dict | None) -> dict:
+    """The machine block: CPU, ISA flags and versions, plus this run's measured peaks (roofline)."""
+    from ..machine import machine_info
+
+    return {**machine_info(), **(measured or R.measure_machine(threads))}
 
 
 def _say(progress, msg):
@@ -103,7 +116,7 @@ def profile_model(
 
             model = load_model(p)
 
-    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="yolopt-profile-") as tmp:
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="yolopt-profile-") as tmp:
         if runtime_file is not None:
             return _profile_runtime_file(runtime_file, imgsz, batch, backend, threads, source, sweep, top, repeats,
                                          warmup, deploy, pipeline, pipeline_repeats, sweep_sizes, sweep_batches,
@@ -137,7 +150,7 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
     L.attach_latency(rows, timing)
 
     _say(progress, "measuring machine peak GFLOP/s and bandwidth")
-    machine = machine or R.measure_machine(threads)
+    machine = _machine(threads, machine)
     R.classify_layers(rows, machine)
 
     layer_sum = sum(r["latency_ms"] for r in rows)
@@ -148,6 +161,7 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
         "imgsz": imgsz,
         "batch": batch,
         "backend": backend,
+        "precision": "fp32",
         "threads": threads or torch.get_num_threads(),
         "torch_version": torch.__version__.split("+")[0],
         "nc": int(fused.nc),
@@ -177,12 +191,9 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
     onnx_static = onnx_dyn = None
     if need_onnx:
         _say(progress, "exporting ONNX (fused) for the deployment view")
-        try:
-            onnx_static = RT.export_onnx(fused, tmp / "model.onnx", batch, imgsz)
-            if pipeline or sweep:
-                onnx_dyn = RT.export_onnx(fused, tmp / "model_dynamic.onnx", 1, imgsz, dynamic=True)
-        except Exception as e:  # noqa: BLE001
-            raise YoloptError(f"ONNX export failed: {str(e).splitlines()[0]}") from None
+        onnx_static = _export_onnx(fused, tmp / "model.onnx", batch, imgsz)
+        if pipeline or sweep:
+            onnx_dyn = _export_onnx(fused, tmp / "model_dynamic.onnx", 1, imgsz, dynamic=True)
     xn = x.numpy()
     for rt in deploy:
         _say(progress, f"{rt} per-layer profile")
@@ -194,8 +205,8 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
             report["deploy"][rt] = {"error": str(e)}
             continue
         RT.attach_torch_names(d, rows)
-        runner = RT.OrtRunner(onnx_static, threads) if rt == "onnxruntime" else RT.OvRunner(onnx_static, threads)
-        d["latency_ms_unprofiled"] = RT.runner_latency(runner, xn, repeats=repeats, warmup=warmup)
+        plain = _runtime_backend(rt, onnx_static, threads)
+        d["latency_ms_unprofiled"] = measure(plain, imgsz, batch, warmup=warmup, iters=repeats).latency_ms["p50"]
         report["deploy"][rt] = d
 
     report["latency_ms"] = whole
@@ -204,15 +215,17 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
         if d and "latency_ms" in d:
             report["latency_ms"] = d["latency_ms"]
 
-    def make_runner(b=1, s=imgsz, _cache={}):  # noqa: B006 - per-call cache of runtime sessions
-        if backend == "torch":
-            return RT.TorchRunner(fused)
-        if backend not in _cache:
-            path = onnx_dyn or onnx_static
-            _cache[backend] = RT.OrtRunner(path, threads) if backend == "onnxruntime" else RT.OvRunner(path, threads)
-        return _cache[backend]
+    cache: dict = {}
 
-    _finish(report, make_runner, imgsz, source, pipeline, pipeline_repeats, sweep, sweep_sizes, sweep_batches,
+    def make_backend(b=1, s=imgsz):
+        if backend == "torch":
+            return cache.setdefault("torch", TorchBackend.from_model(fused, threads=threads))
+        if backend not in cache:
+            path = onnx_dyn or onnx_static
+            cache[backend] = _runtime_backend(backend, path, threads)
+        return cache[backend]
+
+    _finish(report, make_backend, imgsz, source, pipeline, pipeline_repeats, sweep, sweep_sizes, sweep_batches,
             sweep_repeats, top, progress)
     return report
 
@@ -226,33 +239,23 @@ def _profile_runtime_file(path, imgsz, batch, backend, threads, source, sweep, t
         raise YoloptError(f"{path}: an OpenVINO .xml model cannot run in onnxruntime (use --backend openvino)")
     if not _have(backend):
         raise YoloptError(f"{path}: {backend} is not installed (pip install 'yolopt[deploy]')")
-    shape = None
+    main = _runtime_backend(backend, path, threads)
+    shape = list(main.input_shape)
     params = None
     if kind == "onnxruntime":
         try:
-            shape = RT.onnx_input_shape(path)
             params = RT.onnx_params(path)
         except Exception as e:  # noqa: BLE001
             raise YoloptError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
-    else:
-        import openvino as ov
-
-        try:
-            ovm = ov.Core().read_model(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise YoloptError(f"{path}: not a readable OpenVINO model ({str(e).splitlines()[0]})") from None
-        ps = ovm.inputs[0].get_partial_shape()
-        shape = [d.get_length() if d.is_static else None for d in ps]
-    if shape and len(shape) == 4:
-        batch = shape[0] or batch
-        if shape[2] and shape[3]:
-            imgsz = shape[2]
+    batch = shape[0] or batch
+    if shape[2] and shape[3]:
+        imgsz = shape[2]
     x = np.zeros((batch, 3, imgsz, imgsz), dtype=np.float32)
-    machine = machine or R.measure_machine(threads)
+    machine = _machine(threads, machine)
     report = {
         "model": str(path), "format": kind, "imgsz": imgsz, "batch": batch, "backend": backend,
-        "threads": threads or torch.get_num_threads(), "params": params, "params_unfused": None, "flops": None,
-        "layers": [], "groups": {},
+        "precision": main.precision, "threads": threads or torch.get_num_threads(), "params": params,
+        "params_unfused": None, "flops": None, "layers": [], "groups": {},
         "note": f"per-layer torch table, FLOPs and roofline classes need the PyTorch model; {path.suffix} input "
                 "gives the runtime per-layer view only",
         "machine": machine, "achieved_gflops": None, "deploy": {},
@@ -267,29 +270,27 @@ def _profile_runtime_file(path, imgsz, batch, backend, threads, source, sweep, t
     report["layer_latency_sum_ms"] = d["layer_sum_ms"]
     report["layer_sum_ratio"] = d["sum_ratio"]
 
-    def make_runner(b=1, s=imgsz, _cache={}):  # noqa: B006
-        if backend not in _cache:
-            _cache[backend] = RT.OrtRunner(path, threads) if backend == "onnxruntime" else RT.OvRunner(path, threads)
-        return _cache[backend]
+    def make_backend(b=1, s=imgsz):
+        return main
 
-    fixed_hw = bool(shape and len(shape) == 4 and shape[2] and shape[3])
-    fixed_b = bool(shape and shape[0])
+    fixed_hw = bool(shape[2] and shape[3])
+    fixed_b = bool(shape[0])
     if sweep and (fixed_hw or fixed_b):
         sweep_sizes = (imgsz,) if fixed_hw else sweep_sizes
         sweep_batches = (batch,) if fixed_b else sweep_batches
         report["sweep_note"] = (f"{path.name} has a fixed input shape {shape}; the sweep covers only the shapes it "
                                 "accepts (export with dynamic axes to sweep sizes and batches)")
-    _finish(report, make_runner, imgsz, source, pipeline and (not shape or shape[0] in (None, 1)), pipeline_repeats,
+    _finish(report, make_backend, imgsz, source, pipeline and shape[0] in (None, 1), pipeline_repeats,
             sweep, sweep_sizes, sweep_batches, sweep_repeats, top, progress)
     return report
 
 
-def _finish(report, make_runner, imgsz, source, pipeline, pipeline_repeats, sweep, sizes, batches, sweep_repeats, top,
+def _finish(report, make_backend, imgsz, source, pipeline, pipeline_repeats, sweep, sizes, batches, sweep_repeats, top,
             progress) -> None:
     if pipeline:
         _say(progress, "pipeline stages on real images")
         srcs = source if source else P.default_sources()
-        pipe = P.pipeline_stages(make_runner(1, imgsz), srcs, imgsz, repeats=pipeline_repeats)
+        pipe = P.pipeline_stages(make_backend(1, imgsz), srcs, imgsz, repeats=pipeline_repeats)
         report["pipeline"] = pipe
         report["stages_ms"] = pipe["deploy"]["stages_ms"]
         report["stages_ms_eval"] = pipe["eval"]["stages_ms"]
@@ -298,7 +299,7 @@ def _finish(report, make_runner, imgsz, source, pipeline, pipeline_repeats, swee
         report["stages_ms"] = None
     if sweep:
         _say(progress, "scaling sweep")
-        report["sweep"] = P.scaling_sweep(make_runner, sizes, batches, repeats=sweep_repeats)
+        report["sweep"] = P.scaling_sweep(make_backend, sizes, batches, repeats=sweep_repeats)
     else:
         report["sweep"] = None
     report["findings"] = find_bottlenecks(report, top=top)

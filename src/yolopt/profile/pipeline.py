@@ -6,13 +6,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
+from ..bench import measure, time_calls
 from ..data.images import list_images, read_image
-from ..data.letterbox import letterbox, to_tensor
+from ..data.preprocess import preprocess
 from ..errors import YoloptError
-from ..ops.nms import non_max_suppression
-from ..detect import scale_to_original
+from ..ops.postprocess import select
 
 STAGE_KEYS = ("decode", "preprocess", "inference", "nms", "postprocess")
 DEPLOY_CONF = 0.25
@@ -39,88 +38,50 @@ def default_sources(shared: Path | None = None) -> list[Path]:
     raise YoloptError("no sample images found; pass --source IMAGES")
 
 
-def _ms(t0: float, t1: float) -> float:
-    return (t1 - t0) * 1e3
-
-
-def pipeline_stages(runner, sources, imgsz: int, repeats: int = 5, warmup: int = 1, iou: float = 0.45,
+def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int = 1, iou: float = 0.45,
                     max_det: int = 300) -> dict:
     """Median ms per stage per image at conf 0.25 (deployment) and 0.001 (evaluation).
 
-    Each image is run ``warmup + repeats`` times through decode -> letterbox+normalise ->
-    inference -> NMS -> box scaling; the inference output is reused for both thresholds and for
-    the NMS-vs-candidates curve (NMS at several thresholds, candidates = boxes above conf).
+    Both come from :func:`yolopt.bench.measure` end to end (decode -> letterbox -> inference -> NMS
+    -> box scaling, batch 1, each image ``warmup + repeats`` times). The NMS-vs-candidates curve
+    times NMS alone at several thresholds on each image's inference output.
     """
-    paths = list_images(sources)
+    paths = [p for p in list_images(sources) if read_image(p) is not None]
     if not paths:
-        raise YoloptError("no images to profile the pipeline on")
-    samples = {c: {k: [] for k in STAGE_KEYS} for c in ("deploy", "eval")}
-    nms_curve: dict[float, dict] = {c: {"candidates": [], "ms": [], "kept": []} for c in NMS_CONFS}
-    detections = {"deploy": [], "eval": []}
-    used = []
-    for path in paths:
-        for r in range(warmup + repeats):
-            rec = r >= warmup
-            t0 = time.perf_counter()
-            im = read_image(path)
-            t1 = time.perf_counter()
-            if im is None:
-                break
-            padded, _, _ = letterbox(im, imgsz, auto=False)
-            x = to_tensor(padded)[None].numpy()
-            t2 = time.perf_counter()
-            pred = runner(x).float()
-            t3 = time.perf_counter()
-            for key, conf in (("deploy", DEPLOY_CONF), ("eval", EVAL_CONF)):
-                t4 = time.perf_counter()
-                det = non_max_suppression(pred, conf, iou, max_det=max_det)[0]
-                t5 = time.perf_counter()
-                det = scale_to_original(det.clone(), padded.shape[:2], im.shape[:2])
-                t6 = time.perf_counter()
-                if rec:
-                    s = samples[key]
-                    s["decode"].append(_ms(t0, t1))
-                    s["preprocess"].append(_ms(t1, t2))
-                    s["inference"].append(_ms(t2, t3))
-                    s["nms"].append(_ms(t4, t5))
-                    s["postprocess"].append(_ms(t5, t6))
-                    if r == warmup:
-                        detections[key].append(int(det.shape[0]))
-            if rec:
-                for conf in NMS_CONFS:
-                    cand = int((pred[0, :, 4] > conf).sum())
-                    ta = time.perf_counter()
-                    kept = non_max_suppression(pred, conf, iou, max_det=max_det)[0]
-                    tb = time.perf_counter()
-                    c = nms_curve[conf]
-                    c["candidates"].append(cand)
-                    c["ms"].append(_ms(ta, tb))
-                    c["kept"].append(int(kept.shape[0]))
-        else:
-            used.append(str(path))
-    if not used:
         raise YoloptError("none of the --source images could be decoded")
-
-    def summarise(s):
-        med = {k: statistics.median(v) for k, v in s.items()}
+    n = len(paths)
+    out = {"images": [str(p) for p in paths], "imgsz": imgsz, "repeats": repeats, "backend": backend.name,
+           "precision": backend.precision}
+    for key, conf in (("deploy", DEPLOY_CONF), ("eval", EVAL_CONF)):
+        rec = measure(backend, imgsz, batch=1, warmup=warmup * n, iters=repeats * n, source=paths, conf=conf,
+                      iou=iou)
+        med = rec.stages_ms
         total = sum(med.values())
-        return {"stages_ms": med, "total_ms": total, "shares": {k: v / total for k, v in med.items()}}
-
-    out = {"images": used, "imgsz": imgsz, "repeats": repeats, "backend": getattr(runner, "backend", "?"),
-           "deploy": {"conf": DEPLOY_CONF, **summarise(samples["deploy"]), "detections": detections["deploy"]},
-           "eval": {"conf": EVAL_CONF, **summarise(samples["eval"]), "detections": detections["eval"]}}
+        out[key] = {"conf": conf, "stages_ms": med, "total_ms": total,
+                    "shares": {k: v / total for k, v in med.items()},
+                    "detections": rec.extra.get("detections_per_image", [])}
+    curve: dict[float, dict] = {c: {"candidates": [], "ms": [], "kept": []} for c in NMS_CONFS}
+    for path in paths:
+        x, _ = preprocess([read_image(path)], imgsz, mode="square")
+        pred = backend(x).float()
+        for conf in NMS_CONFS:
+            ms = time_calls(lambda c=conf: select(pred, c, iou, max_det), warmup=0, iters=repeats)
+            c = curve[conf]
+            c["candidates"].append(int((pred[0, :, 4] > conf).sum()))
+            c["ms"].append(statistics.median(ms))
+            c["kept"].append(len(select(pred, conf, iou, max_det)[0]))
     out["nms_vs_candidates"] = [
         {"conf": c, "candidates": int(statistics.median(v["candidates"])), "kept": int(statistics.median(v["kept"])),
-         "nms_ms": statistics.median(v["ms"])} for c, v in nms_curve.items()
+         "nms_ms": statistics.median(v["ms"])} for c, v in curve.items()
     ]
     return out
 
 
-def scaling_sweep(make_runner, sizes=(320, 416, 512, 640), batches=(1, 2, 4, 8, 16), repeats: int = 3,
+def scaling_sweep(make_backend, sizes=(320, 416, 512, 640), batches=(1, 2, 4, 8, 16), repeats: int = 3,
                   warmup: int = 1, budget_s: float | None = None) -> list[dict]:
-    """Latency (median ms per batch) and throughput (images/s) for each size x batch.
+    """Latency (median ms per batch) and throughput (images/s) for each size x batch, via ``bench.measure``.
 
-    ``make_runner(batch, imgsz)`` returns a runner for that shape. With ``budget_s``, larger
+    ``make_backend(batch, imgsz)`` returns a runtime backend for that shape. With ``budget_s``, larger
     configurations are skipped (recorded with ``skipped: true``) once the budget is spent.
     """
     rows = []
@@ -131,21 +92,10 @@ def scaling_sweep(make_runner, sizes=(320, 416, 512, 640), batches=(1, 2, 4, 8, 
                 rows.append({"imgsz": s, "batch": b, "skipped": True})
                 continue
             try:
-                runner = make_runner(b, s)
-                x = np.random.default_rng(0).random((b, 3, s, s), dtype=np.float32)
-                ts = []
-                for r in range(warmup + repeats):
-                    t0 = time.perf_counter()
-                    runner(x)
-                    if r >= warmup:
-                        ts.append(_ms(t0, time.perf_counter()))
-            except YoloptError:
-                raise
-            except Exception as e:  # noqa: BLE001 - e.g. a fixed-shape ONNX model
+                ms = measure(make_backend(b, s), s, batch=b, warmup=warmup, iters=repeats).latency_ms["p50"]
+            except Exception as e:  # noqa: BLE001 - e.g. a fixed-shape model refuses another size
                 rows.append({"imgsz": s, "batch": b, "error": str(e).splitlines()[0][:200]})
                 continue
-            ms = statistics.median(ts)
             rows.append({"imgsz": s, "batch": b, "latency_ms": ms, "ms_per_image": ms / b,
                          "throughput_ips": b / (ms / 1e3)})
     return rows
-

@@ -1,6 +1,7 @@
 """Deployment view: per-layer latency in ONNX Runtime and OpenVINO, mapped to yolopt layer names.
 
-The model is exported to ONNX here (fused, to a temp dir). Node names from ``torch.onnx.export``
+The artifact comes from :mod:`yolopt.export` and runs through :mod:`yolopt.runtime` backends opened
+with the runtime's profiler on; this module only reads the profilers' per-node records. Node names from ``torch.onnx.export``
 carry the module path (``/model.8/cv1/conv/Conv``); runtimes keep (a variant of) those names
 for fused kernels, so each node's time is credited to ``model.<i>`` and to a module path
 (``model.8.cv1.conv``). Nodes without a module path (input/output reorders) go to ``other``.
@@ -8,22 +9,18 @@ for fused kernels, so each node's time is credited to ``model.<i>`` and to a mod
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
 import statistics
 import tempfile
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import YoloptError
-from ..runtime.altstack import compile_openvino
 
 log = logging.getLogger("yolopt")
 
@@ -38,22 +35,6 @@ def map_node_name(node: str) -> tuple[str, str]:
     top = f"model.{m.group(1)}"
     segs = [s for s in m.group(2).split("/") if s]
     return top, ".".join([top, *segs])
-
-
-def export_onnx(model, path: Path, batch: int, imgsz: int, dynamic: bool = False, opset: int = 17) -> Path:
-    """Export a fused copy of ``model`` to ONNX (input ``images``, output ``output``)."""
-    m = copy.deepcopy(model).float().cpu().eval()
-    if not m.is_fused:
-        m.fuse()
-    x = torch.zeros(batch, 3, imgsz, imgsz)
-    kwargs = {}
-    if dynamic:
-        kwargs["dynamic_axes"] = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, x, str(path), opset_version=opset, input_names=["images"], output_names=["output"],
-                          dynamo=False, **kwargs)
-    return path
 
 
 def onnx_input_shape(path: Path) -> list:
@@ -100,28 +81,20 @@ def _layer_table(per_run_layers: list[dict], per_run_modules: list[dict], whole:
 
 
 def profile_onnxruntime(onnx_path: Path, x: np.ndarray, threads: int | None, repeats: int = 20, warmup: int = 3) -> dict:
-    """Per-layer latency from ONNX Runtime's built-in profiler.
+    """Per-layer latency from ONNX Runtime's built-in profiler (a :mod:`yolopt.runtime` backend opened
+    with profiling on).
 
     Whole-model time is the profiler's ``model_run`` event; node time is the sum of its
     ``*_kernel_time`` events inside that run.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise YoloptError("onnxruntime is not installed (pip install 'yolopt[deploy]')") from e
+    from ..runtime import OnnxBackend
+
     with tempfile.TemporaryDirectory(prefix="yolopt-ortprof-") as tmp:
-        so = ort.SessionOptions()
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x}
+        backend = OnnxBackend(onnx_path, threads=threads, providers=["CPUExecutionProvider"],
+                              profiling=str(Path(tmp) / "ort"))
         for _ in range(warmup + repeats):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
+            backend(x)
+        events = json.loads(Path(backend.session.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
     nodes = sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")),
                    key=lambda e: e["ts"])
@@ -152,36 +125,34 @@ def profile_onnxruntime(onnx_path: Path, x: np.ndarray, threads: int | None, rep
             ops[k].append(v)
     if not runs:
         raise YoloptError(f"{onnx_path}: onnxruntime profiler recorded no runs")
+    import onnxruntime as ort
+
     op_ms = {k: statistics.median(v + [0.0] * (len(runs) - len(v))) for k, v in ops.items()}
     return _layer_table(per_layers, per_modules, whole, sums, "onnxruntime",
-                        {"version": ort.__version__, "ops_ms": dict(sorted(op_ms.items(), key=lambda kv: -kv[1])),
+                        {"version": ort.__version__, "precision": backend.precision,
+                         "ops_ms": dict(sorted(op_ms.items(), key=lambda kv: -kv[1])),
                          "timing": "profiler model_run event vs sum of node kernel_time events"})
 
 
 def profile_openvino(model_path: Path, x: np.ndarray, threads: int | None, repeats: int = 20, warmup: int = 3) -> dict:
-    """Per-layer latency from OpenVINO's per-node performance counters (CPU plugin)."""
+    """Per-layer latency from OpenVINO's per-node performance counters (CPU plugin, f32 inference
+    precision like every yolopt OpenVINO backend)."""
+    from ..runtime import OpenVINOBackend
+
     try:
-        import openvino as ov
-    except ImportError as e:
-        raise YoloptError("openvino is not installed (pip install 'yolopt[deploy]')") from e
-    cfg = {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = int(threads)
-    try:
-        compiled = compile_openvino(str(model_path), "CPU", cfg)
-    except Exception as e:  # noqa: BLE001
-        raise YoloptError(f"{model_path}: OpenVINO cannot compile this model: {str(e).splitlines()[0]}") from None
-    req = compiled.create_infer_request()
+        backend = OpenVINOBackend(model_path, threads=threads, profiling=True)
+    except YoloptError as e:
+        raise YoloptError(f"{model_path}: OpenVINO cannot compile this model: {e}") from None
     per_layers, per_modules, whole, sums = [], [], [], []
     ops = defaultdict(list)
     for r in range(warmup + repeats):
         t0 = time.perf_counter()
-        req.infer({0: x})
+        backend(x)
         t1 = time.perf_counter()
         if r < warmup:
             continue
         lay, mod, s, op_run = defaultdict(float), defaultdict(float), 0.0, defaultdict(float)
-        for p in req.get_profiling_info():
+        for p in backend.request.get_profiling_info():
             ms = p.real_time.total_seconds() * 1e3
             if ms <= 0:
                 continue
@@ -196,9 +167,13 @@ def profile_openvino(model_path: Path, x: np.ndarray, threads: int | None, repea
         sums.append(s)
         for k, v in op_run.items():
             ops[k].append(v)
+    import openvino as ov
+
     op_ms = {k: statistics.median(v + [0.0] * (repeats - len(v))) for k, v in ops.items()}
     return _layer_table(per_layers, per_modules, whole, sums, "openvino",
-                        {"version": ov.__version__.split("-")[0], "ops_ms": dict(sorted(op_ms.items(), key=lambda kv: -kv[1])),
+                        {"version": ov.__version__.split("-")[0], "precision": backend.precision,
+                         "compiled_precision": backend.compiled_precision,
+                         "ops_ms": dict(sorted(op_ms.items(), key=lambda kv: -kv[1])),
                          "timing": "wall time of infer() vs sum of per-node real_time counters"})
 
 
@@ -213,71 +188,3 @@ def attach_torch_names(deploy: dict, torch_rows: list[dict] | None) -> None:
             r["type"], r["stage"], r["torch_ms"] = t["type"], t["stage"], t.get("latency_ms")
         else:
             r["type"], r["stage"], r["torch_ms"] = "other", "other", None
-
-
-# --------------------------------------------------------------------------------------------
-# Whole-model runners (used by the pipeline stages and the scaling sweep)
-
-
-class Runner:
-    """``runner(x: np.ndarray float32 BCHW) -> torch.Tensor`` decoded predictions (B, N, 5+nc)."""
-
-    backend = "?"
-
-    def __call__(self, x: np.ndarray) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class TorchRunner(Runner):
-    backend = "torch"
-
-    def __init__(self, model):
-        self.model = model
-
-    @torch.inference_mode()
-    def __call__(self, x):
-        return self.model(torch.from_numpy(x))
-
-
-class OrtRunner(Runner):
-    backend = "onnxruntime"
-
-    def __init__(self, onnx_path: Path, threads: int | None):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        self.name = self.sess.get_inputs()[0].name
-
-    def __call__(self, x):
-        return torch.from_numpy(self.sess.run(None, {self.name: x})[0])
-
-
-class OvRunner(Runner):
-    backend = "openvino"
-
-    def __init__(self, model_path: Path, threads: int | None):
-        cfg = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            cfg["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = compile_openvino(str(model_path), "CPU", cfg)
-        self.req = self.compiled.create_infer_request()
-
-    def __call__(self, x):
-        self.req.infer({0: x})
-        return torch.from_numpy(np.array(self.req.get_output_tensor(0).data))
-
-
-def runner_latency(runner: Runner, x: np.ndarray, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall-clock ms of ``runner(x)`` (no profiler attached)."""
-    ts = []
-    for r in range(warmup + repeats):
-        t0 = time.perf_counter()
-        runner(x)
-        if r >= warmup:
-            ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)

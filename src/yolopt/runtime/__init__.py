@@ -1,14 +1,18 @@
-"""One inference API over every artifact yolopt can produce.
+"""One inference API over every model yolopt can open.
 
     >>> from yolopt import runtime
-    >>> m = runtime.load("yolov5n.onnx")   # .pt/.safetensors, .onnx, .xml, .torchscript, .engine
-    >>> y = m(x)                            # (B,3,H,W) float [0,1] RGB -> torch.Tensor (B,N,5+nc)
+    >>> m = runtime.open("yolov5n.onnx", threads=2)   # .pt/.safetensors, .onnx, .xml, .torchscript, .engine
+    >>> m = runtime.open(model)                       # an in-memory DetectionModel (e.g. pruned)
+    >>> y = m(x)                                      # (B,3,H,W) float [0,1] RGB -> torch.Tensor (B,N,5+nc)
 
 Every backend has the same call and the same attributes (``names``, ``nc``, ``stride``,
-``imgsz``, ``input_shape``, ``dynamic``, ``batch``, ``end2end``, ``name``, ``path``).
+``imgsz``, ``input_shape``, ``dynamic``, ``batch``, ``end2end``, ``name``, ``path``,
+``precision``, ``letterbox_mode``) and ``resolve_imgsz()`` / ``clone()`` / ``describe()``.
 """
 
+from ..errors import RuntimeBackendError
 from .backends import (
+    PRECISIONS,
     Backend,
     OnnxBackend,
     OpenVINOBackend,
@@ -17,11 +21,16 @@ from .backends import (
     TorchBackend,
     TorchScriptBackend,
     backend_for,
-    load,
+    check_precision,
+    default_threads,
+    open,
+    torch_threads,
 )
-from ..errors import RuntimeBackendError
+from .device import pick_device
 
 __all__ = [
     "Backend", "TorchBackend", "OnnxBackend", "OpenVINOBackend", "TorchScriptBackend", "TensorRTBackend",
-    "ParallelBackend", "backend_for", "load", "RuntimeBackendError",
+    "ParallelBackend", "PRECISIONS", "backend_for", "check_precision", "default_threads", "open", "pick_device",
+    "torch_threads", "RuntimeBackendError",
 ]
+load = open  # temporary alias while callers move to runtime.open

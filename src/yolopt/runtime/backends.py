@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,15 +20,39 @@ import numpy as np
 import torch
 
 from ..errors import RuntimeBackendError
-from .altstack import compile_openvino
+from ..machine import has_native_bf16, has_native_fp16
+from .altstack import compile_openvino, preserve_sigaltstack
 
 log = logging.getLogger("yolopt")
 
 METADATA_FORMAT = "yolopt-export"
 SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".safetensors": "torch",
-    ".onnx": "onnx", ".xml": "openvino", ".torchscript": "torchscript", ".engine": "tensorrt", ".trt": "tensorrt",
+    ".onnx": "onnxruntime", ".xml": "openvino", ".torchscript": "torchscript", ".engine": "tensorrt", ".trt": "tensorrt",
 }
+
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# OpenVINO's INFERENCE_PRECISION_HINT for each compute precision (int8 comes from the IR itself)
+_OV_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+
+
+def check_precision(precision: str | None, where: str = "--precision") -> str | None:
+    """``None`` or a known precision name; anything else is one clear error."""
+    if precision is None:
+        return None
+    p = str(precision).lower()
+    if p not in PRECISIONS:
+        raise RuntimeBackendError(f"{where} {precision}: unknown precision (choose one of {', '.join(PRECISIONS)})")
+    return p
+
+
+def artifact_precision(meta: dict) -> str:
+    """The precision an artifact was written in: ``precision`` metadata, or the older ``half`` flag."""
+    p = meta.get("precision")
+    if isinstance(p, str) and p.lower() in PRECISIONS:
+        return p.lower()
+    return "fp16" if meta.get("half") else "fp32"
 
 
 def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
@@ -54,8 +79,10 @@ class Backend:
     dynamic: bool = True  # spatial size may vary
     end2end: bool = False  # NMS inside the artifact
     nms: dict | None = None  # thresholds baked in when end2end
-    half: bool = False
+    precision: str = "fp32"  # what the backend computes in (fp32 unless asked otherwise)
+    artifact_precision: str = "fp32"  # what the file stores (fp16 weights run at fp32 on most CPUs)
     threads: int | None = None
+    device: Any = "cpu"
 
     def _init_meta(self, meta: dict[str, Any], stride_default=(8, 16, 32)) -> None:
         names = meta.get("names")
@@ -70,7 +97,7 @@ class Backend:
             self.imgsz = (int(im[0]), int(im[1])) if isinstance(im, (list, tuple)) else (int(im), int(im))
         self.end2end = bool(meta.get("nms"))
         self.nms = meta.get("nms") or None
-        self.half = bool(meta.get("half", False))
+        self.artifact_precision = artifact_precision(meta)
         self.version = meta.get("yolopt_version")
 
     # --- shape handling -------------------------------------------------------------------
@@ -128,48 +155,124 @@ class Backend:
     def _run(self, x: np.ndarray):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    _open_kwargs: dict = {}
+
     def clone(self) -> "Backend":
-        """An independent instance (its own session) for another stream/thread."""
-        return type(self)(self.path, threads=self.threads)
+        """An independent instance (its own session) for another stream/thread: same device, threads,
+        precision and providers."""
+        return type(self)(self.path, **self._open_kwargs)
+
+    def resolve_imgsz(self, imgsz: int | tuple[int, int]) -> int | tuple[int, int]:
+        """The input size to feed: a fixed-shape artifact's own size, else ``imgsz`` rounded up to the stride."""
+        from ..ops.sizes import check_imgsz
+
+        if not self.dynamic and self.imgsz:
+            h, w = self.imgsz
+            req = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+            if tuple(req) != (h, w):
+                log.warning("%s has a fixed %dx%d input; using it instead of --imgsz %s", self.path, h, w,
+                            "x".join(map(str, dict.fromkeys(req))))
+            return h if h == w else (h, w)
+        s = int(self.stride.max())
+        if isinstance(imgsz, int):
+            return check_imgsz(imgsz, s)
+        return tuple(check_imgsz(int(v), s) for v in imgsz)
+
+    @property
+    def letterbox_mode(self) -> str:
+        """How images must be letterboxed for this artifact: ``rect`` (any shape) or ``square`` (fixed input)."""
+        return "rect" if self.dynamic else "square"
 
     def describe(self) -> dict:
         return {"backend": self.name, "path": str(self.path), "nc": self.nc, "imgsz": self.imgsz,
-                "batch": self.batch, "dynamic": self.dynamic, "end2end": self.end2end, "half": self.half}
+                "batch": self.batch, "dynamic": self.dynamic, "end2end": self.end2end, "precision": self.precision,
+                "artifact_precision": self.artifact_precision, "threads": self.threads, "device": str(self.device)}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} input={self.input_shape}>"
 
 
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch intra-op threads, then put the process-wide setting back."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _unsupported(path, runtime: str, precision: str, why: str) -> RuntimeBackendError:
+    return RuntimeBackendError(f"{path}: --precision {precision} is not available with {runtime}: {why}")
+
+
+def _cpu_precision_check(path, runtime: str, precision: str) -> None:
+    """bf16 / fp16 compute on a CPU only where the CPU has it in hardware (no silent emulation)."""
+    if precision == "bf16" and not has_native_bf16():
+        raise _unsupported(path, runtime, precision, "this CPU has no AVX-512 BF16 or AMX-BF16 "
+                           "(see `lscpu`); use fp32")
+    if precision == "fp16" and not has_native_fp16():
+        raise _unsupported(path, runtime, precision, "this CPU has no AVX-512 FP16 or AMX-FP16; use fp32 "
+                           "(fp16 compute needs a CUDA GPU or such a CPU)")
+
+
 class TorchBackend(Backend):
-    """A PyTorch ``DetectionModel`` (upstream .pt or yolopt .safetensors); fused unless ``fuse=False``."""
+    """A PyTorch ``DetectionModel`` (upstream .pt, yolopt .safetensors, or a module in memory).
+
+    Files are fused on load unless ``fuse=False``; :meth:`from_model` wraps a module as it is (no copy,
+    no fusion), on the device its parameters are on. ``threads`` applies only while the backend runs.
+    """
 
     name = "torch"
 
-    def __init__(self, path, threads: int | None = None, fuse: bool = True, device: str | torch.device = "cpu",
-                 model=None):
+    def __init__(self, path=None, threads: int | None = None, fuse: bool = True, device: str | torch.device | None = None,
+                 precision: str | None = None, model=None):
         from ..models.checkpoint import load_model
 
         self.path = Path(path) if path is not None else Path("<model>")
         self.threads = threads
         self.fuse = fuse
         self.name = "torch" if fuse else "torch-unfused"
-        self.device = torch.device(device)
         if model is None:
             model = load_model(self.path)
             if fuse:
                 model = model.fuse()
-        self.model = model.to(self.device).eval()
+        if device is None:
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else "cpu"
+        self.device = torch.device(device)
+        precision = check_precision(precision) or "fp32"
+        if precision == "int8":
+            raise _unsupported(self.path, "torch", precision, "INT8 comes from `yolopt quantize` artifacts")
+        if self.device.type == "cpu":
+            _cpu_precision_check(self.path, "torch", precision)
+        elif precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise _unsupported(self.path, "torch", precision, "this GPU has no bf16")
+        self.precision = precision
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        model = model.to(self.device).eval()
+        self.model = model.to(self.dtype) if self.dtype != torch.float32 else model
         self._init_meta({"names": list(model.names), "nc": model.nc, "stride": [float(s) for s in model.stride]})
-        imgsz = (getattr(model, "provenance", None) or {}).get("imgsz")
+        imgsz = (getattr(model, "provenance", None) or {}).get("imgsz") or getattr(model, "imgsz", None)
         self.imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, (int, float)) else None
-        if threads:
-            torch.set_num_threads(int(threads))
+        self._open_kwargs = {"threads": threads, "fuse": fuse, "device": self.device, "precision": precision}
+
+    @classmethod
+    def from_model(cls, model, threads: int | None = None, device=None, precision: str | None = None,
+                   name: str = "<model>") -> "TorchBackend":
+        """Wrap an in-memory ``DetectionModel`` (used as is: no copy, no fusion)."""
+        return cls(name, threads=threads, fuse=getattr(model, "is_fused", True), device=device, precision=precision,
+                   model=model)
 
     def __call__(self, x) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.check_input(t)
-        with torch.inference_mode():
-            return self.model(t.to(self.device).float()).float().cpu()
+        with torch_threads(self.threads), torch.inference_mode():
+            return self.model(t.to(self.device, self.dtype)).float().cpu()
 
     def __getattr__(self, item):
         # anything else (yaml, parameters(), model internals) is the wrapped DetectionModel's
@@ -181,14 +284,14 @@ class TorchBackend(Backend):
     def clone(self) -> "TorchBackend":
         import copy
 
-        return TorchBackend(self.path, threads=self.threads, fuse=self.fuse, device=self.device,
-                            model=copy.deepcopy(self.model))
+        return TorchBackend(self.path, model=copy.deepcopy(self.model), **self._open_kwargs)
 
 
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path, threads: int | None = None, providers: list[str] | None = None,
+                 precision: str | None = None, profiling: str | None = None, device=None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -200,56 +303,111 @@ class OnnxBackend(Backend):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if profiling:  # a file prefix: per-node timings for `yolopt profile`
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profiling)
         avail = ort.get_available_providers()
         if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+            want_cuda = device is None or torch.device(device).type == "cuda"
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                         if p in avail and (want_cuda or p != "CUDAExecutionProvider")]
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises several exception types
             raise RuntimeBackendError(f"{self.path}: not a loadable ONNX model ({_first_line(e)})") from None
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self._init_meta(meta)
+        if "float16" in inp.type:
+            self.artifact_precision = "fp16"
+        self.precision = self._check_precision(check_precision(precision))
         b, _, h, w = inp.shape
         self.batch = b if isinstance(b, int) else None
         self.dynamic = not (isinstance(h, int) and isinstance(w, int))
         if not self.dynamic:
             self.imgsz = (h, w)
         self.in_dtype = np.float16 if "float16" in inp.type else np.float32
+        self._open_kwargs = {"threads": threads, "providers": list(self.providers), "precision": precision}
+
+    def _check_precision(self, want: str | None) -> str:
+        have = self.artifact_precision
+        if want is None or want == have:
+            return have
+        if want == "bf16":
+            raise _unsupported(self.path, "onnxruntime", want, "ONNX Runtime has no bf16 CPU kernels for this "
+                               "model; run the artifact with OpenVINO (export --format openvino)")
+        raise _unsupported(self.path, "onnxruntime", want, f"this artifact is {have}; ONNX Runtime runs an artifact "
+                           f"in the precision it was exported in (export it with --precision {want})")
 
     def _run(self, x):
         return self.session.run(self.output_names[:1], {self.input_name: x.astype(self.in_dtype, copy=False)})[0]
 
 
 class OpenVINOBackend(Backend):
+    """An OpenVINO IR, compiled with an explicit inference precision.
+
+    OpenVINO's CPU plugin would otherwise run an FP32 IR in bf16 on CPUs with AVX-512 BF16 or AMX,
+    silently changing results (and, for small models, often speed for the worse). yolopt always
+    sets ``INFERENCE_PRECISION_HINT``: f32 unless another precision is asked for, and reads back
+    what the compiled model reports (``compiled_precision``).
+    """
+
     name = "openvino"
 
-    def __init__(self, path, threads: int | None = None, device: str = "CPU"):
+    def __init__(self, path, threads: int | None = None, device: str = "CPU", precision: str | None = None,
+                 profiling: bool = False):
         try:
             import openvino as ov
         except ImportError:
             raise RuntimeBackendError(f"{path}: openvino is not installed (pip install 'yolopt[deploy]')") from None
         self.path = Path(path)
         self.threads = threads
+        self.device = str(device or "CPU").upper()
         bin_path = self.path.with_suffix(".bin")
-        if not bin_path.exists():
+        if self.path.suffix.lower() == ".xml" and not bin_path.exists():
             raise RuntimeBackendError(f"{self.path}: OpenVINO weights file {bin_path.name} is missing next to it")
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
-            cfg = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-            cfg["PERFORMANCE_HINT"] = "LATENCY"
-            self.compiled = compile_openvino(model, device, cfg, core=core)
         except Exception as e:  # noqa: BLE001
             raise RuntimeBackendError(f"{self.path}: not a loadable OpenVINO IR ({_first_line(e)})") from None
         meta = {}
         if model.has_rt_info(["yolopt"]):
-            for k in ("format", "names", "nc", "stride", "imgsz", "batch", "dynamic", "nms", "half", "yolopt_version"):
+            for k in ("format", "names", "nc", "stride", "imgsz", "batch", "dynamic", "nms", "precision", "half",
+                      "yolopt_version"):
                 if model.has_rt_info(["yolopt", k]):
                     meta[k] = model.get_rt_info(["yolopt", k]).astype(str)
         self._init_meta(decode_metadata(meta))
+        want = check_precision(precision) or ("int8" if self.artifact_precision == "int8" else "fp32")
+        caps = set()
+        if self.device == "CPU":
+            with preserve_sigaltstack():  # the first query loads the CPU plugin, which swaps the signal stack
+                caps = set(core.get_property(self.device, "OPTIMIZATION_CAPABILITIES"))
+        if self.device == "CPU":
+            if want == "bf16" and "BF16" not in caps:
+                raise _unsupported(self.path, "openvino", want, "this CPU has no AVX-512 BF16 or AMX-BF16 "
+                                   f"(OpenVINO reports {', '.join(sorted(caps))}); use fp32")
+            if want == "fp16" and "FP16" not in caps:
+                raise _unsupported(self.path, "openvino", want, "this CPU has no native fp16 compute "
+                                   f"(OpenVINO reports {', '.join(sorted(caps))}); use fp32")
+        if want == "int8" and self.artifact_precision != "int8":
+            raise _unsupported(self.path, "openvino", want, f"this artifact is {self.artifact_precision}; INT8 needs "
+                               "a quantized IR")
+        cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _OV_HINT[want]}
+        if threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(threads)
+        if profiling:
+            cfg["PERF_COUNT"] = "YES"
+        try:
+            self.compiled = compile_openvino(model, self.device, cfg, core=core)
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeBackendError(f"{self.path}: OpenVINO cannot compile this IR ({_first_line(e)})") from None
+        self.precision = want
+        self.compiled_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         ps = model.inputs[0].get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in ps]
         self.batch = dims[0]
@@ -258,20 +416,26 @@ class OpenVINOBackend(Backend):
             self.imgsz = (dims[2], dims[3])
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
+        self._open_kwargs = {"threads": threads, "device": self.device, "precision": precision,
+                             "profiling": profiling}
 
     def _run(self, x):
         with self._lock:  # one infer request per backend; clone() for parallel streams
             res = self.request.infer({0: x})
             return np.array(res[self.compiled.outputs[0]])
 
+    def describe(self) -> dict:
+        return {**super().describe(), "compiled_precision": self.compiled_precision}
+
 
 class TorchScriptBackend(Backend):
     name = "torchscript"
 
-    def __init__(self, path, threads: int | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, path, threads: int | None = None, device: str | torch.device = "cpu",
+                 precision: str | None = None):
         self.path = Path(path)
         self.threads = threads
-        self.device = torch.device(device)
+        self.device = torch.device(device or "cpu")
         extra = {"config.txt": ""}
         try:
             self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
@@ -280,17 +444,17 @@ class TorchScriptBackend(Backend):
         meta = decode_metadata(json.loads(extra["config.txt"])) if extra["config.txt"] else {}
         meta = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v) for k, v in meta.items()}
         self._init_meta(meta)
+        want = check_precision(precision)
+        if want not in (None, self.artifact_precision):
+            raise _unsupported(self.path, "torchscript", want, f"this artifact was traced in {self.artifact_precision}")
+        self.precision = self.artifact_precision
         self.batch = None if meta.get("dynamic") else meta.get("batch")
         self.dynamic = bool(meta.get("dynamic", False))
-        if threads:
-            torch.set_num_threads(int(threads))
-
-    def __call__(self, x) -> torch.Tensor:
-        return super().__call__(x)
+        self._open_kwargs = {"threads": threads, "device": self.device, "precision": precision}
 
     def _run(self, x):
-        dtype = torch.float16 if self.half else torch.float32
-        with torch.inference_mode():
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        with torch_threads(self.threads), torch.inference_mode():
             return self.module(torch.from_numpy(x).to(self.device, dtype))
 
 
@@ -299,7 +463,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, path, threads: int | None = None, device: str = "cuda:0"):
+    def __init__(self, path, threads: int | None = None, device: str = "cuda:0", precision: str | None = None):
         self.path = Path(path)
         self.threads = threads
         trt = require_tensorrt(self.path)
@@ -318,6 +482,11 @@ class TensorRTBackend(Backend):
             raise RuntimeBackendError(f"{self.path}: not a TensorRT engine for this TensorRT/GPU version")
         self.context = self.engine.create_execution_context()
         self._init_meta(meta)
+        want = check_precision(precision)
+        if want not in (None, self.artifact_precision):
+            raise _unsupported(self.path, "tensorrt", want, f"this engine was built for {self.artifact_precision}")
+        self.precision = self.artifact_precision
+        self._open_kwargs = {"threads": threads, "device": str(self.device), "precision": precision}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
@@ -371,8 +540,8 @@ class ParallelBackend(Backend):
         self.workers = max(1, int(workers))
         self.replicas = [backend] + [backend.clone() for _ in range(self.workers - 1)]
         self.pool = ThreadPoolExecutor(self.workers)
-        for k in ("name", "path", "names", "nc", "stride", "imgsz", "batch", "dynamic", "end2end", "nms", "half",
-                  "threads"):
+        for k in ("name", "path", "names", "nc", "stride", "imgsz", "batch", "dynamic", "end2end", "nms", "precision",
+                  "artifact_precision", "threads", "device"):
             setattr(self, k, getattr(backend, k))
 
     def __call__(self, x) -> torch.Tensor:
@@ -414,13 +583,12 @@ def backend_for(path: str | Path) -> str:
 
 
 _CLASSES: dict[str, Callable[..., Backend]] = {
-    "torch": TorchBackend, "onnx": OnnxBackend, "openvino": OpenVINOBackend,
+    "torch": TorchBackend, "onnxruntime": OnnxBackend, "openvino": OpenVINOBackend,
     "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend,
 }
 
 
-def load(path: str | Path, threads: int | None = None, **kwargs) -> Backend:
-    """Open any yolopt-supported model file with the backend its suffix names."""
+def _artifact_path(path: str | Path) -> tuple[str, Path]:
     p = Path(path)
     kind = backend_for(p)
     if p.is_dir():
@@ -429,7 +597,50 @@ def load(path: str | Path, threads: int | None = None, **kwargs) -> Backend:
         raise RuntimeBackendError(f"{p}: model file not found")
     if p.stat().st_size == 0:
         raise RuntimeBackendError(f"{p}: empty file, not a model")
-    return _CLASSES[kind](p, threads=threads, **kwargs)
+    return kind, p
+
+
+def open(model, *, device=None, threads: int | None = None, workers: int = 1, precision: str | None = None,
+         fuse: bool = True, **kwargs) -> Backend:  # noqa: A001 - runtime.open reads naturally
+    """Open a model for inference: the one way every command, the evaluator and the benchmark get one.
+
+    ``model``: a file (.pt / .safetensors -> torch, .onnx -> onnxruntime, .xml or its folder ->
+    openvino, .torchscript, .engine -> tensorrt), an in-memory ``DetectionModel`` (used as is), or
+    a ``Backend`` (returned, wrapped for ``workers``).
+
+    ``device``: ``cpu``, ``cuda:0``, ``0`` or ``auto`` (PyTorch / TorchScript / TensorRT; ONNX Runtime
+    uses CUDA only when asked for). ``threads``: intra-op threads per session, applied only while
+    the backend runs (default: the runtime's own, or cores / workers). ``workers > 1``: that many
+    independent sessions, each batch split over them (:class:`ParallelBackend`). ``precision``:
+    ``fp32 | fp16 | bf16 | int8`` compute precision; default the artifact's own (fp32 for PyTorch),
+    and bf16/fp16 only where the runtime and CPU have them, else one clear error.
+    """
+    from .device import pick_device
+
+    precision = check_precision(precision)
+    workers = max(1, int(workers or 1))
+    if threads is None and workers > 1:
+        threads = default_threads(workers)
+    if isinstance(model, Backend):
+        backend = model
+    elif isinstance(model, torch.nn.Module):
+        dev = pick_device(device) if device is not None else None
+        backend = TorchBackend.from_model(model, threads=threads, device=dev, precision=precision)
+    else:
+        kind, p = _artifact_path(model)
+        if kind in ("torch", "torchscript"):
+            kwargs.setdefault("device", pick_device(device or "auto"))
+            if kind == "torch":
+                kwargs.setdefault("fuse", fuse)
+        elif kind == "tensorrt":
+            dev = pick_device(device or "auto") if device not in (None, "auto") else None
+            kwargs.setdefault("device", str(dev) if dev is not None and dev.type == "cuda" else "cuda:0")
+        elif kind == "onnxruntime" and device not in (None, "auto"):
+            kwargs.setdefault("device", pick_device(device))
+        backend = _CLASSES[kind](p, threads=threads, precision=precision, **kwargs)
+    if workers > 1:
+        backend = ParallelBackend(backend, workers)
+    return backend
 
 
 def default_threads(streams: int = 1) -> int:
