@@ -13,24 +13,37 @@ import yolopt
 from yolopt.models import DetectionModel, builtin_config, builtin_names
 
 
+# Parity limits. Boxes: absolute + relative, because float rounding differs between AVX2 and AVX-512
+# kernels and grows with the coordinate (0.018 px on an 801 px box has been seen on an AVX-512 CPU).
+BOX_ATOL, BOX_RTOL, SCORE_ATOL = 1e-2, 1e-4, 1e-3
+
+
 def _raw_diff(model, shared, ref_name):
+    """(max box excess over the abs+rel limit, max score diff); the box value is <= 0 when within limits."""
     x = torch.from_numpy(np.load(shared / "reference" / "bus_input_640.npy"))
     ref = np.load(shared / "reference" / ref_name)
     with torch.no_grad():
         y = model(x).numpy()
     assert y.shape == ref.shape
-    return np.abs(y[..., :4] - ref[..., :4]).max(), np.abs(y[..., 4:] - ref[..., 4:]).max()
+    box_excess = np.abs(y[..., :4] - ref[..., :4]) - (BOX_ATOL + BOX_RTOL * np.abs(ref[..., :4]))
+    return box_excess.max(), np.abs(y[..., 4:] - ref[..., 4:]).max()
+
+
+def test_parity_limits_are_relative_not_only_absolute():
+    """A rounding-sized difference on a large box passes, a real error on a small one does not."""
+    assert 0.018 <= BOX_ATOL + BOX_RTOL * 801  # seen on an AVX-512 CPU for ppe_yolov5n: rounding, not a bug
+    assert 0.5 > BOX_ATOL + BOX_RTOL * 640  # a half-pixel error anywhere in a 640 input is still caught
 
 
 @pytest.mark.parametrize("weights,ref", [("yolov5n.pt", "bus_raw_640.npy"), ("ppe_yolov5n.pt", "ppe_yolov5n_bus_raw_640.npy")])
 def test_raw_output_matches_upstream(shared, weights, ref):
     model = yolopt.load(shared / "weights" / weights)
     assert not model.training and next(model.parameters()).dtype == torch.float32
-    box_diff, score_diff = _raw_diff(model, shared, ref)
-    assert box_diff <= 1e-2 and score_diff <= 1e-3, (box_diff, score_diff)
+    box_excess, score_diff = _raw_diff(model, shared, ref)
+    assert box_excess <= 0 and score_diff <= SCORE_ATOL, (box_excess, score_diff)
     # fused model stays within the same tolerance
-    box_diff, score_diff = _raw_diff(model.fuse(), shared, ref)
-    assert box_diff <= 1e-2 and score_diff <= 1e-3, (box_diff, score_diff)
+    box_excess, score_diff = _raw_diff(model.fuse(), shared, ref)
+    assert box_excess <= 0 and score_diff <= SCORE_ATOL, (box_excess, score_diff)
 
 
 def test_checkpoint_metadata(yolov5n, ppe_pt):

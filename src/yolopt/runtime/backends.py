@@ -265,8 +265,9 @@ class TorchBackend(Backend):
     def from_model(cls, model, threads: int | None = None, device=None, precision: str | None = None,
                    name: str = "<model>") -> "TorchBackend":
         """Wrap an in-memory ``DetectionModel`` (used as is: no copy, no fusion)."""
-        return cls(name, threads=threads, fuse=getattr(model, "is_fused", True), device=device, precision=precision,
-                   model=model)
+        b = cls(name, threads=threads, fuse=True, device=device, precision=precision, model=model)
+        b.name = "torch"
+        return b
 
     def __call__(self, x) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -407,7 +408,9 @@ class OpenVINOBackend(Backend):
         except Exception as e:  # noqa: BLE001
             raise RuntimeBackendError(f"{self.path}: OpenVINO cannot compile this IR ({_first_line(e)})") from None
         self.precision = want
-        self.compiled_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        with preserve_sigaltstack():
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.compiled_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # f32 / bf16 / f16
         ps = model.inputs[0].get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in ps]
         self.batch = dims[0]
