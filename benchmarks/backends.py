@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     from yolopt.bench import EndToEnd, artifact_size_mb, peak_rss_mb, percentiles, time_calls
     from yolopt.export import export
     from yolopt.fileio import atomic_write
+    from yolopt.machine import machine_info
     from yolopt.runtime import OnnxBackend, OpenVINOBackend, TorchBackend
 
     torch.set_num_threads(args.threads)
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
         "rounds": args.rounds, "iters_per_round": args.iters, "warmup": args.warmup,
         "end2end_images": len(imgs),
         "statistic": "p50 of latencies pooled over rounds (median); speedups = eager p50 / backend p50",
+        "machine": {**machine_info(), "threads": args.threads, "loadavg_start": load0, "loadavg_end": os.getloadavg()},
         "environment": {
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "openvino": openvino.__version__, "cpu": platform.processor() or platform.machine(),

@@ -43,6 +43,8 @@ def _command(c: dict) -> str:
 def summarise(run: Path, wall_s: float | None) -> dict:
     import yaml
 
+    from yolopt.machine import machine_info
+
     rows = list(csv.DictReader((run / "results.csv").open()))
     hist = [{k: _num(v) if v != "" else None for k, v in r.items()} for r in rows]
     cfg = (run / "config.yaml").read_text()
@@ -70,7 +72,7 @@ def summarise(run: Path, wall_s: float | None) -> dict:
         "config_yaml": cfg,
         "history": [{k: h[k] for k in ("epoch", "epoch_s", "train/box_loss", "train/obj_loss", "train/cls_loss",
                                        "metrics/mAP50", "metrics/mAP50-95")} for h in hist],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
+        "machine": {**machine_info(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
     }
 
 

@@ -39,6 +39,7 @@ def main() -> int:
 
     from yolopt.cli import setup_logging
     from yolopt.engine.trainer import train
+    from yolopt.machine import machine_info
 
     setup_logging()
     shared = Path(args.shared)
@@ -61,8 +62,8 @@ def main() -> int:
             "final_map50_95": hist[-1].get("metrics/mAP50-95"),
         },
         "upstream": UPSTREAM,
-        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
+        "machine": {**machine_info(), "threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "load_avg_at_end": os.getloadavg()},
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -232,3 +232,20 @@ def test_evaluate_in_memory_quick_and_mode_follows_artifact(yolov5n, coco128_yam
     with pytest.raises(DatasetError, match="rect"):
         evaluate(deploy_artifacts["onnx"].path, coco128_yaml, mode="rect", max_images=2, progress=False)
     assert not yolov5n.training
+
+
+def test_info_reports_precision_for_weights_and_artifacts(yolov5n_pt, deploy_artifacts):
+    r = run_cli("info", yolov5n_pt)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["precision"] == "fp32" and d["nc"] == 80 and d["params_fused"] == 1_867_405
+    for key, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        if key == "openvino":
+            pytest.importorskip("openvino")
+        r = run_cli("info", deploy_artifacts[key].path)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["backend"] == backend and d["precision"] == "fp32" and d["input_shape"] == [1, 3, 256, 256]
+        assert d["names"][0] == "person" and d["size_mb"] > 1
+        if key == "openvino":
+            assert d["compiled_precision"] == "f32"

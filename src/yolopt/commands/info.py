@@ -3,33 +3,58 @@
 from __future__ import annotations
 
 import json
-
-from ..models.checkpoint import load_model
+from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="describe a model file (architecture, classes, params)",
-                       description="Load a model safely and print its architecture summary as JSON.")
-    p.add_argument("weights", help="model weights (.pt or .safetensors)")
+    p = sub.add_parser("info", help="describe a model file (architecture, classes, params, precision)",
+                       description="Load a model safely and print what it is as JSON: for PyTorch weights the "
+                       "architecture summary; for exported artifacts the runtime, input shape, precision and "
+                       "metadata. `precision` is what it computes in (fp32 unless the artifact says otherwise).")
+    p.add_argument("weights", help="model: .pt / .safetensors, or an exported .onnx / .xml / .torchscript / .engine")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    m = load_model(args.weights)
+def _torch_info(path: str) -> dict:
+    from ..models.checkpoint import load_model
+
+    m = load_model(path)
     layers = [{"index": mod.i, "from": mod.f, "type": mod.type,
                "params": sum(p.numel() for p in mod.parameters())} for mod in m.model]
-    info = {
-        "weights": args.weights,
+    fused = load_model(path).fuse()
+    return {
+        "weights": path,
+        "format": "torch",
+        "precision": "fp32",  # yolopt loads every checkpoint as float32 (official ones are stored in fp16)
         "nc": m.nc,
         "names": m.names,
         "stride": [int(s) for s in m.stride],
         "params": m.num_params(),
-        "params_fused": sum(p.numel() for p in load_model(args.weights).fuse().parameters()),
+        "params_fused": fused.num_params(),
         "depth_multiple": m.yaml.get("depth_multiple"),
         "width_multiple": m.yaml.get("width_multiple"),
         "anchors": m.yaml.get("anchors"),
         "provenance": m.provenance,
         "layers": layers,
     }
-    print(json.dumps(info, indent=1))
+
+
+def run(args) -> int:
+    from ..runtime import backend_for
+    from ..runtime import open as open_backend
+
+    if backend_for(args.weights) == "torch":
+        info = _torch_info(args.weights)
+    else:
+        b = open_backend(args.weights, device="cpu" if backend_for(args.weights) != "tensorrt" else None)
+        info = {"weights": args.weights, **b.describe(), "names": b.names, "stride": [int(s) for s in b.stride],
+                "input_shape": list(b.input_shape), "nms": b.nms, "yolopt_version": getattr(b, "version", None),
+                "size_mb": round(sum(f.stat().st_size for f in _files(Path(args.weights))) / 1e6, 3)}
+    print(json.dumps(info, indent=1, default=str))
     return 0
+
+
+def _files(p: Path) -> list[Path]:
+    if p.is_dir():
+        p = sorted(p.glob("*.xml"))[0]
+    return [f for f in (p, p.with_suffix(".bin")) if f.exists()] if p.suffix == ".xml" else [p]
