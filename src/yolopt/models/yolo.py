@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from .common import (
+    BN_EPS,
+    BN_MOMENTUM,
     C3,
     SPP,
     SPPF,
@@ -27,6 +29,7 @@ from .common import (
     Focus,
     make_activation,
 )
+from .fuse import fuse_conv_bn_
 
 # Module names a yaml may use, and how their first two args are read.
 _CHANNEL_MODULES = {
@@ -224,7 +227,7 @@ class DetectionModel(nn.Module):
     def _init_weights(self):
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.eps, m.momentum = 1e-3, 0.03
+                m.eps, m.momentum = BN_EPS, BN_MOMENTUM
             elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
                 m.inplace = True
         det = self.detect
@@ -251,8 +254,6 @@ class DetectionModel(nn.Module):
 
     def fuse(self) -> "DetectionModel":
         """Fold every BatchNorm that follows a convolution into it (in place)."""
-        from ..compress.fusion import fuse_conv_bn_
-
         fuse_conv_bn_(self)
         return self
 
