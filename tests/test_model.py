@@ -166,3 +166,20 @@ def test_model_metadata_is_built_in_one_place(tmp_path):
     assert back.model[2].cv1.bn.eps == 1e-5 and back.model[4].cv3.bn.momentum == 0.1
     assert back.model[2].cv2.bn.eps == BN_EPS and back.model[4].cv2.bn.momentum == BN_MOMENTUM
     assert model_metadata(m.fuse())["fused"] is True
+
+
+def test_forward_features_gives_raw_maps_and_neck_tensors():
+    torch.manual_seed(0)
+    m = DetectionModel(builtin_config("yolov5n", nc=3)).eval()
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        raw, feats = m.forward_features(x)
+        y = m(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 12, 16), (2, 128, 6, 8), (2, 256, 3, 4)]
+    assert [tuple(r.shape) for r in raw] == [(2, 3, 12, 16, 8), (2, 3, 6, 8, 8), (2, 3, 3, 4, 8)]
+    assert not m.training  # mode untouched
+    torch.testing.assert_close(m.detect.decode(raw), y, rtol=0, atol=0)  # eval output = decoded raw maps
+    m.train()
+    raw_t, _ = m.forward_features(x)
+    for a, b in zip(raw_t, m(x)):  # training-mode output
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
