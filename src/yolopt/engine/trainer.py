@@ -207,6 +207,13 @@ def _transfer(src: DetectionModel, dst: DetectionModel) -> int:
 
 
 class Trainer:
+    """One training run. ``train()`` builds everything (:meth:`_setup`), then runs the epochs.
+
+    Attributes for callbacks: ``cfg``, ``hyp``, ``model`` (DDP-wrapped under torchrun; use
+    ``engine.ema.unwrap``), ``ema`` (rank 0), ``optimizer``, ``scheduler``, ``loss_fn``,
+    ``teacher``, ``device``, ``epoch``, ``imgsz``, ``accumulate``, ``history``.
+    """
+
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, teacher: nn.Module | None = None,
                  resume: str | Path | None = None):
         self.cfg = cfg
@@ -221,7 +228,65 @@ class Trainer:
         self.history: list[dict] = []
         self.best_fitness = -1.0
 
+    @property
+    def resuming(self) -> bool:
+        return self.resume_path is not None
+
+    def _callback(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
     # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        self._load_resume_state()
+        self._check_config()
+        self._init_process()
+        self._prepare_out_dir()
+        self._build_data()
+        self._build_model()
+        self._build_optimizer()
+        self._build_loss()
+        self._wrap_model()
+        self._build_loader()
+        self._prepare_teacher()
+        if self.resuming:
+            self._restore_train_state()
+        self._write_config()
+
+    def _load_resume_state(self) -> None:
+        """Resuming: read the checkpoint; its run config wins, except device / workers / progress."""
+        cfg = self.cfg
+        if not self.resuming:  # absolute paths, so `--resume` works from any folder
+            cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
+            if cfg.weights and Path(cfg.weights).exists():
+                cfg.weights = str(Path(cfg.weights).resolve())
+            return
+        self._tensors, self._meta, self._state = read_train_checkpoint(self.resume_path)
+        saved = self._state["config"]
+        keep = {"device": cfg.device, "workers": cfg.workers, "progress": cfg.progress}
+        self.cfg = TrainConfig(**{**saved, **keep, "out": str(self.resume_path.parent)})
+        if int(self._state["epoch"]) + 1 >= self.cfg.epochs:
+            raise YoloptError(f"{self.resume_path}: run already finished ({self.cfg.epochs} epochs); nothing to resume")
+
+    def _check_config(self) -> None:
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
+        if cfg.batch < 1:
+            raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
+        self.hyp = load_hyp(cfg.hyp)
+
+    def _init_process(self) -> None:
+        """Process group (DDP), device and seeds."""
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and self.cfg.device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend)
+        self.device = self._device()
+        seed = self.cfg.seed + max(self.rank, 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
     def _device(self) -> torch.device:
         spec = str(self.cfg.device or "auto")
         if self.world > 1:
@@ -236,7 +301,46 @@ class Trainer:
 
         return pick_device(spec)
 
-    def _build_model(self, nc: int, names: list[str]) -> DetectionModel:
+    def _prepare_out_dir(self) -> None:
+        cfg = self.cfg
+        if not self.resuming:
+            if cfg.out:
+                out = Path(cfg.out)
+                if (out / LAST).exists() and not cfg.exist_ok:
+                    raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
+                                      f"or choose another --out")
+            else:
+                out = _next_run_dir(Path("runs/train/exp")) if self.main else None
+                if self.world > 1:  # every rank must use rank 0's choice
+                    box = [str(out) if out else None]
+                    torch.distributed.broadcast_object_list(box, src=0)
+                    out = Path(box[0])
+            cfg.out = str(out)
+        self.out = Path(cfg.out)
+
+    def _build_data(self) -> None:
+        """Class names and the train index (labels checked once; the cache is shared by all ranks)."""
+        from ..data.dataset import load_data_config
+
+        dcfg = load_data_config(self.cfg.data)
+        self.train_index, self.names = index_split(self.cfg.data, "train")
+        self.has_val = "val" in dcfg.splits
+
+    def _build_model(self) -> None:
+        """The model, with frozen layers set, on the device; ``self.nc``, ``self.gs``, ``self.imgsz``."""
+        cfg = self.cfg
+        model = self._model_from_files(len(self.names), self.names)
+        if self.resuming:
+            model.load_state_dict(prefixed(self._tensors, "train.model."))
+        self.nc = model.nc
+        self.gs = max(int(model.stride.max()), 32)
+        self.imgsz = int(math.ceil(cfg.imgsz / self.gs) * self.gs)
+        if self.imgsz != cfg.imgsz:
+            log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", cfg.imgsz, self.gs, self.imgsz)
+        self._freeze(model)
+        self.model = model.to(self.device)
+
+    def _model_from_files(self, nc: int, names: list[str]) -> DetectionModel:
         cfg = self.cfg
         if cfg.weights:
             src = load_model(cfg.weights)
@@ -263,134 +367,91 @@ class Trainer:
         model.names = list(names)
         return model.float()
 
-    def _setup(self):
-        cfg = self.cfg
-        if self.resume_path is not None:
-            self._tensors, _, self._state = read_train_checkpoint(self.resume_path)
-            saved = self._state["config"]
-            keep = {"device": cfg.device, "workers": cfg.workers, "progress": cfg.progress}
-            cfg = self.cfg = TrainConfig(**{**saved, **keep, "out": str(self.resume_path.parent)})
-        if self.resume_path is None:  # absolute paths, so `--resume` works from any folder
-            cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
-            if cfg.weights and Path(cfg.weights).exists():
-                cfg.weights = str(Path(cfg.weights).resolve())
-        if cfg.epochs < 1:
-            raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
-        if cfg.batch < 1:
-            raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
-        self.hyp = load_hyp(cfg.hyp)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-            torch.distributed.init_process_group(backend)
-        self.device = self._device()
-        seed = cfg.seed + max(self.rank, 0)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-        # out dir
-        if self.resume_path is None:
-            if cfg.out:
-                out = Path(cfg.out)
-                if (out / LAST).exists() and not cfg.exist_ok:
-                    raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
-                                      f"or choose another --out")
-            else:
-                out = _next_run_dir(Path("runs/train/exp")) if self.main else None
-                if self.world > 1:  # every rank must use rank 0's choice
-                    box = [str(out) if out else None]
-                    torch.distributed.broadcast_object_list(box, src=0)
-                    out = Path(box[0])
-            cfg.out = str(out)
-        self.out = Path(cfg.out)
-
-        # data (labels checked once; the cache is shared by all ranks)
-        from ..data.dataset import load_data_config
-
-        dcfg = load_data_config(cfg.data)
-        self.train_index, names = index_split(cfg.data, "train")
-        self.has_val = "val" in dcfg.splits
-        model = self._build_model(len(names), names)
-        if self.resume_path is not None:
-            model.load_state_dict(prefixed(self._tensors, "train.model."))
-        self.nc = model.nc
-        self.gs = max(int(model.stride.max()), 32)
-        self.imgsz = int(math.ceil(cfg.imgsz / self.gs) * self.gs)
-        if self.imgsz != cfg.imgsz:
-            log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", cfg.imgsz, self.gs, self.imgsz)
-
-        # freeze
-        frozen = [f"model.{i}." for i in range(cfg.freeze)]
+    def _freeze(self, model: nn.Module) -> None:
+        """``--freeze N``: layers ``model.0`` .. ``model.N-1`` get no gradients; the rest do."""
+        frozen = [f"model.{i}." for i in range(self.cfg.freeze)]
         for name, p in model.named_parameters():
             p.requires_grad_(not any(name.startswith(f) for f in frozen))
-        model.to(self.device)
 
-        # optimisation
+    def _build_optimizer(self) -> None:
+        """Optimizer (3 param groups), lr schedule, EMA (rank 0) and the AMP grad scaler."""
+        cfg = self.cfg
         self.batch_rank = max(cfg.batch // self.world, 1)
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
-        wd = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        self.optimizer = build_optimizer(model, self.hyp["lr0"], self.hyp["momentum"], wd, cfg.optimizer)
+        self.weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
+        self.optimizer = build_optimizer(self.model, self.hyp["lr0"], self.hyp["momentum"], self.weight_decay,
+                                         cfg.optimizer)
         # a 0.1 bias lr during warm-up suits SGD; Adam-family steps are lr-sized, so biases warm up from 0
         self.warmup_bias_lr = self.hyp["warmup_bias_lr"] if cfg.optimizer == "SGD" else 0.0
         self.lf = lr_lambda(cfg.epochs, self.hyp["lrf"], cfg.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.ema = ModelEMA(model) if self.main else None
+        self.ema = ModelEMA(self.model) if self.main else None
         self.start_epoch, self.last_opt_step = 0, -1
-        if self.resume_path is not None:
-            st = self._state
-            self.optimizer.load_state_dict(optimizer_state_from(self._tensors, st))
-            if self.ema is not None:
-                self.ema.ema.load_state_dict(prefixed(self._tensors, "model."))
-                self.ema.updates = int(st["ema_updates"])
-            self.start_epoch = int(st["epoch"]) + 1
-            self.last_opt_step = int(st.get("last_opt_step", -1))
-            self.accumulate = int(st.get("accumulate", self.accumulate))
-            self.best_fitness = float(st.get("best_fitness", -1.0))
-            self.history = list(st.get("history", []))
-            self.scheduler.last_epoch = self.start_epoch - 1
-            set_rng_state(self._tensors, st.get("rng", {}))
-            del self._tensors
-            if self.start_epoch >= cfg.epochs:
-                raise YoloptError(f"{self.resume_path}: run already finished ({cfg.epochs} epochs); nothing to resume")
-            log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, cfg.epochs)
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        if self.world > 1 and cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-        # loss
+    def _build_loss(self) -> None:
+        model = unwrap(self.model)
         det = model.detect
         model.hyp = scaled_loss_hyp(self.hyp, det.nl, det.nc, self.imgsz)
         model.gr = 1.0
         self.loss_fn = YoloLoss(model, model.hyp)
 
-        if self.world > 1:
-            ids = [self.local_rank] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.model = model
+    def _wrap_model(self) -> None:
+        """Several processes: SyncBatchNorm (``--sync-bn``) and DistributedDataParallel."""
+        if self.world == 1:
+            return
+        model = self.model
+        if self.cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def _build_loader(self) -> None:
+        """This rank's share of every epoch; ``self.nb`` batches per epoch, ``self.nw`` warm-up iterations."""
+        cfg = self.cfg
         self.dataset = TrainDataset(self.train_index, self.imgsz, self.hyp, seed=cfg.seed, augment=True)
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed, rank=max(self.rank, 0), world=self.world)
         self.loader = make_loader(self.dataset, self.batch_rank, cfg.workers, self.sampler,
                                   pin=self.device.type == "cuda")
+        self.nb = len(self.loader)
+        self.nw = max(round(self.hyp["warmup_epochs"] * self.nb), 100)
+
+    def _prepare_teacher(self) -> None:
         if self.teacher is not None:
             self.teacher = self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+
+    def _restore_train_state(self) -> None:
+        """Optimizer, EMA, counters, schedule and RNG states from the resume checkpoint (last in setup)."""
+        st, tensors = self._state, self._tensors
+        self.optimizer.load_state_dict(optimizer_state_from(tensors, st))
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(prefixed(tensors, "model."))
+            self.ema.updates = int(st["ema_updates"])
+        self.start_epoch = int(st["epoch"]) + 1
+        self.last_opt_step = int(st.get("last_opt_step", -1))
+        self.accumulate = int(st.get("accumulate", self.accumulate))
+        self.best_fitness = float(st.get("best_fitness", -1.0))
+        self.history = list(st.get("history", []))
+        self.scheduler.last_epoch = self.start_epoch - 1
+        set_rng_state(tensors, st.get("rng", {}))
+        del self._tensors
+        log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, self.cfg.epochs)
+
+    def _write_config(self) -> None:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(
-                yaml.safe_dump({**asdict(cfg), "hyp": self.hyp}, sort_keys=False)))
+                yaml.safe_dump({**asdict(self.cfg), "hyp": self.hyp}, sort_keys=False)))
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
         t_start = time.time()
         self._setup()
+        self._callback("on_train_start")
         cfg = self.cfg
-        nb = len(self.loader)
-        nw = max(round(self.hyp["warmup_epochs"] * nb), 100)
-        for cb in self.callbacks:
-            cb.on_train_start(self)
         if self.main:
             log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", cfg.weights or cfg.cfg,
                      cfg.epochs, self.imgsz, self.device, len(self.dataset), cfg.batch,
@@ -398,7 +459,7 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.epoch = epoch
-                self._train_epoch(epoch, nb, nw)
+                self._train_epoch(epoch)
                 if self.world > 1:
                     torch.distributed.barrier()
         finally:
@@ -408,65 +469,23 @@ class Trainer:
         return TrainResult(self.out, self.out / LAST, best if best.exists() else None, cfg.epochs,
                            self.best_fitness, self.history, (time.time() - t_start) / 60)
 
-    def _train_epoch(self, epoch: int, nb: int, nw: int) -> None:
-        cfg, hyp, model, opt = self.cfg, self.hyp, self.model, self.optimizer
-        model.train()
-        for cb in self.callbacks:
-            cb.on_epoch_start(self, epoch)
-        mosaic = not (cfg.epochs > cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic)
-        if self.main and cfg.close_mosaic and cfg.epochs > cfg.close_mosaic and epoch == cfg.epochs - cfg.close_mosaic:
-            log.info("closing mosaic for the last %d epochs", cfg.close_mosaic)
-        self.sampler.set_epoch(epoch, mosaic)
-        mloss = torch.zeros(3)
-        t0 = time.time()
-        seen = 0
-        it = enumerate(self.loader)
-        bar = None
-        if self.main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(it, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
-            it = bar
-        opt.zero_grad()
-        for i, (imgs, targets, _paths) in it:
-            ni = i + nb * epoch
-            imgs = imgs.to(self.device, non_blocking=True).float() / 255
-            if ni <= nw:  # warm-up: lr ramps (bias lr down from warmup_bias_lr), momentum ramps up
-                xi = [0, nw]
-                self.accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch]).round()))
-                for j, g in enumerate(opt.param_groups):
-                    g["lr"] = float(np.interp(ni, xi, [self.warmup_bias_lr if j == 0 else 0.0,
-                                                       g["initial_lr"] * self.lf(epoch)]))
-                    if "momentum" in g:
-                        g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
-            with torch.autocast(self.device.type, enabled=self.amp):
-                preds = model(imgs)
-                loss, items = self.loss_fn(preds, targets.to(self.device))
-                for cb in self.callbacks:
-                    extra = cb.extra_loss(self, imgs, targets, preds)
-                    if extra is not None:
-                        loss = loss + extra
-                if self.world > 1:
-                    loss = loss * self.world
-            if not torch.isfinite(loss).all():
-                if bar is not None:
-                    bar.close()
-                kept = self.out / LAST
-                where = f"last good checkpoint kept: {kept}" if kept.exists() else "no checkpoint written yet"
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: training "
-                                    f"stopped ({where}); lower lr0 or check the labels")
+    def _train_epoch(self, epoch: int) -> None:
+        self.model.train()
+        self._callback("on_epoch_start", epoch)
+        self._set_mosaic(epoch)
+        bar = self._progress_bar(epoch)
+        mloss, seen, t0 = torch.zeros(3), 0, time.time()
+        self.optimizer.zero_grad()
+        for i, (imgs, targets, _paths) in enumerate(bar if bar is not None else self.loader):
+            ni = i + self.nb * epoch  # batches seen since the start of training
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255  # (B, 3, imgsz, imgsz) RGB in [0, 1]
+            if ni <= self.nw:
+                self._warmup(ni, epoch)
+            loss, items = self._forward_loss(imgs, targets)
+            self._check_finite(loss, epoch, i, bar)
             self.scaler.scale(loss).backward()
             if ni - self.last_opt_step >= self.accumulate:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                self.scaler.step(opt)
-                self.scaler.update()
-                opt.zero_grad()
-                if self.ema is not None:
-                    self.ema.update(model)
-                self.last_opt_step = ni
-                for cb in self.callbacks:
-                    cb.on_step_end(self, ni)
+                self._optimizer_step(ni)
             mloss = (mloss * i + items.cpu()) / (i + 1)
             seen += imgs.shape[0]
             if bar is not None:
@@ -475,24 +494,83 @@ class Trainer:
                                     f"{seen * self.world / dt:.1f} img/s", refresh=False)
         if bar is not None:
             bar.close()
-        lrs = [g["lr"] for g in opt.param_groups]
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
-        epoch_s = time.time() - t0
-        if not self.main:
+        if self.main:
+            self._end_epoch(epoch, mloss, lrs, time.time() - t0, seen)
+
+    def _set_mosaic(self, epoch: int) -> None:
+        """Mosaic on, except for the last ``--close-mosaic`` epochs of a longer run."""
+        cfg = self.cfg
+        closing = cfg.epochs > cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic
+        if self.main and cfg.close_mosaic and cfg.epochs > cfg.close_mosaic and epoch == cfg.epochs - cfg.close_mosaic:
+            log.info("closing mosaic for the last %d epochs", cfg.close_mosaic)
+        self.sampler.set_epoch(epoch, not closing)
+
+    def _progress_bar(self, epoch: int):
+        if not (self.main and self.cfg.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(self.loader, total=self.nb, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                    dynamic_ncols=True)
+
+    def _warmup(self, ni: int, epoch: int) -> None:
+        """First ``nw`` iterations: lr ramps up (bias lr down from warmup_bias_lr), momentum ramps up
+        and gradient accumulation grows from 1 batch to ``nbs / batch``."""
+        cfg, hyp = self.cfg, self.hyp
+        xi = [0, self.nw]
+        self.accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch]).round()))
+        for j, g in enumerate(self.optimizer.param_groups):
+            g["lr"] = float(np.interp(ni, xi, [self.warmup_bias_lr if j == 0 else 0.0,
+                                               g["initial_lr"] * self.lf(epoch)]))
+            if "momentum" in g:
+                g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+
+    def _forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``imgs`` (B, 3, H, W), ``targets`` (n, 6) -> (loss to backpropagate, detached [box, obj, cls])."""
+        with torch.autocast(self.device.type, enabled=self.amp):
+            preds = self.model(imgs)  # list of (B, na, ny, nx, 5+nc)
+            loss, items = self.loss_fn(preds, targets.to(self.device))
+            for cb in self.callbacks:
+                extra = cb.extra_loss(self, imgs, targets, preds)
+                if extra is not None:
+                    loss = loss + extra
+            if self.world > 1:
+                loss = loss * self.world  # DDP averages gradients over ranks; upstream's loss is a sum
+        return loss, items
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, i: int, bar) -> None:
+        if torch.isfinite(loss).all():
             return
+        if bar is not None:
+            bar.close()
+        kept = self.out / LAST
+        where = f"last good checkpoint kept: {kept}" if kept.exists() else "no checkpoint written yet"
+        raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: training "
+                            f"stopped ({where}); lower lr0 or check the labels")
+
+    def _optimizer_step(self, ni: int) -> None:
+        opt = self.optimizer
+        self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(opt)
+        self.scaler.update()
+        opt.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.last_opt_step = ni
+        self._callback("on_step_end", ni)
+
+    def _end_epoch(self, epoch: int, mloss: torch.Tensor, lrs: list[float], epoch_s: float, seen: int) -> None:
+        """Rank 0: validate, record, save checkpoints and results, log, then ``on_epoch_end``."""
+        cfg = self.cfg
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train/box_loss": float(mloss[0]),
                                    "train/obj_loss": float(mloss[1]), "train/cls_loss": float(mloss[2])}
         final = epoch + 1 == cfg.epochs
-        ran_val = False
-        if self.has_val and ((epoch + 1) % max(cfg.val_every, 1) == 0 or final):
-            from ..evaluate.validate import validate
-
-            res = validate(self.ema.ema, cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
-                           device=self.device, progress=cfg.progress)
-            metrics.update({"metrics/precision": res.precision, "metrics/recall": res.recall,
-                            "metrics/mAP50": res.map50, "metrics/mAP50-95": res.map50_95,
-                            "fitness": 0.1 * res.map50 + 0.9 * res.map50_95})
-            ran_val = True
+        ran_val = self.has_val and ((epoch + 1) % max(cfg.val_every, 1) == 0 or final)
+        if ran_val:
+            metrics.update(self._validate())
         metrics.update({"lr/pg0": lrs[0], "lr/pg1": lrs[1], "lr/pg2": lrs[2], "epoch_s": round(epoch_s, 2),
                         "images_per_s": round(seen * self.world / max(epoch_s, 1e-9), 2)})
         self.history.append(metrics)
@@ -503,13 +581,24 @@ class Trainer:
             improved = final  # no val split: best = last at the end
         self._save(epoch, improved)
         self._write_results()
-        msg = (f"epoch {epoch + 1}/{cfg.epochs}: box {mloss[0]:.4f} obj {mloss[1]:.4f} cls {mloss[2]:.4f}, "
+        self._log_epoch(epoch, mloss, epoch_s, metrics if ran_val else None)
+        self._callback("on_epoch_end", epoch, metrics)
+
+    def _validate(self) -> dict[str, float]:
+        """mAP of the EMA model on the val split."""
+        from ..evaluate.validate import validate
+
+        res = validate(self.ema.ema, self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
+                       device=self.device, progress=self.cfg.progress)
+        return {"metrics/precision": res.precision, "metrics/recall": res.recall, "metrics/mAP50": res.map50,
+                "metrics/mAP50-95": res.map50_95, "fitness": 0.1 * res.map50 + 0.9 * res.map50_95}
+
+    def _log_epoch(self, epoch: int, mloss: torch.Tensor, epoch_s: float, val: dict | None) -> None:
+        msg = (f"epoch {epoch + 1}/{self.cfg.epochs}: box {mloss[0]:.4f} obj {mloss[1]:.4f} cls {mloss[2]:.4f}, "
                f"{epoch_s:.1f} s")
-        if ran_val:
-            msg += f", mAP50 {metrics['metrics/mAP50']:.4f} mAP50-95 {metrics['metrics/mAP50-95']:.4f}"
+        if val is not None:
+            msg += f", mAP50 {val['metrics/mAP50']:.4f} mAP50-95 {val['metrics/mAP50-95']:.4f}"
         log.info(msg)
-        for cb in self.callbacks:
-            cb.on_epoch_end(self, epoch, metrics)
 
     # ------------------------------------------------------------------ outputs
     def _save(self, epoch: int, best: bool) -> None:
