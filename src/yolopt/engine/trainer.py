@@ -4,9 +4,13 @@
     >>> res = train(data="synth/data.yaml", cfg="yolov5n", epochs=30, imgsz=320, batch=32)
     >>> res.best, res.best_fitness
 
-Hooks for later stages (distillation, pruning, QAT) are :class:`Callback` objects; the
-``teacher`` model, when given, is moved to the device, frozen and exposed as
-``trainer.teacher`` for ``Callback.extra_loss``.
+Seams for compression (pruning, distillation, QAT): ``train(..., model=pruned)`` trains a
+model given in Python; :class:`Callback` hooks ``prepare_model`` (swap modules before the
+optimizer exists), ``extra_loss``, ``on_after_backward`` (regularise gradients before each
+step) and the epoch / step hooks; ``Trainer.rebuild_optimizer()`` after changing the model's
+shape; ``Trainer.teacher_outputs(imgs)`` and ``trainer.student_feats`` (with
+``Callback.needs_features``) for distillation. The ``teacher``, when given, is moved to the
+device, frozen and exposed as ``trainer.teacher``.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import torch
 import yaml
 from torch import nn
 
-from ..errors import CheckpointError, YoloptError
+from ..errors import YoloptError
 from ..fileio import atomic_write
-from ..models.checkpoint import load_model
+from ..models.checkpoint import load_model, model_from_tensors
 from ..models.configs import load_config
 from ..models.yolo import DetectionModel
 from .checkpoint import (
@@ -58,16 +62,42 @@ class TrainingError(YoloptError):
 
 class Callback:
     """Override any of these to extend training. ``trainer`` gives access to everything
-    (``model``, ``ema``, ``optimizer``, ``teacher``, ``epoch``, ``cfg``...)."""
+    (``model``, ``ema``, ``optimizer``, ``teacher``, ``epoch``, ``cfg``...); see :class:`Trainer`.
+
+    Order within a run: ``prepare_model`` (setup) -> ``on_train_start`` -> per epoch
+    ``on_epoch_start`` -> per batch [``extra_loss`` -> backward -> at each optimizer step
+    ``on_after_backward`` -> clip, step -> ``on_step_end``] -> ``on_epoch_end`` (rank 0 only,
+    after the epoch's checkpoint is written).
+    """
+
+    #: set True to get the student's neck features of each batch as ``trainer.student_feats``
+    #: (captured in the training forward pass itself; off by default, so it costs nothing)
+    needs_features: bool = False
+
+    def prepare_model(self, trainer: "Trainer", model: nn.Module) -> nn.Module | None:
+        """Once, after the model is built and moved to the device, before the optimizer and EMA
+        exist (swap modules for QAT, prune once...). Return a module to train it instead.
+        When resuming, the checkpoint's weights are loaded after this hook (``trainer.resuming``)."""
+        return None
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        """Every rank, before the epoch's first batch (the place to change the model on all DDP ranks)."""
 
     def extra_loss(self, trainer: "Trainer", imgs: torch.Tensor, targets: torch.Tensor,
                    preds: list[torch.Tensor]) -> torch.Tensor | None:
-        """An extra scalar loss added to the detection loss (already scaled as you want it)."""
+        """An extra scalar loss added to the detection loss (already scaled as you want it).
+
+        ``imgs`` (B, 3, H, W) in [0, 1]; ``targets`` (n, 6) rows [image, class, cx, cy, w, h]
+        normalised; ``preds`` the student's raw maps, per level (B, na, ny, nx, 5+nc).
+        """
         return None
+
+    def on_after_backward(self, trainer: "Trainer") -> None:
+        """At each optimizer step (so once per ``trainer.accumulate`` batches): the gradients are
+        complete and unscaled; runs before gradient clipping and ``optimizer.step()``. Add
+        regularisation gradients here (BN-L1 sparsity, a pruner's ``regularize(model)``)."""
 
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         """After every optimiser step (``step`` = batches seen so far)."""
@@ -209,17 +239,30 @@ def _transfer(src: DetectionModel, dst: DetectionModel) -> int:
 class Trainer:
     """One training run. ``train()`` builds everything (:meth:`_setup`), then runs the epochs.
 
+    ``model``: a ``DetectionModel`` to train instead of loading ``cfg.weights`` / ``cfg.cfg``
+    (e.g. a pruned one with irregular channel counts). It is trained in place (moved to the
+    device, float32), so objects holding references to its modules - a pruner - stay valid;
+    its class count must match the data's.
+
     Attributes for callbacks: ``cfg``, ``hyp``, ``model`` (DDP-wrapped under torchrun; use
     ``engine.ema.unwrap``), ``ema`` (rank 0), ``optimizer``, ``scheduler``, ``loss_fn``,
-    ``teacher``, ``device``, ``epoch``, ``imgsz``, ``accumulate``, ``history``.
+    ``teacher``, ``device``, ``epoch``, ``imgsz``, ``accumulate``, ``history``, ``resuming``,
+    ``student_feats`` (see :class:`Callback` ``needs_features``). Methods: :meth:`teacher_outputs`,
+    :meth:`rebuild_optimizer`.
     """
 
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, teacher: nn.Module | None = None,
-                 resume: str | Path | None = None):
+                 resume: str | Path | None = None, model: DetectionModel | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks or [])
         self.teacher = teacher
         self.resume_path = Path(resume) if resume else None
+        self.given_model = model
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ema: ModelEMA | None = None
+        self.student_feats: list[torch.Tensor] | None = None
+        self._in_step = False
         self.rank, self.world, self.local_rank = _dist_env()
         self.main = self.rank in (-1, 0)
         if not self.main:  # rank-0-only logging; warnings and errors still show
@@ -234,7 +277,9 @@ class Trainer:
 
     def _callback(self, hook: str, *args) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+            fn = getattr(cb, hook, None)  # duck-typed callbacks may define only some hooks
+            if fn is not None:
+                fn(self, *args)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -274,6 +319,14 @@ class Trainer:
             raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
         if cfg.batch < 1:
             raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
+        if self.given_model is not None:
+            if self.resuming:
+                raise YoloptError("model= cannot be combined with resume: a resumed run rebuilds its model "
+                                  "from the checkpoint")
+            if cfg.weights or cfg.cfg:
+                raise YoloptError("give model= or weights/cfg, not both")
+            if not isinstance(self.given_model, DetectionModel):
+                raise YoloptError(f"model=: expected a yolopt DetectionModel, got {type(self.given_model).__name__}")
         self.hyp = load_hyp(cfg.hyp)
 
     def _init_process(self) -> None:
@@ -327,18 +380,39 @@ class Trainer:
         self.has_val = "val" in dcfg.splits
 
     def _build_model(self) -> None:
-        """The model, with frozen layers set, on the device; ``self.nc``, ``self.gs``, ``self.imgsz``."""
-        cfg = self.cfg
-        model = self._model_from_files(len(self.names), self.names)
+        """The model to train: rebuilt from the resume checkpoint (its tensor shapes, so pruned
+        runs resume), the given module, ``--weights`` or ``--cfg``. Moved to the device, passed
+        through ``Callback.prepare_model``, frozen layers set; ``self.nc``, ``self.gs``, ``self.imgsz``."""
+        cfg, names = self.cfg, self.names
         if self.resuming:
-            model.load_state_dict(prefixed(self._tensors, "train.model."))
+            model = model_from_tensors(self._meta, self._tensors, self.resume_path)
+            what = str(self.resume_path)
+        elif self.given_model is not None:
+            model, what = self.given_model, "model="
+        else:
+            model, what = self._model_from_files(len(names), names), cfg.weights or cfg.cfg
+        if model.nc != len(names):
+            raise YoloptError(f"{what}: the model predicts {model.nc} classes but {cfg.data} has {len(names)}; "
+                              f"the class counts must match")
+        if model is not self.given_model:
+            model.provenance = {}  # where the file came from is not this run's provenance (see _save)
+        model.names = list(names)
+        model = model.float()
         self.nc = model.nc
         self.gs = max(int(model.stride.max()), 32)
         self.imgsz = int(math.ceil(cfg.imgsz / self.gs) * self.gs)
         if self.imgsz != cfg.imgsz:
             log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", cfg.imgsz, self.gs, self.imgsz)
+        model = model.to(self.device)
+        for cb in self.callbacks:
+            prepare = getattr(cb, "prepare_model", None)
+            new = prepare(self, model) if prepare is not None else None
+            if new is not None:
+                model = new
         self._freeze(model)
-        self.model = model.to(self.device)
+        if self.resuming:  # the raw (non-EMA) weights, into the prepared model
+            model.load_state_dict(prefixed(self._tensors, "train.model."))
+        self.model = model
 
     def _model_from_files(self, nc: int, names: list[str]) -> DetectionModel:
         cfg = self.cfg
@@ -379,8 +453,7 @@ class Trainer:
         self.batch_rank = max(cfg.batch // self.world, 1)
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
         self.weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        self.optimizer = build_optimizer(self.model, self.hyp["lr0"], self.hyp["momentum"], self.weight_decay,
-                                         cfg.optimizer)
+        self.optimizer = self._new_optimizer()
         # a 0.1 bias lr during warm-up suits SGD; Adam-family steps are lr-sized, so biases warm up from 0
         self.warmup_bias_lr = self.hyp["warmup_bias_lr"] if cfg.optimizer == "SGD" else 0.0
         self.lf = lr_lambda(cfg.epochs, self.hyp["lrf"], cfg.cos_lr)
@@ -389,6 +462,10 @@ class Trainer:
         self.start_epoch, self.last_opt_step = 0, -1
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(unwrap(self.model), self.hyp["lr0"], self.hyp["momentum"], self.weight_decay,
+                               self.cfg.optimizer)
 
     def _build_loss(self) -> None:
         model = unwrap(self.model)
@@ -401,7 +478,7 @@ class Trainer:
         """Several processes: SyncBatchNorm (``--sync-bn``) and DistributedDataParallel."""
         if self.world == 1:
             return
-        model = self.model
+        model = unwrap(self.model)
         if self.cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.local_rank] if self.device.type == "cuda" else None
@@ -446,6 +523,60 @@ class Trainer:
             atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(
                 yaml.safe_dump({**asdict(self.cfg), "hyp": self.hyp}, sort_keys=False)))
 
+    # ------------------------------------------------------------------ seams for compression
+    def rebuild_optimizer(self) -> None:
+        """Adopt a model whose parameters a callback replaced (pruned channels, swapped modules).
+
+        Builds a new optimizer over the current parameters with the same three groups
+        (:func:`build_optimizer`) and each group's current lr / momentum / weight decay (the
+        optimizer state, e.g. momentum buffers, is dropped), re-attaches the lr schedule at its
+        epoch, restarts the EMA from the current weights (its update count kept, so its decay
+        ramp continues), re-applies ``--freeze``, rebuilds the loss and, under DDP, re-wraps the
+        model. Call it from ``on_epoch_start``, ``on_step_end`` or ``on_epoch_end`` (under DDP:
+        ``on_epoch_start`` or ``on_step_end``, which run on every rank) - not while a batch is
+        in flight.
+        """
+        if self._in_step:
+            raise TrainingError("rebuild_optimizer() was called during a batch; call it from on_epoch_start, "
+                                "on_step_end or on_epoch_end")
+        model = unwrap(self.model)
+        model.zero_grad(set_to_none=True)
+        self._freeze(model)
+        self.model = model
+        old = [dict(g, params=None) for g in self.optimizer.param_groups]
+        self.optimizer = self._new_optimizer()
+        for g, o in zip(self.optimizer.param_groups, old):
+            g.update({k: o[k] for k in ("lr", "initial_lr", "momentum", "betas", "weight_decay") if k in o})
+        last_epoch = self.scheduler.last_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)  # sets lr: restore
+        self.scheduler.last_epoch = last_epoch
+        for g, o in zip(self.optimizer.param_groups, old):
+            g["lr"] = o["lr"]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        if self.ema is not None:
+            self.ema = ModelEMA(model, updates=self.ema.updates)
+        self._build_loss()
+        self._wrap_model()
+        log.info("optimizer rebuilt for the changed model: %d parameters", sum(p.numel() for p in model.parameters()))
+
+    @torch.no_grad()
+    def teacher_outputs(self, imgs: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The teacher's ``(raw, feats)`` for a batch, without gradients, teacher in eval mode.
+
+        ``imgs``: (B, 3, H, W) in [0, 1]. ``raw``: per level (B, na, ny, nx, 5+nc_teacher) head
+        logits before decoding; ``feats``: the teacher's neck tensors fed to its Detect, per
+        level (B, C_i, ny, nx). See ``DetectionModel.forward_features``.
+        """
+        if self.teacher is None:
+            raise YoloptError("teacher_outputs(): no teacher; pass teacher= to train() or Trainer")
+        forward_features = getattr(self.teacher, "forward_features", None)
+        if forward_features is None:
+            raise YoloptError(f"teacher_outputs(): the teacher ({type(self.teacher).__name__}) has no "
+                              f"forward_features(); use a yolopt DetectionModel")
+        if self.teacher.training:
+            self.teacher.eval()
+        return forward_features(imgs)
+
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
         t_start = time.time()
@@ -453,7 +584,7 @@ class Trainer:
         self._callback("on_train_start")
         cfg = self.cfg
         if self.main:
-            log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", cfg.weights or cfg.cfg,
+            log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", self._model_source(),
                      cfg.epochs, self.imgsz, self.device, len(self.dataset), cfg.batch,
                      f" ({self.world} processes)" if self.world > 1 else "", self.out)
         try:
@@ -481,11 +612,14 @@ class Trainer:
             imgs = imgs.to(self.device, non_blocking=True).float() / 255  # (B, 3, imgsz, imgsz) RGB in [0, 1]
             if ni <= self.nw:
                 self._warmup(ni, epoch)
+            self._in_step = True
             loss, items = self._forward_loss(imgs, targets)
             self._check_finite(loss, epoch, i, bar)
             self.scaler.scale(loss).backward()
+            self.student_feats = None
             if ni - self.last_opt_step >= self.accumulate:
                 self._optimizer_step(ni)
+            self._in_step = False
             mloss = (mloss * i + items.cpu()) / (i + 1)
             seen += imgs.shape[0]
             if bar is not None:
@@ -530,7 +664,7 @@ class Trainer:
     def _forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``imgs`` (B, 3, H, W), ``targets`` (n, 6) -> (loss to backpropagate, detached [box, obj, cls])."""
         with torch.autocast(self.device.type, enabled=self.amp):
-            preds = self.model(imgs)  # list of (B, na, ny, nx, 5+nc)
+            preds = self._forward(imgs)  # list of (B, na, ny, nx, 5+nc)
             loss, items = self.loss_fn(preds, targets.to(self.device))
             for cb in self.callbacks:
                 extra = cb.extra_loss(self, imgs, targets, preds)
@@ -539,6 +673,20 @@ class Trainer:
             if self.world > 1:
                 loss = loss * self.world  # DDP averages gradients over ranks; upstream's loss is a sum
         return loss, items
+
+    def _forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """The student's training forward; when a callback ``needs_features``, Detect's inputs of
+        this same pass are kept as ``self.student_feats`` (per level (B, C_i, ny, nx))."""
+        if not any(getattr(cb, "needs_features", False) for cb in self.callbacks):
+            return self.model(imgs)
+        captured: list = []
+        hook = unwrap(self.model).detect.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            preds = self.model(imgs)
+        finally:
+            hook.remove()
+        self.student_feats = list(captured[-1])
+        return preds
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, i: int, bar) -> None:
         if torch.isfinite(loss).all():
@@ -553,6 +701,7 @@ class Trainer:
     def _optimizer_step(self, ni: int) -> None:
         opt = self.optimizer
         self.scaler.unscale_(opt)
+        self._callback("on_after_backward")
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
         self.scaler.step(opt)
         self.scaler.update()
@@ -560,6 +709,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.last_opt_step = ni
+        self._in_step = False
         self._callback("on_step_end", ni)
 
     def _end_epoch(self, epoch: int, mloss: torch.Tensor, lrs: list[float], epoch_s: float, seen: int) -> None:
@@ -601,11 +751,14 @@ class Trainer:
         log.info(msg)
 
     # ------------------------------------------------------------------ outputs
+    def _model_source(self) -> str:
+        return self.cfg.weights or self.cfg.cfg or "a model given in Python"
+
     def _save(self, epoch: int, best: bool) -> None:
         state = {"epoch": epoch, "ema_updates": self.ema.updates, "best_fitness": self.best_fitness,
                  "last_opt_step": self.last_opt_step, "accumulate": self.accumulate,
                  "history": self.history, "config": asdict(self.cfg), "hyp": self.hyp}
-        prov = {"trained_from": self.cfg.weights or self.cfg.cfg, "data": str(self.cfg.data), "epochs": epoch + 1}
+        prov = {"trained_from": self._model_source(), "data": str(self.cfg.data), "epochs": epoch + 1}
         last = self.out / LAST
         save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
                               imgsz=self.imgsz, train_state=state, provenance=prov)
@@ -665,17 +818,21 @@ def find_resume_checkpoint(spec: str | Path | None) -> Path:
 
 
 def train(data: str | None = None, *, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
-          teacher: nn.Module | None = None, **kwargs) -> TrainResult:
-    """Train (or, with ``resume=RUN_DIR``, continue) a detector; see :class:`TrainConfig`."""
+          teacher: nn.Module | None = None, model: DetectionModel | None = None, **kwargs) -> TrainResult:
+    """Train (or, with ``resume=RUN_DIR``, continue) a detector; see :class:`TrainConfig`.
+
+    ``model``: train this ``DetectionModel`` (e.g. a pruned one) in place instead of loading
+    ``weights`` / ``cfg``; ``teacher``: a frozen model for distillation (see :class:`Callback`).
+    """
     if resume is not None:
+        if model is not None:
+            raise YoloptError("model= cannot be combined with resume: a resumed run rebuilds its model from the "
+                              "checkpoint")
         ckpt = find_resume_checkpoint(resume)
-        try:
-            _, _, state = read_train_checkpoint(ckpt)
-        except CheckpointError:
-            raise
+        _, _, state = read_train_checkpoint(ckpt)
         cfg = TrainConfig(**{**state["config"], **{k: v for k, v in kwargs.items()
                                                    if k in ("device", "workers", "progress")}})
         return Trainer(cfg, callbacks, teacher, resume=ckpt).train()
     if data is None:
         raise YoloptError("--data is required")
-    return Trainer(TrainConfig(data=str(data), **kwargs), callbacks, teacher).train()
+    return Trainer(TrainConfig(data=str(data), **kwargs), callbacks, teacher, model=model).train()
