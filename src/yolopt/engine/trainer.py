@@ -437,7 +437,8 @@ class Trainer:
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 raise YoloptError(f"--cfg {cfg.cfg}: cannot build the model ({e})") from None
         else:
-            raise YoloptError("give --weights (start from a trained model) or --cfg (train from scratch)")
+            raise YoloptError("give --weights (start from a trained model) or --cfg (train from scratch), "
+                              "or model= from Python")
         model.names = list(names)
         return model.float()
 
