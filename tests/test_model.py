@@ -136,3 +136,63 @@ def test_builtin_config_equals_official_yaml(yolov5n):
     assert cfg["anchors"] == yolov5n.yaml["anchors"]
     # upstream's published size of yolov5s6: 12.6M parameters
     assert DetectionModel(builtin_config("yolov5s6")).num_params() == pytest.approx(12.6e6, rel=0.005)
+
+
+def test_models_package_does_not_import_higher_layers():
+    """models/ is the bottom layer: compress, engine, evaluate... build on it, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(yolopt.__file__).parent / "models"
+    above = {"compress", "engine", "evaluate", "export", "runtime", "bench", "profile", "commands", "detect"}
+    bad = []
+    for f in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("yolopt.")]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mod = (node.module or "").split(".")
+                targets = [mod[1]] if mod[0] == "yolopt" and len(mod) > 1 else []
+                targets += [a.name for a in node.names] if node.module == "yolopt" else []
+            elif isinstance(node, ast.ImportFrom) and node.level == 2:  # from ..X import / from .. import X
+                targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            else:
+                continue
+            bad += [f"{f.name}: {t}" for t in targets if t in above]
+    assert not bad, bad
+
+
+def test_model_metadata_is_built_in_one_place(tmp_path):
+    from yolopt.models.checkpoint import model_metadata
+    from yolopt.models.common import BN_EPS, BN_MOMENTUM
+
+    m = DetectionModel(builtin_config("yolov5n", nc=2)).eval()
+    m.model[2].cv1.bn.eps, m.model[4].cv3.bn.momentum = 1e-5, 0.1  # torch defaults on two layers
+    m.provenance = {"note": "kept", "saved": "2000-01-01T00:00:00+00:00"}  # e.g. from an earlier load
+    meta = model_metadata(m, 64, {"step": 1})
+    assert meta["bn_eps"] == {"model.2.cv1.bn": 1e-5} and meta["bn_momentum"] == {"model.4.cv3.bn": 0.1}
+    assert BN_EPS == 1e-3 and BN_MOMENTUM == 0.03
+    assert meta["fused"] is False and meta["imgsz"] == 64 and meta["params"] == m.num_params()
+    assert meta["provenance"]["note"] == "kept" and meta["provenance"]["step"] == 1
+    assert not meta["provenance"]["saved"].startswith("2000")  # the time of this save
+    back = yolopt.load(yolopt.save(m, tmp_path / "m.safetensors"))
+    assert back.model[2].cv1.bn.eps == 1e-5 and back.model[4].cv3.bn.momentum == 0.1
+    assert back.model[2].cv2.bn.eps == BN_EPS and back.model[4].cv2.bn.momentum == BN_MOMENTUM
+    assert model_metadata(m.fuse())["fused"] is True
+
+
+def test_forward_features_gives_raw_maps_and_neck_tensors():
+    torch.manual_seed(0)
+    m = DetectionModel(builtin_config("yolov5n", nc=3)).eval()
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        raw, feats = m.forward_features(x)
+        y = m(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 12, 16), (2, 128, 6, 8), (2, 256, 3, 4)]
+    assert [tuple(r.shape) for r in raw] == [(2, 3, 12, 16, 8), (2, 3, 6, 8, 8), (2, 3, 3, 4, 8)]
+    assert not m.training  # mode untouched
+    torch.testing.assert_close(m.detect.decode(raw), y, rtol=0, atol=0)  # eval output = decoded raw maps
+    m.train()
+    raw_t, _ = m.forward_features(x)
+    for a, b in zip(raw_t, m(x)):  # training-mode output
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

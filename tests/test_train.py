@@ -3,6 +3,7 @@ NaN stop, freeze, DDP (gloo, 2 CPU processes) and bad input. Tiny synthetic data
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -15,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import yolopt
 from yolopt.data.synth import generate
 from yolopt.engine import loader as L
 from yolopt.engine.checkpoint import read_train_checkpoint
 from yolopt.engine.loss import DEFAULT_HYP
-from yolopt.engine.trainer import Callback, TrainingError, build_optimizer, lr_lambda, train
+from yolopt.engine.ema import unwrap
+from yolopt.engine.trainer import Callback, TrainConfig, Trainer, TrainingError, build_optimizer, lr_lambda, train
 from yolopt.models import DetectionModel, builtin_config
 
 from conftest import ROOT, run_cli
@@ -271,6 +274,182 @@ def test_ddp_two_cpu_processes_gloo(tiny_data, tmp_path):
     assert st["epoch"] == 0 and st["config"]["batch"] == 8
     assert len((out / "results.csv").read_text().strip().splitlines()) == 2
     assert yolopt.load(out / "best.safetensors").nc == 3
+
+
+# ----------------------------------------------------------------------------- seams for compression
+
+
+def _drop_stem_channels(model, keep) -> None:
+    """Prune by hand, in place: keep only output channels ``keep`` of layer 0 (conv + BN) and the
+    matching input channels of layer 1's conv, as a channel pruner would."""
+    l0, l1 = model.model[0], model.model[1]
+    dev = l0.conv.weight.device
+    keep = torch.as_tensor(keep, device=dev)
+    conv0 = nn.Conv2d(l0.conv.in_channels, len(keep), l0.conv.kernel_size, l0.conv.stride, l0.conv.padding,
+                      bias=False).to(dev)
+    bn0 = nn.BatchNorm2d(len(keep), eps=l0.bn.eps, momentum=l0.bn.momentum).to(dev).train(l0.bn.training)
+    conv1 = nn.Conv2d(len(keep), l1.conv.out_channels, l1.conv.kernel_size, l1.conv.stride, l1.conv.padding,
+                      bias=False).to(dev)
+    with torch.no_grad():
+        conv0.weight.copy_(l0.conv.weight[keep])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn0, name).copy_(getattr(l0.bn, name)[keep])
+        bn0.num_batches_tracked.copy_(l0.bn.num_batches_tracked)
+        conv1.weight.copy_(l1.conv.weight[:, keep])
+    l0.conv, l0.bn, l1.conv = conv0, bn0, conv1
+
+
+KEEP12 = [0, 1, 2, 3, 5, 7, 8, 9, 11, 13, 14, 15]  # 12 of yolov5n's 16 stem channels
+
+
+def _pruned_student(nc: int = 3) -> DetectionModel:
+    torch.manual_seed(0)
+    m = DetectionModel(builtin_config("yolov5n", nc=nc))
+    _drop_stem_channels(m, KEEP12)
+    return m
+
+
+def test_pruned_in_memory_model_trains_reloads_and_resumes_bit_exact(tiny_data, tmp_path):
+    kw = {**TINY, "cfg": None}
+    student = _pruned_student()
+    t = Trainer(TrainConfig(data=str(tiny_data), epochs=2, out=str(tmp_path / "full"), **kw), model=student)
+    res = t.train()
+    assert unwrap(t.model) is student  # trained in place
+    loaded = yolopt.load(res.last)  # the yolopt loader rebuilds the irregular widths from tensor shapes
+    assert loaded.model[0].conv.out_channels == 12 and loaded.model[1].conv.in_channels == 12
+    assert loaded.num_params() == t.ema.ema.num_params() < DetectionModel(builtin_config("yolov5n", nc=3)).num_params()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), t.ema.ema.eval()(x), rtol=0, atol=0)
+    _, meta, _ = read_train_checkpoint(res.last)
+    assert meta["provenance"]["trained_from"] == "a model given in Python"
+
+    # cut after epoch 1, resume: the architecture comes from the checkpoint (the yaml would give 16 channels)
+    with pytest.raises(_StopAfterFirstEpoch.Stop):
+        train(tiny_data, model=_pruned_student(), epochs=2, out=tmp_path / "cut", callbacks=[_StopAfterFirstEpoch()],
+              **kw)
+    train(resume=tmp_path / "cut", workers=0, progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
+    assert a.keys() == b.keys() and a["train.model.model.0.conv.weight"].shape[0] == 12
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, diff[:5]
+
+
+def test_model_argument_is_checked(tiny_data, tmp_path):
+    kw = {**TINY, "cfg": None}
+    four = DetectionModel(builtin_config("yolov5n", nc=4))
+    with pytest.raises(yolopt.errors.YoloptError, match=r"model=: the model predicts 4 classes but .*data.yaml has 3"):
+        train(tiny_data, model=four, epochs=1, out=tmp_path / "a", **kw)
+    with pytest.raises(yolopt.errors.YoloptError, match="give model= or weights/cfg, not both"):
+        train(tiny_data, model=four, epochs=1, out=tmp_path / "b", **TINY)
+    with pytest.raises(yolopt.errors.YoloptError, match="model= cannot be combined with resume"):
+        train(resume=tmp_path / "c", model=four)
+    with pytest.raises(yolopt.errors.YoloptError, match="expected a yolopt DetectionModel, got Conv2d"):
+        train(tiny_data, model=nn.Conv2d(3, 3, 1), epochs=1, out=tmp_path / "d", **kw)
+    with pytest.raises(yolopt.errors.YoloptError, match="no teacher"):
+        Trainer(TrainConfig(data=str(tiny_data))).teacher_outputs(torch.zeros(1, 3, 64, 64))
+
+
+def test_hooks_prepare_model_and_after_backward_in_order(tiny_data, tmp_path, monkeypatch):
+    from yolopt.models.common import Conv
+
+    events: list[str] = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: (events.append("clip"), clip(*a, **k))[1])
+
+    class Spy(Callback):
+        def prepare_model(self, trainer, model):
+            assert trainer.optimizer is None and trainer.ema is None  # before both exist
+            assert next(model.parameters()).device == trainer.device
+            events.append("prepare")
+            self.new = copy.deepcopy(model)  # a replacement, as QAT would build it
+            for m in self.new.modules():
+                if isinstance(m, Conv):
+                    m.act = nn.Hardswish()
+            return self.new
+
+        def extra_loss(self, trainer, imgs, targets, preds):
+            assert trainer.student_feats is None  # nobody asked for features: none kept
+            events.append("batch")
+
+        def on_after_backward(self, trainer):
+            bns = [m for m in unwrap(trainer.model).modules() if isinstance(m, nn.BatchNorm2d)]
+            assert bns and all(m.weight.grad is not None for m in bns)
+            for m in bns:  # BN-L1 sparsity (network slimming)
+                m.weight.grad.add_(1e-4 * torch.sign(m.weight.detach()))
+            events.append("after_backward")
+            with pytest.raises(TrainingError, match="during a batch"):
+                trainer.rebuild_optimizer()
+
+        def on_step_end(self, trainer, step):
+            events.append("step_end")
+
+    spy = Spy()
+    # nbs 400 with batch 4: gradients accumulate over more and more batches during warm-up
+    t = Trainer(TrainConfig(data=str(tiny_data), epochs=2, nbs=400, out=str(tmp_path / "h"), **TINY),
+                callbacks=[spy])
+    t.train()
+    assert events[0] == "prepare" and events.count("prepare") == 1
+    assert t.model is spy.new and isinstance(t.ema.ema.model[0].act, nn.Hardswish)
+    in_opt = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in spy.new.parameters()}
+    steps = [e for e in events if e in ("after_backward", "clip", "step_end")]
+    assert steps and steps == ["after_backward", "clip", "step_end"] * (len(steps) // 3)
+    assert 0 < events.count("after_backward") < events.count("batch") == 6  # once per optimizer step
+
+
+class _PruneAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if epoch == 0:
+            lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+            _drop_stem_channels(unwrap(trainer.model), KEEP12)
+            trainer.rebuild_optimizer()
+            assert [g["lr"] for g in trainer.optimizer.param_groups] == lrs  # schedule position kept
+            self.ema_updates = trainer.ema.updates
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 1:  # the new optimizer and EMA hold the pruned parameters
+            model = unwrap(trainer.model)
+            assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == \
+                {id(p) for p in model.parameters()}
+            assert trainer.ema.ema.model[0].conv.out_channels == 12 and trainer.ema.updates == self.ema_updates
+
+
+def test_rebuild_optimizer_after_pruning_mid_training(tiny_data, tmp_path):
+    res = train(tiny_data, epochs=2, out=tmp_path / "p", callbacks=[_PruneAfterFirstEpoch()], **TINY)
+    assert len(res.history) == 2 and all(np.isfinite(h["train/box_loss"]) for h in res.history)
+    _, _, st = read_train_checkpoint(res.last)
+    assert st["epoch"] == 1
+    m = yolopt.load(res.last)
+    assert m.model[0].conv.out_channels == 12 and m.model[1].conv.in_channels == 12
+    assert m.num_params() < DetectionModel(builtin_config("yolov5n", nc=3)).num_params()
+
+
+def test_teacher_outputs_and_student_features_for_distillation(tiny_data, tmp_path):
+    seen: dict = {}
+
+    class FeatureDistill(Callback):
+        needs_features = True
+
+        def extra_loss(self, trainer, imgs, targets, preds):
+            t_raw, t_feats = trainer.teacher_outputs(imgs)
+            s_feats = trainer.student_feats
+            assert not trainer.teacher.training and not any(t.requires_grad for t in t_raw + t_feats)
+            assert all(f.requires_grad for f in s_feats)
+            assert [r.shape[:4] for r in t_raw] == [p.shape[:4] for p in preds] and t_raw[0].shape[-1] == 10
+            # the features are this very forward pass's Detect inputs
+            raw = unwrap(trainer.model).detect.raw_maps(s_feats)
+            assert all(torch.equal(a, b) for a, b in zip(raw, preds))
+            seen.setdefault("shapes", [tuple(f.shape) for f in s_feats])
+            seen["calls"] = seen.get("calls", 0) + 1
+            return 0.01 * sum(nn.functional.mse_loss(s, t) for s, t in zip(s_feats, t_feats))
+
+    teacher = DetectionModel(builtin_config("yolov5n", nc=5)).train()  # another class count is fine
+    train(tiny_data, epochs=1, out=tmp_path / "kd", callbacks=[FeatureDistill()], teacher=teacher, **TINY)
+    assert seen["calls"] == 3
+    assert seen["shapes"] == [(4, 64, 8, 8), (4, 128, 4, 4), (4, 256, 2, 2)]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -6,7 +6,7 @@
 
 from .loss import DEFAULT_HYP, YoloLoss, bbox_ciou, scaled_loss_hyp
 
-__all__ = ["DEFAULT_HYP", "YoloLoss", "bbox_ciou", "scaled_loss_hyp", "train", "Trainer", "TrainConfig"]
+__all__ = ["DEFAULT_HYP", "YoloLoss", "bbox_ciou", "scaled_loss_hyp", "train", "Trainer", "TrainConfig", "Callback"]
 
 
 def __getattr__(name):  # the trainer imports heavier modules; load it on first use

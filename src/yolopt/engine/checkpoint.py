@@ -19,41 +19,17 @@ from __future__ import annotations
 import json
 import random
 import struct
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
-from ..models.checkpoint import FORMAT_NAME, FORMAT_VERSION
+from ..models.checkpoint import model_metadata
 
 TRAIN_FORMAT = "yolopt-train"
 TRAIN_VERSION = 1
-
-
-def model_meta(model, imgsz: int | None, provenance: dict | None = None) -> dict:
-    from .. import __version__
-
-    bn_eps = {n: m.eps for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.eps != 1e-3}
-    return {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "yaml": model.yaml,
-        "names": list(model.names),
-        "stride": [float(s) for s in model.stride],
-        "imgsz": imgsz,
-        "fused": False,
-        "bn_eps": bn_eps,
-        "params": model.num_params(),
-        "provenance": {
-            "yolopt_version": __version__,
-            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **(provenance or {}),
-        },
-    }
 
 
 def rng_state() -> tuple[dict, dict]:
@@ -108,7 +84,7 @@ def save_train_checkpoint(path: str | Path, *, ema_model, model, optimizer, imgs
                            "scalars": {str(pid): {k: v for k, v in st.items() if not isinstance(v, torch.Tensor)}
                                        for pid, st in osd["state"].items()}},
              "rng": rng_js}
-    meta = {"yolopt": json.dumps(model_meta(ema_model, imgsz, provenance)), "yolopt_train": json.dumps(state)}
+    meta = {"yolopt": json.dumps(model_metadata(ema_model, imgsz, provenance)), "yolopt_train": json.dumps(state)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 

@@ -4,9 +4,13 @@
     >>> res = train(data="synth/data.yaml", cfg="yolov5n", epochs=30, imgsz=320, batch=32)
     >>> res.best, res.best_fitness
 
-Hooks for later stages (distillation, pruning, QAT) are :class:`Callback` objects; the
-``teacher`` model, when given, is moved to the device, frozen and exposed as
-``trainer.teacher`` for ``Callback.extra_loss``.
+Seams for compression (pruning, distillation, QAT): ``train(..., model=pruned)`` trains a
+model given in Python; :class:`Callback` hooks ``prepare_model`` (swap modules before the
+optimizer exists), ``extra_loss``, ``on_after_backward`` (regularise gradients before each
+step) and the epoch / step hooks; ``Trainer.rebuild_optimizer()`` after changing the model's
+shape; ``Trainer.teacher_outputs(imgs)`` and ``trainer.student_feats`` (with
+``Callback.needs_features``) for distillation. The ``teacher``, when given, is moved to the
+device, frozen and exposed as ``trainer.teacher``.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import torch
 import yaml
 from torch import nn
 
-from ..errors import CheckpointError, YoloptError
+from ..errors import YoloptError
 from ..fileio import atomic_write
-from ..models.checkpoint import load_model
+from ..models.checkpoint import load_model, model_from_tensors
 from ..models.configs import load_config
 from ..models.yolo import DetectionModel
 from .checkpoint import (
@@ -58,16 +62,42 @@ class TrainingError(YoloptError):
 
 class Callback:
     """Override any of these to extend training. ``trainer`` gives access to everything
-    (``model``, ``ema``, ``optimizer``, ``teacher``, ``epoch``, ``cfg``...)."""
+    (``model``, ``ema``, ``optimizer``, ``teacher``, ``epoch``, ``cfg``...); see :class:`Trainer`.
+
+    Order within a run: ``prepare_model`` (setup) -> ``on_train_start`` -> per epoch
+    ``on_epoch_start`` -> per batch [``extra_loss`` -> backward -> at each optimizer step
+    ``on_after_backward`` -> clip, step -> ``on_step_end``] -> ``on_epoch_end`` (rank 0 only,
+    after the epoch's checkpoint is written).
+    """
+
+    #: set True to get the student's neck features of each batch as ``trainer.student_feats``
+    #: (captured in the training forward pass itself; off by default, so it costs nothing)
+    needs_features: bool = False
+
+    def prepare_model(self, trainer: "Trainer", model: nn.Module) -> nn.Module | None:
+        """Once, after the model is built and moved to the device, before the optimizer and EMA
+        exist (swap modules for QAT, prune once...). Return a module to train it instead.
+        When resuming, the checkpoint's weights are loaded after this hook (``trainer.resuming``)."""
+        return None
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        """Every rank, before the epoch's first batch (the place to change the model on all DDP ranks)."""
 
     def extra_loss(self, trainer: "Trainer", imgs: torch.Tensor, targets: torch.Tensor,
                    preds: list[torch.Tensor]) -> torch.Tensor | None:
-        """An extra scalar loss added to the detection loss (already scaled as you want it)."""
+        """An extra scalar loss added to the detection loss (already scaled as you want it).
+
+        ``imgs`` (B, 3, H, W) in [0, 1]; ``targets`` (n, 6) rows [image, class, cx, cy, w, h]
+        normalised; ``preds`` the student's raw maps, per level (B, na, ny, nx, 5+nc).
+        """
         return None
+
+    def on_after_backward(self, trainer: "Trainer") -> None:
+        """At each optimizer step (so once per ``trainer.accumulate`` batches): the gradients are
+        complete and unscaled; runs before gradient clipping and ``optimizer.step()``. Add
+        regularisation gradients here (BN-L1 sparsity, a pruner's ``regularize(model)``)."""
 
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         """After every optimiser step (``step`` = batches seen so far)."""
@@ -207,12 +237,32 @@ def _transfer(src: DetectionModel, dst: DetectionModel) -> int:
 
 
 class Trainer:
+    """One training run. ``train()`` builds everything (:meth:`_setup`), then runs the epochs.
+
+    ``model``: a ``DetectionModel`` to train instead of loading ``cfg.weights`` / ``cfg.cfg``
+    (e.g. a pruned one with irregular channel counts). It is trained in place (moved to the
+    device, float32), so objects holding references to its modules - a pruner - stay valid;
+    its class count must match the data's.
+
+    Attributes for callbacks: ``cfg``, ``hyp``, ``model`` (DDP-wrapped under torchrun; use
+    ``engine.ema.unwrap``), ``ema`` (rank 0), ``optimizer``, ``scheduler``, ``loss_fn``,
+    ``teacher``, ``device``, ``epoch``, ``imgsz``, ``accumulate``, ``history``, ``resuming``,
+    ``student_feats`` (see :class:`Callback` ``needs_features``). Methods: :meth:`teacher_outputs`,
+    :meth:`rebuild_optimizer`.
+    """
+
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, teacher: nn.Module | None = None,
-                 resume: str | Path | None = None):
+                 resume: str | Path | None = None, model: DetectionModel | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks or [])
         self.teacher = teacher
         self.resume_path = Path(resume) if resume else None
+        self.given_model = model
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ema: ModelEMA | None = None
+        self.student_feats: list[torch.Tensor] | None = None
+        self._in_step = False
         self.rank, self.world, self.local_rank = _dist_env()
         self.main = self.rank in (-1, 0)
         if not self.main:  # rank-0-only logging; warnings and errors still show
@@ -221,7 +271,75 @@ class Trainer:
         self.history: list[dict] = []
         self.best_fitness = -1.0
 
+    @property
+    def resuming(self) -> bool:
+        return self.resume_path is not None
+
+    def _callback(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)  # duck-typed callbacks may define only some hooks
+            if fn is not None:
+                fn(self, *args)
+
     # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        self._load_resume_state()
+        self._check_config()
+        self._init_process()
+        self._prepare_out_dir()
+        self._build_data()
+        self._build_model()
+        self._build_optimizer()
+        self._build_loss()
+        self._wrap_model()
+        self._build_loader()
+        self._prepare_teacher()
+        if self.resuming:
+            self._restore_train_state()
+        self._write_config()
+
+    def _load_resume_state(self) -> None:
+        """Resuming: read the checkpoint; its run config wins, except device / workers / progress."""
+        cfg = self.cfg
+        if not self.resuming:  # absolute paths, so `--resume` works from any folder
+            cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
+            if cfg.weights and Path(cfg.weights).exists():
+                cfg.weights = str(Path(cfg.weights).resolve())
+            return
+        self._tensors, self._meta, self._state = read_train_checkpoint(self.resume_path)
+        saved = self._state["config"]
+        keep = {"device": cfg.device, "workers": cfg.workers, "progress": cfg.progress}
+        self.cfg = TrainConfig(**{**saved, **keep, "out": str(self.resume_path.parent)})
+        if int(self._state["epoch"]) + 1 >= self.cfg.epochs:
+            raise YoloptError(f"{self.resume_path}: run already finished ({self.cfg.epochs} epochs); nothing to resume")
+
+    def _check_config(self) -> None:
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
+        if cfg.batch < 1:
+            raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
+        if self.given_model is not None:
+            if self.resuming:
+                raise YoloptError("model= cannot be combined with resume: a resumed run rebuilds its model "
+                                  "from the checkpoint")
+            if cfg.weights or cfg.cfg:
+                raise YoloptError("give model= or weights/cfg, not both")
+            if not isinstance(self.given_model, DetectionModel):
+                raise YoloptError(f"model=: expected a yolopt DetectionModel, got {type(self.given_model).__name__}")
+        self.hyp = load_hyp(cfg.hyp)
+
+    def _init_process(self) -> None:
+        """Process group (DDP), device and seeds."""
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and self.cfg.device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend)
+        self.device = self._device()
+        seed = self.cfg.seed + max(self.rank, 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
     def _device(self) -> torch.device:
         spec = str(self.cfg.device or "auto")
         if self.world > 1:
@@ -236,7 +354,67 @@ class Trainer:
 
         return pick_device(spec)
 
-    def _build_model(self, nc: int, names: list[str]) -> DetectionModel:
+    def _prepare_out_dir(self) -> None:
+        cfg = self.cfg
+        if not self.resuming:
+            if cfg.out:
+                out = Path(cfg.out)
+                if (out / LAST).exists() and not cfg.exist_ok:
+                    raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
+                                      f"or choose another --out")
+            else:
+                out = _next_run_dir(Path("runs/train/exp")) if self.main else None
+                if self.world > 1:  # every rank must use rank 0's choice
+                    box = [str(out) if out else None]
+                    torch.distributed.broadcast_object_list(box, src=0)
+                    out = Path(box[0])
+            cfg.out = str(out)
+        self.out = Path(cfg.out)
+
+    def _build_data(self) -> None:
+        """Class names and the train index (labels checked once; the cache is shared by all ranks)."""
+        from ..data.dataset import load_data_config
+
+        dcfg = load_data_config(self.cfg.data)
+        self.train_index, self.names = index_split(self.cfg.data, "train")
+        self.has_val = "val" in dcfg.splits
+
+    def _build_model(self) -> None:
+        """The model to train: rebuilt from the resume checkpoint (its tensor shapes, so pruned
+        runs resume), the given module, ``--weights`` or ``--cfg``. Moved to the device, passed
+        through ``Callback.prepare_model``, frozen layers set; ``self.nc``, ``self.gs``, ``self.imgsz``."""
+        cfg, names = self.cfg, self.names
+        if self.resuming:
+            model = model_from_tensors(self._meta, self._tensors, self.resume_path)
+            what = str(self.resume_path)
+        elif self.given_model is not None:
+            model, what = self.given_model, "model="
+        else:
+            model, what = self._model_from_files(len(names), names), cfg.weights or cfg.cfg
+        if model.nc != len(names):
+            raise YoloptError(f"{what}: the model predicts {model.nc} classes but {cfg.data} has {len(names)}; "
+                              f"the class counts must match")
+        if model is not self.given_model:
+            model.provenance = {}  # where the file came from is not this run's provenance (see _save)
+        model.names = list(names)
+        model = model.float()
+        self.nc = model.nc
+        self.gs = max(int(model.stride.max()), 32)
+        self.imgsz = int(math.ceil(cfg.imgsz / self.gs) * self.gs)
+        if self.imgsz != cfg.imgsz:
+            log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", cfg.imgsz, self.gs, self.imgsz)
+        model = model.to(self.device)
+        for cb in self.callbacks:
+            prepare = getattr(cb, "prepare_model", None)
+            new = prepare(self, model) if prepare is not None else None
+            if new is not None:
+                model = new
+        self._freeze(model)
+        if self.resuming:  # the raw (non-EMA) weights, into the prepared model
+            model.load_state_dict(prefixed(self._tensors, "train.model."))
+        self.model = model
+
+    def _model_from_files(self, nc: int, names: list[str]) -> DetectionModel:
         cfg = self.cfg
         if cfg.weights:
             src = load_model(cfg.weights)
@@ -259,146 +437,161 @@ class Trainer:
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 raise YoloptError(f"--cfg {cfg.cfg}: cannot build the model ({e})") from None
         else:
-            raise YoloptError("give --weights (start from a trained model) or --cfg (train from scratch)")
+            raise YoloptError("give --weights (start from a trained model) or --cfg (train from scratch), "
+                              "or model= from Python")
         model.names = list(names)
         return model.float()
 
-    def _setup(self):
-        cfg = self.cfg
-        if self.resume_path is not None:
-            self._tensors, _, self._state = read_train_checkpoint(self.resume_path)
-            saved = self._state["config"]
-            keep = {"device": cfg.device, "workers": cfg.workers, "progress": cfg.progress}
-            cfg = self.cfg = TrainConfig(**{**saved, **keep, "out": str(self.resume_path.parent)})
-        if self.resume_path is None:  # absolute paths, so `--resume` works from any folder
-            cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
-            if cfg.weights and Path(cfg.weights).exists():
-                cfg.weights = str(Path(cfg.weights).resolve())
-        if cfg.epochs < 1:
-            raise YoloptError(f"--epochs {cfg.epochs}: must be at least 1")
-        if cfg.batch < 1:
-            raise YoloptError(f"--batch {cfg.batch}: must be at least 1")
-        self.hyp = load_hyp(cfg.hyp)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-            torch.distributed.init_process_group(backend)
-        self.device = self._device()
-        seed = cfg.seed + max(self.rank, 0)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-        # out dir
-        if self.resume_path is None:
-            if cfg.out:
-                out = Path(cfg.out)
-                if (out / LAST).exists() and not cfg.exist_ok:
-                    raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
-                                      f"or choose another --out")
-            else:
-                out = _next_run_dir(Path("runs/train/exp")) if self.main else None
-                if self.world > 1:  # every rank must use rank 0's choice
-                    box = [str(out) if out else None]
-                    torch.distributed.broadcast_object_list(box, src=0)
-                    out = Path(box[0])
-            cfg.out = str(out)
-        self.out = Path(cfg.out)
-
-        # data (labels checked once; the cache is shared by all ranks)
-        from ..data.dataset import load_data_config
-
-        dcfg = load_data_config(cfg.data)
-        self.train_index, names = index_split(cfg.data, "train")
-        self.has_val = "val" in dcfg.splits
-        model = self._build_model(len(names), names)
-        if self.resume_path is not None:
-            model.load_state_dict(prefixed(self._tensors, "train.model."))
-        self.nc = model.nc
-        self.gs = max(int(model.stride.max()), 32)
-        self.imgsz = int(math.ceil(cfg.imgsz / self.gs) * self.gs)
-        if self.imgsz != cfg.imgsz:
-            log.warning("--imgsz %d is not a multiple of the model stride %d; using %d", cfg.imgsz, self.gs, self.imgsz)
-
-        # freeze
-        frozen = [f"model.{i}." for i in range(cfg.freeze)]
+    def _freeze(self, model: nn.Module) -> None:
+        """``--freeze N``: layers ``model.0`` .. ``model.N-1`` get no gradients; the rest do."""
+        frozen = [f"model.{i}." for i in range(self.cfg.freeze)]
         for name, p in model.named_parameters():
             p.requires_grad_(not any(name.startswith(f) for f in frozen))
-        model.to(self.device)
 
-        # optimisation
+    def _build_optimizer(self) -> None:
+        """Optimizer (3 param groups), lr schedule, EMA (rank 0) and the AMP grad scaler."""
+        cfg = self.cfg
         self.batch_rank = max(cfg.batch // self.world, 1)
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
-        wd = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        self.optimizer = build_optimizer(model, self.hyp["lr0"], self.hyp["momentum"], wd, cfg.optimizer)
+        self.weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
+        self.optimizer = self._new_optimizer()
         # a 0.1 bias lr during warm-up suits SGD; Adam-family steps are lr-sized, so biases warm up from 0
         self.warmup_bias_lr = self.hyp["warmup_bias_lr"] if cfg.optimizer == "SGD" else 0.0
         self.lf = lr_lambda(cfg.epochs, self.hyp["lrf"], cfg.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.ema = ModelEMA(model) if self.main else None
+        self.ema = ModelEMA(self.model) if self.main else None
         self.start_epoch, self.last_opt_step = 0, -1
-        if self.resume_path is not None:
-            st = self._state
-            self.optimizer.load_state_dict(optimizer_state_from(self._tensors, st))
-            if self.ema is not None:
-                self.ema.ema.load_state_dict(prefixed(self._tensors, "model."))
-                self.ema.updates = int(st["ema_updates"])
-            self.start_epoch = int(st["epoch"]) + 1
-            self.last_opt_step = int(st.get("last_opt_step", -1))
-            self.accumulate = int(st.get("accumulate", self.accumulate))
-            self.best_fitness = float(st.get("best_fitness", -1.0))
-            self.history = list(st.get("history", []))
-            self.scheduler.last_epoch = self.start_epoch - 1
-            set_rng_state(self._tensors, st.get("rng", {}))
-            del self._tensors
-            if self.start_epoch >= cfg.epochs:
-                raise YoloptError(f"{self.resume_path}: run already finished ({cfg.epochs} epochs); nothing to resume")
-            log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, cfg.epochs)
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        if self.world > 1 and cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-        # loss
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(unwrap(self.model), self.hyp["lr0"], self.hyp["momentum"], self.weight_decay,
+                               self.cfg.optimizer)
+
+    def _build_loss(self) -> None:
+        model = unwrap(self.model)
         det = model.detect
         model.hyp = scaled_loss_hyp(self.hyp, det.nl, det.nc, self.imgsz)
         model.gr = 1.0
         self.loss_fn = YoloLoss(model, model.hyp)
 
-        if self.world > 1:
-            ids = [self.local_rank] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.model = model
+    def _wrap_model(self) -> None:
+        """Several processes: SyncBatchNorm (``--sync-bn``) and DistributedDataParallel."""
+        if self.world == 1:
+            return
+        model = unwrap(self.model)
+        if self.cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def _build_loader(self) -> None:
+        """This rank's share of every epoch; ``self.nb`` batches per epoch, ``self.nw`` warm-up iterations."""
+        cfg = self.cfg
         self.dataset = TrainDataset(self.train_index, self.imgsz, self.hyp, seed=cfg.seed, augment=True)
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed, rank=max(self.rank, 0), world=self.world)
         self.loader = make_loader(self.dataset, self.batch_rank, cfg.workers, self.sampler,
                                   pin=self.device.type == "cuda")
+        self.nb = len(self.loader)
+        self.nw = max(round(self.hyp["warmup_epochs"] * self.nb), 100)
+
+    def _prepare_teacher(self) -> None:
         if self.teacher is not None:
             self.teacher = self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+
+    def _restore_train_state(self) -> None:
+        """Optimizer, EMA, counters, schedule and RNG states from the resume checkpoint (last in setup)."""
+        st, tensors = self._state, self._tensors
+        self.optimizer.load_state_dict(optimizer_state_from(tensors, st))
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(prefixed(tensors, "model."))
+            self.ema.updates = int(st["ema_updates"])
+        self.start_epoch = int(st["epoch"]) + 1
+        self.last_opt_step = int(st.get("last_opt_step", -1))
+        self.accumulate = int(st.get("accumulate", self.accumulate))
+        self.best_fitness = float(st.get("best_fitness", -1.0))
+        self.history = list(st.get("history", []))
+        self.scheduler.last_epoch = self.start_epoch - 1
+        set_rng_state(tensors, st.get("rng", {}))
+        del self._tensors
+        log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, self.cfg.epochs)
+
+    def _write_config(self) -> None:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(
-                yaml.safe_dump({**asdict(cfg), "hyp": self.hyp}, sort_keys=False)))
+                yaml.safe_dump({**asdict(self.cfg), "hyp": self.hyp}, sort_keys=False)))
+
+    # ------------------------------------------------------------------ seams for compression
+    def rebuild_optimizer(self) -> None:
+        """Adopt a model whose parameters a callback replaced (pruned channels, swapped modules).
+
+        Builds a new optimizer over the current parameters with the same three groups
+        (:func:`build_optimizer`) and each group's current lr / momentum / weight decay (the
+        optimizer state, e.g. momentum buffers, is dropped), re-attaches the lr schedule at its
+        epoch, restarts the EMA from the current weights (its update count kept, so its decay
+        ramp continues), re-applies ``--freeze``, rebuilds the loss and, under DDP, re-wraps the
+        model. Call it from ``on_epoch_start``, ``on_step_end`` or ``on_epoch_end`` (under DDP:
+        ``on_epoch_start`` or ``on_step_end``, which run on every rank) - not while a batch is
+        in flight.
+        """
+        if self._in_step:
+            raise TrainingError("rebuild_optimizer() was called during a batch; call it from on_epoch_start, "
+                                "on_step_end or on_epoch_end")
+        model = unwrap(self.model)
+        model.zero_grad(set_to_none=True)
+        self._freeze(model)
+        self.model = model
+        old = [dict(g, params=None) for g in self.optimizer.param_groups]
+        self.optimizer = self._new_optimizer()
+        for g, o in zip(self.optimizer.param_groups, old):
+            g.update({k: o[k] for k in ("lr", "initial_lr", "momentum", "betas", "weight_decay") if k in o})
+        last_epoch = self.scheduler.last_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)  # sets lr: restore
+        self.scheduler.last_epoch = last_epoch
+        for g, o in zip(self.optimizer.param_groups, old):
+            g["lr"] = o["lr"]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        if self.ema is not None:
+            self.ema = ModelEMA(model, updates=self.ema.updates)
+        self._build_loss()
+        self._wrap_model()
+        log.info("optimizer rebuilt for the changed model: %d parameters", sum(p.numel() for p in model.parameters()))
+
+    @torch.no_grad()
+    def teacher_outputs(self, imgs: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The teacher's ``(raw, feats)`` for a batch, without gradients, teacher in eval mode.
+
+        ``imgs``: (B, 3, H, W) in [0, 1]. ``raw``: per level (B, na, ny, nx, 5+nc_teacher) head
+        logits before decoding; ``feats``: the teacher's neck tensors fed to its Detect, per
+        level (B, C_i, ny, nx). See ``DetectionModel.forward_features``.
+        """
+        if self.teacher is None:
+            raise YoloptError("teacher_outputs(): no teacher; pass teacher= to train() or Trainer")
+        forward_features = getattr(self.teacher, "forward_features", None)
+        if forward_features is None:
+            raise YoloptError(f"teacher_outputs(): the teacher ({type(self.teacher).__name__}) has no "
+                              f"forward_features(); use a yolopt DetectionModel")
+        if self.teacher.training:
+            self.teacher.eval()
+        return forward_features(imgs)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
         t_start = time.time()
         self._setup()
+        self._callback("on_train_start")
         cfg = self.cfg
-        nb = len(self.loader)
-        nw = max(round(self.hyp["warmup_epochs"] * nb), 100)
-        for cb in self.callbacks:
-            cb.on_train_start(self)
         if self.main:
-            log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", cfg.weights or cfg.cfg,
+            log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", self._model_source(),
                      cfg.epochs, self.imgsz, self.device, len(self.dataset), cfg.batch,
                      f" ({self.world} processes)" if self.world > 1 else "", self.out)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.epoch = epoch
-                self._train_epoch(epoch, nb, nw)
+                self._train_epoch(epoch)
                 if self.world > 1:
                     torch.distributed.barrier()
         finally:
@@ -408,65 +601,26 @@ class Trainer:
         return TrainResult(self.out, self.out / LAST, best if best.exists() else None, cfg.epochs,
                            self.best_fitness, self.history, (time.time() - t_start) / 60)
 
-    def _train_epoch(self, epoch: int, nb: int, nw: int) -> None:
-        cfg, hyp, model, opt = self.cfg, self.hyp, self.model, self.optimizer
-        model.train()
-        for cb in self.callbacks:
-            cb.on_epoch_start(self, epoch)
-        mosaic = not (cfg.epochs > cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic)
-        if self.main and cfg.close_mosaic and cfg.epochs > cfg.close_mosaic and epoch == cfg.epochs - cfg.close_mosaic:
-            log.info("closing mosaic for the last %d epochs", cfg.close_mosaic)
-        self.sampler.set_epoch(epoch, mosaic)
-        mloss = torch.zeros(3)
-        t0 = time.time()
-        seen = 0
-        it = enumerate(self.loader)
-        bar = None
-        if self.main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(it, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
-            it = bar
-        opt.zero_grad()
-        for i, (imgs, targets, _paths) in it:
-            ni = i + nb * epoch
-            imgs = imgs.to(self.device, non_blocking=True).float() / 255
-            if ni <= nw:  # warm-up: lr ramps (bias lr down from warmup_bias_lr), momentum ramps up
-                xi = [0, nw]
-                self.accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch]).round()))
-                for j, g in enumerate(opt.param_groups):
-                    g["lr"] = float(np.interp(ni, xi, [self.warmup_bias_lr if j == 0 else 0.0,
-                                                       g["initial_lr"] * self.lf(epoch)]))
-                    if "momentum" in g:
-                        g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
-            with torch.autocast(self.device.type, enabled=self.amp):
-                preds = model(imgs)
-                loss, items = self.loss_fn(preds, targets.to(self.device))
-                for cb in self.callbacks:
-                    extra = cb.extra_loss(self, imgs, targets, preds)
-                    if extra is not None:
-                        loss = loss + extra
-                if self.world > 1:
-                    loss = loss * self.world
-            if not torch.isfinite(loss).all():
-                if bar is not None:
-                    bar.close()
-                kept = self.out / LAST
-                where = f"last good checkpoint kept: {kept}" if kept.exists() else "no checkpoint written yet"
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: training "
-                                    f"stopped ({where}); lower lr0 or check the labels")
+    def _train_epoch(self, epoch: int) -> None:
+        self.model.train()
+        self._callback("on_epoch_start", epoch)
+        self._set_mosaic(epoch)
+        bar = self._progress_bar(epoch)
+        mloss, seen, t0 = torch.zeros(3), 0, time.time()
+        self.optimizer.zero_grad()
+        for i, (imgs, targets, _paths) in enumerate(bar if bar is not None else self.loader):
+            ni = i + self.nb * epoch  # batches seen since the start of training
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255  # (B, 3, imgsz, imgsz) RGB in [0, 1]
+            if ni <= self.nw:
+                self._warmup(ni, epoch)
+            self._in_step = True
+            loss, items = self._forward_loss(imgs, targets)
+            self._check_finite(loss, epoch, i, bar)
             self.scaler.scale(loss).backward()
+            self.student_feats = None
             if ni - self.last_opt_step >= self.accumulate:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                self.scaler.step(opt)
-                self.scaler.update()
-                opt.zero_grad()
-                if self.ema is not None:
-                    self.ema.update(model)
-                self.last_opt_step = ni
-                for cb in self.callbacks:
-                    cb.on_step_end(self, ni)
+                self._optimizer_step(ni)
+            self._in_step = False
             mloss = (mloss * i + items.cpu()) / (i + 1)
             seen += imgs.shape[0]
             if bar is not None:
@@ -475,24 +629,99 @@ class Trainer:
                                     f"{seen * self.world / dt:.1f} img/s", refresh=False)
         if bar is not None:
             bar.close()
-        lrs = [g["lr"] for g in opt.param_groups]
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step()
-        epoch_s = time.time() - t0
-        if not self.main:
+        if self.main:
+            self._end_epoch(epoch, mloss, lrs, time.time() - t0, seen)
+
+    def _set_mosaic(self, epoch: int) -> None:
+        """Mosaic on, except for the last ``--close-mosaic`` epochs of a longer run."""
+        cfg = self.cfg
+        closing = cfg.epochs > cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic
+        if self.main and cfg.close_mosaic and cfg.epochs > cfg.close_mosaic and epoch == cfg.epochs - cfg.close_mosaic:
+            log.info("closing mosaic for the last %d epochs", cfg.close_mosaic)
+        self.sampler.set_epoch(epoch, not closing)
+
+    def _progress_bar(self, epoch: int):
+        if not (self.main and self.cfg.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(self.loader, total=self.nb, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                    dynamic_ncols=True)
+
+    def _warmup(self, ni: int, epoch: int) -> None:
+        """First ``nw`` iterations: lr ramps up (bias lr down from warmup_bias_lr), momentum ramps up
+        and gradient accumulation grows from 1 batch to ``nbs / batch``."""
+        cfg, hyp = self.cfg, self.hyp
+        xi = [0, self.nw]
+        self.accumulate = max(1, int(np.interp(ni, xi, [1, cfg.nbs / cfg.batch]).round()))
+        for j, g in enumerate(self.optimizer.param_groups):
+            g["lr"] = float(np.interp(ni, xi, [self.warmup_bias_lr if j == 0 else 0.0,
+                                               g["initial_lr"] * self.lf(epoch)]))
+            if "momentum" in g:
+                g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+
+    def _forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``imgs`` (B, 3, H, W), ``targets`` (n, 6) -> (loss to backpropagate, detached [box, obj, cls])."""
+        with torch.autocast(self.device.type, enabled=self.amp):
+            preds = self._forward(imgs)  # list of (B, na, ny, nx, 5+nc)
+            loss, items = self.loss_fn(preds, targets.to(self.device))
+            for cb in self.callbacks:
+                extra = cb.extra_loss(self, imgs, targets, preds)
+                if extra is not None:
+                    loss = loss + extra
+            if self.world > 1:
+                loss = loss * self.world  # DDP averages gradients over ranks; upstream's loss is a sum
+        return loss, items
+
+    def _forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """The student's training forward; when a callback ``needs_features``, Detect's inputs of
+        this same pass are kept as ``self.student_feats`` (per level (B, C_i, ny, nx))."""
+        if not any(getattr(cb, "needs_features", False) for cb in self.callbacks):
+            return self.model(imgs)
+        captured: list = []
+        hook = unwrap(self.model).detect.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            preds = self.model(imgs)
+        finally:
+            hook.remove()
+        self.student_feats = list(captured[-1])
+        return preds
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, i: int, bar) -> None:
+        if torch.isfinite(loss).all():
             return
+        if bar is not None:
+            bar.close()
+        kept = self.out / LAST
+        where = f"last good checkpoint kept: {kept}" if kept.exists() else "no checkpoint written yet"
+        raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: training "
+                            f"stopped ({where}); lower lr0 or check the labels")
+
+    def _optimizer_step(self, ni: int) -> None:
+        opt = self.optimizer
+        self.scaler.unscale_(opt)
+        self._callback("on_after_backward")
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(opt)
+        self.scaler.update()
+        opt.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.last_opt_step = ni
+        self._in_step = False
+        self._callback("on_step_end", ni)
+
+    def _end_epoch(self, epoch: int, mloss: torch.Tensor, lrs: list[float], epoch_s: float, seen: int) -> None:
+        """Rank 0: validate, record, save checkpoints and results, log, then ``on_epoch_end``."""
+        cfg = self.cfg
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train/box_loss": float(mloss[0]),
                                    "train/obj_loss": float(mloss[1]), "train/cls_loss": float(mloss[2])}
         final = epoch + 1 == cfg.epochs
-        ran_val = False
-        if self.has_val and ((epoch + 1) % max(cfg.val_every, 1) == 0 or final):
-            from ..evaluate.validate import validate
-
-            res = validate(self.ema.ema, cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
-                           device=self.device, progress=cfg.progress)
-            metrics.update({"metrics/precision": res.precision, "metrics/recall": res.recall,
-                            "metrics/mAP50": res.map50, "metrics/mAP50-95": res.map50_95,
-                            "fitness": 0.1 * res.map50 + 0.9 * res.map50_95})
-            ran_val = True
+        ran_val = self.has_val and ((epoch + 1) % max(cfg.val_every, 1) == 0 or final)
+        if ran_val:
+            metrics.update(self._validate())
         metrics.update({"lr/pg0": lrs[0], "lr/pg1": lrs[1], "lr/pg2": lrs[2], "epoch_s": round(epoch_s, 2),
                         "images_per_s": round(seen * self.world / max(epoch_s, 1e-9), 2)})
         self.history.append(metrics)
@@ -503,20 +732,34 @@ class Trainer:
             improved = final  # no val split: best = last at the end
         self._save(epoch, improved)
         self._write_results()
-        msg = (f"epoch {epoch + 1}/{cfg.epochs}: box {mloss[0]:.4f} obj {mloss[1]:.4f} cls {mloss[2]:.4f}, "
+        self._log_epoch(epoch, mloss, epoch_s, metrics if ran_val else None)
+        self._callback("on_epoch_end", epoch, metrics)
+
+    def _validate(self) -> dict[str, float]:
+        """mAP of the EMA model on the val split."""
+        from ..evaluate.validate import validate
+
+        res = validate(self.ema.ema, self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
+                       device=self.device, progress=self.cfg.progress)
+        return {"metrics/precision": res.precision, "metrics/recall": res.recall, "metrics/mAP50": res.map50,
+                "metrics/mAP50-95": res.map50_95, "fitness": 0.1 * res.map50 + 0.9 * res.map50_95}
+
+    def _log_epoch(self, epoch: int, mloss: torch.Tensor, epoch_s: float, val: dict | None) -> None:
+        msg = (f"epoch {epoch + 1}/{self.cfg.epochs}: box {mloss[0]:.4f} obj {mloss[1]:.4f} cls {mloss[2]:.4f}, "
                f"{epoch_s:.1f} s")
-        if ran_val:
-            msg += f", mAP50 {metrics['metrics/mAP50']:.4f} mAP50-95 {metrics['metrics/mAP50-95']:.4f}"
+        if val is not None:
+            msg += f", mAP50 {val['metrics/mAP50']:.4f} mAP50-95 {val['metrics/mAP50-95']:.4f}"
         log.info(msg)
-        for cb in self.callbacks:
-            cb.on_epoch_end(self, epoch, metrics)
 
     # ------------------------------------------------------------------ outputs
+    def _model_source(self) -> str:
+        return self.cfg.weights or self.cfg.cfg or "a model given in Python"
+
     def _save(self, epoch: int, best: bool) -> None:
         state = {"epoch": epoch, "ema_updates": self.ema.updates, "best_fitness": self.best_fitness,
                  "last_opt_step": self.last_opt_step, "accumulate": self.accumulate,
                  "history": self.history, "config": asdict(self.cfg), "hyp": self.hyp}
-        prov = {"trained_from": self.cfg.weights or self.cfg.cfg, "data": str(self.cfg.data), "epochs": epoch + 1}
+        prov = {"trained_from": self._model_source(), "data": str(self.cfg.data), "epochs": epoch + 1}
         last = self.out / LAST
         save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
                               imgsz=self.imgsz, train_state=state, provenance=prov)
@@ -576,17 +819,21 @@ def find_resume_checkpoint(spec: str | Path | None) -> Path:
 
 
 def train(data: str | None = None, *, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
-          teacher: nn.Module | None = None, **kwargs) -> TrainResult:
-    """Train (or, with ``resume=RUN_DIR``, continue) a detector; see :class:`TrainConfig`."""
+          teacher: nn.Module | None = None, model: DetectionModel | None = None, **kwargs) -> TrainResult:
+    """Train (or, with ``resume=RUN_DIR``, continue) a detector; see :class:`TrainConfig`.
+
+    ``model``: train this ``DetectionModel`` (e.g. a pruned one) in place instead of loading
+    ``weights`` / ``cfg``; ``teacher``: a frozen model for distillation (see :class:`Callback`).
+    """
     if resume is not None:
+        if model is not None:
+            raise YoloptError("model= cannot be combined with resume: a resumed run rebuilds its model from the "
+                              "checkpoint")
         ckpt = find_resume_checkpoint(resume)
-        try:
-            _, _, state = read_train_checkpoint(ckpt)
-        except CheckpointError:
-            raise
+        _, _, state = read_train_checkpoint(ckpt)
         cfg = TrainConfig(**{**state["config"], **{k: v for k, v in kwargs.items()
                                                    if k in ("device", "workers", "progress")}})
         return Trainer(cfg, callbacks, teacher, resume=ckpt).train()
     if data is None:
         raise YoloptError("--data is required")
-    return Trainer(TrainConfig(data=str(data), **kwargs), callbacks, teacher).train()
+    return Trainer(TrainConfig(data=str(data), **kwargs), callbacks, teacher, model=model).train()

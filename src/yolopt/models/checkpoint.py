@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
+from .common import BN_EPS, BN_MOMENTUM
 from .yolo import DetectionModel
 
 FORMAT_NAME = "yolopt-model"
@@ -287,30 +288,45 @@ def _load_yolopt(path: Path) -> tuple[DetectionModel, dict]:
         raise CheckpointError(f"{path}: not a readable yolopt model (truncated or corrupt): {str(e)[:160]}") from None
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: unknown yolopt file kind {meta.get('format')!r}")
+    return model_from_tensors(meta, sd, path), meta.get("provenance", {})
+
+
+def model_from_tensors(meta: dict, tensors: dict[str, torch.Tensor], source: str | Path) -> DetectionModel:
+    """Rebuild a model from its yolopt metadata and tensors (``model.``-prefixed or bare names).
+
+    The yaml gives the layer graph; the stored tensor shapes give the channel counts, so a
+    pruned model comes back with its own (irregular) widths. ``source`` names it in errors.
+    """
     try:
         model = DetectionModel(meta["yaml"], ch=meta["yaml"].get("ch", 3), init=False)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad architecture in metadata: {e}") from None
-    prefix = "model." if any(k.startswith("model.model.") for k in sd) else ""
-    sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        raise CheckpointError(f"{source}: bad architecture in metadata: {e}") from None
+    prefix = "model." if any(k.startswith("model.model.") for k in tensors) else ""
+    sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     for name, eps in meta.get("bn_eps", {}).items():
         model.get_submodule(name).eps = eps
-    _load_weights(model, sd, path)
+    for name, momentum in meta.get("bn_momentum", {}).items():
+        model.get_submodule(name).momentum = momentum
+    _load_weights(model, sd, Path(source))
     model.stride = torch.tensor(meta["stride"], dtype=torch.float32)
     model.detect.stride = model.stride.clone()
     model.names = _names_list(meta.get("names"), model.nc)
     model.imgsz = meta.get("imgsz")
-    return model, meta.get("provenance", {})
+    return model
 
 
-def save_model(model: DetectionModel, path: str | Path, imgsz: int | None = None, provenance: dict | None = None) -> Path:
-    """Write ``model`` in yolopt's format (safetensors + JSON metadata), atomically."""
-    from safetensors.torch import save_file
+def model_metadata(model: DetectionModel, imgsz: int | None = None, provenance: dict | None = None) -> dict:
+    """The JSON description stored with a model's tensors (``yolopt`` header key).
 
+    Architecture yaml, class names, stride, image size (``imgsz`` or ``model.imgsz``), whether
+    it is fused, the BatchNorm eps / momentum that differ from the builder's defaults, the
+    parameter count and provenance (``model.provenance``, then ``provenance``; the yolopt
+    version and the time of saving always describe this save).
+    """
     from .. import __version__
 
-    bn_eps = {n: m.eps for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.eps != 1e-3}
-    meta = {
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "yaml": model.yaml,
@@ -318,15 +334,23 @@ def save_model(model: DetectionModel, path: str | Path, imgsz: int | None = None
         "stride": [float(s) for s in model.stride],
         "imgsz": imgsz or getattr(model, "imgsz", None),
         "fused": bool(model.is_fused),
-        "bn_eps": bn_eps,
+        "bn_eps": {n: m.eps for n, m in bns if m.eps != BN_EPS},
+        "bn_momentum": {n: m.momentum for n, m in bns if m.momentum != BN_MOMENTUM},
         "params": model.num_params(),
         "provenance": {
-            "yolopt_version": __version__,
-            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(getattr(model, "provenance", None) or {}),
             **(provenance or {}),
+            "yolopt_version": __version__,
+            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def save_model(model: DetectionModel, path: str | Path, imgsz: int | None = None, provenance: dict | None = None) -> Path:
+    """Write ``model`` in yolopt's format (safetensors + JSON metadata), atomically."""
+    from safetensors.torch import save_file
+
+    meta = model_metadata(model, imgsz, provenance)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"yolopt": json.dumps(meta)}))
 

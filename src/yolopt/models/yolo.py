@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from .common import (
+    BN_EPS,
+    BN_MOMENTUM,
     C3,
     SPP,
     SPPF,
@@ -27,6 +29,7 @@ from .common import (
     Focus,
     make_activation,
 )
+from .fuse import fuse_conv_bn_
 
 # Module names a yaml may use, and how their first two args are read.
 _CHANNEL_MODULES = {
@@ -88,20 +91,35 @@ class Detect(nn.Module):
         self.stride = fn(self.stride)
         return self
 
-    def forward(self, xs: list[torch.Tensor]):
-        raw, out = [], []
+    def raw_maps(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The per-level 1x1 convs, before any decoding, in train and eval mode alike.
+
+        ``xs[i]``: ``(B, C_i, ny_i, nx_i)`` -> list of ``(B, na, ny_i, nx_i, 5+nc)`` logits
+        (xy, wh, objectness, classes), what the loss and distillation work on.
+        """
+        raw = []
         for i in range(self.nl):
             x = self.m[i](xs[i])
             bs, _, ny, nx = x.shape
-            x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            raw.append(x)
-            if not self.training:
-                grid, anchor_grid = self._grid(i, nx, ny, x)
-                xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + grid) * self.stride[i]
-                wh = (wh * 2) ** 2 * anchor_grid
-                out.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
-        return raw if self.training else torch.cat(out, 1)
+            raw.append(x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
+        return raw
+
+    def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        """Raw maps (list of ``(B, na, ny, nx, 5+nc)``) -> ``(B, N, 5+nc)``, N = sum of na*ny*nx:
+        xywh in input pixels, then sigmoid objectness and class scores (upstream's eval output)."""
+        out = []
+        for i, x in enumerate(raw):
+            bs, _, ny, nx, _ = x.shape
+            grid, anchor_grid = self._grid(i, nx, ny, x)
+            xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
+            xy = (xy * 2 + grid) * self.stride[i]
+            wh = (wh * 2) ** 2 * anchor_grid
+            out.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+        return torch.cat(out, 1)
+
+    def forward(self, xs: list[torch.Tensor]):
+        raw = self.raw_maps(xs)
+        return raw if self.training else self.decode(raw)
 
 
 def _resolve_arg(a: Any, nc: int, anchors: Any) -> Any:
@@ -224,7 +242,7 @@ class DetectionModel(nn.Module):
     def _init_weights(self):
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.eps, m.momentum = 1e-3, 0.03
+                m.eps, m.momentum = BN_EPS, BN_MOMENTUM
             elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
                 m.inplace = True
         det = self.detect
@@ -236,13 +254,38 @@ class DetectionModel(nn.Module):
             conv.bias = nn.Parameter(b.view(-1), requires_grad=True)
 
     def forward(self, x: torch.Tensor):
+        """``x``: ``(B, ch, H, W)``. Training mode: list of raw maps ``(B, na, ny, nx, 5+nc)``;
+        eval mode: decoded ``(B, N, 5+nc)`` (see :class:`Detect`)."""
+        return self.detect(self.neck_features(x))
+
+    def neck_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run every layer before Detect; returns Detect's inputs, one ``(B, C_i, H/s_i, W/s_i)``
+        tensor per level (``s_i`` = ``self.stride[i]``, ``C_i`` the neck's channels there)."""
+        det = self.detect
         outputs: list[torch.Tensor | None] = []
         for m in self.model:
-            if m.f != -1:
-                x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
-            x = m(x)
+            if m is det:
+                break
+            x = m(self._layer_input(m, x, outputs))
             outputs.append(x if m.i in self.save else None)
-        return x
+        return self._layer_input(det, x, outputs)
+
+    @staticmethod
+    def _layer_input(m: nn.Module, x, outputs: list):
+        if m.f == -1:
+            return x
+        return outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(raw, feats)`` of one pass, for distillation, whatever the train/eval mode.
+
+        ``x``: ``(B, ch, H, W)``. ``raw``: per level ``(B, na, ny, nx, 5+nc)`` head logits before
+        decoding (the training-mode output of :meth:`forward`; ``self.detect.decode(raw)`` gives the
+        eval-mode output). ``feats``: the neck tensors fed to Detect, ``(B, C_i, ny, nx)`` per level.
+        BatchNorm uses batch or running statistics according to the mode, as in ``forward``.
+        """
+        feats = self.neck_features(x)
+        return self.detect.raw_maps(feats), feats
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -251,8 +294,6 @@ class DetectionModel(nn.Module):
 
     def fuse(self) -> "DetectionModel":
         """Fold every BatchNorm that follows a convolution into it (in place)."""
-        from ..compress.fusion import fuse_conv_bn_
-
         fuse_conv_bn_(self)
         return self
 
