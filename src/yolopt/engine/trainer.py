@@ -737,9 +737,9 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         """mAP of the EMA model on the val split."""
-        from ..evaluate.validate import validate
+        from ..evaluate import evaluate
 
-        res = validate(self.ema.ema, self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
+        res = evaluate(self.ema.ema, self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
                        device=self.device, progress=self.cfg.progress)
         return {"metrics/precision": res.precision, "metrics/recall": res.recall, "metrics/mAP50": res.map50,
                 "metrics/mAP50-95": res.map50_95, "fitness": 0.1 * res.map50 + 0.9 * res.map50_95}

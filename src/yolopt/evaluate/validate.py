@@ -254,5 +254,3 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
                      mode=mode, imgsz=int(size), backend=backend.name,
                      inference_precision=backend.precision)
 
-
-validate = evaluate  # temporary alias while callers move to evaluate()

@@ -50,7 +50,6 @@ def _fmt_range(a: int, b: int) -> str:
 def find_bottlenecks(report: dict, top: int = 10) -> list[dict]:
     f: list[dict] = []
     layers = report.get("layers") or []
-    total_ms = sum(r.get("latency_ms") or 0 for r in layers)
 
     # 1. top-k layers
     for r in sorted(layers, key=lambda r: -(r.get("latency_ms") or 0))[:top]:
