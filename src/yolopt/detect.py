@@ -99,7 +99,8 @@ def predict(
             log.warning("%s: corrupt or unreadable image, skipped", path)
             continue
         x, metas = preprocess([im], imgsz, mode="square")
-        det = postprocess(backend(x), metas, conf, iou, max_det, classes, agnostic, end2end=backend.end2end)[0]
+        det = postprocess(backend(x), metas, conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic,
+                          end2end=backend.end2end)[0]
         results.append(
             Detections(str(path), im.shape[1], im.shape[0], det[:, :4].numpy(), det[:, 4].numpy(),
                        det[:, 5].numpy().astype(int), names)

@@ -54,6 +54,7 @@ def run(args) -> int:
     from ..bench import measure
     from ..machine import describe
     from ..runtime import open as open_backend
+    from ..runtime import torch_threads
 
     batches = _batches(args.batch)
     if args.end2end and not args.source:
@@ -67,11 +68,12 @@ def run(args) -> int:
         log.warning("%s has a fixed batch of %d; other batch sizes run as chunks of %d", args.weights, model.batch,
                     model.batch)
     records = []
-    for b in batches:
-        r = measure(model, imgsz, batch=b, warmup=args.warmup, iters=None if args.duration else args.iters,
-                      duration=args.duration, streams=args.streams, source=args.source if args.end2end else None,
-                      model_name=args.weights)
-        records.append(r)
+    with torch_threads(args.threads):  # --end2end pre/post-processing runs in torch too
+        for b in batches:
+            records.append(measure(model, imgsz, batch=b, warmup=args.warmup,
+                                   iters=None if args.duration else args.iters, duration=args.duration,
+                                   streams=args.streams, source=args.source if args.end2end else None,
+                                   model_name=args.weights))
     t = Table(title=f"{args.weights} [{model.name} {model.precision}] {'end-to-end' if args.end2end else 'model only'}"
               f" on {describe()}")
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS", f"thru x{args.streams} FPS", "peak RSS MB",

@@ -207,7 +207,7 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
         t2 = time.perf_counter()
         pred = backend(x)
         t3 = time.perf_counter()
-        out = postprocess(pred, metas, conf, iou, max_det, multi_label=True)
+        out = postprocess(pred, metas, conf=conf, iou=iou, max_det=max_det, multi_label=True)
         t4 = time.perf_counter()
         t_pre += t2 - t1
         t_inf += t3 - t2

@@ -78,20 +78,10 @@ def to_original(dets: list[torch.Tensor], metas: list[ImageMeta]) -> list[torch.
     return out
 
 
-def postprocess(
-    pred: torch.Tensor,
-    metas: list[ImageMeta],
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
-    classes: list[int] | None = None,
-    agnostic: bool = False,
-    multi_label: bool = False,
-    end2end: bool = False,
-) -> list[torch.Tensor]:
+def postprocess(pred: torch.Tensor, metas: list[ImageMeta], **options) -> list[torch.Tensor]:
     """Network output -> per image ``(n, 6)`` [x1, y1, x2, y2, conf, cls] in original pixels, by confidence.
 
-    :func:`select` (NMS, or the filter of an ``end2end`` artifact) then :func:`to_original`.
+    :func:`select` (NMS, or the filter of an ``end2end`` artifact; ``options`` are its keyword
+    arguments: conf, iou, max_det, classes, agnostic, multi_label, end2end) then :func:`to_original`.
     """
-    dets = select(pred, conf, iou, max_det, classes, agnostic, multi_label, end2end, batch=len(metas))
-    return to_original(dets, metas)
+    return to_original(select(pred, batch=len(metas), **options), metas)
