@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     from yolopt import __version__, load
     from yolopt.bench import EndToEnd, artifact_size_mb, peak_rss_mb, percentiles, time_calls
-    from yolopt.export import export
+    from yolopt.export import ExportSpec, export
     from yolopt.fileio import atomic_write
     from yolopt.machine import machine_info
     from yolopt.runtime import OnnxBackend, OpenVINOBackend, TorchBackend
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     sz = args.imgsz
 
     # artifacts
-    onnx_y = export(args.weights, "onnx", imgsz=sz, out=work / "yolopt.onnx").path
-    ov_xml = export(args.weights, "openvino", imgsz=sz, out=work / "ov" / "yolopt.xml").path
+    onnx_y = export(args.weights, ExportSpec("onnx", imgsz=sz, out=work / "yolopt.onnx")).path
+    ov_xml = export(args.weights, ExportSpec("openvino", imgsz=sz, out=work / "ov" / "yolopt.xml")).path
     plain = work / "plain.onnx"
     raw_model = load(args.weights)
     with warnings.catch_warnings():

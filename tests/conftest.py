@@ -64,12 +64,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproce
 def deploy_artifacts(tmp_path_factory, yolov5n_pt, bus_jpg):
     """yolov5n exported once per test session at 256 px (verified): onnx, onnx_dyn, openvino, torchscript."""
     pytest.importorskip("onnxruntime")
-    from yolopt.export import export
+    from yolopt.export import ExportSpec, export
 
     d = tmp_path_factory.mktemp("deploy")
     return {
-        "onnx": export(yolov5n_pt, "onnx", imgsz=256, out=d / "static.onnx", verify_images=[bus_jpg]),
-        "onnx_dyn": export(yolov5n_pt, "onnx", imgsz=256, dynamic=True, out=d / "dyn.onnx"),
-        "openvino": export(yolov5n_pt, "openvino", imgsz=256, out=d / "ov" / "m.xml", verify_images=[bus_jpg]),
-        "torchscript": export(yolov5n_pt, "torchscript", imgsz=256, out=d / "m.torchscript"),
+        "onnx": export(yolov5n_pt, ExportSpec("onnx", imgsz=256, out=d / "static.onnx", verify_images=[bus_jpg])),
+        "onnx_dyn": export(yolov5n_pt, ExportSpec("onnx", imgsz=256, dynamic=True, out=d / "dyn.onnx")),
+        "openvino": export(yolov5n_pt, ExportSpec("openvino", imgsz=256, out=d / "ov" / "m.xml",
+                                                  verify_images=[bus_jpg])),
+        "torchscript": export(yolov5n_pt, ExportSpec("torchscript", imgsz=256, out=d / "m.torchscript")),
     }

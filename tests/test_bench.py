@@ -16,9 +16,10 @@ KEYS = {"backend", "model", "imgsz", "batch", "threads", "streams", "latency_ms"
 
 @pytest.fixture(scope="module")
 def onnx_dyn(tmp_path_factory, yolov5n_pt):
-    from yolopt.export import export
+    from yolopt.export import ExportSpec, export
 
-    return export(yolov5n_pt, "onnx", imgsz=128, dynamic=True, out=tmp_path_factory.mktemp("bench") / "m.onnx").path
+    return export(yolov5n_pt, ExportSpec("onnx", imgsz=128, dynamic=True,
+                                         out=tmp_path_factory.mktemp("bench") / "m.onnx")).path
 
 
 def _check(rec, batch, streams=1):

@@ -47,6 +47,7 @@ def test_onnx_fused_slim_metadata_and_outputs(artifacts, fused, bus_jpg):
     assert meta["names"][0] == "person" and len(meta["names"]) == 80
     assert meta["stride"] == [8, 16, 32] and meta["imgsz"] == [IMGSZ, IMGSZ]
     assert meta["yolopt_version"] and meta["dynamic"] is False and meta["nms"] is None
+    assert meta["precision"] == "fp32" and not any("half" in k for k in meta)
     # upstream layout (B, N, 5+nc) and the same values as PyTorch on a real image
     x = _bus_input(bus_jpg)
     sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
@@ -58,6 +59,7 @@ def test_onnx_fused_slim_metadata_and_outputs(artifacts, fused, bus_jpg):
     assert np.abs(y[..., 4:] - ref[..., 4:]).max() < 1e-4
     v = res.verify
     assert v.passed and v.agreement == 1.0 and v.detections_torch > 0 and v.max_score_diff < 1e-3
+    assert v.precision == "fp32" and v.box_ratio < 0.5 and (v.atol, v.box_atol, v.box_rtol) == (1e-3, 0.05, 1e-4)
 
 
 def test_onnx_dynamic_batch_and_shape(artifacts, fused):
@@ -83,6 +85,8 @@ def test_openvino_ir_and_rt_info(artifacts, fused, bus_jpg):
     model = ov.Core().read_model(str(xml))
     assert json.loads(model.get_rt_info(["yolopt", "names"]).astype(str))[5] == "bus"
     assert json.loads(model.get_rt_info(["yolopt", "imgsz"]).astype(str)) == [IMGSZ, IMGSZ]
+    assert json.loads(model.get_rt_info(["yolopt", "precision"]).astype(str)) == "fp32"
+    assert not model.has_rt_info(["yolopt", "half"])
     # FP32 IR: weights not compressed (about the size of the fp32 ONNX)
     assert res.size_mb > 0.8 * artifacts["onnx"].size_mb
     from yolopt import runtime
@@ -94,13 +98,17 @@ def test_openvino_ir_and_rt_info(artifacts, fused, bus_jpg):
     assert (b(x) - ref).abs().max() < 0.02
 
 
-def test_openvino_half_is_smaller(tmp_path, yolov5n_pt, artifacts):
-    from yolopt.export import export
+def test_openvino_fp16_is_smaller(tmp_path, yolov5n_pt, artifacts):
+    ov = pytest.importorskip("openvino")
+    from yolopt.export import ExportSpec, export
 
-    res = export(yolov5n_pt, "openvino", imgsz=IMGSZ, half=True, out=tmp_path / "h.xml")
+    res = export(yolov5n_pt, ExportSpec("openvino", imgsz=IMGSZ, precision="fp16", out=tmp_path / "h.xml"))
     assert res.size_mb < 0.6 * artifacts["openvino"].size_mb
-    assert res.verify.passed and res.verify.max_score_diff < 0.03
-    assert res.metadata["half"] is True
+    assert res.verify.passed and res.verify.precision == "fp16" and res.verify.max_score_diff < 0.03
+    assert res.verify.max_box_diff > 0.05  # really FP16 weights: beyond what fp32 would allow
+    assert res.metadata["precision"] == "fp16" and "half" not in res.metadata
+    model = ov.Core().read_model(str(res.path))
+    assert json.loads(model.get_rt_info(["yolopt", "precision"]).astype(str)) == "fp16"
 
 
 def test_torchscript_extra_files(artifacts, fused):
@@ -108,7 +116,7 @@ def test_torchscript_extra_files(artifacts, fused):
     extra = {"config.txt": ""}
     mod = torch.jit.load(str(path), _extra_files=extra)
     meta = {k: json.loads(v) for k, v in json.loads(extra["config.txt"]).items()}
-    assert meta["nc"] == 80 and meta["stride"] == [8, 16, 32]
+    assert meta["nc"] == 80 and meta["stride"] == [8, 16, 32] and meta["precision"] == "fp32" and "half" not in meta
     x = torch.rand(1, 3, IMGSZ, IMGSZ)
     with torch.inference_mode():
         assert (mod(x) - fused(x)).abs().max() < 1e-3
@@ -171,12 +179,12 @@ def test_verification_catches_corrupted_artifact(artifacts, tmp_path, fused, bus
 
 
 def test_failed_verification_writes_nothing(tmp_path, yolov5n_pt):
-    out = tmp_path / "m.onnx"
+    out = tmp_path / "new" / "folder" / "m.onnx"
     r = run_cli("export", yolov5n_pt, "--format", "onnx", "--imgsz", "128", "--out", out, "--atol", "0")
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("yolopt: error:") and "verification FAILED" in lines[-1] and str(out) in lines[-1]
-    assert list(tmp_path.iterdir()) == []  # no artifact, no temp folder
+    assert list(tmp_path.iterdir()) == []  # no artifact, no temp folder, not even the folders it made
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -223,13 +231,15 @@ def _has_tensorrt() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_tensorrt(), reason="TensorRT engines need the `tensorrt` package and a CUDA GPU")
-@pytest.mark.parametrize("half", [False, True])
-def test_tensorrt_engine(tmp_path, yolov5n_pt, bus_jpg, half):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine(tmp_path, yolov5n_pt, bus_jpg, precision):
     from yolopt import runtime
-    from yolopt.export import export
+    from yolopt.export import ExportSpec, export
 
-    res = export(yolov5n_pt, "tensorrt", imgsz=IMGSZ, half=half, out=tmp_path / "m.engine", verify_images=[bus_jpg])
-    assert res.verify.passed and res.path.exists()
+    res = export(yolov5n_pt, ExportSpec("tensorrt", imgsz=IMGSZ, precision=precision, out=tmp_path / "m.engine",
+                                        verify_images=[bus_jpg]))
+    assert res.verify.passed and res.path.exists() and res.metadata["precision"] == precision
     b = runtime.open(res.path)
     assert b.name == "tensorrt" and b.names[0] == "person" and b.imgsz == (IMGSZ, IMGSZ)
     assert b(_bus_input(bus_jpg)).shape == (1, 3 * 21 * 64, 85)
+

@@ -169,9 +169,9 @@ def test_val_on_artifacts_matches_torch(files, small_data, tmp_path):
 
 
 def test_val_refuses_nms_artifact(tmp_path, yolov5n_pt, small_data):
-    from yolopt.export import export
+    from yolopt.export import ExportSpec, export
 
-    p = export(yolov5n_pt, "onnx", imgsz=128, nms=True, out=tmp_path / "nms.onnx").path
+    p = export(yolov5n_pt, ExportSpec("onnx", imgsz=128, nms=True, out=tmp_path / "nms.onnx")).path
     r = run_cli("val", p, "--data", small_data, "--imgsz", 128)
     assert r.returncode == 1 and "exported with --nms" in r.stderr
 

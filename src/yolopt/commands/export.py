@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
+from ..errors import ExportError
+from ..export.exporter import EXPORTERS, PRECISIONS
 from ..fileio import write_json
 
 log = logging.getLogger("yolopt")
@@ -12,17 +15,21 @@ log = logging.getLogger("yolopt")
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export a model to onnx / openvino / torchscript / tensorrt (verified against PyTorch)",
+        help=f"export a model to {' / '.join(EXPORTERS)} (verified against PyTorch)",
         description="Fuse Conv+BN, export, and verify: the artifact and the PyTorch model run on the same inputs; "
         "the max |diff| and detection agreement are reported and the export fails (nothing written) when they are "
-        "beyond tolerance. Class names, stride, imgsz and the yolopt version are stored in the artifact.",
+        "beyond tolerance. Class names, stride, imgsz, precision and the yolopt version are stored in the artifact.",
     )
     p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
-    p.add_argument("--format", required=True, help="onnx, openvino, torchscript or tensorrt")
+    p.add_argument("--format", required=True, help=", ".join(EXPORTERS))
     p.add_argument("--imgsz", type=int, nargs="+", default=[640], help="input size: one value or H W (default 640)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the fixed input (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")
-    p.add_argument("--half", action="store_true", help="FP16 (openvino: FP16 weights; onnx/torchscript/tensorrt: CUDA)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default) or fp16 (openvino: FP16 weights, runs on a CPU; onnx/torchscript/tensorrt: "
+                   "needs CUDA). bf16 and int8 are not export precisions: the error says what to do instead")
+    p.add_argument("--half", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision fp16
+    p.add_argument("--device", help="device to trace/build on (default: cuda when the precision needs it, else cpu)")
     p.add_argument("--nms", action="store_true",
                    help="NMS inside the graph: outputs final detections (K,7) = [batch, x1, y1, x2, y2, conf, class]")
     p.add_argument("--conf", type=float, default=0.25, help="--nms confidence threshold (default 0.25)")
@@ -35,7 +42,26 @@ def register(sub) -> None:
                    help="images to verify on (default: a synthetic scene)")
     p.add_argument("--atol", type=float, help="override the score tolerance of the verification")
     p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
+    # a bad option value is one line (not the usage block), exit status 2 as argparse's
+    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see {p.prog} --help)\n")
     p.set_defaults(func=run)
+
+
+def spec_from_args(args):
+    from ..export import ExportSpec
+
+    if len(args.imgsz) not in (1, 2):
+        raise ExportError("--imgsz takes one value or two (H W)")
+    precision = args.precision or "fp32"
+    if args.half:
+        if args.precision not in (None, "fp16"):
+            raise ExportError(f"--half (deprecated, = --precision fp16) conflicts with --precision {args.precision}")
+        log.warning("--half is deprecated; use --precision fp16")
+        precision = "fp16"
+    return ExportSpec(format=args.format, imgsz=(args.imgsz[0], args.imgsz[-1]), batch=args.batch,
+                      dynamic=args.dynamic, precision=precision, nms=args.nms, conf=args.conf, iou=args.iou,
+                      max_det=args.max_det, opset=args.opset, simplify=not args.no_simplify, out=args.out,
+                      verify_images=args.verify_source, atol=args.atol, device=args.device)
 
 
 def run(args) -> int:
@@ -43,18 +69,11 @@ def run(args) -> int:
 
     from ..export import export
 
-    if len(args.imgsz) not in (1, 2):
-        from ..errors import ExportError
-
-        raise ExportError("--imgsz takes one value or two (H W)")
-    imgsz = (args.imgsz[0], args.imgsz[-1])
-    res = export(args.weights, args.format, imgsz=imgsz, batch=args.batch, dynamic=args.dynamic, half=args.half,
-                 nms=args.nms, opset=args.opset, out=args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                 simplify=not args.no_simplify, verify_images=args.verify_source, atol=args.atol)
+    res = export(args.weights, spec_from_args(args))
     v = res.verify
     c = Console(soft_wrap=True)
-    c.print(f"[bold]{res.format}[/bold] export: {', '.join(str(f) for f in res.files)} ({res.size_mb:.2f} MB, "
-            f"{res.seconds:.1f} s)")
+    c.print(f"[bold]{res.format}[/bold] {res.metadata['precision']} export: {', '.join(str(f) for f in res.files)} "
+            f"({res.size_mb:.2f} MB, {res.seconds:.1f} s)")
     c.print(f"verified on input(s) {', '.join('x'.join(map(str, (s[0], 3, s[1], s[2]))) for s in v.shapes)}: "
             f"{v.summary()} -> [green]PASS[/green]")
     if args.json:

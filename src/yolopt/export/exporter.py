@@ -1,8 +1,10 @@
-"""Export a fused YOLOv5 model to ONNX, OpenVINO IR, TorchScript or a TensorRT engine, and verify it.
+"""Export a fused YOLOv5 model to a deployable artifact, and verify it.
 
-Every artifact is first written into a temporary folder next to the target, loaded back through
-:mod:`yolopt.runtime`, compared with the PyTorch model, and only then moved into place (a failed
-export leaves nothing behind).
+One :class:`ExportSpec` describes an export; :func:`export` runs it with the :class:`Exporter`
+registered for ``spec.format`` in :data:`EXPORTERS` (ONNX, OpenVINO IR, TorchScript, TensorRT
+here; :func:`register_exporter` adds more). Every artifact is first written into a temporary
+folder next to the target, loaded back through :mod:`yolopt.runtime`, compared with the PyTorch
+model, and only then moved into place: a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,20 +17,51 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..errors import ExportError
+from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
 from .verify import VerifyResult, verify
 
 log = logging.getLogger("yolopt")
 
-FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine"}
 TRT_MAGIC = b"YOLOPT1\0"
+
+# Every precision name yolopt knows. Which of them a format exports is its exporter's business; the
+# others get one line saying why not and what to do instead (below, when no exporter takes them).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+NOT_EXPORTED = {
+    "bf16": "it is a runtime precision; export fp32 and run the fp32 artifact with --precision bf16 on a CPU that "
+            "has AVX-512 BF16",
+    "int8": "quantization is a separate step; export fp32 (or fp16) and quantize the artifact",
+}
+
+
+@dataclass
+class ExportSpec:
+    """Everything one export needs; :func:`export` checks it and fills in the defaults."""
+
+    format: str = "onnx"  # a key of EXPORTERS
+    imgsz: int | tuple[int, int] = 640  # one size or (h, w), multiples of the model stride
+    batch: int = 1
+    dynamic: bool = False  # dynamic batch, height and width
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | int8; which ones a format accepts is the exporter's business
+    nms: bool = False  # post-processing inside the graph (formats registered with nms=True)
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    opset: int = 17
+    simplify: bool = True  # onnxslim clean-up of the ONNX graph
+    out: str | Path | None = None  # file (or folder for folder formats); default next to the weights
+    verify: bool = True  # False: no verification run (internal callers exporting to a temp dir)
+    verify_images: list | None = None  # images to verify on (default: a synthetic scene)
+    atol: float | None = None  # overrides the verification limit on scores
+    device: str | None = None  # None: cuda when the format or precision needs it, else cpu
 
 
 @dataclass
@@ -37,120 +70,221 @@ class ExportResult:
     path: Path
     files: list[Path]
     size_mb: float
-    seconds: float
-    verify: VerifyResult | None = None
+    seconds: float  # writing the artifact
+    verify: VerifyResult | None = None  # None when the spec said verify=False
     metadata: dict = field(default_factory=dict)
+    verify_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"format": self.format, "path": str(self.path), "files": [str(f) for f in self.files],
-                "size_mb": self.size_mb, "seconds": self.seconds, "metadata": self.metadata,
-                "verify": self.verify.to_dict() if self.verify else None}
+                "size_mb": self.size_mb, "seconds": self.seconds, "verify_seconds": self.verify_seconds,
+                "metadata": self.metadata, "verify": self.verify.to_dict() if self.verify else None}
 
 
-def _metadata(model, imgsz, batch, dynamic, half, nms) -> dict:
-    return {
-        "format": "yolopt-export",
-        "yolopt_version": __version__,
-        "names": list(model.names),
-        "nc": int(model.nc),
-        "stride": [int(s) for s in model.stride],
-        "imgsz": list(imgsz),
-        "batch": int(batch),
-        "dynamic": bool(dynamic),
-        "half": bool(half),
-        "nms": nms,
-    }
+# write(model, tmp_out, spec, meta, workdir) -> files. ``model`` is the fused fp32 PyTorch model (do not
+# modify it: see ``traceable``); ``tmp_out`` the artifact's path inside the temporary folder; ``spec``
+# resolved (imgsz a (h, w) tuple, device a string, out the final path); ``meta`` the metadata to store;
+# ``workdir`` a scratch folder for intermediate files. Returns the files to move into place, all in
+# ``tmp_out``'s folder, ``tmp_out`` among them (moved last, so a reader never sees half an artifact).
+WriteFn = Callable[[torch.nn.Module, Path, ExportSpec, dict, Path], list[Path]]
 
 
-def _enc(meta: dict) -> dict[str, str]:
-    return {k: json.dumps(v) for k, v in meta.items()}
+@dataclass(frozen=True)
+class Exporter:
+    name: str  # the --format value
+    suffix: str  # of the artifact file yolopt.runtime.load opens
+    write: WriteFn
+    precisions: tuple[str, ...] = ("fp32",)  # precisions it exports
+    needs_gpu: bool = False  # the format itself needs a CUDA GPU (TensorRT)
+    cuda_precisions: tuple[str, ...] = ()  # precisions that need a CUDA GPU in this format (FP16 tracing)
+    nms: bool = False  # supports spec.nms (post-processing inside the graph)
+    folder: bool = False  # the artifact is several files: default out is <stem>_<name>/<stem><suffix>
+    check: Callable[[ExportSpec, str], None] | None = None  # raises ExportError when a tool is missing
+    description: str = ""
 
 
-def _prepare(model, device: torch.device, half: bool):
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(name: str, suffix: str, *, precisions=("fp32",), needs_gpu: bool = False,
+                      cuda_precisions=(), nms: bool = False, folder: bool = False, check=None,
+                      description: str = "", override: bool = False):
+    """Decorator: register ``write`` (see ``WriteFn``) as the exporter of ``--format name``.
+
+    The new format needs nothing else: option checks, device choice, metadata, verification and the
+    atomic move into place are :func:`export`'s. Its artifact must open with ``yolopt.runtime.load``
+    (by suffix) and its precisions need a ``verify.TOLERANCE`` entry.
+    """
+    bad = [p for p in (*precisions, *cuda_precisions) if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"exporter '{name}': unknown precision(s) {bad} (known: {', '.join(PRECISIONS)})")
+
+    def deco(write: WriteFn) -> WriteFn:
+        if name in EXPORTERS and not override:
+            raise ValueError(f"export format '{name}' is already registered")
+        EXPORTERS[name] = Exporter(name, suffix.lower(), write, tuple(precisions), needs_gpu, tuple(cuda_precisions),
+                                   nms, folder, check, description or (write.__doc__ or "").strip().split("\n")[0])
+        return write
+
+    return deco
+
+
+def _join(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# --- helpers for exporters ---------------------------------------------------------------------------
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def traceable(model, device, precision: str = "fp32"):
+    """A fused, frozen copy of ``model`` on ``device`` in ``precision``, ready to trace."""
     m = copy.deepcopy(model).float().eval()
     if not m.is_fused:
         m.fuse()
     m.detect._grids = {}  # grids must be traced, not baked in from an earlier run
     for p in m.parameters():
         p.requires_grad_(False)
-    m = m.to(device)
-    return m.half() if half else m
+    return m.to(torch.device(device)).to(_DTYPES[precision])
 
 
-def export_onnx_file(model, path: Path, imgsz, batch=1, dynamic=False, half=False, nms=None, opset=17,
-                     simplify=True, meta: dict | None = None, device="cpu") -> Path:
-    """Write an ONNX file (fused, onnxslim-cleaned, optional in-graph NMS, metadata_props)."""
+def _example_input(spec: ExportSpec, dtype=None) -> torch.Tensor:
+    return torch.zeros(spec.batch, 3, *spec.imgsz, device=spec.device, dtype=dtype or _DTYPES[spec.precision])
+
+
+def _enc(meta: dict) -> dict[str, str]:
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def export_metadata(model, spec: ExportSpec) -> dict:
+    """The metadata every artifact carries (values JSON-encoded in the file)."""
+    return {
+        "format": "yolopt-export",
+        "yolopt_version": __version__,
+        "names": list(model.names),
+        "nc": int(model.nc),
+        "stride": [int(s) for s in model.stride],
+        "imgsz": list(spec.imgsz),
+        "batch": int(spec.batch),
+        "dynamic": bool(spec.dynamic),
+        "precision": spec.precision,
+        "nms": {"conf": spec.conf, "iou": spec.iou, "max_det": spec.max_det} if spec.nms else None,
+    }
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+# --- the built-in formats ----------------------------------------------------------------------------
+
+@register_exporter("onnx", ".onnx", precisions=("fp32", "fp16"), cuda_precisions=("fp16",), nms=True)
+def write_onnx(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
+    """ONNX: fused, onnxslim-cleaned, optional in-graph NMS, metadata in metadata_props."""
     import onnx
 
-    device = torch.device(device)
-    gpu_half = half and device.type == "cuda"
-    if half and not gpu_half:
-        raise ExportError(f"{path.name}: --half ONNX export traces the model in FP16 and needs a CUDA GPU "
-                          "(on a CPU use --format openvino --half)")
-    m = _prepare(model, device, gpu_half)
-    x = torch.zeros(batch, 3, *imgsz, device=device, dtype=torch.float16 if gpu_half else torch.float32)
+    m = traceable(model, spec.device, spec.precision)
     dyn = None
-    if dynamic:
+    if spec.dynamic:
         dyn = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(m, x, str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                              output_names=["output0"], dynamic_axes=dyn, do_constant_folding=True)
+            torch.onnx.export(m, _example_input(spec), str(out), dynamo=False, opset_version=spec.opset,
+                              input_names=["images"], output_names=["output0"], dynamic_axes=dyn,
+                              do_constant_folding=True)
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{path}: torch.onnx.export failed ({str(e).strip().splitlines()[0]})") from None
-    proto = onnx.load(str(path))
-    if simplify:
+            raise ExportError(f"{out.name}: torch.onnx.export failed ({_first_line(e)})") from None
+    proto = onnx.load(str(out))
+    if spec.simplify:
         try:
             import onnxslim
-
-            proto = onnxslim.slim(proto)
         except ImportError:
             raise ExportError("onnxslim is not installed (pip install 'yolopt[deploy]')") from None
-    if nms:
+        proto = onnxslim.slim(proto)
+    if spec.nms:
         from .onnx_nms import append_nms
 
-        proto = append_nms(proto, nms["conf"], nms["iou"], nms["max_det"])
+        proto = append_nms(proto, spec.conf, spec.iou, spec.max_det)
     del proto.metadata_props[:]
-    for k, v in _enc(meta or {}).items():
+    for k, v in _enc(meta).items():
         proto.metadata_props.add(key=k, value=v)
     proto.producer_name = "yolopt"
     proto.producer_version = __version__
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    onnx.save(proto, str(out))
+    return [out]
+
+
+def _intermediate_onnx(model, spec: ExportSpec, meta: dict, workdir: Path) -> Path:
+    """An fp32 ONNX traced on the CPU, for formats converted from ONNX."""
+    path = workdir / "intermediate.onnx"
+    write_onnx(model, path, replace(spec, precision="fp32", device="cpu"), meta, workdir)
     return path
 
 
-def export_openvino_files(onnx_path: Path, xml_path: Path, half: bool, meta: dict) -> list[Path]:
+@register_exporter("openvino", ".xml", precisions=("fp32", "fp16"), nms=True, folder=True)
+def write_openvino(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
+    """OpenVINO IR (.xml + .bin) converted from the ONNX; fp16 = FP16-compressed weights (runs on CPUs)."""
     try:
         import openvino as ov
     except ImportError:
         raise ExportError("OpenVINO export needs the `openvino` package (pip install 'yolopt[deploy]')") from None
-    ovm = ov.convert_model(str(onnx_path))
+    ovm = ov.convert_model(str(_intermediate_onnx(model, spec, meta, workdir)))
     for k, v in _enc(meta).items():
         ovm.set_rt_info(v, ["yolopt", k])
-    ov.save_model(ovm, str(xml_path), compress_to_fp16=bool(half))
-    return [xml_path, xml_path.with_suffix(".bin")]
+    ov.save_model(ovm, str(out), compress_to_fp16=spec.precision == "fp16")
+    return [out.with_suffix(".bin"), out]
 
 
-def export_torchscript_file(model, path: Path, imgsz, batch, half, meta, device="cpu") -> Path:
-    m = _prepare(model, torch.device(device), half)
-    x = torch.zeros(batch, 3, *imgsz, device=device, dtype=torch.float16 if half else torch.float32)
+class _CastInput(torch.nn.Module):
+    """Casts the input to the model's dtype, so an fp16 TorchScript artifact also takes fp32 input."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x):
+        return self.model(x.to(self.dtype))
+
+
+@register_exporter("torchscript", ".torchscript", precisions=("fp32", "fp16"), cuda_precisions=("fp16",))
+def write_torchscript(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
+    """TorchScript (traced, frozen); metadata in the extra file config.txt."""
+    dtype = _DTYPES[spec.precision]
+    m = traceable(model, spec.device, spec.precision)
+    if dtype != torch.float32:
+        m = _CastInput(m, dtype).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ts = torch.jit.trace(m, x, strict=False, check_trace=False)
-        ts = torch.jit.freeze(ts.eval()) if hasattr(torch.jit, "freeze") else ts
-    torch.jit.save(ts, str(path), _extra_files={"config.txt": json.dumps(_enc(meta))})
-    return path
+        ts = torch.jit.trace(m, _example_input(spec, torch.float32), strict=False, check_trace=False)
+        ts = torch.jit.freeze(ts.eval())
+    torch.jit.save(ts, str(out), _extra_files={"config.txt": json.dumps(_enc(meta))})
+    return [out]
 
 
-def export_tensorrt_file(onnx_path: Path, path: Path, imgsz, batch, dynamic, half, meta, workspace_gb=4.0,
-                         max_batch=None) -> Path:
+def _check_tensorrt(spec: ExportSpec, name: str) -> None:
     from ..runtime.backends import require_tensorrt
 
     try:
-        trt = require_tensorrt(path)
-    except Exception as e:  # noqa: BLE001
+        require_tensorrt(name)
+    except YoloptError as e:
+        raise ExportError(str(e).replace(f"{name}: ", f"{name}: --format tensorrt: ", 1)) from None
+
+
+@register_exporter("tensorrt", ".engine", precisions=("fp32", "fp16"), needs_gpu=True, check=_check_tensorrt)
+def write_tensorrt(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path, workspace_gb: float = 4.0,
+                   max_batch: int | None = None) -> list[Path]:
+    """TensorRT engine built from the ONNX (fp16 = FP16 builder flag), behind a yolopt metadata header."""
+    from ..runtime.backends import require_tensorrt
+
+    onnx_path = _intermediate_onnx(model, spec, meta, workdir)
+    try:
+        trt = require_tensorrt(out)
+    except YoloptError as e:
         raise ExportError(str(e)) from None
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -163,112 +297,187 @@ def export_tensorrt_file(onnx_path: Path, path: Path, imgsz, batch, dynamic, hal
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"{onnx_path}: TensorRT could not parse the ONNX model ({errs[:300]})")
+        raise ExportError(f"{out.name}: TensorRT could not parse the ONNX model ({errs[:300]})")
     inp = network.get_input(0)
-    if dynamic:
+    if spec.dynamic:
         profile = builder.create_optimization_profile()
-        h, w = imgsz
-        mb = max_batch or max(1, batch * 2)
-        profile.set_shape(inp.name, (1, 3, 32, 32), (batch, 3, h, w), (mb, 3, max(h, w) * 2, max(h, w) * 2))
+        h, w = spec.imgsz
+        mb = max_batch or max(1, spec.batch * 2)
+        profile.set_shape(inp.name, (1, 3, 32, 32), (spec.batch, 3, h, w), (mb, 3, max(h, w) * 2, max(h, w) * 2))
         config.add_optimization_profile(profile)
-    if half:
+    if spec.precision == "fp16":
         if not builder.platform_has_fast_fp16:
             log.warning("this GPU has no fast FP16; building the engine in FP16 anyway")
         config.set_flag(trt.BuilderFlag.FP16)
+    elif hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 convolutions differ like fp16 ones
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError(f"{path}: TensorRT engine build failed (see the TensorRT log above)")
+        raise ExportError(f"{out.name}: TensorRT engine build failed (see the TensorRT log above)")
     head = json.dumps(_enc(meta)).encode()
-    with open(path, "wb") as f:
+    with open(out, "wb") as f:
         f.write(TRT_MAGIC + len(head).to_bytes(4, "little") + head)
         f.write(bytes(serialized))
-    return path
+    return [out]
 
 
-def default_output(weights: Path, fmt: str) -> Path:
-    if fmt == "openvino":
-        return weights.parent / f"{weights.stem}_openvino" / f"{weights.stem}.xml"
-    return weights.with_suffix(FORMATS[fmt])
+# --- export ------------------------------------------------------------------------------------------
+
+def get_exporter(fmt: str) -> Exporter:
+    ex = EXPORTERS.get(str(fmt).lower())
+    if ex is None:
+        raise ExportError(f"unknown export format '{fmt}' (choose from {', '.join(EXPORTERS)})")
+    return ex
 
 
-def export(weights, format: str = "onnx", imgsz: int | tuple[int, int] = 640, batch: int = 1, dynamic: bool = False,
-           half: bool = False, nms: bool = False, opset: int = 17, out=None, conf: float = 0.25, iou: float = 0.45,
-           max_det: int = 300, simplify: bool = True, verify_images: list | None = None, atol: float | None = None,
-           model=None) -> ExportResult:
-    """Export ``weights`` (a .pt/.safetensors path; or pass a loaded ``model``) and verify the artifact."""
-    fmt = format.lower()
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format '{format}' (choose from {', '.join(FORMATS)})")
-    weights = Path(weights) if weights is not None else Path("model.pt")
-    if model is None:
-        model = load_model(weights)
+def _check_precision(ex: Exporter, precision: str) -> None:
+    if precision in ex.precisions:
+        return
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})")
+    if precision in NOT_EXPORTED and not any(precision in e.precisions for e in EXPORTERS.values()):
+        raise ExportError(f"--precision {precision} is not an export precision: {NOT_EXPORTED[precision]}")
+    raise ExportError(f"--precision {precision}: --format {ex.name} exports {_join(ex.precisions)}")
+
+
+def _check_options(ex: Exporter, spec: ExportSpec) -> None:
+    if spec.nms and not ex.nms:
+        raise ExportError(f"--nms is available for {_join(e.name for e in EXPORTERS.values() if e.nms)} exports, "
+                          f"not {ex.name}")
+    if spec.nms and (not 0 <= spec.conf <= 1 or not 0 <= spec.iou <= 1):
+        raise ExportError(f"NMS thresholds must be in [0, 1], got conf={spec.conf} iou={spec.iou}")
+    if spec.nms and spec.max_det < 1:
+        raise ExportError(f"--max-det {spec.max_det}: must be at least 1")
+    if spec.batch < 1:
+        raise ExportError(f"--batch {spec.batch}: must be at least 1")
+
+
+def _device(ex: Exporter, spec: ExportSpec) -> str:
+    """The device to trace/build on: cuda when the format or precision needs it (checked), else cpu."""
+    needs_cuda = ex.needs_gpu or spec.precision in ex.cuda_precisions
+    what = f"--format {ex.name}" if ex.needs_gpu else f"--precision {spec.precision} --format {ex.name}"
+    if spec.device is None:
+        if not needs_cuda:
+            return "cpu"
+        if not torch.cuda.is_available():
+            cpu_ok = [e.name for e in EXPORTERS.values()
+                      if spec.precision in e.precisions and spec.precision not in e.cuda_precisions
+                      and not e.needs_gpu]
+            hint = f"; on a CPU use --format {' or '.join(cpu_ok)} --precision {spec.precision}" if cpu_ok else ""
+            why = "" if ex.needs_gpu else f" ({spec.precision} tracing)"
+            raise ExportError(f"{what} needs a CUDA GPU{why} and none is available{hint}")
+        return "cuda:0"
+    from ..runtime.device import pick_device
+
+    dev = pick_device(spec.device)
+    if needs_cuda and dev.type != "cuda":
+        raise ExportError(f"{what} needs a CUDA GPU, not --device {spec.device}")
+    return str(dev)
+
+
+def _imgsz(imgsz, stride: int) -> tuple[int, int]:
     if isinstance(imgsz, int):
         imgsz = (imgsz, imgsz)
-    s = int(model.stride.max())
-    if imgsz[0] % s or imgsz[1] % s or min(imgsz) <= 0:
-        raise ExportError(f"--imgsz {imgsz[0]}x{imgsz[1]} must be a positive multiple of the model stride {s}")
-    if batch < 1:
-        raise ExportError(f"--batch {batch}: must be at least 1")
-    if nms and fmt in ("torchscript", "tensorrt"):
-        raise ExportError(f"--nms is available for onnx and openvino exports, not {fmt}")
-    if not 0 <= conf <= 1 or not 0 <= iou <= 1:
-        raise ExportError(f"NMS thresholds must be in [0, 1], got conf={conf} iou={iou}")
-    if fmt == "tensorrt":
-        from ..runtime.backends import require_tensorrt
+    try:
+        h, w = (int(v) for v in imgsz)
+    except (TypeError, ValueError):
+        raise ExportError(f"--imgsz {imgsz}: expected one size or two (H W)") from None
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        raise ExportError(f"--imgsz {h}x{w} must be a positive multiple of the model stride {stride}")
+    return h, w
 
-        try:
-            require_tensorrt(weights)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(str(e).replace(f"{weights}: ", f"{weights}: --format tensorrt: ")) from None
-    out = Path(out) if out else default_output(weights, fmt)
-    if fmt != "openvino" and out.suffix.lower() != FORMATS[fmt]:
-        out = out.with_suffix(FORMATS[fmt]) if out.suffix else out.parent / (out.name + FORMATS[fmt])
-    if fmt == "openvino" and out.suffix.lower() != ".xml":
-        out = out / f"{weights.stem}.xml"  # a folder
-    if half and fmt in ("onnx", "torchscript") and not torch.cuda.is_available():
-        raise ExportError(f"--half {fmt} export needs a CUDA GPU (FP16 tracing); on a CPU use --format openvino --half")
-    nms_cfg = {"conf": conf, "iou": iou, "max_det": max_det} if nms else None
-    meta = _metadata(model, imgsz, batch, dynamic, half, nms_cfg)
-    device = "cuda:0" if (half and torch.cuda.is_available()) else "cpu"
+
+def output_path(ex: Exporter, out: str | Path | None, weights: Path | None) -> Path:
+    """Where the artifact goes: ``out`` (suffix added; a folder for folder formats) or next to ``weights``."""
+    stem = weights.stem if weights is not None else "model"
+    if out is None:
+        if weights is None:
+            raise ExportError("an in-memory model needs an output path (ExportSpec.out)")
+        if ex.folder:
+            return weights.parent / f"{stem}_{ex.name}" / f"{stem}{ex.suffix}"
+        return weights.with_suffix(ex.suffix)
+    out = Path(out)
+    if out.suffix.lower() == ex.suffix:
+        return out
+    if ex.folder:
+        return out / f"{stem}{ex.suffix}"
+    return out.with_suffix(ex.suffix) if out.suffix else out.parent / (out.name + ex.suffix)
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """mkdir -p; returns the folders it created, deepest first (to remove them again on failure)."""
+    created = []
+    p = folder
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
+    """Export a model (a .pt/.safetensors path or an in-memory DetectionModel) as ``spec`` says.
+
+    The artifact is written into a temporary folder next to its target, verified there (unless
+    ``spec.verify`` is False) and moved into place only when it passes. User errors and failed
+    verification raise :class:`yolopt.errors.ExportError` with one line.
+    """
+    spec = spec or ExportSpec()
+    ex = get_exporter(spec.format)
+    _check_precision(ex, spec.precision)
+    _check_options(ex, spec)
+    weights = None if isinstance(model_or_path, torch.nn.Module) else Path(model_or_path)
+    name = str(weights) if weights is not None else str(spec.out or "model")
+    if ex.check:
+        ex.check(spec, name)
+    device = _device(ex, spec)
+    model = load_model(weights) if weights is not None else model_or_path
+    imgsz = _imgsz(spec.imgsz, int(model.stride.max()))
+    out = output_path(ex, spec.out, weights)
+    spec = replace(spec, format=ex.name, imgsz=imgsz, device=device, out=out)
+    meta = export_metadata(model, spec)
+    ref = copy.deepcopy(model).float().eval()
+    if not ref.is_fused:
+        ref.fuse()
 
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_dirs(out.parent)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.export.", dir=out.parent))
+    final: list[Path] = []
     try:
         tmp_out = tmpdir / out.name
-        files: list[Path]
-        if fmt == "onnx":
-            files = [export_onnx_file(model, tmp_out, imgsz, batch, dynamic, half, nms_cfg, opset, simplify, meta,
-                                      device=device)]
-        elif fmt == "openvino":
-            onnx_tmp = tmpdir / "_intermediate.onnx"
-            export_onnx_file(model, onnx_tmp, imgsz, batch, dynamic, False, nms_cfg, opset, simplify, meta)
-            files = export_openvino_files(onnx_tmp, tmp_out, half, meta)
-        elif fmt == "torchscript":
-            files = [export_torchscript_file(model, tmp_out, imgsz, batch, half, meta, device=device)]
-        else:
-            onnx_tmp = tmpdir / "_intermediate.onnx"
-            export_onnx_file(model, onnx_tmp, imgsz, batch, dynamic, False, nms_cfg, opset, simplify, meta)
-            files = [export_tensorrt_file(onnx_tmp, tmp_out, imgsz, batch, dynamic, half, meta)]
-        t_export = time.perf_counter() - t0
+        workdir = tmpdir / ".work"
+        workdir.mkdir()
+        files = [Path(f) for f in ex.write(ref, tmp_out, spec, meta, workdir)]
+        if tmp_out not in files or any(f.parent != tmpdir or not f.is_file() for f in files):
+            raise ExportError(f"{out}: exporter '{ex.name}' returned {[str(f) for f in files]}, expected files "
+                              f"next to {tmp_out} including it")
+        seconds = time.perf_counter() - t0
+        vres, t1 = None, time.perf_counter()
+        if spec.verify:
+            from ..runtime import load as load_backend
 
-        from ..runtime import load as load_backend
-
-        backend = load_backend(tmp_out)
-        ref = copy.deepcopy(model).float().eval()
-        if not ref.is_fused:
-            ref.fuse()
-        vres = verify(backend, ref, imgsz, batch=batch, dynamic=dynamic, half=half, atol=atol, images=verify_images,
-                      raise_on_fail=False)
-        del backend
-        if not vres.passed:
-            raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}")
-        final = []
-        for f in sorted(files, key=lambda p: p.suffix == ".xml"):  # .bin before .xml
+            backend = load_backend(tmp_out)
+            vres = verify(backend, ref, imgsz, batch=spec.batch, dynamic=spec.dynamic, precision=spec.precision,
+                          atol=spec.atol, images=spec.verify_images, raise_on_fail=False)
+            del backend
+            if not vres.passed:
+                raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}")
+        verify_seconds = time.perf_counter() - t1
+        for f in [f for f in files if f != tmp_out] + [tmp_out]:  # the file that opens the artifact last
             dest = out.parent / f.name
             os.replace(f, dest)
             final.append(dest)
-    finally:
+    except BaseException:
+        for f in final:
+            f.unlink(missing_ok=True)
         shutil.rmtree(tmpdir, ignore_errors=True)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(tmpdir, ignore_errors=True)
     size = sum(f.stat().st_size for f in final) / 1e6
-    return ExportResult(fmt, out, final, size, t_export, vres, meta)
+    return ExportResult(ex.name, out, [final[-1], *final[:-1]], size, seconds, vres, meta, verify_seconds)
