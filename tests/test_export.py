@@ -1,4 +1,5 @@
-"""yolopt export: ONNX / OpenVINO / TorchScript artifacts, metadata, in-graph NMS, verification, bad input."""
+"""yolopt export: ONNX / OpenVINO / TorchScript artifacts, metadata, in-graph NMS, verification, bad input,
+the exporter registry, precisions and the verification tolerances."""
 
 from __future__ import annotations
 
@@ -243,3 +244,241 @@ def test_tensorrt_engine(tmp_path, yolov5n_pt, bus_jpg, precision):
     assert b.name == "tensorrt" and b.names[0] == "person" and b.imgsz == (IMGSZ, IMGSZ)
     assert b(_bus_input(bus_jpg)).shape == (1, 3 * 21 * 64, 85)
 
+
+# --- registry --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def registry():
+    """EXPORTERS, restored after the test (tests register their own formats)."""
+    from yolopt.export import EXPORTERS
+
+    before = dict(EXPORTERS)
+    yield EXPORTERS
+    EXPORTERS.clear()
+    EXPORTERS.update(before)
+
+
+def test_registry_has_the_builtin_formats(registry):
+    assert list(registry)[:4] == ["onnx", "openvino", "torchscript", "tensorrt"]
+    assert {k: e.suffix for k, e in registry.items()} == {
+        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine"}
+    assert all(e.precisions == ("fp32", "fp16") for e in registry.values())
+    assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]
+    assert [k for k, e in registry.items() if "fp16" in e.cuda_precisions] == ["onnx", "torchscript"]
+    assert [k for k, e in registry.items() if e.nms] == ["onnx", "openvino"]
+    assert registry["openvino"].folder and not registry["onnx"].folder
+
+
+def _register_plain_onnx(name: str, corrupt: bool = False, **kwargs):
+    """A format added from outside: a plain torch.onnx.export (no onnxslim), optionally with a corrupted head."""
+    from yolopt.export import register_exporter, traceable
+
+    @register_exporter(name, ".onnx", **kwargs)
+    def write(model, out, spec, meta, workdir):
+        """Plain torch.onnx.export, metadata_props."""
+        m = traceable(model, spec.device)
+        torch.onnx.export(m, torch.zeros(spec.batch, 3, *spec.imgsz), str(workdir / "raw.onnx"), dynamo=False,
+                          opset_version=spec.opset, input_names=["images"], output_names=["output0"])
+        if corrupt:
+            _corrupt(workdir / "raw.onnx", workdir / "raw.onnx")
+        proto = onnx.load(str(workdir / "raw.onnx"))
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=json.dumps(v))
+        onnx.save(proto, str(out))
+        return [out]
+
+    return write
+
+
+def test_registered_format_plugs_in_and_is_verified(registry, tmp_path, yolov5n, bus_jpg):
+    from yolopt.export import ExportSpec, export
+
+    builtin = dict(registry)
+    _register_plain_onnx("onnx-plain")
+    assert {k: v for k, v in registry.items() if k != "onnx-plain"} == builtin  # the others untouched
+    assert registry["onnx-plain"].precisions == ("fp32",) and registry["onnx-plain"].description.startswith("Plain")
+    with pytest.raises(ValueError, match="already registered"):
+        _register_plain_onnx("onnx-plain")
+
+    # an in-memory model; written, loaded back through yolopt.runtime and verified like the built-ins
+    res = export(yolov5n, ExportSpec("onnx-plain", imgsz=IMGSZ, out=tmp_path / "p", verify_images=[bus_jpg]))
+    assert res.format == "onnx-plain" and res.path == tmp_path / "p.onnx" and res.files == [res.path]
+    assert res.verify.passed and res.verify.agreement == 1.0 and res.verify.detections_torch > 0
+    m = onnx.load(str(res.path))
+    assert "BatchNormalization" not in {n.op_type for n in m.graph.node}  # it got the fused model
+    meta = {p.key: json.loads(p.value) for p in m.metadata_props}
+    assert meta["precision"] == "fp32" and meta["imgsz"] == [IMGSZ, IMGSZ] and len(meta["names"]) == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]  # temp folder gone
+
+    # the registry's rules apply to it: precisions and --nms it does not declare are refused, nothing written
+    from yolopt.errors import ExportError
+
+    with pytest.raises(ExportError, match=r"^--precision fp16: --format onnx-plain exports fp32$"):
+        export(yolov5n, ExportSpec("onnx-plain", precision="fp16", out=tmp_path / "q.onnx"))
+    with pytest.raises(ExportError, match="--nms is available for onnx and openvino exports, not onnx-plain"):
+        export(yolov5n, ExportSpec("onnx-plain", nms=True, out=tmp_path / "q.onnx"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]
+
+
+def test_registered_format_failing_verification_writes_nothing(registry, tmp_path, yolov5n, bus_jpg):
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+
+    _register_plain_onnx("onnx-broken", corrupt=True)
+    spec = ExportSpec("onnx-broken", imgsz=IMGSZ, out=tmp_path / "b.onnx", verify_images=[bus_jpg])
+    with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
+        export(yolov5n, spec)
+    assert list(tmp_path.iterdir()) == []
+    # verify=False (internal callers exporting to a temp dir): no verification run, the file is written
+    res = export(yolov5n, ExportSpec("onnx-broken", imgsz=IMGSZ, out=tmp_path / "b.onnx", verify=False))
+    assert res.verify is None and res.path.exists() and res.files == [res.path]
+
+
+def test_in_memory_model_needs_an_output_path(yolov5n):
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+
+    with pytest.raises(ExportError, match="in-memory model needs an output path"):
+        export(yolov5n, ExportSpec("onnx", imgsz=IMGSZ))
+
+
+# --- precision -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,precision,code,needle", [
+    ("onnx", "bf16", 1, ("--precision bf16 is not an export precision: it is a runtime precision; export fp32 and "
+                         "run the fp32 artifact with --precision bf16 on a CPU that has AVX-512 BF16")),
+    ("openvino", "int8", 1, "--precision int8 is not an export precision: quantization is a separate step"),
+    ("onnx", "xyz", 2, "argument --precision: invalid choice: 'xyz'"),
+    pytest.param("onnx", "fp16", 1, ("--precision fp16 --format onnx needs a CUDA GPU (fp16 tracing) and none is "
+                                     "available; on a CPU use --format openvino --precision fp16"),
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
+])
+def test_bad_precision_is_one_line(tmp_path, yolov5n_pt, fmt, precision, code, needle):
+    r = run_cli("export", yolov5n_pt, "--format", fmt, "--precision", precision, "--out", tmp_path / "m")
+    assert r.returncode == code
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_half_is_a_deprecated_alias_of_fp16(caplog):
+    from yolopt.cli import build_parser
+    from yolopt.commands.export import spec_from_args
+    from yolopt.errors import ExportError
+
+    parse = build_parser().parse_args
+    assert spec_from_args(parse(["export", "m.pt", "--format", "openvino"])).precision == "fp32"
+    with caplog.at_level("WARNING", logger="yolopt"):
+        assert spec_from_args(parse(["export", "m.pt", "--format", "openvino", "--half"])).precision == "fp16"
+    assert "--half is deprecated; use --precision fp16" in caplog.text
+    with pytest.raises(ExportError, match="conflicts with --precision fp32"):
+        spec_from_args(parse(["export", "m.pt", "--format", "onnx", "--half", "--precision", "fp32"]))
+    assert "--half" not in build_parser()._subparsers._group_actions[0].choices["export"].format_help()
+
+
+def test_device_must_suit_the_precision(yolov5n_pt):
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+
+    with pytest.raises(ExportError, match="--precision fp16 --format torchscript needs a CUDA GPU, not --device cpu"):
+        export(yolov5n_pt, ExportSpec("torchscript", precision="fp16", device="cpu"))
+
+
+def test_torchscript_fp16_takes_fp32_input(tmp_path, yolov5n, bus_jpg):
+    """The fp16 TorchScript casts its input itself (traced here on the CPU; `export` traces fp16 on CUDA)."""
+    from dataclasses import replace
+
+    from yolopt import runtime
+    from yolopt.export import EXPORTERS, ExportSpec, export_metadata, verify
+
+    spec = ExportSpec("torchscript", imgsz=(IMGSZ, IMGSZ), precision="fp16", device="cpu")
+    meta = export_metadata(yolov5n, spec)
+    (tmp_path / "w").mkdir()
+    files = EXPORTERS["torchscript"].write(yolov5n, tmp_path / "h.torchscript", replace(spec), meta, tmp_path / "w")
+    assert files == [tmp_path / "h.torchscript"]
+    b = runtime.load(files[0])
+    assert b.half is False  # the runtime does not know it is fp16 (no `half` key) and feeds fp32
+    x = _bus_input(bus_jpg)
+    assert b.module(x).dtype == torch.float16
+    v = verify(b, yolov5n, (IMGSZ, IMGSZ), precision="fp16", images=[bus_jpg])
+    assert v.passed and v.max_box_diff > 0.05  # really fp16, and within the fp16 limits
+    assert not verify(b, yolov5n, (IMGSZ, IMGSZ), precision="fp32", images=[bus_jpg], raise_on_fail=False).passed
+
+
+# --- verification tolerances -----------------------------------------------------------------------
+
+class _Fn:
+    """A runtime-like backend computing its output with ``fn``."""
+
+    end2end, nms = False, None
+
+    def __init__(self, fn, name="synthetic"):
+        self.fn, self.path = fn, Path(name)
+
+    def __call__(self, x):
+        with torch.inference_mode():
+            return self.fn(x).float()
+
+
+def test_bf16_like_outputs_fail_fp32_and_pass_bf16(yolov5n, bus_jpg):
+    import copy
+
+    from yolopt.export import verify
+
+    fused = copy.deepcopy(yolov5n).fuse()
+
+    def perturbed(x):  # bf16-like: boxes off by a few px, scores by up to 0.05, output rounded to bf16
+        y = fused(x)
+        y[..., :2] += 1.5  # centres shifted
+        y[..., 2:4] *= 1.03  # sizes 3% larger
+        y[..., 4:] *= 0.95  # objectness and class probabilities 5% lower
+        return y.bfloat16()  # 8-bit mantissa
+
+    b = _Fn(perturbed)
+    res = {p: verify(b, fused, (IMGSZ, IMGSZ), precision=p, images=[bus_jpg], raise_on_fail=False)
+           for p in ("fp32", "fp16", "bf16")}
+    assert not res["fp32"].passed and res["fp32"].box_ratio > 10 and res["fp32"].max_score_diff > 0.01
+    assert not res["fp16"].passed and res["fp16"].max_score_diff > 0.03  # beyond fp16's score limit too
+    assert res["bf16"].passed, res["bf16"].summary()
+    assert res["bf16"].precision == "bf16" and res["bf16"].max_box_diff > 1.5 and res["bf16"].detections_torch > 20
+    assert res["bf16"].agreement > 0.9
+    assert "bf16: boxes max |diff|" in res["bf16"].summary() and "\n" not in res["bf16"].summary()
+
+    # the real thing: the model silently running in bf16 instead of fp32
+    bm = copy.deepcopy(fused).to(torch.bfloat16)
+    real = _Fn(lambda x: bm(x.bfloat16()))
+    r32 = verify(real, fused, (IMGSZ, IMGSZ), precision="fp32", raise_on_fail=False)
+    assert not r32.passed and r32.max_box_diff > 1 and r32.max_score_diff > 0.01
+    assert verify(real, fused, (IMGSZ, IMGSZ), precision="bf16", raise_on_fail=False).passed
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose raw output is one fixed box (xywh, input pixels) with a confident class 0."""
+
+    stride = torch.tensor([8.0, 16.0, 32.0])
+
+    def __init__(self, xywh):
+        super().__init__()
+        self.row = torch.tensor([*xywh, 0.9, 0.95] + [0.01] * 79)
+
+    def forward(self, x):
+        return self.row.expand(x.shape[0], 1, -1).clone()
+
+
+def test_box_limit_is_relative_and_absolute():
+    from yolopt.errors import ExportError
+    from yolopt.export import verify
+
+    ref = _Fixed([800.0, 400.0, 600.0, 300.0])  # an 800-px box (x2 at 1100)
+    imgsz = (1152, 1152)
+    for d, passed in [(0.02, True), (0.1, True), (0.2, False)]:  # fp32 limit at 800 px: 0.05 + 1e-4 x 800 = 0.13
+        moved = _Fixed([800.0 + d, 400.0, 600.0, 300.0])
+        v = verify(_Fn(moved), ref, imgsz, precision="fp32", raise_on_fail=False)
+        assert v.passed is passed and v.max_box_diff == pytest.approx(d, abs=1e-4)
+        assert v.box_ratio == pytest.approx(d / (0.05 + 1e-4 * 800), rel=1e-3)
+    # the same 0.1 px on a small coordinate (10 px: limit 0.051) fails
+    small, small_moved = _Fixed([10.0, 400.0, 16.0, 300.0]), _Fixed([10.1, 400.0, 16.0, 300.0])
+    v = verify(_Fn(small_moved), small, imgsz, precision="fp32", raise_on_fail=False)
+    assert not v.passed and v.agreement == 1.0 and v.max_score_diff == 0
+    with pytest.raises(ExportError, match="no verification tolerance for precision 'int8'"):
+        verify(_Fn(small), small, imgsz, precision="int8")
