@@ -361,7 +361,7 @@ def test_bad_precision_is_one_line(tmp_path, yolov5n_pt, fmt, precision, code, n
     assert list(tmp_path.iterdir()) == []
 
 
-def test_half_is_a_deprecated_alias_of_fp16(caplog):
+def test_half_is_a_deprecated_alias_of_fp16(caplog, capsys):
     from yolopt.cli import build_parser
     from yolopt.commands.export import spec_from_args
     from yolopt.errors import ExportError
@@ -373,7 +373,10 @@ def test_half_is_a_deprecated_alias_of_fp16(caplog):
     assert "--half is deprecated; use --precision fp16" in caplog.text
     with pytest.raises(ExportError, match="conflicts with --precision fp32"):
         spec_from_args(parse(["export", "m.pt", "--format", "onnx", "--half", "--precision", "fp32"]))
-    assert "--half" not in build_parser()._subparsers._group_actions[0].choices["export"].format_help()
+    with pytest.raises(SystemExit):
+        parse(["export", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--precision {fp32,fp16,bf16,int8}" in help_text and "--half" not in help_text  # hidden
 
 
 def test_device_must_suit_the_precision(yolov5n_pt):
@@ -482,3 +485,18 @@ def test_box_limit_is_relative_and_absolute():
     assert not v.passed and v.agreement == 1.0 and v.max_score_diff == 0
     with pytest.raises(ExportError, match="no verification tolerance for precision 'int8'"):
         verify(_Fn(small), small, imgsz, precision="int8")
+
+
+def test_new_precision_plugs_in_with_its_exporter(registry, tmp_path, yolov5n):
+    """An int8 exporter registered later: int8 becomes that format's business; verification needs its limits."""
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+
+    with pytest.raises(ExportError, match="quantization is a separate step"):
+        export(yolov5n, ExportSpec("onnx", precision="int8", out=tmp_path / "q.onnx"))
+    _register_plain_onnx("onnx-int8", precisions=("int8",))
+    with pytest.raises(ExportError, match=r"^--precision int8: --format onnx exports fp32 and fp16$"):
+        export(yolov5n, ExportSpec("onnx", precision="int8", out=tmp_path / "q.onnx"))
+    with pytest.raises(ExportError, match="no verification tolerance for precision 'int8'"):
+        export(yolov5n, ExportSpec("onnx-int8", precision="int8", out=tmp_path / "q.onnx"))
+    assert list(tmp_path.iterdir()) == []

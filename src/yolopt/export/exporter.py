@@ -26,7 +26,7 @@ import torch
 from .. import __version__
 from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
-from .verify import VerifyResult, verify
+from .verify import VerifyResult, tolerance, verify
 
 log = logging.getLogger("yolopt")
 
@@ -426,6 +426,8 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
     ex = get_exporter(spec.format)
     _check_precision(ex, spec.precision)
     _check_options(ex, spec)
+    if spec.verify:
+        tolerance(spec.precision)  # a precision without verification limits fails before any work
     weights = None if isinstance(model_or_path, torch.nn.Module) else Path(model_or_path)
     name = str(weights) if weights is not None else str(spec.out or "model")
     if ex.check:
