@@ -399,10 +399,10 @@ def test_torchscript_fp16_takes_fp32_input(tmp_path, yolov5n, bus_jpg):
     (tmp_path / "w").mkdir()
     files = EXPORTERS["torchscript"].write(yolov5n, tmp_path / "h.torchscript", replace(spec), meta, tmp_path / "w")
     assert files == [tmp_path / "h.torchscript"]
-    b = runtime.load(files[0])
-    assert b.half is False  # the runtime does not know it is fp16 (no `half` key) and feeds fp32
+    b = runtime.open(files[0], device="cpu")
+    assert b.artifact_precision == "fp16"  # read from the `precision` metadata
     x = _bus_input(bus_jpg)
-    assert b.module(x).dtype == torch.float16
+    assert b.module(x).dtype == torch.float16 and b.module(x.half()).dtype == torch.float16  # fp32 or fp16 input
     v = verify(b, yolov5n, (IMGSZ, IMGSZ), precision="fp16", images=[bus_jpg])
     assert v.passed and v.max_box_diff > 0.05  # really fp16, and within the fp16 limits
     assert not verify(b, yolov5n, (IMGSZ, IMGSZ), precision="fp32", images=[bus_jpg], raise_on_fail=False).passed

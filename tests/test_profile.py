@@ -215,9 +215,9 @@ def _has(mod):
 
 
 def test_onnx_model_input(yolov5n, machine, tmp_path, bus_jpg):
-    from yolopt.export import export
+    from yolopt.export import ExportSpec, export
 
-    path = export(None, "onnx", imgsz=160, out=tmp_path / "m.onnx", model=yolov5n).path
+    path = export(yolov5n, ExportSpec("onnx", imgsz=160, out=tmp_path / "m.onnx")).path
     r = profile_model(str(path), imgsz=640, threads=1, repeats=5, warmup=1, deploy=("onnxruntime",),
                       source=[str(bus_jpg)], pipeline_repeats=1, machine=machine)
     assert r["imgsz"] == 160  # taken from the model's fixed input shape

@@ -92,7 +92,7 @@ WriteFn = Callable[[torch.nn.Module, Path, ExportSpec, dict, Path], list[Path]]
 @dataclass(frozen=True)
 class Exporter:
     name: str  # the --format value
-    suffix: str  # of the artifact file yolopt.runtime.load opens
+    suffix: str  # of the artifact file (yolopt.runtime.open picks the runtime by suffix)
     write: WriteFn
     precisions: tuple[str, ...] = ("fp32",)  # precisions it exports
     needs_gpu: bool = False  # the format itself needs a CUDA GPU (TensorRT)
@@ -112,7 +112,7 @@ def register_exporter(name: str, suffix: str, *, precisions=("fp32",), needs_gpu
     """Decorator: register ``write`` (see ``WriteFn``) as the exporter of ``--format name``.
 
     The new format needs nothing else: option checks, device choice, metadata, verification and the
-    atomic move into place are :func:`export`'s. Its artifact must open with ``yolopt.runtime.load``
+    atomic move into place are :func:`export`'s. Its artifact must open with ``yolopt.runtime.open``
     (by suffix) and its precisions need a ``verify.TOLERANCE`` entry.
     """
     bad = [p for p in (*precisions, *cuda_precisions) if p not in PRECISIONS]
@@ -457,9 +457,9 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
         seconds = time.perf_counter() - t0
         vres, t1 = None, time.perf_counter()
         if spec.verify:
-            from ..runtime import load as load_backend
+            from ..runtime import open as open_backend
 
-            backend = load_backend(tmp_out)
+            backend = open_backend(tmp_out)
             vres = verify(backend, ref, imgsz, batch=spec.batch, dynamic=spec.dynamic, precision=spec.precision,
                           atol=spec.atol, images=spec.verify_images, raise_on_fail=False)
             del backend

@@ -34,9 +34,9 @@ def _have(mod: str) -> bool:
 
 def _export_onnx(fused, path: Path, batch: int, imgsz: int, dynamic: bool = False) -> Path:
     """The deployment view's artifact, made by :mod:`yolopt.export` like any other."""
-    from ..export import export
+    from ..export import ExportSpec, export
 
-    return export(None, "onnx", imgsz=imgsz, batch=batch, dynamic=dynamic, out=path, model=fused).path
+    return export(fused, ExportSpec("onnx", imgsz=imgsz, batch=batch, dynamic=dynamic, out=path, verify=False)).path
 
 
 def _runtime_backend(runtime: str, path: Path, threads: int | None):
