@@ -179,7 +179,7 @@ def test_val_refuses_nms_artifact(tmp_path, yolov5n_pt, small_data):
 _ALTSTACK_SCRIPT = """
 import faulthandler, gc, signal, subprocess, sys, threading
 import numpy as np
-from yolopt.runtime import load
+from yolopt.runtime import open as load
 from yolopt.runtime.altstack import current_sigaltstack
 faulthandler.enable()                             # gives the main thread an alternate signal stack
 signal.signal(signal.SIGCHLD, lambda *a: None)    # Python handlers run SA_ONSTACK (torch's DataLoader sets one)

@@ -16,6 +16,7 @@ import torch
 from ..errors import ExportError
 from ..ops.boxes import box_iou
 from ..ops.nms import non_max_suppression
+from ..ops.postprocess import split_end2end
 
 log = logging.getLogger("yolopt")
 
@@ -181,7 +182,7 @@ def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool
         if backend.end2end:
             nms = backend.nms or {}
             c, i_, md = nms.get("conf", conf), nms.get("iou", iou), nms.get("max_det", max_det)
-            exp_hi = [out[out[:, 0] == i][:, 1:] for i in range(b)]
+            exp_hi = split_end2end(out, b)
             exp_lo = exp_hi
             ref_hi = non_max_suppression(ref, min(1.0, c * 1.2), i_, max_det=md)
             ref_lo = non_max_suppression(ref, c / 2, i_, max_det=2 * md)

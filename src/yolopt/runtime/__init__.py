@@ -33,4 +33,3 @@ __all__ = [
     "ParallelBackend", "PRECISIONS", "backend_for", "check_precision", "default_threads", "open", "pick_device",
     "torch_threads", "RuntimeBackendError",
 ]
-load = open  # temporary alias while callers move to runtime.open
