@@ -189,3 +189,38 @@ def test_predict_never_overwrites_inputs(yolov5n_pt, tmp_path, bus_jpg):
     r = run_cli("predict", yolov5n_pt, tmp_path / "bus.jpg", "--out", tmp_path)
     assert r.returncode != 0
     assert (tmp_path / "bus.jpg").read_bytes() == before
+
+
+@pytest.mark.parametrize("cmd,args,option", [
+    ("predict", ["--imgsz", "0"], "--imgsz"),
+    ("predict", ["--imgsz", "-5"], "--imgsz"),
+    ("val", ["--imgsz", "100000"], "--imgsz"),
+    ("bench", ["--imgsz", "0"], "--imgsz"),
+    ("train", ["--imgsz", "-5"], "--imgsz"),
+    ("predict", ["--conf", "2"], "--conf"),
+    ("predict", ["--conf", "-1"], "--conf"),
+    ("val", ["--iou", "5"], "--iou"),
+    ("val", ["--batch", "0"], "--batch"),
+    ("predict", ["--max-det", "0"], "--max-det"),
+    ("export", ["--imgsz", "0"], "--imgsz"),
+    ("profile", ["--imgsz", "16"], "--imgsz"),
+])
+def test_numeric_options_one_rule_one_line(tmp_path, yolov5n_pt, bus_jpg, cmd, args, option):
+    """Every command validates numbers the same way, before any work: one line, exit 2, the option named."""
+    pos = {"predict": [yolov5n_pt, bus_jpg], "val": [yolov5n_pt, "--data", "x.yaml"], "bench": [yolov5n_pt],
+           "train": ["--data", "x.yaml", "--cfg", "yolov5n"], "export": [yolov5n_pt, "--format", "onnx"],
+           "profile": [yolov5n_pt]}[cmd]
+    r = run_cli(cmd, *pos, *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert option in r.stderr and f"yolopt {cmd}: error:" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_rounds_imgsz_up_like_every_command(tmp_path, yolov5n_pt):
+    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--imgsz", "33", "--out", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "not a multiple of the model stride 32; using 64" in r.stderr
+    from yolopt import runtime
+
+    assert runtime.open(tmp_path / "m.onnx").imgsz == (64, 64)

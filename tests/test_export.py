@@ -190,7 +190,7 @@ def test_failed_verification_writes_nothing(tmp_path, yolov5n_pt):
 
 @pytest.mark.parametrize("args,needle", [
     (["--format", "caffe"], "unknown export format 'caffe'"),
-    (["--format", "onnx", "--imgsz", "100"], "multiple of the model stride 32"),
+    (["--format", "onnx", "--imgsz", "64", "64", "64"], "--imgsz takes one value or two"),
     (["--format", "torchscript", "--nms"], "--nms is available for onnx and openvino exports, not torchscript"),
 ])
 def test_bad_export_options(tmp_path, yolov5n_pt, args, needle):

@@ -7,8 +7,8 @@
 
 __version__ = "0.1.0"
 
-from .models.checkpoint import load_model as load  # noqa: E402
 from .detect import predict  # noqa: E402
+from .models.checkpoint import load_model as load  # noqa: E402
 from .models.checkpoint import save_model as save  # noqa: E402
 
 __all__ = ["__version__", "load", "save", "predict"]

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from . import __version__
+from .commands._options import one_line_errors
 from .errors import YoloptError
 
 # Sub-commands, in the order `yolopt --help` lists them. Each module defines
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"yolopt.commands.{name}").register(sub)
+    for sp in sub.choices.values():  # bad options: one line and exit 2, for every command
+        one_line_errors(sp)
     return p
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from .data.images import list_images, read_image
 from .data.preprocess import preprocess
-from .ops.postprocess import postprocess
 from .fileio import atomic_write
+from .ops.postprocess import postprocess
 
 log = logging.getLogger("yolopt")
 

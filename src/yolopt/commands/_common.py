@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 
 from ..runtime import PRECISIONS
+from ._options import imgsz_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
 
 def add_common_model_args(p, imgsz: int = 640) -> None:
-    p.add_argument("--imgsz", type=int, default=imgsz, help=f"inference size in pixels (default {imgsz}); rounded up to the model stride")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--imgsz", type=imgsz_arg, default=imgsz, help=f"inference size in pixels (default {imgsz}); rounded up to the model stride")
+    p.add_argument("--workers", type=positive_int_arg, default=1,
                    help="parallel inference streams (separate sessions in threads; default 1)")
-    p.add_argument("--threads", type=int, help="intra-op threads per session (default: the runtime's choice)")
+    p.add_argument("--threads", type=positive_int_arg, help="intra-op threads per session (default: the runtime's choice)")
     p.add_argument("--device", default="auto", help="cpu, cuda:0 / 0, or auto (CUDA when available; default)")
     add_precision_arg(p)
 

@@ -7,6 +7,7 @@ import logging
 from ..errors import YoloptError
 from ..fileio import write_json
 from ._common import add_precision_arg
+from ._options import imgsz_arg, nonneg_int_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -20,13 +21,13 @@ def register(sub) -> None:
         "percentiles, FPS, throughput with N parallel streams (separate sessions in threads), peak RSS and size.",
     )
     p.add_argument("weights", help="model file")
-    p.add_argument("--imgsz", type=int, default=640, help="input size (default 640; fixed artifacts use their own)")
+    p.add_argument("--imgsz", type=imgsz_arg, default=640, help="input size (default 640; fixed artifacts use their own)")
     p.add_argument("--batch", default="1", help="batch size(s), comma separated, e.g. 1,8 (default 1)")
-    p.add_argument("--threads", type=int, help="intra-op threads per session (default: the runtime's choice)")
-    p.add_argument("--streams", type=int, default=1, help="parallel streams for the throughput figure (default 1)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up calls (default 10)")
+    p.add_argument("--threads", type=positive_int_arg, help="intra-op threads per session (default: the runtime's choice)")
+    p.add_argument("--streams", type=positive_int_arg, default=1, help="parallel streams for the throughput figure (default 1)")
+    p.add_argument("--warmup", type=nonneg_int_arg, default=10, help="warm-up calls (default 10)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--iters", type=int, default=100, help="timed calls (default 100)")
+    g.add_argument("--iters", type=positive_int_arg, default=100, help="timed calls (default 100)")
     g.add_argument("--duration", type=float, help="time for this many seconds instead of --iters")
     p.add_argument("--end2end", action="store_true", help="include decode + letterbox + NMS on --source images")
     p.add_argument("--source", nargs="+", help="images for --end2end (files, folders or globs)")

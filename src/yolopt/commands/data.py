@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from ._options import imgsz_arg, positive_int_arg
+
 log = logging.getLogger("yolopt")
 
 
@@ -18,9 +20,9 @@ def register(sub) -> None:
         "scale, rotation and occlusion on textured clutter backgrounds; 80/20 train/val split and data.yaml.",
     )
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--images", type=int, default=1000, help="number of images (default 1000)")
+    s.add_argument("--images", type=positive_int_arg, default=1000, help="number of images (default 1000)")
     s.add_argument("--classes", type=int, default=4, help="number of classes, 1-10 (default 4)")
-    s.add_argument("--imgsz", type=int, default=320, help="image size in pixels (default 320)")
+    s.add_argument("--imgsz", type=imgsz_arg, default=320, help="image size in pixels (default 320)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=run_synth)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..detect import predict, write_outputs
 from ..evaluate import evaluate
 from ..models.checkpoint import load_model
-from ..detect import predict, write_outputs
 
 log = logging.getLogger("yolopt")
 

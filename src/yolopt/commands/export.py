@@ -8,6 +8,7 @@ import logging
 from ..errors import ExportError
 from ..export.exporter import EXPORTERS, PRECISIONS
 from ..fileio import write_json
+from ._options import fraction_arg, imgsz_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -22,8 +23,8 @@ def register(sub) -> None:
     )
     p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
     p.add_argument("--format", required=True, help=", ".join(EXPORTERS))
-    p.add_argument("--imgsz", type=int, nargs="+", default=[640], help="input size: one value or H W (default 640)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the fixed input (default 1)")
+    p.add_argument("--imgsz", type=imgsz_arg, nargs="+", default=[640], help="input size: one value or H W (default 640)")
+    p.add_argument("--batch", type=positive_int_arg, default=1, help="batch size of the fixed input (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fp32 (default) or fp16 (openvino: FP16 weights, runs on a CPU; onnx/torchscript/tensorrt: "
@@ -32,9 +33,9 @@ def register(sub) -> None:
     p.add_argument("--device", help="device to trace/build on (default: cuda when the precision needs it, else cpu)")
     p.add_argument("--nms", action="store_true",
                    help="NMS inside the graph: outputs final detections (K,7) = [batch, x1, y1, x2, y2, conf, class]")
-    p.add_argument("--conf", type=float, default=0.25, help="--nms confidence threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="--nms IoU threshold (default 0.45)")
-    p.add_argument("--max-det", type=int, default=300, help="--nms maximum detections per image (default 300)")
+    p.add_argument("--conf", type=fraction_arg, default=0.25, help="--nms confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=fraction_arg, default=0.45, help="--nms IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=positive_int_arg, default=300, help="--nms maximum detections per image (default 300)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim clean-up")
     p.add_argument("--out", help="output file (or folder for openvino); default next to the weights")
@@ -43,7 +44,6 @@ def register(sub) -> None:
     p.add_argument("--atol", type=float, help="override the score tolerance of the verification")
     p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
     # a bad option value is one line (not the usage block), exit status 2 as argparse's
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message} (see {p.prog} --help)\n")
     p.set_defaults(func=run)
 
 

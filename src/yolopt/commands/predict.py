@@ -6,6 +6,7 @@ import logging
 
 from ..detect import predict, write_outputs
 from ._common import add_common_model_args
+from ._options import fraction_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -22,9 +23,9 @@ def register(sub) -> None:
                    ".torchscript / .engine")
     p.add_argument("source", nargs="+", help="image files, folders or glob patterns")
     add_common_model_args(p)
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--conf", type=fraction_arg, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=fraction_arg, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=positive_int_arg, default=300, help="maximum detections per image (default 300)")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     p.add_argument("--classes", type=int, nargs="+", help="keep only these class ids")
     p.add_argument("--out", help="folder for annotated images")

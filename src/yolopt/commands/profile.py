@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import YoloptError
+from ._options import imgsz_arg, nonneg_int_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -20,19 +21,19 @@ def register(sub) -> None:
         "(runtime view only).",
     )
     p.add_argument("model", help="model: .pt / .safetensors (full profile), or .onnx / .xml (runtime view only)")
-    p.add_argument("--imgsz", type=int, default=640, help="input size in pixels (default 640)")
-    p.add_argument("--batch", type=int, default=1, help="batch size for the per-layer profile (default 1)")
+    p.add_argument("--imgsz", type=imgsz_arg, default=640, help="input size in pixels (default 640)")
+    p.add_argument("--batch", type=positive_int_arg, default=1, help="batch size for the per-layer profile (default 1)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
                    help="runtime for the whole-model latency, pipeline and sweep (default torch)")
-    p.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: the runtime's own)")
+    p.add_argument("--threads", type=positive_int_arg, help="intra-op threads for every runtime (default: the runtime's own)")
     p.add_argument("--source", nargs="+", metavar="IMAGES",
                    help="images for the pipeline stages (default: the bundled sample images)")
     p.add_argument("--sweep", action="store_true", help="also sweep image sizes 320-640 x batches 1-16")
     p.add_argument("--json", metavar="PATH", help="write every number as JSON to PATH")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts into DIR")
-    p.add_argument("--top", type=int, default=10, help="how many bottleneck layers to report (default 10)")
-    p.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    p.add_argument("--top", type=positive_int_arg, default=10, help="how many bottleneck layers to report (default 10)")
+    p.add_argument("--repeats", type=positive_int_arg, default=30, help="timed repeats per measurement (default 30)")
+    p.add_argument("--warmup", type=nonneg_int_arg, default=5, help="untimed warm-up runs (default 5)")
     p.add_argument("--runtimes", nargs="*", choices=["onnxruntime", "openvino"],
                    help="runtimes for the deployment view (default: those installed; give none to skip)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the pipeline stages on images")
@@ -40,9 +41,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..fileio import write_json
     from ..profile import profile_model
     from ..profile.report import print_report, write_plots
-    from ..fileio import write_json
 
     if args.imgsz < 32:
         raise YoloptError(f"--imgsz {args.imgsz}: must be at least 32")

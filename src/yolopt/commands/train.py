@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import YoloptError
+from ._options import imgsz_arg, nonneg_int_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -21,22 +22,22 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="start from these weights (.pt or .safetensors)")
     src.add_argument("--cfg", help="train from scratch: built-in model name (yolov5n...) or a model yaml")
-    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
-    p.add_argument("--imgsz", type=int, default=640, help="train/val image size (default 640)")
-    p.add_argument("--batch", type=int, default=16, help="total batch size over all processes (default 16)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes per rank (default 2; 0 = main)")
+    p.add_argument("--epochs", type=positive_int_arg, default=100, help="epochs (default 100)")
+    p.add_argument("--imgsz", type=imgsz_arg, default=640, help="train/val image size (default 640)")
+    p.add_argument("--batch", type=positive_int_arg, default=16, help="total batch size over all processes (default 16)")
+    p.add_argument("--workers", type=nonneg_int_arg, default=2, help="data loading processes per rank (default 2; 0 = main)")
     p.add_argument("--device", default="auto", help="cpu, 0, 0,1 (use torchrun for several) or auto (default)")
     p.add_argument("--hyp", help="hyperparameter yaml overriding hyp.scratch-low values")
-    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers (10 = backbone)")
+    p.add_argument("--freeze", type=nonneg_int_arg, default=0, help="freeze the first N layers (10 = backbone)")
     p.add_argument("--out", help="run folder (default runs/train/exp, exp2, ...)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                    help="continue the run in DIR (default: newest under runs/train) exactly where it stopped")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and always the last)")
+    p.add_argument("--val-every", type=positive_int_arg, default=1, help="validate every N epochs (and always the last)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear learning-rate decay")
-    p.add_argument("--close-mosaic", type=int, default=10,
+    p.add_argument("--close-mosaic", type=nonneg_int_arg, default=10,
                    help="turn mosaic off for the last N epochs when training longer than N (default 10)")
-    p.add_argument("--nbs", type=int, default=64,
+    p.add_argument("--nbs", type=positive_int_arg, default=64,
                    help="nominal batch size: gradients are accumulated to about this many images per optimizer "
                         "step and weight decay is scaled to it (default 64, as upstream)")
     # the same names as engine.trainer.OPTIMIZERS, spelled out so `yolopt --help` does not import torch

@@ -10,6 +10,7 @@ from rich.table import Table
 from ..evaluate import evaluate
 from ..fileio import write_json
 from ._common import add_common_model_args
+from ._options import fraction_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -26,10 +27,10 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="dataset yaml (path / train / val / names)")
     p.add_argument("--split", default="val", choices=["val", "train", "test"], help="dataset split (default val)")
     add_common_model_args(p)
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (default 0.001)")
-    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default 300)")
+    p.add_argument("--batch", type=positive_int_arg, default=32, help="batch size (default 32)")
+    p.add_argument("--conf", type=fraction_arg, default=0.001, help="confidence threshold (default 0.001)")
+    p.add_argument("--iou", type=fraction_arg, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--max-det", type=positive_int_arg, default=300, help="maximum detections per image (default 300)")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--save-predictions", metavar="PATH", help="write predictions in COCO results format")
     p.add_argument("--verbose", action="store_true", help="per-class AP table")

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.dataset import image_files, image_size, label_path, load_data_config, read_labels
+from ..data.dataset import (
+    image_files,
+    image_size,
+    label_path,
+    load_data_config,
+    read_labels,
+)
 from ..data.images import read_image
 from ..data.letterbox import letterbox, resize_long_side
 from ..errors import DatasetError

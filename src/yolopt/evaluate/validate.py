@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.dataset import image_files, image_size, label_path, load_data_config, read_labels
+from ..data.dataset import (
+    image_files,
+    image_size,
+    label_path,
+    load_data_config,
+    read_labels,
+)
 from ..data.images import read_image
 from ..data.preprocess import MODES, preprocess, rect_shape
 from ..errors import DatasetError

@@ -25,6 +25,7 @@ import torch
 
 from .. import __version__
 from ..errors import ExportError, YoloptError
+from ..ops.sizes import check_imgsz
 from ..models.checkpoint import load_model
 from .verify import VerifyResult, tolerance, verify
 
@@ -382,9 +383,9 @@ def _imgsz(imgsz, stride: int) -> tuple[int, int]:
         h, w = (int(v) for v in imgsz)
     except (TypeError, ValueError):
         raise ExportError(f"--imgsz {imgsz}: expected one size or two (H W)") from None
-    if h <= 0 or w <= 0 or h % stride or w % stride:
-        raise ExportError(f"--imgsz {h}x{w} must be a positive multiple of the model stride {stride}")
-    return h, w
+    if h <= 0 or w <= 0:
+        raise ExportError(f"--imgsz {h}x{w}: sizes must be positive")
+    return check_imgsz(h, stride), check_imgsz(w, stride)  # rounded up like every other command
 
 
 def output_path(ex: Exporter, out: str | Path | None, weights: Path | None) -> Path:

@@ -6,7 +6,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 from ..bench import measure, time_calls
 from ..data.images import list_images, read_image
 from ..data.preprocess import preprocess
