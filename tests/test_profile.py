@@ -251,18 +251,24 @@ def test_cli_json_and_plots(yolov5n_pt, tmp_path):
 @pytest.mark.parametrize("args, msg", [
     (["missing.pt"], "weights file not found"),
     (["missing.onnx"], "model file not found"),
-    (["{pt}", "--imgsz", "0"], "--imgsz 0"),
-    (["{pt}", "--batch", "0"], "--batch 0"),
-    (["{pt}", "--threads", "0"], "--threads 0"),
+    (["{pt}", "--imgsz", "0"], "argument --imgsz: 0"),
+    (["{pt}", "--batch", "0"], "argument --batch: 0"),
+    (["{pt}", "--threads", "0"], "argument --threads: 0"),
     (["{pt}", "--source", "{tmp}/nothing.jpg"], "no such file"),
 ])
 def test_cli_bad_input(yolov5n_pt, tmp_path, capsys, args, msg):
     from yolopt.cli import main
 
     args = [a.replace("{pt}", str(yolov5n_pt)).replace("{tmp}", str(tmp_path)) for a in args]
-    assert main(["profile", *args, "--runtimes"]) == 1
+    parse_error = msg.startswith("argument")  # rejected while parsing options: exit 2
+    try:
+        rc = main(["profile", *args, "--runtimes"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == (2 if parse_error else 1)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("yolopt: error:") and msg in lines[0], lines
+    prefix = "yolopt profile: error:" if parse_error else "yolopt: error:"
+    assert len(lines) == 1 and lines[0].startswith(prefix) and msg in lines[0], lines
 
 
 def test_cli_bad_input_subprocess(tmp_path):
