@@ -224,3 +224,76 @@ def test_export_rounds_imgsz_up_like_every_command(tmp_path, yolov5n_pt):
     from yolopt import runtime
 
     assert runtime.open(tmp_path / "m.onnx").imgsz == (64, 64)
+
+
+@pytest.mark.parametrize("cmd,args,option", [
+    ("val", ["--data", "x.yaml", "--json", "/proc/x.json"], "--json /proc/x.json"),
+    ("predict", ["{bus}", "--out", "/proc/annot"], "--out /proc/annot"),
+    ("predict", ["{bus}", "--json", "{file}/d.json"], "--json"),
+    ("bench", ["--json", "{file}/b.json"], "--json"),
+    ("profile", ["--plot", "{file}"], "--plot"),
+    ("export", ["--format", "onnx", "--json", "/proc/e.json"], "--json /proc/e.json"),
+])
+def test_outputs_checked_before_any_work(tmp_path, yolov5n_pt, bus_jpg, cmd, args, option):
+    """A path that cannot be written is one line before the work starts (no 24 s val, then a traceback)."""
+    f = tmp_path / "some_file.txt"
+    f.write_text("x")
+    args = [a.replace("{bus}", str(bus_jpg)).replace("{file}", str(f)) for a in args]
+    r = run_cli(cmd, yolov5n_pt, *args, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and option in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["some_file.txt"]  # nothing ran, nothing written
+
+
+def test_val_data_that_is_not_yaml(yolov5n_pt, bus_jpg):
+    r = run_cli("val", yolov5n_pt, "--data", bus_jpg)
+    assert r.returncode == 1 and r.stderr.strip() == f"yolopt: error: {bus_jpg}: not a YAML data file (binary " \
+        "content; give the dataset's .yaml)"
+
+
+def test_broken_pipe_exits_quietly(yolov5n_pt):
+    import subprocess
+
+    cmd = f"'{sys.executable}' -m yolopt info '{yolov5n_pt}' | head -c 10 >/dev/null; echo rc=${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.stdout.strip() == "rc=0"
+
+
+def test_export_out_existing_folder_gets_a_file_inside(tmp_path, yolov5n_pt):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--imgsz", "64", "--out", exp, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (exp / "yolov5n.onnx").is_file() and not (tmp_path / "exp.onnx").exists()
+
+
+def test_synth_refuses_a_non_empty_folder_unless_forced(tmp_path):
+    out = tmp_path / "s"
+    assert run_cli("data", "synth", "--out", out, "--images", "10", "--imgsz", "64").returncode == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = run_cli("data", "synth", "--out", out, "--images", "4", "--imgsz", "64")
+    assert r.returncode == 1 and "not empty" in r.stderr and "--force" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+    r = run_cli("data", "synth", "--out", out, "--images", "4", "--imgsz", "64", "--force")
+    assert r.returncode == 0, r.stderr
+    assert len(list((out / "images").rglob("*.jpg"))) == 4  # a clean set of 4, not a mix with the old 10
+
+
+def test_predict_with_nothing_readable_fails(tmp_path, yolov5n_pt):
+    fake = tmp_path / "text.jpg"
+    fake.write_text("not an image")
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
+    r = run_cli("predict", yolov5n_pt, fake, trunc, "--json", tmp_path / "d.json")
+    assert r.returncode == 1 and "none of the 2 input(s)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_profile_tables_are_not_cut_when_piped(yolov5n_pt, tmp_path):
+    r = run_cli("profile", yolov5n_pt, "--imgsz", "64", "--repeats", "1", "--warmup", "0", "--runtimes",
+                "--no-pipeline", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) > 80  # rich would cut at 80 columns off a terminal
+    assert "…" not in r.stdout.split("findings")[0]  # no ellipsised cells in the tables

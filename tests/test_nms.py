@@ -72,3 +72,18 @@ def test_box_conversions_roundtrip():
     out = scale_boxes(b.clone(), (0.5, 0.5), (10.0, 20.0), (500, 500))
     assert out.tolist() == [[180.0, 120.0, 500.0, 500.0]]
     assert np.isclose(box_iou(b, b).item(), 1.0)
+
+
+def test_zero_area_boxes_give_no_nan_warning():
+    """Degenerate (zero-area) predictions early in training used to print a RuntimeWarning from 0/0."""
+    import warnings
+
+    import numpy as np
+
+    from yolopt.ops.nms import _greedy_one_class
+
+    b = np.array([[10, 10, 10, 10], [10, 10, 10, 10], [0, 0, 20, 20], [1, 1, 19, 19]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        keep = _greedy_one_class(b, 0.45, 10)
+    assert keep == [0, 1, 2]  # zero-area boxes overlap nothing; box 3 (IoU 0.81 with box 2) is suppressed

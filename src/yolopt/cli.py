@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -60,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(getattr(args, "verbose", False))
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+        return rc
     except YoloptError as e:
         print(f"yolopt: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `yolopt ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # a file system refusal (permissions, full disk) with the file it concerns
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"yolopt: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("yolopt: interrupted", file=sys.stderr)

@@ -23,3 +23,15 @@ def add_precision_arg(p) -> None:
     p.add_argument("--precision", choices=PRECISIONS, metavar="{" + ",".join(PRECISIONS) + "}",
                    help="compute precision (default: the artifact's own, fp32 for PyTorch and FP32 artifacts on "
                    "every CPU). bf16/fp16 run only when asked for, on a runtime and CPU that have them")
+
+
+def console(**kwargs):
+    """A rich Console for command output: the terminal's width, or wide enough (160) when piped to a
+    file, where rich would otherwise cut tables at 80 columns."""
+    import sys
+
+    from rich.console import Console
+
+    if not sys.stdout.isatty() and "width" not in kwargs:
+        kwargs["width"] = 160
+    return Console(**kwargs)

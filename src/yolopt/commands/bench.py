@@ -7,7 +7,7 @@ import logging
 from ..errors import YoloptError
 from ..fileio import write_json
 from ._common import add_precision_arg
-from ._options import imgsz_arg, nonneg_int_arg, positive_int_arg
+from ._options import check_output, imgsz_arg, nonneg_int_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -49,14 +49,15 @@ def _batches(spec: str) -> list[int]:
 
 
 def run(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..bench import measure
     from ..machine import describe
     from ..runtime import open as open_backend
     from ..runtime import torch_threads
+    from ._common import console
 
+    check_output(args.json, "--json")
     batches = _batches(args.batch)
     if args.end2end and not args.source:
         raise YoloptError("--end2end needs --source IMAGES")
@@ -84,7 +85,7 @@ def run(args) -> int:
         L = r.latency_ms
         t.add_row(str(r.batch), f"{L['p50']:.2f}", f"{L['p90']:.2f}", f"{L['p99']:.2f}", f"{L['mean']:.2f}",
                   f"{r.fps:.1f}", f"{r.throughput_fps:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.2f}")
-    Console().print(t)
+    console().print(t)
     if args.json:
         payload = [r.to_dict() for r in records]
         write_json(args.json, payload[0] if len(payload) == 1 else payload)

@@ -6,11 +6,10 @@ import logging
 import os
 from pathlib import Path
 
-from rich.console import Console
-
 from ..detect import predict, write_outputs
 from ..evaluate import evaluate
 from ..models.checkpoint import load_model
+from ._common import console as make_console
 
 log = logging.getLogger("yolopt")
 
@@ -37,7 +36,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     shared = find_shared()
-    console = Console()
+    console = make_console()
     if shared is None:
         console.print("[yellow]yolopt demo: no shared assets found[/] (looked for ../shared/weights/yolov5n.pt; "
                       "set YOLOPT_SHARED=/path/to/shared). Nothing to run.")

@@ -8,7 +8,7 @@ import logging
 from ..errors import ExportError
 from ..export.exporter import EXPORTERS, PRECISIONS
 from ..fileio import write_json
-from ._options import fraction_arg, imgsz_arg, positive_int_arg
+from ._options import check_output, fraction_arg, imgsz_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -65,13 +65,13 @@ def spec_from_args(args):
 
 
 def run(args) -> int:
-    from rich.console import Console
-
+    check_output(args.json, "--json")
     from ..export import export
+    from ._common import console
 
     res = export(args.weights, spec_from_args(args))
     v = res.verify
-    c = Console(soft_wrap=True)
+    c = console(soft_wrap=True)
     c.print(f"[bold]{res.format}[/bold] {res.metadata['precision']} export: {', '.join(str(f) for f in res.files)} "
             f"({res.size_mb:.2f} MB, {res.seconds:.1f} s)")
     c.print(f"verified on input(s) {', '.join('x'.join(map(str, (s[0], 3, s[1], s[2]))) for s in v.shapes)}: "

@@ -6,7 +6,7 @@ import logging
 
 from ..detect import predict, write_outputs
 from ._common import add_common_model_args
-from ._options import fraction_arg, positive_int_arg
+from ._options import check_output, fraction_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -35,6 +35,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_output(None if args.json == "-" else args.json, "--json")
+    check_output(args.out, "--out", folder=True)
     import json
     import sys
 
@@ -63,6 +65,11 @@ def run(args) -> int:
             results = [r for part in parts for r in part]
         else:
             results = predict(model, files, **kw)
+    if files and not results:
+        from ..errors import YoloptError
+
+        raise YoloptError(f"{files[0] if len(files) == 1 else args.source[0]}: none of the {len(files)} input(s) could "
+                          "be read as an image (corrupt, truncated or not an image); nothing was written")
     json_path = None if args.json in (None, "-") else args.json
     write_outputs(results, args.out, json_path)
     if args.json == "-":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import YoloptError
-from ._options import imgsz_arg, nonneg_int_arg, positive_int_arg
+from ._options import check_output, imgsz_arg, nonneg_int_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -41,9 +41,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_output(args.json, "--json")
+    check_output(args.plot, "--plot", folder=True)
     from ..fileio import write_json
     from ..profile import profile_model
     from ..profile.report import print_report, write_plots
+    from ._common import console
 
     if args.imgsz < 32:
         raise YoloptError(f"--imgsz {args.imgsz}: must be at least 32")
@@ -57,7 +60,7 @@ def run(args) -> int:
         deploy=None if args.runtimes is None else tuple(args.runtimes), pipeline=not args.no_pipeline,
         progress=lambda m: log.info("... %s", m),
     )
-    print_report(rep, top=args.top)
+    print_report(rep, top=args.top, console=console())
     if args.json:
         write_json(args.json, rep)
     if args.plot:

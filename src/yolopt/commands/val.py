@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from rich.console import Console
 from rich.table import Table
 
 from ..evaluate import evaluate
 from ..fileio import write_json
 from ._common import add_common_model_args
-from ._options import fraction_arg, positive_int_arg
+from ._common import console as make_console
+from ._options import check_output, fraction_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -38,6 +38,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_output(args.json, "--json")
+    check_output(args.save_predictions, "--save-predictions")
     from ..runtime import open as open_backend
     from ..runtime import torch_threads
 
@@ -50,7 +52,7 @@ def run(args) -> int:
         log.info("%s: fixed %dx%d input, evaluated with a square letterbox; a PyTorch or --dynamic model is evaluated "
                  "with rect batches (less padding), so its mAP differs slightly: compare like with like",
                  args.weights, res.imgsz, res.imgsz)
-    console = Console(stderr=False)
+    console = make_console()
     t = Table(title=f"{args.weights} [{res.backend} {res.inference_precision}] on {args.data} [{args.split}] at {res.imgsz}, "
               f"{res.mode} letterbox")
     for col in ("class", "images", "instances", "P", "R", "mAP50", "mAP50-95"):

@@ -52,12 +52,16 @@ def load_data_config(path: str | Path) -> DataConfig:
     if not path.is_file():
         raise DatasetError(f"{path}: data yaml not found")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a YAML data file (binary content; give the dataset's .yaml)") from None
     except yaml.YAMLError as e:
         raise DatasetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the data yaml ({e.strerror})") from None
     if not isinstance(cfg, dict):
-        raise DatasetError(f"{path}: data yaml must be a mapping")
+        raise DatasetError(f"{path}: not a YAML data file (expected a mapping with path / train / val / names)")
     if "names" not in cfg:
         raise DatasetError(f"{path}: data yaml has no `names` (class names)")
     names = _names_from(cfg["names"], path)

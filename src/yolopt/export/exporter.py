@@ -25,8 +25,8 @@ import torch
 
 from .. import __version__
 from ..errors import ExportError, YoloptError
-from ..ops.sizes import check_imgsz
 from ..models.checkpoint import load_model
+from ..ops.sizes import check_imgsz
 from .verify import VerifyResult, tolerance, verify
 
 log = logging.getLogger("yolopt")
@@ -397,10 +397,11 @@ def output_path(ex: Exporter, out: str | Path | None, weights: Path | None) -> P
         if ex.folder:
             return weights.parent / f"{stem}_{ex.name}" / f"{stem}{ex.suffix}"
         return weights.with_suffix(ex.suffix)
+    as_folder = str(out).endswith(("/", "\\"))  # `--out exp/`: a folder, even before it exists
     out = Path(out)
-    if out.suffix.lower() == ex.suffix:
+    if out.suffix.lower() == ex.suffix and not out.is_dir():
         return out
-    if ex.folder:
+    if ex.folder or as_folder or out.is_dir():
         return out / f"{stem}{ex.suffix}"
     return out.with_suffix(ex.suffix) if out.suffix else out.parent / (out.name + ex.suffix)
 

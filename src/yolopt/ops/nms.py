@@ -43,7 +43,9 @@ def _greedy_one_class(b: np.ndarray, iou_thres: float, limit: int) -> list[int]:
         w = np.minimum(b[i, 2], o[:, 2]) - np.maximum(b[i, 0], o[:, 0])
         h = np.minimum(b[i, 3], o[:, 3]) - np.maximum(b[i, 1], o[:, 1])
         inter = np.maximum(w, 0, dtype=np.float32) * np.maximum(h, 0, dtype=np.float32)
-        iou = inter / (area[i] + area[rest] - inter)
+        union = area[i] + area[rest] - inter
+        # zero-area boxes (a degenerate prediction) have no overlap: IoU 0, never NaN, and they do not suppress
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         rest = rest[iou <= iou_thres]
     return keep
 
