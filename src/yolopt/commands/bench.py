@@ -76,7 +76,7 @@ def run(args) -> int:
                                    iters=None if args.duration else args.iters, duration=args.duration,
                                    streams=args.streams, source=args.source if args.end2end else None,
                                    model_name=args.weights))
-    t = Table(title=f"{args.weights} [{model.name} {model.precision}] {'end-to-end' if args.end2end else 'model only'}"
+    t = Table(title=f"{args.weights} ({model.name}, {model.precision}) {'end-to-end' if args.end2end else 'model only'}"
               f" on {describe()}")
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS", f"thru x{args.streams} FPS", "peak RSS MB",
                 "size MB"):

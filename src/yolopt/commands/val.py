@@ -53,7 +53,8 @@ def run(args) -> int:
                  "with rect batches (less padding), so its mAP differs slightly: compare like with like",
                  args.weights, res.imgsz, res.imgsz)
     console = make_console()
-    t = Table(title=f"{args.weights} [{res.backend} {res.inference_precision}] on {args.data} [{args.split}] at {res.imgsz}, "
+    t = Table(title=f"{args.weights} ({res.backend}, {res.inference_precision}) on {args.data} ({args.split}) at "
+              f"{res.imgsz}, "
               f"{res.mode} letterbox")
     for col in ("class", "images", "instances", "P", "R", "mAP50", "mAP50-95"):
         t.add_column(col, justify="right")
