@@ -513,7 +513,14 @@ class Trainer:
         self.accumulate = int(st.get("accumulate", self.accumulate))
         self.best_fitness = float(st.get("best_fitness", -1.0))
         self.history = list(st.get("history", []))
-        self.scheduler.last_epoch = self.start_epoch - 1
+        # The schedule's position: every epoch ends with scheduler.step(), so when epoch e starts
+        # last_epoch == e. Checkpoints without a saved schedule (older yolopt) get that value; they
+        # used to get start_epoch - 1, which set every post-warm-up lr one epoch behind.
+        sched = st.get("scheduler") or {}
+        self.scheduler.last_epoch = int(sched.get("last_epoch", self.start_epoch))
+        if sched.get("base_lrs"):
+            self.scheduler.base_lrs = [float(v) for v in sched["base_lrs"]]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         set_rng_state(tensors, st.get("rng", {}))
         del self._tensors
         log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, self.cfg.epochs)
@@ -758,6 +765,7 @@ class Trainer:
     def _save(self, epoch: int, best: bool) -> None:
         state = {"epoch": epoch, "ema_updates": self.ema.updates, "best_fitness": self.best_fitness,
                  "last_opt_step": self.last_opt_step, "accumulate": self.accumulate,
+                 "scheduler": {"last_epoch": self.scheduler.last_epoch, "base_lrs": list(self.scheduler.base_lrs)},
                  "history": self.history, "config": asdict(self.cfg), "hyp": self.hyp}
         prov = {"trained_from": self._model_source(), "data": str(self.cfg.data), "epochs": epoch + 1}
         last = self.out / LAST
