@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import yolopt
 from yolopt.data.synth import generate
 from yolopt.engine.checkpoint import read_train_checkpoint
 from yolopt.engine.trainer import Callback, train
@@ -81,3 +82,46 @@ def test_resume_is_bit_exact_across_the_end_of_warmup(warm_data, tmp_path, one_t
     lrs = [[row[f"lr/pg{j}"] for j in range(3)] for row in sa["history"]]
     assert lrs == [[row[f"lr/pg{j}"] for j in range(3)] for row in sb["history"]]
     assert lrs[13] != lrs[12]  # the last epoch ran on the schedule, after the warm-up
+
+
+class _StopAfterFirstEpoch(Callback):
+    class Stop(Exception):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        raise self.Stop
+
+
+def test_best_holds_only_the_deployable_weights_and_last_still_resumes(warm_data, tmp_path, one_thread):
+    import json
+
+    from safetensors import safe_open
+
+    kw = {**WARM, "batch": 4, "nbs": 64, "epochs": 2, "val_every": 1}
+    with pytest.raises(_StopAfterFirstEpoch.Stop):
+        train(warm_data, out=tmp_path / "run", workers=0, callbacks=[_StopAfterFirstEpoch()], **kw)
+    best, last = tmp_path / "run" / "best.safetensors", tmp_path / "run" / "last.safetensors"
+    assert best.is_file() and last.is_file()
+    n_params = yolopt.load(best).num_params()
+    assert best.stat().st_size < 4 * n_params * 1.15  # fp32 weights + BN statistics + header, nothing more
+    assert last.stat().st_size > 2.5 * best.stat().st_size  # raw weights, optimizer momenta: only in last
+    with safe_open(str(best), "pt") as f:
+        keys, md = list(f.keys()), f.metadata()
+    assert not [k for k in keys if k.startswith(("train.", "optim.", "rng."))]
+    assert set(md) == {"yolopt"} and json.loads(md["yolopt"])["format"] == "yolopt-model"
+    with pytest.raises(yolopt.errors.CheckpointError, match="not a yolopt training checkpoint"):
+        read_train_checkpoint(best)  # best is no resume point
+    m = yolopt.load(best)  # the EMA weights of the best epoch (the only one so far), as a plain model
+    assert m.nc == 3 and m.names[0] == "circle" and m.imgsz == 64
+    tensors, _, _ = read_train_checkpoint(last)
+    ema = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    assert m.state_dict().keys() == ema.keys() and all(torch.equal(v, ema[k]) for k, v in m.state_dict().items())
+
+    before = best.read_bytes()
+    train(resume=tmp_path / "run", workers=0, progress=False)  # last still resumes
+    tensors, _, st = read_train_checkpoint(last)
+    assert st["epoch"] == 1 and len(st["history"]) == 2
+    ema = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    improved = st["history"][1]["fitness"] > st["history"][0]["fitness"]
+    same = all(torch.equal(v, ema[k]) for k, v in yolopt.load(best).state_dict().items())
+    assert same == improved and (best.read_bytes() == before) == (not improved)

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch import nn
 
 from ..errors import YoloptError
 from ..fileio import atomic_write
-from ..models.checkpoint import load_model, model_from_tensors
+from ..models.checkpoint import load_model, model_from_tensors, save_model
 from ..models.configs import load_config
 from ..models.yolo import DetectionModel
 from .checkpoint import (
@@ -771,8 +770,8 @@ class Trainer:
         last = self.out / LAST
         save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
                               imgsz=self.imgsz, train_state=state, provenance=prov)
-        if best:
-            atomic_write(self.out / BEST, lambda tmp: shutil.copy(last, tmp))  # content + mode
+        if best:  # the deployable model only: EMA weights + model metadata (last.safetensors resumes)
+            save_model(self.ema.ema, self.out / BEST, imgsz=self.imgsz, provenance=prov)
 
     def _write_results(self) -> None:
         buf = io.StringIO()
