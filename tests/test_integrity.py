@@ -125,3 +125,296 @@ def test_best_holds_only_the_deployable_weights_and_last_still_resumes(warm_data
     improved = st["history"][1]["fitness"] > st["history"][0]["fitness"]
     same = all(torch.equal(v, ema[k]) for k, v in yolopt.load(best).state_dict().items())
     assert same == improved and (best.read_bytes() == before) == (not improved)
+
+
+# ----------------------------------------------------------------------------- corrupted checkpoints
+
+
+def _one_line_refusal(err: Exception, path: Path) -> str:
+    msg = str(err)
+    assert "\n" not in msg and msg.startswith(f"{path}:"), msg
+    return msg
+
+
+def _zip_headers(data: bytes, path: Path) -> list[tuple[int, int]]:
+    """Byte spans of a zip's local file headers (with names and extra fields) and of its central
+    directory + end record."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        spans = []
+        for info in zf.infolist():
+            o = info.header_offset
+            name_len, extra_len = struct.unpack("<HH", data[o + 26:o + 30])
+            spans.append((o, o + 30 + name_len + extra_len))
+        spans.append((zf.start_dir, len(data)))
+    return spans
+
+
+def _zip_data(path: Path) -> list[tuple[int, int]]:
+    """Byte spans of the records' contents (pickle and tensor storages)."""
+    import struct
+    import zipfile
+
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        out = []
+        for info in zf.infolist():
+            o = info.header_offset
+            name_len, extra_len = struct.unpack("<HH", data[o + 26:o + 30])
+            start = o + 30 + name_len + extra_len
+            if info.compress_size:
+                out.append((start, start + info.compress_size))
+    return out
+
+
+def _safetensors_spans(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    import struct
+
+    (n,) = struct.unpack("<Q", data[:8])
+    return [(0, 8 + n)], [(8 + n, len(data))]
+
+
+KINDS = ("data", "header", "truncate", "zero", "header+data")
+
+
+def _mutate(data: bytes, seed: int, headers, contents) -> tuple[bytes, str]:
+    import random
+
+    r = random.Random(seed)
+    kind = KINDS[seed % len(KINDS)]
+    b = bytearray(data)
+
+    def flip(spans, times):
+        for _ in range(times):
+            lo, hi = r.choice(spans)
+            p = r.randrange(lo, hi)
+            b[p] ^= 1 << r.randrange(8)
+
+    if kind == "data":
+        flip(contents, r.randint(1, 3))
+    elif kind == "header":
+        flip(headers, r.randint(1, 2))
+    elif kind == "header+data":
+        flip(headers, 1)
+        flip(contents, 1)
+    elif kind == "truncate":
+        b = b[:r.randrange(0, len(b))]
+    else:
+        p = r.randrange(len(b))
+        n = r.choice([8, 64, 512, 4096])
+        b[p:p + n] = bytes(len(b[p:p + n]))
+    return bytes(b), kind
+
+
+class _Hang(Exception):
+    pass
+
+
+def _load_with_deadline(path: Path, seconds: float = 20.0):
+    import signal
+
+    def alarm(*_):
+        raise _Hang(f"{path}: still loading after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return yolopt.load(path)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _same_model(m, ref) -> bool:
+    a, b = m.state_dict(), ref.state_dict()
+    return (a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+            and m.names == ref.names and torch.equal(m.stride, ref.stride) and m.yaml == ref.yaml)
+
+
+def _fuzz(src: Path, ref, spans, tmp: Path, seeds: int) -> dict[str, list]:
+    """Load ``seeds`` mutated copies of ``src``: each must load as ``ref`` exactly or be refused
+    with one CheckpointError line; returns {outcome: [(seed, kind, path)]}."""
+    data = src.read_bytes()
+    outcome: dict[str, list] = {"same": [], "refused": []}
+    for seed in range(seeds):
+        mutated, kind = _mutate(data, seed, *spans)
+        f = tmp / f"{src.stem}.{seed}.{kind}{src.suffix}"
+        f.write_bytes(mutated)
+        try:
+            m = _load_with_deadline(f)
+        except yolopt.errors.CheckpointError as e:
+            _one_line_refusal(e, f)
+            outcome["refused"].append((seed, kind, f))
+            continue
+        # anything else (another exception, a hang) fails the test right here
+        assert _same_model(m, ref), f"seed {seed} ({kind}): {f.name} loaded silently as a different model"
+        outcome["same"].append((seed, kind, f))
+    return outcome
+
+
+def _cli_refusals(files: list[Path]) -> None:
+    """`yolopt info FILE` on each: exit 1, one `yolopt: error: FILE: ...` line, no traceback."""
+    import subprocess
+    import sys
+
+    procs = [(f, subprocess.Popen([sys.executable, "-m", "yolopt", "info", str(f)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)) for f in files]
+    for f, p in procs:
+        out, err = p.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert p.returncode == 1 and "Traceback" not in err, err
+        assert len(lines) == 1 and lines[0].startswith(f"yolopt: error: {f}:"), err
+
+
+SEEDS = 45
+
+
+def test_fuzzed_pt_loads_identically_or_is_refused_in_one_line(yolov5n_pt, yolov5n, tmp_path):
+    data = yolov5n_pt.read_bytes()
+    res = _fuzz(yolov5n_pt, yolov5n, (_zip_headers(data, yolov5n_pt), _zip_data(yolov5n_pt)), tmp_path, SEEDS)
+    assert len(res["same"]) + len(res["refused"]) == SEEDS
+    # every change to a record's bytes is caught by the zip CRCs (flipped padding may load, identical)
+    assert all(kind not in ("data", "header+data", "truncate") for _, kind, _ in res["same"]), res["same"]
+    assert len(res["refused"]) >= SEEDS * 3 // 4
+    crc = [f for _, kind, f in res["refused"] if kind == "data"]
+    _cli_refusals([crc[0], next(f for _, kind, f in res["refused"] if kind in ("header", "zero"))])
+
+
+def test_fuzzed_safetensors_loads_identically_or_is_refused_in_one_line(yolov5n, tmp_path):
+    src = yolopt.save(yolov5n, tmp_path / "yolov5n.safetensors")
+    ref = yolopt.load(src)
+    assert _same_model(ref, yolov5n)
+    res = _fuzz(src, ref, _safetensors_spans(src.read_bytes()), tmp_path, SEEDS)
+    assert all(kind not in ("data", "header+data", "truncate") for _, kind, _ in res["same"]), res["same"]
+    assert len(res["refused"]) >= SEEDS * 3 // 4
+    _cli_refusals([next(f for _, kind, f in res["refused"] if kind == k) for k in ("data", "header")])
+
+
+def test_crc_mismatch_in_a_pt_is_refused_naming_the_record(yolov5n_pt, tmp_path):
+    import zipfile
+
+    data = bytearray(yolov5n_pt.read_bytes())
+    with zipfile.ZipFile(yolov5n_pt) as zf:
+        rec = max(zf.infolist(), key=lambda i: i.compress_size)  # the largest tensor storage
+    lo, hi = next((a, b) for a, b in _zip_data(yolov5n_pt) if b - a == rec.compress_size)
+    data[(lo + hi) // 2] ^= 0x10  # one bit of one weight
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(yolopt.errors.CheckpointError) as e:
+        yolopt.load(bad)
+    msg = _one_line_refusal(e.value, bad)
+    assert f"record {rec.filename!r}" in msg and "CRC" in msg
+
+
+def _header_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def _rewrite_header(path: Path, out: Path, edit) -> Path:
+    """Copy a safetensors file with ``edit(metadata dict) -> metadata dict`` applied (tensors untouched)."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = edit(dict(header["__metadata__"]))
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    out.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    return out
+
+
+def test_safetensors_content_hash_covers_tensors_and_metadata(yolov5n, tmp_path):
+    import json
+
+    from yolopt.models.checkpoint import content_hash
+
+    src = yolopt.save(yolov5n, tmp_path / "m.safetensors")
+    desc = json.loads(_header_meta(src)["yolopt"])
+    assert desc["version"] == 2 and len(desc["sha256"]) == 64
+    from safetensors.torch import load_file
+
+    assert content_hash(load_file(str(src)), _header_meta(src)) == desc["sha256"]
+
+    # a tensor byte
+    data = bytearray(src.read_bytes())
+    data[-1000] ^= 0x01
+    (tmp_path / "w.safetensors").write_bytes(bytes(data))
+    # a class name, same length (the header still parses; nothing but the name changes)
+    renamed = _rewrite_header(src, tmp_path / "n.safetensors", lambda md: {
+        **md, "yolopt": md["yolopt"].replace('"person"', '"persom"')})
+    # the stride
+    stride = _rewrite_header(src, tmp_path / "s.safetensors", lambda md: {
+        **md, "yolopt": md["yolopt"].replace('"stride": [8.0, 16.0, 32.0]', '"stride": [8.0, 16.0, 64.0]')})
+    # the hash removed from a version-2 file
+    nohash = _rewrite_header(src, tmp_path / "h.safetensors", lambda md: {
+        **md, "yolopt": json.dumps({k: v for k, v in json.loads(md["yolopt"]).items() if k != "sha256"})})
+    for bad, needle in [(tmp_path / "w.safetensors", "SHA-256"), (renamed, "SHA-256"), (stride, "SHA-256"),
+                        (nohash, "hash is missing")]:
+        assert bad.read_bytes() != src.read_bytes()
+        with pytest.raises(yolopt.errors.CheckpointError, match=needle) as e:
+            yolopt.load(bad)
+        _one_line_refusal(e.value, bad)
+
+    # a bad header length / header JSON: one line, no traceback
+    data = bytearray(src.read_bytes())
+    data[8 + 1] = ord("!")  # {"__metadata__"... -> {!__metadata__"
+    (tmp_path / "j.safetensors").write_bytes(bytes(data))
+    with pytest.raises(yolopt.errors.CheckpointError, match="corrupt safetensors header") as e:
+        yolopt.load(tmp_path / "j.safetensors")
+    _one_line_refusal(e.value, tmp_path / "j.safetensors")
+
+
+def test_safetensors_written_before_the_hash_still_load(yolov5n, tmp_path):
+    import json
+
+    src = yolopt.save(yolov5n, tmp_path / "m.safetensors")
+
+    def old_style(md):  # what yolopt wrote before: format version 1, no hash
+        desc = json.loads(md["yolopt"])
+        del desc["sha256"]
+        desc["version"] = 1
+        return {"yolopt": json.dumps(desc)}
+
+    old = _rewrite_header(src, tmp_path / "old.safetensors", old_style)
+    assert _same_model(yolopt.load(old), yolopt.load(src))
+
+
+def test_training_checkpoint_hash_is_checked_on_load_and_resume(warm_data, tmp_path):
+    import subprocess
+    import sys
+
+    from yolopt.engine.checkpoint import save_train_checkpoint
+    from yolopt.engine.trainer import build_optimizer
+    from yolopt.models import DetectionModel, builtin_config
+
+    torch.manual_seed(0)
+    model = DetectionModel(builtin_config("yolov5n", nc=3))
+    model.names = ["circle", "square", "triangle"]
+    opt = build_optimizer(model, 0.01, 0.9, 5e-4)
+    model(torch.rand(1, 3, 64, 64))[0].sum().backward()
+    opt.step()
+    run = tmp_path / "run"
+    import copy
+
+    last = save_train_checkpoint(run / "last.safetensors", ema_model=copy.deepcopy(model), model=model, optimizer=opt,
+                                 imgsz=64, train_state={"epoch": 0, "config": {"data": str(warm_data), "epochs": 3}})
+    read_train_checkpoint(last)  # intact: reads
+    data = bytearray(last.read_bytes())
+    data[-5000] ^= 0x04  # somewhere in the tensors (the raw weights / optimizer momenta / RNG)
+    last.write_bytes(bytes(data))
+    for call in (lambda: yolopt.load(last), lambda: read_train_checkpoint(last), lambda: train(resume=run)):
+        with pytest.raises(yolopt.errors.CheckpointError, match="SHA-256") as e:
+            call()
+        _one_line_refusal(e.value, last)
+    r = subprocess.run([sys.executable, "-m", "yolopt", "train", "--resume", str(run)], capture_output=True,
+                       text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"yolopt: error: {last}:") and "SHA-256" in lines[0], r.stderr
