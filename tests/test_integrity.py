@@ -418,3 +418,100 @@ def test_training_checkpoint_hash_is_checked_on_load_and_resume(warm_data, tmp_p
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert len(lines) == 1 and lines[0].startswith(f"yolopt: error: {last}:") and "SHA-256" in lines[0], r.stderr
+
+
+# ----------------------------------------------------------------------------- upstream export metadata
+
+
+def _set_onnx_metadata(src: Path, out: Path, props: dict[str, str]) -> Path:
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(src))
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def upstream_onnx(tmp_path_factory, yolov5n_pt, yolov5n) -> Path:
+    """A yolov5n ONNX whose metadata is what upstream's export.py writes: ``str()`` of each value."""
+    pytest.importorskip("onnxruntime")
+    from yolopt.export import ExportSpec, export
+
+    d = tmp_path_factory.mktemp("upstream")
+    res = export(yolov5n_pt, ExportSpec("onnx", imgsz=320, out=d / "ours.onnx", verify=False))
+    names = dict(enumerate(yolov5n.names))
+    assert str(names).startswith("{0: 'person', 1: 'bicycle'")
+    return _set_onnx_metadata(res.path, d / "upstream_yolov5n.onnx", {"stride": str(32), "names": str(names)})
+
+
+def test_upstream_onnx_metadata_is_read_as_upstream_writes_it(upstream_onnx, yolov5n, bus_jpg, coco128_yaml):
+    import json
+    import subprocess
+    import sys
+
+    from yolopt import runtime
+    from yolopt.evaluate import evaluate
+
+    b = runtime.open(upstream_onnx)
+    assert b.names == list(yolov5n.names) and b.nc == 80
+    assert b.stride.tolist() == [32.0] and b.imgsz == (320, 320)
+    r = subprocess.run([sys.executable, "-m", "yolopt", "predict", str(upstream_onnx), str(bus_jpg), "--json", "-"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    dets = json.loads(r.stdout)[0]["detections"]
+    assert {d["name"] for d in dets} >= {"bus", "person"}
+    assert all(d["name"] == yolov5n.names[d["class"]] for d in dets)
+    res = evaluate(b, coco128_yaml, max_images=2, imgsz=320, progress=False)  # 80 classes, like the data
+    assert 0 <= res.map50 <= 1
+
+
+def test_metadata_that_is_not_a_literal_is_never_evaluated(upstream_onnx, tmp_path, caplog):
+    from yolopt import runtime
+
+    marker = tmp_path / "ran"
+    evil = _set_onnx_metadata(upstream_onnx, tmp_path / "evil.onnx", {
+        "stride": "__import__('os').getpid()",
+        "names": f"__import__('os').system('touch {marker}') or {{0: 'person'}}"})
+    with caplog.at_level("WARNING", logger="yolopt"):
+        b = runtime.open(evil)
+    assert not marker.exists()
+    assert b.names == [str(i) for i in range(80)] and b.nc == 80  # numbered, from the output's 85 columns
+    assert b.stride.tolist() == [8.0, 16.0, 32.0]
+    assert "numbered class names" in caplog.text and "stride" in caplog.text
+
+    # a literal of the wrong size: the output shape decides the class count
+    short = _set_onnx_metadata(upstream_onnx, tmp_path / "short.onnx", {"stride": "32", "names": "{0: 'a', 1: 'b'}"})
+    b = runtime.open(short)
+    assert b.nc == 80 and b.names[:2] == ["0", "1"]
+    # gaps in the indices, and a list written as Python's repr (older upstream)
+    gaps = _set_onnx_metadata(upstream_onnx, tmp_path / "gaps.onnx", {"names": str({i * 2: "x" for i in range(80)})})
+    assert runtime.open(gaps).names[79] == "79"
+    as_list = _set_onnx_metadata(upstream_onnx, tmp_path / "list.onnx", {"names": str([f"c{i}" for i in range(80)])})
+    assert runtime.open(as_list).names[79] == "c79"
+
+
+def test_upstream_openvino_ir_reads_the_yaml_beside_it(upstream_onnx, yolov5n, tmp_path):
+    ov = pytest.importorskip("openvino")
+    import yaml
+
+    from yolopt import runtime
+
+    folder = tmp_path / "upstream_yolov5n_openvino_model"
+    folder.mkdir()
+    xml = folder / "upstream_yolov5n.xml"
+    ov.save_model(ov.convert_model(str(upstream_onnx)), str(xml))
+    assert not ov.Core().read_model(str(xml)).has_rt_info(["yolopt"])
+    # what upstream's yaml_save writes: yaml.safe_dump of {'stride': 32, 'names': {0: 'person', ...}}
+    (folder / "upstream_yolov5n.yaml").write_text(
+        yaml.safe_dump({"stride": 32, "names": dict(enumerate(yolov5n.names))}, sort_keys=False))
+    assert "0: person" in (folder / "upstream_yolov5n.yaml").read_text()
+    for target in (xml, folder):
+        b = runtime.open(target)
+        assert b.names == list(yolov5n.names) and b.nc == 80 and b.stride.tolist() == [32.0]
+    # Ultralytics' later name for it, and none at all
+    (folder / "upstream_yolov5n.yaml").rename(folder / "metadata.yaml")
+    assert runtime.open(xml).names[5] == "bus"
+    (folder / "metadata.yaml").unlink()
+    assert runtime.open(xml).names == [str(i) for i in range(80)]
