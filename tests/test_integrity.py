@@ -4,16 +4,32 @@ the end of warm-up, and ``best.safetensors`` holding only the deployable weights
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 import yolopt
+from yolopt import runtime
 from yolopt.data.synth import generate
-from yolopt.engine.checkpoint import read_train_checkpoint
-from yolopt.engine.trainer import Callback, train
+from yolopt.engine.checkpoint import read_train_checkpoint, save_train_checkpoint
+from yolopt.engine.trainer import Callback, TrainConfig, Trainer, build_optimizer, train
+from yolopt.evaluate import evaluate
+from yolopt.models import DetectionModel, builtin_config
+from yolopt.models.checkpoint import content_hash, write_safetensors
 
 # ----------------------------------------------------------------------------- training runs
 
@@ -61,14 +77,25 @@ WARM = dict(cfg="yolov5n", imgsz=64, batch=1, nbs=2, epochs=14, progress=False, 
 
 
 def test_resume_is_bit_exact_across_the_end_of_warmup(warm_data, tmp_path, one_thread):
-    from safetensors.torch import load_file
-
     full = train(warm_data, out=tmp_path / "full", workers=1, **WARM)
     assert len(full.history) == 14
     with pytest.raises(_Interrupt.Stop):  # killed inside epoch 3, long before the warm-up ends
         train(warm_data, out=tmp_path / "cut", workers=0, callbacks=[_Interrupt(3, 8)], **WARM)
-    _, _, st = read_train_checkpoint(tmp_path / "cut" / "last.safetensors")
-    assert st["epoch"] == 2
+    tensors, _, st = read_train_checkpoint(tmp_path / "cut" / "last.safetensors")
+    assert st["epoch"] == 2 and st["scheduler"]["last_epoch"] == 3  # epoch 3 is next; the schedule is at 3
+
+    # a checkpoint from before the schedule was saved resumes at the same position
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "cut", old)
+    with safe_open(str(old / "last.safetensors"), "pt") as f:
+        md = f.metadata()
+    write_safetensors(old / "last.safetensors", tensors, {
+        **md, "yolopt_train": json.dumps({k: v for k, v in st.items() if k != "scheduler"})})
+    t = Trainer(TrainConfig(data=str(warm_data), workers=0), resume=old / "last.safetensors")
+    t._setup()
+    assert t.start_epoch == 3 and t.scheduler.last_epoch == 3
+    assert t.scheduler.get_last_lr() == [g["lr"] for g in st["optimizer"]["param_groups"]]
+
     train(resume=tmp_path / "cut", workers=1, progress=False)
 
     a, b = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
@@ -93,10 +120,6 @@ class _StopAfterFirstEpoch(Callback):
 
 
 def test_best_holds_only_the_deployable_weights_and_last_still_resumes(warm_data, tmp_path, one_thread):
-    import json
-
-    from safetensors import safe_open
-
     kw = {**WARM, "batch": 4, "nbs": 64, "epochs": 2, "val_every": 1}
     with pytest.raises(_StopAfterFirstEpoch.Stop):
         train(warm_data, out=tmp_path / "run", workers=0, callbacks=[_StopAfterFirstEpoch()], **kw)
@@ -139,8 +162,6 @@ def _one_line_refusal(err: Exception, path: Path) -> str:
 def _zip_headers(data: bytes, path: Path) -> list[tuple[int, int]]:
     """Byte spans of a zip's local file headers (with names and extra fields) and of its central
     directory + end record."""
-    import struct
-    import zipfile
 
     with zipfile.ZipFile(path) as zf:
         spans = []
@@ -154,8 +175,6 @@ def _zip_headers(data: bytes, path: Path) -> list[tuple[int, int]]:
 
 def _zip_data(path: Path) -> list[tuple[int, int]]:
     """Byte spans of the records' contents (pickle and tensor storages)."""
-    import struct
-    import zipfile
 
     data = path.read_bytes()
     with zipfile.ZipFile(path) as zf:
@@ -170,7 +189,6 @@ def _zip_data(path: Path) -> list[tuple[int, int]]:
 
 
 def _safetensors_spans(data: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    import struct
 
     (n,) = struct.unpack("<Q", data[:8])
     return [(0, 8 + n)], [(8 + n, len(data))]
@@ -180,7 +198,6 @@ KINDS = ("data", "header", "truncate", "zero", "header+data")
 
 
 def _mutate(data: bytes, seed: int, headers, contents) -> tuple[bytes, str]:
-    import random
 
     r = random.Random(seed)
     kind = KINDS[seed % len(KINDS)]
@@ -213,8 +230,6 @@ class _Hang(Exception):
 
 
 def _load_with_deadline(path: Path, seconds: float = 20.0):
-    import signal
-
     def alarm(*_):
         raise _Hang(f"{path}: still loading after {seconds} s")
 
@@ -256,8 +271,6 @@ def _fuzz(src: Path, ref, spans, tmp: Path, seeds: int) -> dict[str, list]:
 
 def _cli_refusals(files: list[Path]) -> None:
     """`yolopt info FILE` on each: exit 1, one `yolopt: error: FILE: ...` line, no traceback."""
-    import subprocess
-    import sys
 
     procs = [(f, subprocess.Popen([sys.executable, "-m", "yolopt", "info", str(f)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)) for f in files]
@@ -293,8 +306,6 @@ def test_fuzzed_safetensors_loads_identically_or_is_refused_in_one_line(yolov5n,
 
 
 def test_crc_mismatch_in_a_pt_is_refused_naming_the_record(yolov5n_pt, tmp_path):
-    import zipfile
-
     data = bytearray(yolov5n_pt.read_bytes())
     with zipfile.ZipFile(yolov5n_pt) as zf:
         rec = max(zf.infolist(), key=lambda i: i.compress_size)  # the largest tensor storage
@@ -309,7 +320,6 @@ def test_crc_mismatch_in_a_pt_is_refused_naming_the_record(yolov5n_pt, tmp_path)
 
 
 def _header_meta(path: Path) -> dict:
-    from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         return f.metadata()
@@ -317,8 +327,6 @@ def _header_meta(path: Path) -> dict:
 
 def _rewrite_header(path: Path, out: Path, edit) -> Path:
     """Copy a safetensors file with ``edit(metadata dict) -> metadata dict`` applied (tensors untouched)."""
-    import json
-    import struct
 
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
@@ -331,14 +339,9 @@ def _rewrite_header(path: Path, out: Path, edit) -> Path:
 
 
 def test_safetensors_content_hash_covers_tensors_and_metadata(yolov5n, tmp_path):
-    import json
-
-    from yolopt.models.checkpoint import content_hash
-
     src = yolopt.save(yolov5n, tmp_path / "m.safetensors")
     desc = json.loads(_header_meta(src)["yolopt"])
     assert desc["version"] == 2 and len(desc["sha256"]) == 64
-    from safetensors.torch import load_file
 
     assert content_hash(load_file(str(src)), _header_meta(src)) == desc["sha256"]
 
@@ -372,8 +375,6 @@ def test_safetensors_content_hash_covers_tensors_and_metadata(yolov5n, tmp_path)
 
 
 def test_safetensors_written_before_the_hash_still_load(yolov5n, tmp_path):
-    import json
-
     src = yolopt.save(yolov5n, tmp_path / "m.safetensors")
 
     def old_style(md):  # what yolopt wrote before: format version 1, no hash
@@ -387,13 +388,6 @@ def test_safetensors_written_before_the_hash_still_load(yolov5n, tmp_path):
 
 
 def test_training_checkpoint_hash_is_checked_on_load_and_resume(warm_data, tmp_path):
-    import subprocess
-    import sys
-
-    from yolopt.engine.checkpoint import save_train_checkpoint
-    from yolopt.engine.trainer import build_optimizer
-    from yolopt.models import DetectionModel, builtin_config
-
     torch.manual_seed(0)
     model = DetectionModel(builtin_config("yolov5n", nc=3))
     model.names = ["circle", "square", "triangle"]
@@ -401,7 +395,6 @@ def test_training_checkpoint_hash_is_checked_on_load_and_resume(warm_data, tmp_p
     model(torch.rand(1, 3, 64, 64))[0].sum().backward()
     opt.step()
     run = tmp_path / "run"
-    import copy
 
     last = save_train_checkpoint(run / "last.safetensors", ema_model=copy.deepcopy(model), model=model, optimizer=opt,
                                  imgsz=64, train_state={"epoch": 0, "config": {"data": str(warm_data), "epochs": 3}})
@@ -447,13 +440,6 @@ def upstream_onnx(tmp_path_factory, yolov5n_pt, yolov5n) -> Path:
 
 
 def test_upstream_onnx_metadata_is_read_as_upstream_writes_it(upstream_onnx, yolov5n, bus_jpg, coco128_yaml):
-    import json
-    import subprocess
-    import sys
-
-    from yolopt import runtime
-    from yolopt.evaluate import evaluate
-
     b = runtime.open(upstream_onnx)
     assert b.names == list(yolov5n.names) and b.nc == 80
     assert b.stride.tolist() == [32.0] and b.imgsz == (320, 320)
@@ -468,8 +454,6 @@ def test_upstream_onnx_metadata_is_read_as_upstream_writes_it(upstream_onnx, yol
 
 
 def test_metadata_that_is_not_a_literal_is_never_evaluated(upstream_onnx, tmp_path, caplog):
-    from yolopt import runtime
-
     marker = tmp_path / "ran"
     evil = _set_onnx_metadata(upstream_onnx, tmp_path / "evil.onnx", {
         "stride": "__import__('os').getpid()",
@@ -494,10 +478,6 @@ def test_metadata_that_is_not_a_literal_is_never_evaluated(upstream_onnx, tmp_pa
 
 def test_upstream_openvino_ir_reads_the_yaml_beside_it(upstream_onnx, yolov5n, tmp_path):
     ov = pytest.importorskip("openvino")
-    import yaml
-
-    from yolopt import runtime
-
     folder = tmp_path / "upstream_yolov5n_openvino_model"
     folder.mkdir()
     xml = folder / "upstream_yolov5n.xml"
