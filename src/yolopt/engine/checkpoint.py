@@ -3,7 +3,8 @@
 Tensors:
 
 * ``model.*`` - the EMA weights: exactly what ``yolopt.load`` / ``yolopt val`` read, so
-  ``runs/x/best.safetensors`` is a normal yolopt model file;
+  ``runs/x/last.safetensors`` is also a normal yolopt model file (``best.safetensors`` holds
+  only these weights and the model metadata);
 * ``train.model.*`` - the raw (non-averaged) weights being optimised;
 * ``optim.<param index>.<name>`` - optimiser state (momentum buffers);
 * ``rng.torch`` (and ``rng.cuda.<i>``) - random generator states.
@@ -11,22 +12,22 @@ Tensors:
 Metadata: ``yolopt`` (the usual model description) and ``yolopt_train`` (JSON: epoch,
 optimiser param groups, scheduler, EMA update count, best fitness, history, run config,
 numpy/python RNG states). Nothing is unpickled when reading it back. Files are written to
-a temporary name and renamed, so a kill at any moment leaves the previous file intact.
+a temporary name and renamed, so a kill at any moment leaves the previous file intact. The
+``yolopt`` JSON carries the SHA-256 of the whole content (tensors and both metadata entries),
+checked when a checkpoint is loaded or resumed: a damaged file is refused, never resumed.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write
-from ..models.checkpoint import model_metadata
+from ..models.checkpoint import model_metadata, read_safetensors, write_safetensors
 
 TRAIN_FORMAT = "yolopt-train"
 TRAIN_VERSION = 1
@@ -64,9 +65,7 @@ def set_rng_state(tensors: dict, js: dict) -> None:
 
 def save_train_checkpoint(path: str | Path, *, ema_model, model, optimizer, imgsz: int, train_state: dict,
                           provenance: dict | None = None) -> Path:
-    """Write a training checkpoint atomically (see module doc)."""
-    from safetensors.torch import save_file
-
+    """Write a training checkpoint atomically, with its content hash (see module doc)."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in ema_model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().cpu()
@@ -85,28 +84,24 @@ def save_train_checkpoint(path: str | Path, *, ema_model, model, optimizer, imgs
                                        for pid, st in osd["state"].items()}},
              "rng": rng_js}
     meta = {"yolopt": json.dumps(model_metadata(ema_model, imgsz, provenance)), "yolopt_train": json.dumps(state)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return write_safetensors(path, tensors, meta)
 
 
 def read_train_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """(tensors, model meta, train state) of a training checkpoint; CheckpointError if it is not one."""
-    from safetensors.torch import load_file
-
+    """(tensors, model meta, train state) of a training checkpoint; CheckpointError if it is not one
+    or if it is damaged (its content hash, when it has one, is checked)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    tensors, md, meta = read_safetensors(path)
+    if "yolopt_train" not in md:
+        raise CheckpointError(f"{path}: not a yolopt training checkpoint (no training state to resume from)")
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        md = header.get("__metadata__") or {}
         state = json.loads(md["yolopt_train"])
-        meta = json.loads(md["yolopt"])
-        tensors = load_file(str(path))
-    except KeyError:
-        raise CheckpointError(f"{path}: not a yolopt training checkpoint (no training state to resume from)") from None
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: unreadable training checkpoint (truncated or corrupt): {str(e)[:120]}") from None
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: corrupt training state in the header ({str(e)[:120]})") from None
     if state.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path}: unknown training checkpoint kind {state.get('format')!r}")
     return tensors, meta, state

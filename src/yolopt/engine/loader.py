@@ -201,6 +201,11 @@ def _worker_context():
 
 def make_loader(dataset: TrainDataset, batch: int, workers: int, sampler: EpochSampler, pin: bool = False) -> DataLoader:
     workers = min(workers, os.cpu_count() or 1, batch)
+    # Its own generator: a DataLoader draws its workers' base seed from this generator each time an
+    # iterator is made (once per run with persistent workers, so a resumed run would draw it at a
+    # different point); from the global torch generator, that draw would make the RNG state a
+    # resumed run saves differ from an uninterrupted run's. Samples are seeded by (seed, epoch, index).
+    gen = torch.Generator().manual_seed(int(dataset.seed))
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin, worker_init_fn=_worker_init, drop_last=False,
+                      pin_memory=pin, worker_init_fn=_worker_init, drop_last=False, generator=gen,
                       persistent_workers=workers > 0, multiprocessing_context=_worker_context() if workers else None)

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch import nn
 
 from ..errors import YoloptError
 from ..fileio import atomic_write
-from ..models.checkpoint import load_model, model_from_tensors
+from ..models.checkpoint import load_model, model_from_tensors, save_model
 from ..models.configs import load_config
 from ..models.yolo import DetectionModel
 from .checkpoint import (
@@ -513,7 +512,14 @@ class Trainer:
         self.accumulate = int(st.get("accumulate", self.accumulate))
         self.best_fitness = float(st.get("best_fitness", -1.0))
         self.history = list(st.get("history", []))
-        self.scheduler.last_epoch = self.start_epoch - 1
+        # The schedule's position: every epoch ends with scheduler.step(), so when epoch e starts
+        # last_epoch == e. Checkpoints without a saved schedule (older yolopt) get that value; they
+        # used to get start_epoch - 1, which set every post-warm-up lr one epoch behind.
+        sched = st.get("scheduler") or {}
+        self.scheduler.last_epoch = int(sched.get("last_epoch", self.start_epoch))
+        if sched.get("base_lrs"):
+            self.scheduler.base_lrs = [float(v) for v in sched["base_lrs"]]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         set_rng_state(tensors, st.get("rng", {}))
         del self._tensors
         log.info("resuming %s from epoch %d/%d", self.out, self.start_epoch + 1, self.cfg.epochs)
@@ -758,13 +764,14 @@ class Trainer:
     def _save(self, epoch: int, best: bool) -> None:
         state = {"epoch": epoch, "ema_updates": self.ema.updates, "best_fitness": self.best_fitness,
                  "last_opt_step": self.last_opt_step, "accumulate": self.accumulate,
+                 "scheduler": {"last_epoch": self.scheduler.last_epoch, "base_lrs": list(self.scheduler.base_lrs)},
                  "history": self.history, "config": asdict(self.cfg), "hyp": self.hyp}
         prov = {"trained_from": self._model_source(), "data": str(self.cfg.data), "epochs": epoch + 1}
         last = self.out / LAST
         save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
                               imgsz=self.imgsz, train_state=state, provenance=prov)
-        if best:
-            atomic_write(self.out / BEST, lambda tmp: shutil.copy(last, tmp))  # content + mode
+        if best:  # the deployable model only: EMA weights + model metadata (last.safetensors resumes)
+            save_model(self.ema.ema, self.out / BEST, imgsz=self.imgsz, provenance=prov)
 
     def _write_results(self) -> None:
         buf = io.StringIO()

@@ -11,10 +11,17 @@ Two formats are read:
 * **yolopt's own format** - a ``.safetensors`` file whose header metadata holds a JSON
   description (architecture yaml, class names, stride, image size, provenance). Tensor shapes
   in the file define the channel counts, so a pruned model loads back exactly.
+
+Integrity: a corrupted file is an error, never a silently different model. A ``.pt`` is a zip
+archive; every record's CRC-32 is checked before anything is unpickled (the bad record is
+named). yolopt's ``.safetensors`` files carry a SHA-256 of their content (every tensor's name,
+dtype, shape and bytes, and every metadata entry) in the ``yolopt`` JSON, checked on load;
+files written before it existed (format version 1, no hash) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -33,7 +40,8 @@ from .common import BN_EPS, BN_MOMENTUM
 from .yolo import DetectionModel
 
 FORMAT_NAME = "yolopt-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the content hash (HASH_KEY) is required; 1: no hash
+HASH_KEY = "sha256"  # in the ``yolopt`` metadata JSON
 
 # Upstream classes a detection checkpoint may contain, and torch.nn classes used by them.
 _UPSTREAM_CLASSES = [
@@ -266,29 +274,98 @@ def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> 
 # --------------------------------------------------------------------------- yolopt format
 
 
-def _read_safetensors_meta(path: Path) -> dict:
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+
+
+def content_hash(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata entry.
+
+    The ``yolopt`` entry is hashed as its canonical JSON without the hash itself, so the
+    hash can live inside it. Tensors and entries are taken in name order: the digest does
+    not depend on how the file lays them out.
+    """
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        value = metadata[key]
+        if key == "yolopt":
+            desc = json.loads(value)
+            desc.pop(HASH_KEY, None)
+            value = json.dumps(desc, sort_keys=True)
+        h.update(json.dumps(["meta", key, value]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps(["tensor", name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write tensors + string metadata atomically; the ``yolopt`` JSON entry gets the content hash."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    desc = json.loads(metadata["yolopt"])
+    desc[HASH_KEY] = content_hash(tensors, metadata)
+    metadata = {**metadata, "yolopt": json.dumps(desc)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """(tensors, header metadata, parsed ``yolopt`` JSON) of a yolopt safetensors file.
+
+    Every way a file can be damaged - truncation, a bad header length, header JSON, offsets,
+    a content-hash mismatch - is a :class:`CheckpointError` naming the file, in one line.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    meta = header.get("__metadata__", {})
-    if "yolopt" not in meta:
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
+        if n is None or n > size - 8:
+            raise CheckpointError(f"{path}: not a safetensors file, or a truncated or corrupt one (its header length "
+                                  f"does not fit the file's {size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        md = header.get("__metadata__") or {}
+        if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
+            raise ValueError("__metadata__ is not a mapping of strings")
+    except (ValueError, AttributeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: corrupt safetensors header ({_first_line(e)})") from None
+    if "yolopt" not in md:
         raise CheckpointError(f"{path}: a safetensors file without yolopt metadata (not a yolopt model)")
-    return json.loads(meta["yolopt"])
+    try:
+        desc = json.loads(md["yolopt"])
+        if not isinstance(desc, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: corrupt yolopt metadata in the header ({_first_line(e)})") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the safetensors library reports damage in several types
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from None
+    want = desc.get(HASH_KEY)
+    if want is None and desc.get("version", 1) != 1:
+        raise CheckpointError(f"{path}: the content hash is missing from its metadata (format version "
+                              f"{desc.get('version')!r}); the file is damaged or not a yolopt file")
+    if want is not None and content_hash(tensors, md) != want:
+        raise CheckpointError(f"{path}: corrupt file: its content does not match the SHA-256 stored in it "
+                              f"(damaged in transfer or on disk); re-download or re-save it")
+    return tensors, md, desc
 
 
 def _load_yolopt(path: Path) -> tuple[DetectionModel, dict]:
-    from safetensors.torch import load_file
-
-    try:
-        meta = _read_safetensors_meta(path)
-        sd = load_file(str(path))
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable yolopt model (truncated or corrupt): {str(e)[:160]}") from None
+    tensors, _, meta = read_safetensors(path)
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: unknown yolopt file kind {meta.get('format')!r}")
-    return model_from_tensors(meta, sd, path), meta.get("provenance", {})
+    if meta.get("version", 1) not in (1, FORMAT_VERSION):
+        raise CheckpointError(f"{path}: yolopt model format version {meta.get('version')!r} is not supported by "
+                              f"this yolopt (it reads versions 1-{FORMAT_VERSION})")
+    return model_from_tensors(meta, tensors, path), meta.get("provenance", {})
 
 
 def model_from_tensors(meta: dict, tensors: dict[str, torch.Tensor], source: str | Path) -> DetectionModel:
@@ -299,16 +376,17 @@ def model_from_tensors(meta: dict, tensors: dict[str, torch.Tensor], source: str
     """
     try:
         model = DetectionModel(meta["yaml"], ch=meta["yaml"].get("ch", 3), init=False)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{source}: bad architecture in metadata: {e}") from None
+        for name, eps in meta.get("bn_eps", {}).items():
+            model.get_submodule(name).eps = float(eps)
+        for name, momentum in meta.get("bn_momentum", {}).items():
+            model.get_submodule(name).momentum = momentum if momentum is None else float(momentum)
+        stride = torch.tensor(meta["stride"], dtype=torch.float32)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: bad architecture in metadata: {_first_line(e)}") from None
     prefix = "model." if any(k.startswith("model.model.") for k in tensors) else ""
     sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    for name, eps in meta.get("bn_eps", {}).items():
-        model.get_submodule(name).eps = eps
-    for name, momentum in meta.get("bn_momentum", {}).items():
-        model.get_submodule(name).momentum = momentum
     _load_weights(model, sd, Path(source))
-    model.stride = torch.tensor(meta["stride"], dtype=torch.float32)
+    model.stride = stride
     model.detect.stride = model.stride.clone()
     model.names = _names_list(meta.get("names"), model.nc)
     model.imgsz = meta.get("imgsz")
@@ -347,12 +425,27 @@ def model_metadata(model: DetectionModel, imgsz: int | None = None, provenance: 
 
 
 def save_model(model: DetectionModel, path: str | Path, imgsz: int | None = None, provenance: dict | None = None) -> Path:
-    """Write ``model`` in yolopt's format (safetensors + JSON metadata), atomically."""
-    from safetensors.torch import save_file
-
+    """Write ``model`` in yolopt's format (safetensors + JSON metadata + content hash), atomically."""
     meta = model_metadata(model, imgsz, provenance)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"yolopt": json.dumps(meta)}))
+    return write_safetensors(path, model.state_dict(), {"yolopt": json.dumps(meta)})
+
+
+def _verify_zip(path: Path) -> None:
+    """Check every record of a zip checkpoint against its CRC-32 before anything reads it."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except Exception as e:  # noqa: BLE001 - BadZipFile, OSError, ValueError...: one line
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt zip: {_first_line(e)})") from None
+    with zf:
+        for info in zf.infolist():
+            try:
+                with zf.open(info) as rec:
+                    while rec.read(1 << 20):
+                        pass
+            except Exception as e:  # noqa: BLE001
+                why = "fails its CRC-32 check" if "CRC" in str(e) else f"is unreadable ({_first_line(e)})"
+                raise CheckpointError(f"{path}: corrupt checkpoint: record {info.filename!r} {why}; the file was "
+                                      f"damaged (re-download it)") from None
 
 
 def load_model(path: str | Path) -> DetectionModel:
@@ -369,10 +462,7 @@ def load_model(path: str | Path) -> DetectionModel:
         model, prov = _load_yolopt(path)
     elif kind in ("torch-zip", "torch-legacy"):
         if kind == "torch-zip":
-            try:
-                zipfile.ZipFile(path).testzip()
-            except Exception as e:  # noqa: BLE001
-                raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt zip: {e})") from None
+            _verify_zip(path)
         model, prov = _load_upstream(path)
     else:
         raise CheckpointError(f"{path}: not a checkpoint (neither a PyTorch .pt nor a yolopt .safetensors file)")

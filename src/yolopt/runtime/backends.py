@@ -7,6 +7,7 @@ with ``--nms`` (``end2end``), the final detections ``(K,7)`` = [batch, x1, y1, x
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -55,15 +56,80 @@ def artifact_precision(meta: dict) -> str:
     return "fp16" if meta.get("half") else "fp32"
 
 
-def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
-    """Metadata strings written by ``yolopt export`` -> python values (missing keys are absent)."""
+_LITERAL_MAX = 1_000_000  # characters; class-name dicts of thousands of classes are far below this
+
+
+def decode_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata strings -> python values (missing keys are absent); nothing is ever evaluated.
+
+    yolopt writes JSON. Upstream YOLOv5's ``export.py`` writes ``str(value)``: ``stride`` "32"
+    and ``names`` "{0: 'person', 1: 'bicycle', ...}" (a Python dict's repr), which are read with
+    ``ast.literal_eval`` - literals only (strings, numbers, tuples, lists, dicts, booleans,
+    None), no names, calls or attributes. A value that is neither stays a string; values that
+    are not strings (a sidecar yaml's) pass through.
+    """
     out: dict[str, Any] = {}
     for k, v in meta.items():
+        if not isinstance(v, str):
+            out[k] = v
+            continue
         try:
             out[k] = json.loads(v)
-        except (TypeError, ValueError):
+            continue
+        except ValueError:
+            pass
+        try:
+            out[k] = ast.literal_eval(v.strip()) if len(v) <= _LITERAL_MAX else v
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             out[k] = v
     return out
+
+
+def upstream_sidecar_metadata(xml: str | Path) -> dict[str, Any]:
+    """``names`` / ``stride`` from the yaml upstream writes next to an OpenVINO IR it exported.
+
+    YOLOv5's ``export.py`` writes ``<stem>.yaml`` beside ``<stem>.xml``; Ultralytics' later
+    exporters write ``metadata.yaml``. Read with ``yaml.safe_load`` (no tags, no code); {} when
+    there is none or it is unreadable (with a warning).
+    """
+    import yaml
+
+    xml = Path(xml)
+    for cand in (xml.with_suffix(".yaml"), xml.parent / "metadata.yaml"):
+        if not cand.is_file():
+            continue
+        try:
+            data = yaml.safe_load(cand.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            log.warning("%s: unreadable metadata yaml (%s); ignored", cand, _first_line(e))
+            continue
+        if isinstance(data, dict):
+            return {k: data[k] for k in ("names", "stride") if k in data}
+    return {}
+
+
+def _class_names(names: Any) -> list[str] | None:
+    """A list of class names from a list, or a dict ``{index: name}`` with indices 0..n-1; else None."""
+    if isinstance(names, dict):
+        try:
+            items = sorted((int(k), v) for k, v in names.items())
+        except (TypeError, ValueError):
+            return None
+        if [i for i, _ in items] != list(range(len(items))):
+            return None
+        names = [v for _, v in items]
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, (str, int, float)) and not isinstance(n, bool)
+                                                          for n in names):
+        return [str(n) for n in names]
+    return None
+
+
+def _positive_int(v: Any) -> int | None:
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if n > 0 and n == v else None
 
 
 class Backend:
@@ -84,17 +150,41 @@ class Backend:
     threads: int | None = None
     device: Any = "cpu"
 
-    def _init_meta(self, meta: dict[str, Any], stride_default=(8, 16, 32)) -> None:
-        names = meta.get("names")
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
-        self.names = list(names) if names else [str(i) for i in range(int(meta.get("nc", 80)))]
-        self.nc = int(meta.get("nc", len(self.names)))
+    def _init_meta(self, meta: dict[str, Any], stride_default=(8, 16, 32), nc_output: int | None = None) -> None:
+        """Names, class count, stride, size and precision from decoded metadata (yolopt's or upstream's).
+
+        ``nc_output``: the class count the model's output shape says (5 + nc columns), when known;
+        it wins over the metadata. Class names that cannot be read, or whose count does not match,
+        become numbered names with a warning - never characters of a string.
+        """
+        where = getattr(self, "path", "model")
+        nc = nc_output if nc_output and nc_output > 0 else _positive_int(meta.get("nc"))
+        raw = meta.get("names")
+        names = _class_names(raw)
+        if names is not None and nc is not None and len(names) != nc:
+            log.warning("%s: the metadata names %d classes but the model predicts %d; using numbered class names",
+                        where, len(names), nc)
+            names = None
+        elif names is None and raw is not None:
+            log.warning("%s: class names in the metadata are not a list or an {index: name} mapping (%s); using "
+                        "numbered class names", where, str(raw)[:60])
+        if names is None:
+            names = [str(i) for i in range(nc or 80)]
+        self.names = names
+        self.nc = len(names)
         st = meta.get("stride", list(stride_default))
-        self.stride = torch.tensor(st if isinstance(st, (list, tuple)) else [st], dtype=torch.float32)
+        st = list(st) if isinstance(st, (list, tuple)) else [st]
+        if not st or any(not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1024 for v in st):
+            log.warning("%s: unreadable stride %s in the metadata; assuming %s", where, str(meta.get("stride"))[:40],
+                        list(stride_default))
+            st = list(stride_default)
+        self.stride = torch.tensor([float(v) for v in st], dtype=torch.float32)
         if meta.get("imgsz") is not None:
             im = meta["imgsz"]
-            self.imgsz = (int(im[0]), int(im[1])) if isinstance(im, (list, tuple)) else (int(im), int(im))
+            try:
+                self.imgsz = (int(im[0]), int(im[1])) if isinstance(im, (list, tuple)) else (int(im), int(im))
+            except (TypeError, ValueError, IndexError):
+                log.warning("%s: unreadable imgsz %s in the metadata; ignored", where, str(im)[:40])
         self.end2end = bool(meta.get("nms"))
         self.nms = meta.get("nms") or None
         self.artifact_precision = artifact_precision(meta)
@@ -322,7 +412,8 @@ class OnnxBackend(Backend):
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self._init_meta(meta)
+        cols = self.session.get_outputs()[0].shape[-1] if self.session.get_outputs()[0].shape else None
+        self._init_meta(meta, nc_output=cols - 5 if isinstance(cols, int) and not meta.get("nms") else None)
         if "float16" in inp.type:
             self.artifact_precision = "fp16"
         self.precision = self._check_precision(check_precision(precision))
@@ -382,7 +473,12 @@ class OpenVINOBackend(Backend):
                       "yolopt_version"):
                 if model.has_rt_info(["yolopt", k]):
                     meta[k] = model.get_rt_info(["yolopt", k]).astype(str)
-        self._init_meta(decode_metadata(meta))
+        else:  # an IR exported by upstream: its metadata is a yaml beside the .xml
+            meta = upstream_sidecar_metadata(self.path)
+        meta = decode_metadata(meta)
+        cols = model.outputs[0].get_partial_shape()[-1] if model.outputs[0].get_partial_shape().rank.is_static else None
+        self._init_meta(meta, nc_output=cols.get_length() - 5 if cols is not None and cols.is_static
+                        and not meta.get("nms") else None)
         want = check_precision(precision) or ("int8" if self.artifact_precision == "int8" else "fp32")
         caps = set()
         if self.device == "CPU":
