@@ -15,7 +15,8 @@ def register(sub) -> None:
         "train",
         help="train or fine-tune a detector on a YOLO-format dataset",
         description="Train like upstream YOLOv5 (same loss, augmentation, SGD schedule and EMA). Writes "
-        "last.safetensors / best.safetensors (yolopt models that also resume exactly), results.csv and "
+        "last.safetensors (a yolopt model that also resumes exactly), best.safetensors (the deployable weights), "
+        "results.csv and "
         "results.png to --out. Multi-process: torchrun --nproc_per_node N -m yolopt train ...",
     )
     p.add_argument("--data", help="dataset yaml (path / train / val / names)")
