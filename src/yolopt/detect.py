@@ -167,9 +167,7 @@ def predict(
     names = list(getattr(backend, "names", []))
     kw = dict(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, end2end=backend.end2end)
     results = []
-    items = source if isinstance(source, list) and all(isinstance(s, (Path, VideoInput)) for s in source) \
-        else expand_sources(source if not isinstance(source, Path) else str(source))
-    for item in items:
+    for item in expand_sources(source):
         if isinstance(item, VideoInput):
             if item.kind != "video" and max_frames is None:
                 raise ValueError(f"{item}: a live {item.kind} never ends: give max_frames, or use predict_video")
