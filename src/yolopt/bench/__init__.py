@@ -5,8 +5,8 @@
     >>> rec.latency_ms["p50"], rec.fps, rec.machine["cpu"]
 
 * model-only: a fixed random (B,3,H,W) input through ``backend(x)``.
-* end-to-end (``source``): image file decode + letterbox + inference + NMS + box rescale, cycling
-  over real images, with the median of each stage (``stages_ms``).
+* end-to-end (``source``): image file or video frame decode + letterbox + inference + NMS + box
+  rescale, cycling over real images and video frames, with the median of each stage (``stages_ms``).
 * streams: N independent sessions (``backend.clone()``) driven by N threads at once; the
   throughput is images / wall time over all of them.
 
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.images import list_images, read_image
+from ..data.sources import FrameCycle
 from ..data.preprocess import preprocess
 from ..errors import YoloptError
 from ..machine import machine_info
@@ -108,38 +108,35 @@ def time_calls(fn: Callable[[], object], warmup: int = 10, iters: int | None = 1
 
 
 class EndToEnd:
-    """One full image -> detections step over a batch of real images: decode, letterbox, model,
+    """One full frame -> detections step over a batch of real frames: decode, letterbox, model,
     NMS and rescale (the same :func:`preprocess` and :func:`~yolopt.ops.postprocess.postprocess` steps as
     ``yolopt predict``, timed one by one).
 
+    ``images``: image files, folders, globs and video files (a video is decoded frame by frame, and
+    decoding is part of the ``decode`` stage); they are cycled over, so any number of calls can be timed.
     Each call appends its per-stage times (ms) to ``stage_samples``.
     """
 
     def __init__(self, backend, images, imgsz, batch: int, conf: float = 0.25, iou: float = 0.45,
                  max_det: int = 300):
         self.backend = backend
-        self.files = list_images(images)
-        if not self.files:
-            raise YoloptError(f"{images}: no images for --end2end")
+        self.frames = FrameCycle(images)
         self.imgsz = imgsz
         self.batch = batch
         self.conf, self.iou, self.max_det = conf, iou, max_det
-        self.k = 0
         self.detections = 0
         self.last: list = []
-        self.counts: list[int] = []  # detections per image, in call order
+        self.counts: list[int] = []  # detections per frame, in call order
         self.stage_samples: dict[str, list[float]] = {k: [] for k in STAGES}
+
+    @property
+    def cycle_frames(self) -> int | None:
+        """Frames in one pass over the sources (None: a video whose length its container does not give)."""
+        return self.frames.cycle_frames
 
     def __call__(self):
         t0 = time.perf_counter()
-        ims = []
-        for _ in range(self.batch):
-            f = self.files[self.k % len(self.files)]
-            self.k += 1
-            im = read_image(f)
-            if im is None:
-                raise YoloptError(f"{f}: corrupt or unreadable image")
-            ims.append(im)
+        ims = [self.frames() for _ in range(self.batch)]
         t1 = time.perf_counter()
         x, metas = preprocess(ims, self.imgsz, mode="square")
         t2 = time.perf_counter()
@@ -187,7 +184,9 @@ def measure(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None 
     stages = None
     if source is not None:  # the warm-up calls' stage times are dropped
         stages = {k: float(np.median(v[-len(lat):])) for k, v in step.stage_samples.items()}
-        extra["detections_per_image"] = step.counts[-len(lat) * batch:][:len(step.files)]
+        extra["detections_per_image"] = step.counts[-len(lat) * batch:][:step.cycle_frames]
+        if step.frames.videos:
+            extra["videos"] = step.frames.videos  # source fps, size and frame count of each video
     p = percentiles(lat)
     fps = batch * 1e3 / p["mean"]
     throughput = fps

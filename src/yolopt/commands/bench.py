@@ -29,8 +29,9 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--iters", type=positive_int_arg, default=100, help="timed calls (default 100)")
     g.add_argument("--duration", type=float, help="time for this many seconds instead of --iters")
-    p.add_argument("--end2end", action="store_true", help="include decode + letterbox + NMS on --source images")
-    p.add_argument("--source", nargs="+", help="images for --end2end (files, folders or globs)")
+    p.add_argument("--end2end", action="store_true", help="include decode + letterbox + NMS on --source images or video")
+    p.add_argument("--source", nargs="+", help="images or videos for --end2end (files, folders, globs; a video is "
+                   "decoded frame by frame, decode time included, for a real frame rate); implies --end2end")
     p.add_argument("--no-fuse", action="store_true", help="PyTorch weights: keep BatchNorm (eager, unfused)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda:0 / 0 for PyTorch weights")
     add_precision_arg(p)
@@ -60,7 +61,12 @@ def run(args) -> int:
     check_output(args.json, "--json")
     batches = _batches(args.batch)
     if args.end2end and not args.source:
-        raise YoloptError("--end2end needs --source IMAGES")
+        raise YoloptError("--end2end needs --source IMAGES or --source VIDEO")
+    if args.source:
+        from ..data.sources import FrameCycle
+
+        FrameCycle(args.source).close()  # a missing file, a video that cannot be decoded: one line, before any work
+        args.end2end = True
     if args.streams < 1:
         raise YoloptError(f"--streams {args.streams}: must be >= 1")
     model = open_backend(args.weights, device=args.device, threads=args.threads, precision=args.precision,
@@ -86,6 +92,13 @@ def run(args) -> int:
         t.add_row(str(r.batch), f"{L['p50']:.2f}", f"{L['p90']:.2f}", f"{L['p99']:.2f}", f"{L['mean']:.2f}",
                   f"{r.fps:.1f}", f"{r.throughput_fps:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.size_mb:.2f}")
     console().print(t)
+    for v in (records[0].extra.get("videos", []) if args.end2end else []):
+        src = f"{v['fps']:g} fps" if v["fps"] else "unknown fps"
+        n = f"{v['frames']} frames" if v["frames"] else "frames"
+        for r in records:
+            rt = f" = {r.fps / v['fps']:.2f}x real time" if v["fps"] else ""
+            log.info("%s: %s %dx%d at %s; end to end (decode included) %.1f FPS at batch %d%s", v["source"], n,
+                     v["width"], v["height"], src, r.fps, r.batch, rt)
     if args.json:
         payload = [r.to_dict() for r in records]
         write_json(args.json, payload[0] if len(payload) == 1 else payload)

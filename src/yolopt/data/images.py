@@ -57,3 +57,31 @@ def read_image(path: str | Path) -> np.ndarray | None:
     if im is None or im.size == 0:
         return None
     return im
+
+
+def sample_images(shared: str | Path | None = None) -> list[Path]:
+    """Real images with objects in them, for checks that need detections (export verification,
+    the profiler's pipeline stages): the shared sample images (``shared/data/images``), else the
+    first four coco128 images; ``[]`` when no shared assets are found.
+
+    Looked for in ``shared``, ``$YOLOPT_SHARED``, then a ``shared`` folder next to the project or the
+    current directory.
+    """
+    import os
+
+    roots = [Path(shared)] if shared else []
+    roots += [Path(os.environ["YOLOPT_SHARED"])] if os.environ.get("YOLOPT_SHARED") else []
+    here = Path(__file__).resolve()
+    roots += [p / "shared" for p in here.parents[:5]] + [Path.cwd() / "shared", Path.cwd().parent / "shared"]
+    for root in roots:
+        folder = root / "data" / "images"
+        if folder.is_dir():
+            imgs = sorted(q for q in folder.rglob("*") if q.is_file() and is_image(q))
+            if imgs:
+                return imgs
+        coco = root / "data" / "coco128" / "images" / "train2017"
+        if coco.is_dir():
+            imgs = sorted(q for q in coco.rglob("*") if q.is_file() and is_image(q))[:4]
+            if imgs:
+                return imgs
+    return []

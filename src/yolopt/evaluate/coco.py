@@ -65,9 +65,23 @@ def precision_recall(
 
     ``tp``: bool per prediction (matched to a same-class label at IoU >= 0.5).
     """
-    classes = np.unique(target_cls)
+    _, p, r = precision_recall_per_class(tp, conf, pred_cls, target_cls)
+    return (float(p.mean()), float(r.mean())) if len(p) else (0.0, 0.0)
+
+
+def precision_recall_per_class(
+    tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision and recall at one operating point: the confidence that maximises the mean F1
+    over classes (upstream's rule), so their means are the overall P and R.
+
+    Returns ``(classes, precision, recall)``: the classes that have labels (int), and their P and R.
+    """
+    classes = np.unique(np.asarray(target_cls).astype(np.int64))
     if not len(classes):
-        return 0.0, 0.0
+        return classes, np.zeros(0), np.zeros(0)
+    pred_cls = np.asarray(pred_cls).astype(np.int64)
+    target_cls = np.asarray(target_cls).astype(np.int64)
     grid = np.linspace(0, 1, 1000)
     p_curves, r_curves = np.zeros((len(classes), grid.size)), np.zeros((len(classes), grid.size))
     order = np.argsort(-conf)
@@ -86,4 +100,4 @@ def precision_recall(
         p_curves[ci] = np.interp(-grid, -conf[sel], precision, left=1)
     f1 = 2 * p_curves * r_curves / (p_curves + r_curves + 1e-16)
     i = int(f1.mean(0).argmax())
-    return float(p_curves[:, i].mean()), float(r_curves[:, i].mean())
+    return classes, p_curves[:, i], r_curves[:, i]

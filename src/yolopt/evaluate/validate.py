@@ -29,7 +29,8 @@ from ..data.preprocess import MODES, preprocess, rect_shape
 from ..errors import DatasetError
 from ..ops.boxes import box_iou, xywh2xyxy
 from ..ops.postprocess import postprocess
-from .coco import coco_map, precision_recall
+from .coco import coco_map, precision_recall_per_class
+from .confusion import ConfusionMatrix
 
 log = logging.getLogger("yolopt")
 
@@ -50,6 +51,8 @@ class ValResult:
     imgsz: int = 640
     backend: str = "torch"
     inference_precision: str = "fp32"  # fp32 | fp16 | bf16 | int8: what the model computed in
+    class_map: list[dict] = field(default_factory=list)  # match_classes: {"model", "dataset", "name"} per shared class
+    confusion: dict = field(default_factory=dict, repr=False)  # ConfusionMatrix.to_dict() at conf 0.25, IoU 0.45
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         from ..machine import machine_info
@@ -132,6 +135,7 @@ def evaluate(
     threads: int | None = None,
     workers: int = 1,
     precision: str | None = None,
+    match_classes: bool = False,
 ) -> ValResult:
     """COCO mAP of any model on a dataset split.
 
@@ -141,19 +145,54 @@ def evaluate(
     artifacts, square at the artifact's size for fixed-shape ones. The two give slightly different
     mAPs, so the result records which was used (``ValResult.mode``): compare like with like.
     ``max_images``: evaluate only the first N images (quick checks inside search loops).
+    ``match_classes``: evaluate only the classes the model and the dataset share by name (model class
+    ids are mapped to the dataset's, other detections and labels are left out): a model trained on
+    more (or other) classes than the dataset has. Without it, a different class count is an error.
+
+    Besides mAP the result has per-class P / R / AP (``per_class``) and the confusion matrix at the
+    deployment operating point, conf 0.25 / IoU 0.45 like upstream (``confusion``).
     """
     from ..runtime import open as open_backend
 
     was_training = isinstance(model, torch.nn.Module) and model.training
     try:
         return _evaluate(open_backend(model, device=device, threads=threads, workers=workers, precision=precision),
-                         data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress)
+                         data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress, match_classes)
     finally:
         if was_training:
             model.train()
 
 
-def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress) -> ValResult:
+def _names(names: list[str], k: int = 6) -> str:
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
+
+def class_mapping(model_names: list[str], data_names: list[str]) -> dict[int, int]:
+    """Model class id -> dataset class id for every class name the two share."""
+    index = {n: i for i, n in enumerate(data_names)}
+    return {mi: index[n] for mi, n in enumerate(model_names) if n in index}
+
+
+def _check_classes(cfg, backend, match_classes: bool) -> dict[int, int] | None:
+    """The model -> dataset class map with ``match_classes`` (None without it); one-line errors."""
+    model_names, data_names = list(backend.names), list(cfg.names)
+    shared = class_mapping(model_names, data_names)
+    if match_classes:
+        if not shared:
+            raise DatasetError(f"{cfg.yaml_path}: --match-classes: the model's classes ({_names(model_names)}) and the "
+                               f"dataset's ({_names(data_names)}) share no name, so there is nothing to evaluate")
+        return shared
+    if backend.nc != cfg.nc:
+        hint = (f"they share {len(shared)} by name ({_names([model_names[k] for k in shared])}): add --match-classes "
+                "to evaluate only those" if shared else "they share no class name, so this model cannot be "
+                "evaluated on this dataset")
+        raise DatasetError(f"{cfg.yaml_path}: dataset has {cfg.nc} classes ({_names(data_names)}) but the model "
+                           f"predicts {backend.nc} ({_names(model_names)}); {hint}")
+    return None
+
+
+def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress,
+              match_classes=False) -> ValResult:
     where = backend.path
     if backend.end2end:
         raise DatasetError(f"{where}: exported with --nms (final detections at fixed thresholds); mAP needs the "
@@ -171,8 +210,12 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
 
     cfg = load_data_config(data)
     stride = max(int(backend.stride.max()), 32)
-    if backend.nc != cfg.nc:
-        raise DatasetError(f"{cfg.yaml_path}: dataset has {cfg.nc} classes but the model predicts {backend.nc}")
+    cmap = _check_classes(cfg, backend, match_classes)
+    keep_model = sorted(cmap) if cmap is not None else None  # model classes to keep (NMS filter)
+    lut = torch.full((max(backend.nc, 1),), -1, dtype=torch.float32)
+    for mi, di in (cmap or {}).items():
+        lut[mi] = di
+    keep_data = np.array(sorted(set(cmap.values())), dtype=np.int64) if cmap is not None else None
     files = image_files(cfg, split)
     if max_images is not None:
         files = files[:max_images]
@@ -189,6 +232,8 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
         batch_shapes = np.full((int(bi[-1]) + 1, 2), size)
 
     t_decode = t_pre = t_inf = t_nms = 0.0
+    cm = ConfusionMatrix(cfg.nc)
+    img_cls = []  # the classes present in each image (per-class image counts)
     gt_images, gt_boxes, detections = [], [], []
     all_tp, all_conf, all_pcls, all_tcls = [], [], [], []
     bar = tqdm(range(len(batch_shapes)), desc=f"evaluating {split}", unit="batch", disable=not progress, leave=False)
@@ -213,7 +258,10 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
         t2 = time.perf_counter()
         pred = backend(x)
         t3 = time.perf_counter()
-        out = postprocess(pred, metas, conf=conf, iou=iou, max_det=max_det, multi_label=True)
+        out = postprocess(pred, metas, conf=conf, iou=iou, max_det=max_det, multi_label=True, classes=keep_model)
+        if cmap is not None:  # model class ids -> the dataset's
+            for det in out:
+                det[:, 5] = lut[det[:, 5].long()]
         t4 = time.perf_counter()
         t_pre += t2 - t1
         t_inf += t3 - t2
@@ -223,6 +271,8 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
             h0, w0 = meta.orig_hw
             gt_images.append({"id": it.image_id, "width": w0, "height": h0})
             lab = it.labels
+            if keep_data is not None:
+                lab = lab[np.isin(lab[:, 0].astype(np.int64), keep_data)]
             gt_xywh = lab[:, 1:5] * np.array([w0, h0, w0, h0], dtype=np.float32)
             gt_xyxy = xywh2xyxy(torch.from_numpy(gt_xywh))
             for c, (cx, cy, bw, bh) in zip(lab[:, 0], gt_xywh):
@@ -236,20 +286,27 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
             all_conf.append(det[:, 4].numpy())
             all_pcls.append(det[:, 5].numpy())
             all_tcls.append(lab[:, 0])
+            cm.update(det, lab[:, 0], gt_xyxy)
+            img_cls.append(set(lab[:, 0].astype(int).tolist()))
     bar.close()
 
     n_img = len(gt_images)
     if not n_img:
         raise DatasetError(f"{cfg.yaml_path}: no readable images in the `{split}` split")
     res = coco_map(gt_images, gt_boxes, detections, cfg.nc)
-    p, r = precision_recall(
+    pr_cls, p_cls, r_cls = precision_recall_per_class(
         np.concatenate(all_tp), np.concatenate(all_conf), np.concatenate(all_pcls), np.concatenate(all_tcls)
     )
+    p, r = (float(p_cls.mean()), float(r_cls.mean())) if len(pr_cls) else (0.0, 0.0)
+    pr = {int(c): (float(a), float(b)) for c, a, b in zip(pr_cls, p_cls, r_cls)}
     tcls = np.concatenate(all_tcls).astype(int)
     per_class = [
-        {"class": c, "name": cfg.names[c], "instances": int((tcls == c).sum()), "map50_95": a, "map50": a50}
+        {"class": int(c), "name": cfg.names[int(c)], "images": sum(int(c) in s for s in img_cls),
+         "instances": int((tcls == c).sum()), "precision": pr.get(int(c), (0.0, 0.0))[0],
+         "recall": pr.get(int(c), (0.0, 0.0))[1], "map50_95": float(a), "map50": float(a50)}
         for c, (a, a50) in sorted(res.per_class_ap.items())
     ]
+    class_map = [{"model": mi, "dataset": di, "name": cfg.names[di]} for mi, di in sorted((cmap or {}).items())]
     speed = {
         "decode": 1e3 * t_decode / n_img,
         "preprocess": 1e3 * t_pre / n_img,
@@ -258,5 +315,5 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
     }
     return ValResult(res.map50_95, res.map50, p, r, n_img, len(gt_boxes), skipped, speed, per_class, detections,
                      mode=mode, imgsz=int(size), backend=backend.name,
-                     inference_precision=backend.precision)
+                     inference_precision=backend.precision, class_map=class_map, confusion=cm.to_dict(cfg.names))
 

@@ -71,22 +71,30 @@ class VerifyResult:
     box_ratio: float = 0.0  # worst |diff| / (box_atol + box_rtol x |value|) over all coordinates; <= 1 passes
     min_agreement: float = 0.0
     passed: bool = False
+    sources: list = field(default_factory=list)  # the verification images, or ["generated scene"]
+    problem: str = ""  # why it failed when no limit was exceeded (nothing to compare)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
+        if self.problem:
+            return self.problem
         return (f"{self.precision}: boxes max |diff| {self.max_box_diff:.3g} px (limit {self.box_atol:g} px + "
                 f"{self.box_rtol:g} x |value|, worst {self.box_ratio:.2f} of it), scores {self.max_score_diff:.3g} "
                 f"(limit {self.atol:g}); detection agreement {self.agreement:.3f} (minimum {self.min_agreement:g}; "
                 f"{self.detections_torch} PyTorch / {self.detections_export} exported detections)")
 
 
+GENERATED = "generated scene"
+
+
 def verify_inputs(imgsz: tuple[int, int], batch: int, seed: int = 0, images: list | None = None) -> torch.Tensor:
     """A deterministic batch: letterboxed real images when given, else a synthetic scene.
 
     The synthetic scene (smooth gradients with random coloured rectangles and noise) triggers
-    hundreds of low-confidence detections, enough to compare post-NMS outputs.
+    hundreds of low-confidence detections (conf < 0.1), enough to compare raw outputs and post-NMS
+    lists at conf 0.01 but none at a deployment threshold: see :func:`scene_with_detections`.
     """
     h, w = imgsz
     if images:
@@ -111,6 +119,41 @@ def verify_inputs(imgsz: tuple[int, int], batch: int, seed: int = 0, images: lis
             x[b, :, y0:y0 + hh, x0:x0 + ww] = torch.rand(3, 1, 1, generator=g)
     x += 0.05 * torch.randn(x.shape, generator=g)
     return x.clamp_(0, 1)
+
+
+def _scores(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, N) best class score (objectness x class probability) of every anchor, differentiable."""
+    maps = model.detect.raw_maps(model.neck_features(x))
+    return torch.cat([(m[..., 4:5].sigmoid() * m[..., 5:].sigmoid()).amax(-1).flatten(1) for m in maps], 1)
+
+
+def scene_with_detections(model, x: torch.Tensor, conf: float, iou: float = 0.45, want: int = 3,
+                          steps: int = 30, lr: float = 0.1) -> torch.Tensor:
+    """Change the synthetic scene ``x`` until ``model`` finds ``want`` objects in each image well above ``conf``.
+
+    Gradient ascent on the input pixels (through a sigmoid, so they stay in [0, 1]) raises the most
+    confident anchors' scores to (1 + conf) / 2: far enough from the threshold that an artifact with
+    NMS baked in at ``conf`` and the PyTorch model must both report them. Deterministic for a given
+    ``x``; used only when no real images are available. Returns ``x`` unchanged for a model without
+    the YOLOv5 head.
+    """
+    if not (hasattr(model, "neck_features") and hasattr(getattr(model, "detect", None), "raw_maps")):
+        return x
+    target = min(0.9, (1 + conf) / 2)
+    z = torch.logit(x.detach().clamp(0.02, 0.98)).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for step in range(steps):
+        with torch.enable_grad():
+            s = _scores(model, torch.sigmoid(z))
+            loss = -s.topk(min(50, s.shape[1]), dim=1).values.mean()
+            (z.grad,) = torch.autograd.grad(loss, z)
+        opt.step()
+        if step % 3 == 2:
+            with torch.no_grad():
+                found = non_max_suppression(model(torch.sigmoid(z)).float(), target, iou)
+            if min(len(d) for d in found) >= want:
+                break
+    return torch.sigmoid(z).detach()
 
 
 def _match(a: torch.Tensor, b: torch.Tensor, tol: Tolerance, ref_is_a: bool) -> tuple[int, float, float, float]:
@@ -159,7 +202,11 @@ def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool
     """Run ``backend`` (a runtime Backend) and ``model`` (fp32 PyTorch) on the same inputs and compare.
 
     The limits are ``TOLERANCE[precision]``; ``atol`` overrides the one on scores and ``min_agreement``
-    the detection agreement.
+    the detection agreement. ``images``: real images to compare on (the export command passes the
+    shared sample images when it finds them); without them a synthetic scene, which for an artifact
+    with NMS baked in is first made to produce detections above its threshold
+    (:func:`scene_with_detections`). When neither side detects anything the result fails:
+    0 = 0 proves nothing about the artifact's boxes.
     """
     tol = tolerance(precision)
     atol = tol.score if atol is None else float(atol)
@@ -172,6 +219,9 @@ def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool
     agree, n_t, n_e = 1.0, 0, 0
     for k, (b, h, w) in enumerate(shapes):
         x = verify_inputs((h, w), b, seed=k, images=images)
+        if not images and backend.end2end:
+            x = scene_with_detections(model, x, float((backend.nms or {}).get("conf", conf)),
+                                      float((backend.nms or {}).get("iou", iou)))
         with torch.inference_mode():
             ref = model(x).float()
         try:
@@ -209,8 +259,14 @@ def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool
             if backend.end2end:
                 max_bdiff, ratio, max_sdiff = max(max_bdiff, bd), max(ratio, r), max(max_sdiff, sd)
     res = VerifyResult(max_bdiff, max_sdiff, agree, n_t, n_e, [list(s) for s in shapes], precision, atol,
-                       tol.box_abs, tol.box_rel, ratio, min_agreement)
+                       tol.box_abs, tol.box_rel, ratio, min_agreement,
+                       sources=[str(p) for p in images] if images else [GENERATED])
     res.passed = bool(np.isfinite(ratio) and ratio <= 1.0 and max_sdiff <= atol and agree >= min_agreement)
+    if n_t == 0 and n_e == 0:
+        c = (backend.nms or {}).get("conf", conf) if backend.end2end else conf
+        res.passed = False
+        res.problem = (f"0 PyTorch / 0 exported detections at conf {c:g} on {', '.join(res.sources)}: nothing to "
+                       "compare: give --verify-source IMAGES with objects")
     if not res.passed and raise_on_fail:
         raise ExportError(f"{backend.path}: verification FAILED: {res.summary()}")
     return res

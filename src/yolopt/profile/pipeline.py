@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..bench import measure, time_calls
-from ..data.images import list_images, read_image
+from ..data.images import list_images, read_image, sample_images
 from ..data.preprocess import preprocess
 from ..errors import YoloptError
 from ..ops.postprocess import select
@@ -20,21 +20,10 @@ NMS_CONFS = (0.5, 0.25, 0.1, 0.05, 0.01, 0.001)
 
 def default_sources(shared: Path | None = None) -> list[Path]:
     """The bundled sample images (shared/data/images), else a few coco128 images."""
-    import os
-
-    roots = [Path(os.environ["YOLOPT_SHARED"])] if os.environ.get("YOLOPT_SHARED") else []
-    here = Path(__file__).resolve()
-    roots += [shared] if shared else []
-    roots += [p / "shared" for p in here.parents[:5]] + [Path.cwd() / "shared", Path.cwd().parent / "shared"]
-    for root in roots:
-        if root and (root / "data" / "images").is_dir():
-            imgs = list_images(root / "data" / "images")
-            if imgs:
-                return imgs
-        coco = root / "data" / "coco128" / "images" / "train2017" if root else None
-        if coco and coco.is_dir():
-            return list_images(coco)[:4]
-    raise YoloptError("no sample images found; pass --source IMAGES")
+    imgs = sample_images(shared)
+    if not imgs:
+        raise YoloptError("no sample images found; pass --source IMAGES")
+    return imgs
 
 
 def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int = 1, iou: float = 0.45,

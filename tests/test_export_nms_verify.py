@@ -1,0 +1,108 @@
+"""export --nms verification compares real detections (never 0 = 0), and predict warns about baked-in thresholds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pytest.importorskip("onnxruntime")
+
+IMGSZ = "256"
+
+
+def _counts(text: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) PyTorch / (\d+) exported detections", text)
+    assert m, text
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.fixture(scope="module")
+def nms_export(tmp_path_factory, yolov5n_pt):
+    """yolov5n exported with --nms (conf 0.25 baked in) and no --verify-source."""
+    d = tmp_path_factory.mktemp("nms")
+    out, report = d / "nms.onnx", d / "export.json"
+    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--imgsz", IMGSZ, "--out", out, "--json", report)
+    assert r.returncode == 0, r.stderr
+    return out, r, json.loads(report.read_text())
+
+
+def test_nms_export_verifies_on_images_with_objects(nms_export, shared):
+    _, r, report = nms_export
+    n_torch, n_export = _counts(r.stdout)
+    assert n_torch > 0 and n_export == n_torch and "PASS" in r.stdout
+    v = report["verify"]
+    # the default inputs are the shared sample images (real objects), not the synthetic scene
+    assert v["sources"] == [str(p) for p in sorted((shared / "data" / "images").glob("*.jpg"))]
+    assert v["detections_torch"] == n_torch and v["passed"] is True
+
+
+def test_nms_export_with_nothing_to_compare_fails(yolov5n_pt, tmp_path):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 114, np.uint8))
+    out = tmp_path / "n.onnx"
+    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--imgsz", IMGSZ, "--out", out,
+                "--verify-source", blank)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("yolopt: error: "), r.stderr
+    assert "0 PyTorch / 0 exported detections at conf 0.25" in lines[0]
+    assert "nothing to compare: give --verify-source IMAGES with objects" in lines[0] and str(out) in lines[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["blank.png"]
+
+
+def test_generated_scene_made_to_produce_detections(yolov5n_pt, tmp_path, monkeypatch):
+    """No shared images (a user's machine): the synthetic scene is pushed until the model finds objects."""
+    import yolopt.export.exporter as exporter
+    from yolopt.export import ExportSpec, export
+    from yolopt.export.verify import GENERATED
+
+    monkeypatch.setattr(exporter, "sample_images", lambda: [])
+    res = export(yolov5n_pt, ExportSpec("onnx", imgsz=128, nms=True, out=tmp_path / "g.onnx"))
+    v = res.verify
+    assert v.sources == [GENERATED] and v.passed
+    assert v.detections_torch >= 1 and v.detections_export == v.detections_torch
+
+
+def test_synthetic_scene_alone_has_nothing_at_deploy_conf(yolov5n):
+    """Why the scene must be made to produce detections: as it is, nothing scores 0.25."""
+    import copy
+
+    import torch
+
+    from yolopt.export.verify import scene_with_detections, verify_inputs
+    from yolopt.ops.nms import non_max_suppression
+
+    m = copy.deepcopy(yolov5n).fuse().eval()
+    x = verify_inputs((128, 128), 1)
+    with torch.no_grad():
+        assert len(non_max_suppression(m(x), 0.25, 0.45)[0]) == 0
+        y = scene_with_detections(m, x, 0.25)
+        assert len(non_max_suppression(m(y), 0.25 * 1.2, 0.45)[0]) >= 1
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_predict_on_nms_artifact_warns_below_baked_conf(nms_export, bus_jpg):
+    out, _, _ = nms_export
+
+    def predict(*extra):
+        r = run_cli("predict", out, bus_jpg, "--imgsz", IMGSZ, "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("yolopt: warning:")]
+        return json.loads(r.stdout)[0]["detections"], warnings
+
+    dets, warnings = predict("--conf", "0.1")
+    assert len(warnings) == 1, warnings
+    assert "--conf 0.1 is below the conf 0.25 baked into it" in warnings[0] and str(out) in warnings[0]
+    assert dets and min(d["conf"] for d in dets) > 0.25  # what the artifact can return
+    base, warnings = predict()
+    assert not warnings and len(base) == len(dets)
+    hi, warnings = predict("--conf", "0.6")  # a higher threshold filters, no warning
+    assert not warnings and hi and min(d["conf"] for d in hi) > 0.6 and len(hi) < len(base)
+    _, warnings = predict("--iou", "0.3")
+    assert len(warnings) == 1 and "--iou 0.3 has no effect" in warnings[0]
