@@ -40,9 +40,16 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     return path
 
 
+def _plain(o):
+    """numpy scalars and arrays -> Python numbers and lists (integers stay integers)."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return float(o)
+
+
 def write_json(path: str | Path, payload, quiet: bool = False) -> Path:
-    """``payload`` as indented JSON at ``path``, atomically (numpy scalars become floats)."""
-    text = json.dumps(payload, indent=1, default=float)
+    """``payload`` as indented JSON at ``path``, atomically (numpy values become plain numbers)."""
+    text = json.dumps(payload, indent=1, default=_plain)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
     if not quiet:
         log.info("wrote %s", path)

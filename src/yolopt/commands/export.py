@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim clean-up")
     p.add_argument("--out", help="output file (or folder for openvino); default next to the weights")
     p.add_argument("--verify-source", nargs="+", metavar="IMAGE",
-                   help="images to verify on (default: a synthetic scene)")
+                   help="images to verify on (default: the shared sample images, else a generated scene with objects)")
     p.add_argument("--atol", type=float, help="override the score tolerance of the verification")
     p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
     # a bad option value is one line (not the usage block), exit status 2 as argparse's
