@@ -67,7 +67,7 @@ def test_bf16_runs_only_when_asked_and_supported(deploy_artifacts):
     assert (b(x) - y32).abs().max() > 0  # really a different precision, reported as such
 
 
-def test_bf16_on_a_cpu_or_runtime_without_it_is_one_clear_line(deploy_artifacts, tmp_path):
+def test_bf16_on_a_cpu_or_runtime_without_it_is_one_clear_line(deploy_artifacts, tmp_path, bus_jpg):
     from yolopt import runtime
     from yolopt.errors import RuntimeBackendError
     from yolopt.machine import has_native_bf16
@@ -75,9 +75,9 @@ def test_bf16_on_a_cpu_or_runtime_without_it_is_one_clear_line(deploy_artifacts,
     onnx = deploy_artifacts["onnx"].path
     with pytest.raises(RuntimeBackendError, match="bf16 is not available with onnxruntime"):
         runtime.open(onnx, precision="bf16")
-    r = run_cli("predict", onnx, "--precision", "bf16", onnx)  # the source is never reached
+    r = run_cli("predict", onnx, "--precision", "bf16", bus_jpg, "--out", tmp_path / "o")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert "onnxruntime" in r.stderr and str(onnx) in r.stderr
+    assert "onnxruntime" in r.stderr and str(onnx) in r.stderr and not (tmp_path / "o").exists()
     if not has_native_bf16():
         pytest.importorskip("openvino")
         xml = deploy_artifacts["openvino"].path
@@ -237,9 +237,10 @@ def test_evaluate_in_memory_quick_and_mode_follows_artifact(yolov5n, coco128_yam
 def test_info_reports_precision_for_weights_and_artifacts(yolov5n_pt, deploy_artifacts):
     r = run_cli("info", yolov5n_pt)
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no library warnings leak into the output
     d = json.loads(r.stdout)
     assert d["precision"] == "fp32" and d["nc"] == 80 and d["params_fused"] == 1_867_405
-    for key, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+    for key, backend in (("onnx", "onnxruntime"), ("openvino", "openvino"), ("torchscript", "torchscript")):
         if key == "openvino":
             pytest.importorskip("openvino")
         r = run_cli("info", deploy_artifacts[key].path)
