@@ -1,0 +1,215 @@
+"""Compression: structured pruning on the dependency graph (all sizes, P6), round-to, ignore, the
+save/load/val/export round trip, bad input, BN sparsity, distillation, unstructured pruning, the CLI.
+Random weights or tiny synthetic data, small image sizes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import yolopt
+from yolopt.compress import PruneSpec, prune
+from yolopt.compress.prune import ChannelPruner, check_rounding, layer_channels
+from yolopt.errors import YoloptError
+from yolopt.models import DetectionModel, builtin_config
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(name: str, nc: int = 3, seed: int = 0) -> DetectionModel:
+    torch.manual_seed(seed)
+    m = DetectionModel(builtin_config(name, nc=nc)).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so every channel matters
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _size(name: str) -> int:
+    return 128 if name.endswith("6") else 64
+
+
+# ----------------------------------------------------------------------------- dependency graph
+
+
+@pytest.mark.parametrize("name", ["yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x", "yolov5n6"])
+def test_pruned_model_stays_consistent_for_every_size(name):
+    """Every Concat and residual add stays consistent: the pruned model runs in eval and train mode,
+    output shapes are unchanged, Detect outputs keep na*(5+nc) channels, channels are multiples of 8."""
+    m = _model(name)
+    s = _size(name)
+    x = torch.rand(2, 3, s, s)
+    with torch.no_grad():
+        y0 = m(x)
+        raw0 = m.train()(x)
+    m.eval()
+    before, params = layer_channels(m), m.num_params()
+    table = ChannelPruner(m, PruneSpec(ratio=0.3, round_to=8)).step()
+    assert type(m) is DetectionModel
+    with torch.no_grad():
+        assert m(x).shape == y0.shape
+        raw = m.train()(x)
+    m.eval()
+    assert [r.shape for r in raw] == [r.shape for r in raw0]
+    det = {f"model.{len(m.model) - 1}.m.{i}" for i in range(m.detect.nl)}
+    for name_, (cin, cout) in layer_channels(m).items():
+        if name_ in det:
+            assert cout == before[name_][1]  # Detect outputs never pruned
+    pruned = [r for r in table if r["out_after"] < r["out_before"]]
+    assert len(pruned) > len(table) // 2
+    assert not check_rounding(table, 8)
+    assert m.num_params() < 0.7 * params
+
+
+@pytest.mark.parametrize("name", ["yolov5s", "yolov5n6"])
+def test_removing_dead_channels_is_exact(name):
+    """Channels whose BN outputs exactly 0 (gamma = beta = 0, SiLU(0) = 0) in *every* layer are the
+    ones pruned: the output does not change, which only holds if each Concat / residual group was
+    cut at the same indices in every coupled layer (and Detect's inputs with them)."""
+    m = _model(name, seed=1)
+    r = 0.25
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                n = mod.num_features
+                k = n - int(n * (1 - r))
+                mod.weight[n - k:] = 0
+                mod.bias[n - k:] = 0
+    x = torch.rand(1, 3, _size(name), _size(name))
+    with torch.no_grad():
+        y0 = m(x)
+    res = prune(m, PruneSpec(ratio=r, method="slim", round_to=1, compensate=False, imgsz=_size(name)))
+    with torch.no_grad():
+        y1 = res.model(x)
+    assert res.params_after < 0.7 * res.params_before
+    torch.testing.assert_close(y1, y0, atol=2e-3, rtol=1e-4)
+
+
+def test_round_to_and_ignore():
+    m = _model("yolov5s")
+    spec = PruneSpec(ratio=0.4, round_to=16, ignore=("9", "model.13.cv3"), method="l1", imgsz=64)
+    res = prune(m, spec)
+    after = layer_channels(res.model)
+    before = layer_channels(m)
+    changed = [n for n in before if after[n] != before[n]]
+    assert changed and not check_rounding(res.layers, 16)
+    for n in before:  # ignored layers: inputs and outputs untouched
+        if n.startswith("model.9.") or n.startswith("model.13.cv3."):
+            assert after[n] == before[n], n
+    assert layer_channels(m) == before  # the input model is not modified
+    # round_to=1 cuts exactly the ratio (nearest rounding keeps more with 16)
+    ex = prune(m, PruneSpec(ratio=0.4, round_to=1, method="l1", imgsz=64))
+    assert ex.channels_after < res.channels_after + 64 and ex.params_after != res.params_after
+
+
+@pytest.mark.parametrize("method", ["slim", "l1", "lamp", "group"])
+def test_methods_and_global(method):
+    m = _model("yolov5n")
+    res = prune(m, PruneSpec(ratio=0.3, method=method, global_=True, imgsz=64))
+    assert res.params_after < res.params_before and res.flops_after < res.flops_before
+    assert res.model(torch.rand(1, 3, 64, 64)).shape == m(torch.rand(1, 3, 64, 64)).shape
+
+
+def test_taylor_uses_a_labelled_batch():
+    m = _model("yolov5n", nc=2)
+    x = torch.rand(2, 3, 64, 64)
+    t = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3], [1, 1, 0.3, 0.4, 0.2, 0.5]])
+    res = prune(m, PruneSpec(ratio=0.3, method="taylor", imgsz=64), calib=lambda: (x, t))
+    assert res.params_after < res.params_before
+    assert all(p.grad is None for p in res.model.parameters())
+    with pytest.raises(YoloptError, match="taylor needs a calibration batch"):
+        prune(m, PruneSpec(ratio=0.3, method="taylor", imgsz=64))
+
+
+def test_target_flops():
+    m = _model("yolov5n")
+    res = prune(m, PruneSpec(target_flops=0.5, imgsz=64, round_to=1))
+    assert 0.4 < res.flops_after / res.flops_before <= 0.5 + 1e-6
+    assert res.search and 0 < res.ratio < 0.9
+    with pytest.raises(YoloptError, match="not reachable"):
+        prune(m, PruneSpec(target_flops=0.001, imgsz=64))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ratio=0.0), "between 0 and 1"), (dict(ratio=1.0), "between 0 and 1"), (dict(ratio=-0.2), "between 0 and 1"),
+    (dict(ratio=0.3, method="nope"), "unknown pruning method"), (dict(), "exactly one"),
+    (dict(ratio=0.3, target_flops=0.5), "exactly one"), (dict(target_flops=1.5), "between 0 and 1"),
+    (dict(ratio=0.3, round_to=0), "round-to"), (dict(ratio=0.2, ignore=("99",)), "layers 0-24"),
+    (dict(ratio=0.2, ignore=("model.77.cv1",)), "no such layer"),
+])
+def test_bad_specs_are_one_line_errors(kwargs, match):
+    with pytest.raises(YoloptError, match=match) as e:
+        prune(_model("yolov5n"), PruneSpec(imgsz=64, **kwargs))
+    assert "\n" not in str(e.value)
+
+
+def test_fused_model_is_refused():
+    m = _model("yolov5n").fuse()
+    with pytest.raises(YoloptError, match="fused"):
+        prune(m, PruneSpec(ratio=0.2, imgsz=64))
+
+
+# ----------------------------------------------------------------------------- round trip on real weights
+
+
+def _calib(images_dir: Path, n: int = 8, imgsz: int = 320):
+    from yolopt.data.images import list_images, read_image
+    from yolopt.data.preprocess import preprocess
+
+    x, _ = preprocess([read_image(f) for f in list_images(images_dir)[:n]], imgsz)
+    return lambda: (x, torch.zeros(0, 6))
+
+
+def _round_trip(model, data, images_dir, tmp_path, imgsz=320, n=16):
+    from yolopt.evaluate import evaluate
+    from yolopt.export import ExportSpec, export
+
+    res = prune(model, PruneSpec(ratio=0.03, round_to=1, imgsz=imgsz), calib=_calib(images_dir, imgsz=imgsz))
+    assert res.params_after < res.params_before
+    path = yolopt.save(res.model, tmp_path / "pruned.safetensors", imgsz=imgsz)
+    back = yolopt.load(path)
+    assert type(back) is DetectionModel and layer_channels(back) == layer_channels(res.model)
+    x = torch.rand(1, 3, imgsz, imgsz)
+    with torch.no_grad():
+        assert torch.equal(back(x), res.model(x))
+    kw = dict(imgsz=imgsz, max_images=n, progress=False, mode="square")
+    v_pruned = evaluate(res.model, data, **kw)
+    v_back = evaluate(back, data, **kw)
+    assert v_back.map50_95 == v_pruned.map50_95
+    assert v_pruned.map50 > 0.05  # a real model still, not a collapsed one (where "same mAP" is trivial)
+    onnx = export(path, ExportSpec(format="onnx", imgsz=imgsz, out=tmp_path / "pruned.onnx"))
+    assert onnx.verify.passed
+    v_onnx = evaluate(str(onnx.path), data, **kw)
+    assert abs(v_onnx.map50_95 - v_back.map50_95) <= 0.002
+    return res, v_back
+
+
+def test_round_trip_yolov5n(yolov5n, coco128_yaml, tmp_path):
+    _round_trip(yolov5n, coco128_yaml, coco128_yaml.parent / "images", tmp_path)
+
+
+def test_round_trip_ppe_nc2(ppe_pt, shared, tmp_path):
+    hard = shared / "data" / "hardhat"
+    data = tmp_path / "ppe.yaml"  # the hard-hat val images, with the checkpoint's two class names
+    data.write_text(f"path: {hard}\ntrain: images/train\nval: images/val\nnames:\n  0: helmet\n  1: vest\n")
+    model = yolopt.load(ppe_pt)
+    res, _ = _round_trip(model, data, hard / "images" / "val", tmp_path)
+    assert res.model.nc == 2 and res.model.detect.m[0].out_channels == 3 * 7
