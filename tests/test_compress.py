@@ -213,3 +213,91 @@ def test_round_trip_ppe_nc2(ppe_pt, shared, tmp_path):
     model = yolopt.load(ppe_pt)
     res, _ = _round_trip(model, data, hard / "images" / "val", tmp_path)
     assert res.model.nc == 2 and res.model.detect.m[0].out_channels == 3 * 7
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A random-weight yolov5n (nc=3) saved in yolopt's format."""
+    return yolopt.save(_model("yolov5n"), tmp_path_factory.mktemp("w") / "tiny.safetensors", imgsz=64)
+
+
+def test_cli_prune_writes_model_and_reports(tiny_weights, tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = run_cli("prune", tiny_weights, "--ratio", "0.3", "--imgsz", "64", "--no-latency", "--force", "--out", out,
+                "--ignore", "0")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.with_suffix(".json").read_text())
+    s = rep["summary"]
+    assert s["params"]["pruned"] < s["params"]["before"] and s["gflops"]["pruned"] < s["gflops"]["before"]
+    rows = {x["layer"]: x for x in rep["layers"]}
+    assert rows["model.0.conv"]["out_after"] == rows["model.0.conv"]["out_before"]
+    assert any(x["out_after"] < x["out_before"] for x in rep["layers"])
+    assert "far past the safe prune ratio" in rep["warnings"][0]
+    md = out.with_suffix(".md").read_text()
+    assert "| params |" in md and "model.0.conv" in md
+    m = yolopt.load(out)
+    assert m.num_params() == s["params"]["pruned"] and m.provenance["pruned"]["ratio"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("args,match,code", [
+    (["--ratio", "1.5"], "between 0 and 1", 2),
+    (["--ratio", "0"], "between 0 and 1", 2),
+    (["--ratio", "0.3", "--method", "bogus"], "invalid choice", 2),
+    (["--ratio", "0.5"], "refusing to prune without fine-tuning", 1),
+    (["--ratio", "0.3", "--finetune", "2"], "needs --data", 1),
+    (["--ratio", "0.3", "--distill"], "while fine-tuning", 1),
+    (["--method", "magnitude"], "needs --sparsity", 1),
+])
+def test_cli_bad_input_is_one_line(tiny_weights, tmp_path, args, match, code):
+    r = run_cli("prune", tiny_weights, *args, "--imgsz", "64", "--no-latency", "--out", tmp_path / "x.safetensors")
+    assert r.returncode == code, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and match in errors[0], r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_refuses_an_exported_artifact(tiny_weights, tmp_path):
+    from yolopt.export import ExportSpec, export
+
+    onnx = export(tiny_weights, ExportSpec(format="onnx", imgsz=64, out=tmp_path / "m.onnx", verify=False)).path
+    r = run_cli("prune", onnx, "--ratio", "0.3", "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 1 and "exported artifact cannot be pruned" in r.stderr
+
+
+def test_cli_teacher_with_other_classes_is_refused(tiny_weights, tmp_path):
+    other = yolopt.save(_model("yolov5n", nc=5), tmp_path / "t5.safetensors", imgsz=64)
+    data = tmp_path / "d.yaml"
+    data.write_text("path: .\ntrain: x\nval: x\nnames: {0: a, 1: b, 2: c}\n")
+    r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--finetune", "1",
+                "--data", data, "--teacher", other, "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 1 and "teacher predicts 5 classes but the student predicts 3" in r.stderr, r.stderr
+
+
+def test_unreachable_latency_target_is_a_clear_error():
+    with pytest.raises(YoloptError, match="not reachable") as e:
+        prune(_model("yolov5n"), PruneSpec(target_latency_ms=1e-4, backend="torch", imgsz=64, latency_iters=3))
+    assert "unpruned" in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- unstructured
+
+
+def test_unstructured_is_honest(tiny_weights, tmp_path):
+    from yolopt.compress import magnitude_prune
+
+    m = yolopt.load(tiny_weights)
+    res = magnitude_prune(m, 0.5)
+    assert res.model.num_params() == m.num_params() and 0.49 < res.sparsity < 0.51
+    assert all(not hasattr(mod, "weight_mask") for mod in res.model.modules())  # made permanent
+    assert int((m.model[0].conv.weight == 0).sum()) == 0  # the input model is untouched
+    out = tmp_path / "u.safetensors"
+    r = run_cli("prune", tiny_weights, "--method", "magnitude", "--sparsity", "0.5", "--imgsz", "64",
+                "--backend", "torch", "--out", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["summary"]["params"]["pruned"] == rep["summary"]["params"]["before"]
+    assert rep["summary"]["gflops"]["pruned"] == rep["summary"]["gflops"]["before"]
+    assert rep["summary"]["latency_ms"]["pruned"] > 0 and "shrinks nothing" in rep["note"]

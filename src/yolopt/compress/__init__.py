@@ -18,5 +18,10 @@ from .prune import (
     prune,
 )
 
-__all__ = ["BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
+from .distill import OutputDistillation, check_teacher, output_distillation_loss
+from .sparsity import BNSparsity, safe_prune_ratio
+from .unstructured import magnitude_prune
+
+__all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
+           "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
            "measure_latency", "model_flops", "prune"]
