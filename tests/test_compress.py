@@ -16,6 +16,7 @@ from torch import nn
 import yolopt
 from yolopt.compress import PruneSpec, prune
 from yolopt.compress.prune import ChannelPruner, check_rounding, layer_channels
+from yolopt.engine.trainer import Callback
 from yolopt.errors import YoloptError
 from yolopt.models import DetectionModel, builtin_config
 
@@ -301,3 +302,97 @@ def test_unstructured_is_honest(tiny_weights, tmp_path):
     assert rep["summary"]["params"]["pruned"] == rep["summary"]["params"]["before"]
     assert rep["summary"]["gflops"]["pruned"] == rep["summary"]["gflops"]["before"]
     assert rep["summary"]["latency_ms"]["pruned"] > 0 and "shrinks nothing" in rep["note"]
+
+
+# ----------------------------------------------------------------------------- sparsity + distillation (training)
+
+TINY = dict(imgsz=64, batch=4, workers=0, progress=False, plots=False, close_mosaic=0, nbs=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from yolopt.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "d", images=10, classes=3, imgsz=64, seed=5)
+
+
+class _Gammas(Callback):
+    """Records mean |gamma| of the raw (trained) model at the end of each epoch."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        from yolopt.compress.sparsity import bn_gammas
+        from yolopt.engine.ema import unwrap
+
+        self.values.append(bn_gammas(unwrap(trainer.model)))
+
+
+def test_sparsity_moves_gammas_towards_zero(tiny_data, tmp_path):
+    from yolopt.compress import BNSparsity
+    from yolopt.engine import train
+
+    runs = {}
+    for s in (None, 0.05):
+        rec = _Gammas()
+        cbs = [rec] + ([BNSparsity(s, decay="linear", eval_images=4)] if s else [])
+        train(tiny_data, model=_model("yolov5n"), epochs=2, out=str(tmp_path / str(s)), callbacks=cbs,
+              hyp={"lr0": 0.01, "warmup_epochs": 0}, **TINY)
+        runs[s] = rec.values
+    # same seed, data and schedule: only the penalty differs (the lr is still warming up, so steps are small)
+    closer = (runs[0.05][-1] < runs[None][-1]).float().mean()
+    assert closer > 0.95, float(closer)
+    assert runs[0.05][-1].sum() < runs[None][-1].sum()
+    log = json.loads((tmp_path / "0.05" / "sparsity.json").read_text())["history"]
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["sparsity"] < log[0]["sparsity"]  # linear decay
+    assert {"safe_prune_ratio", "predicted_map_drop", "map50_95"} <= log[0].keys()
+    assert (tmp_path / "0.05" / "bn_gamma_e2.png").stat().st_size > 1000
+
+
+def test_train_cli_sparsity(tiny_data, tmp_path):
+    r = run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--epochs", "1", "--imgsz", "64", "--batch", "4",
+                "--workers", "0", "--device", "cpu", "--no-progress", "--out", tmp_path / "run", "--sparsity", "1e-3")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "bn_gamma_e1.png").exists() and "safe prune ratio" in r.stderr
+    r = run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--epochs", "1", "--out", tmp_path / "r2",
+                "--sparsity", "-1")
+    assert r.returncode == 1 and "must be > 0" in r.stderr
+
+
+def test_distillation_loss_properties():
+    from yolopt.compress import output_distillation_loss
+
+    torch.manual_seed(0)
+    t = [torch.randn(2, 3, s, s, 8) for s in (8, 4, 2)]
+    s = [x.clone().requires_grad_(True) for x in t]
+    loss, parts = output_distillation_loss(s, t, obj_threshold=0.5)
+    loss.backward()
+    assert parts["confident"] > 0
+    assert max(float(x.grad.abs().max()) for x in s) < 1e-5  # the student equal to the teacher: a minimum
+    s2 = [(x + 0.5 * torch.randn_like(x)).requires_grad_(True) for x in t]
+    loss2, _ = output_distillation_loss(s2, t)
+    assert loss2 > loss
+    quiet = [x.clone() for x in t]
+    for x in quiet:
+        x[..., 4] = -10.0  # the teacher sees background everywhere: no class / box targets
+    _, p = output_distillation_loss(s2, quiet)
+    assert p["confident"] == 0 and p["cls"] == 0.0 and p["box"] == 0.0
+
+
+def test_distillation_trains_a_pruned_student(tiny_data, tmp_path):
+    from yolopt.compress import OutputDistillation
+    from yolopt.compress.distill import check_teacher
+    from yolopt.engine import train
+
+    teacher = _model("yolov5n")
+    student = prune(teacher, PruneSpec(ratio=0.3, imgsz=64)).model
+    cb = OutputDistillation(features=True)
+    res = train(tiny_data, model=student, teacher=teacher, epochs=1, out=str(tmp_path / "kd"), callbacks=[cb], **TINY)
+    assert cb.needs_features and cb.last["confident"] >= 0 and cb.last["feat"] > 0
+    assert [a.in_channels for a in cb.adapters] == [m.in_channels for m in student.detect.m]
+    assert [a.out_channels for a in cb.adapters] == [m.in_channels for m in teacher.detect.m]
+    back = yolopt.load(res.last)  # adapters are not part of the saved model
+    assert layer_channels(back) == layer_channels(student)
+    with pytest.raises(YoloptError, match="teacher predicts 5 classes"):
+        check_teacher(student, _model("yolov5n", nc=5))

@@ -11,8 +11,9 @@ share anchors, strides and classes, so the maps line up):
 * classes: BCE against the teacher's class probabilities, only where the teacher is confident
   (``sigmoid(t_obj) > obj_threshold``), so the background, which is most anchors, does not
   dominate (``w_cls``);
-* boxes: 1 - CIoU between the student's and the teacher's decoded boxes (grid units, the detection
-  loss's parametrisation) on those same anchors (``w_box``);
+* boxes: L1 between the student's and the teacher's box parameters as the detection loss decodes
+  them (centre offset ``2 sigmoid - 0.5`` in cells, size ``(2 sigmoid)^2`` in anchor units), on
+  those same anchors (``w_box``; L1 rather than CIoU, whose gradient is undefined at equality);
 * features (``features=True``): MSE between the teacher's neck outputs and the student's, mapped to
   the teacher's widths by 1x1 adapter convs (trained with their own optimizer, stepped with the
   model's; they are not part of the saved model).
@@ -28,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.loss import bbox_ciou
 from ..engine.trainer import Callback
 from ..errors import YoloptError
 
@@ -51,13 +51,13 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
         raise YoloptError("teacher anchors differ from the student's; box distillation needs the same anchors")
 
 
-def output_distillation_loss(s_raw: list[torch.Tensor], t_raw: list[torch.Tensor], anchors: torch.Tensor,
+def output_distillation_loss(s_raw: list[torch.Tensor], t_raw: list[torch.Tensor],
                              obj_threshold: float = 0.5, w_obj: float = 1.0, w_cls: float = 0.5,
                              w_box: float = 0.05) -> tuple[torch.Tensor, dict]:
     """Per-image distillation loss between raw head maps.
 
     ``s_raw`` / ``t_raw``: per level ``(B, na, ny, nx, 5+nc)`` logits (student with gradients, teacher
-    without). ``anchors``: ``(nl, na, 2)`` in grid units (``Detect.anchors``). Returns (the weighted
+    without), same anchors. Returns (the weighted
     sum, a scalar tensor; ``{"obj", "cls", "box", "confident"}`` floats for logging).
     """
     dev = s_raw[0].device
@@ -65,7 +65,7 @@ def output_distillation_loss(s_raw: list[torch.Tensor], t_raw: list[torch.Tensor
     lcls = torch.zeros((), device=dev)
     lbox = torch.zeros((), device=dev)
     n_conf = 0
-    for i, (s, t) in enumerate(zip(s_raw, t_raw)):
+    for s, t in zip(s_raw, t_raw):
         t = t.detach().to(s.dtype)
         t_obj = t[..., 4].sigmoid()
         lobj = lobj + F.binary_cross_entropy_with_logits(s[..., 4], t_obj)
@@ -77,12 +77,12 @@ def output_distillation_loss(s_raw: list[torch.Tensor], t_raw: list[torch.Tensor
         ps, pt = s[mask], t[mask]  # (n, 5+nc)
         if ps.shape[1] > 5:
             lcls = lcls + F.binary_cross_entropy_with_logits(ps[:, 5:], pt[:, 5:].sigmoid())
-        a = anchors[i].to(dev).view(1, -1, 1, 1, 2).expand(*mask.shape, 2)[mask]  # (n, 2)
-        sb = torch.cat((ps[:, :2].sigmoid() * 2 - 0.5, (ps[:, 2:4].sigmoid() * 2) ** 2 * a), 1)
-        tb = torch.cat((pt[:, :2].sigmoid() * 2 - 0.5, (pt[:, 2:4].sigmoid() * 2) ** 2 * a), 1)
-        lbox = lbox + (1.0 - bbox_ciou(sb, tb)).mean()
+        sb = torch.cat((ps[:, :2].sigmoid() * 2 - 0.5, (ps[:, 2:4].sigmoid() * 2) ** 2), 1)  # (n, 4)
+        tb = torch.cat((pt[:, :2].sigmoid() * 2 - 0.5, (pt[:, 2:4].sigmoid() * 2) ** 2), 1)
+        lbox = lbox + F.l1_loss(sb, tb)
     total = w_obj * lobj + w_cls * lcls + w_box * lbox
-    return total, {"obj": float(lobj), "cls": float(lcls), "box": float(lbox), "confident": n_conf}
+    return total, {"obj": float(lobj.detach()), "cls": float(lcls.detach()), "box": float(lbox.detach()),
+                   "confident": n_conf}
 
 
 class OutputDistillation(Callback):
@@ -120,13 +120,12 @@ class OutputDistillation(Callback):
 
     def extra_loss(self, trainer, imgs, targets, preds):
         t_raw, t_feats = trainer.teacher_outputs(imgs)
-        anchors = trainer.teacher.detect.anchors
-        loss, parts = output_distillation_loss(preds, t_raw, anchors, self.obj_threshold, self.w_obj, self.w_cls,
+        loss, parts = output_distillation_loss(preds, t_raw, self.obj_threshold, self.w_obj, self.w_cls,
                                                self.w_box)
         if self.features and self.adapters is not None and trainer.student_feats is not None:
             lfeat = sum(F.mse_loss(ad(s), t.detach()) for ad, s, t in zip(self.adapters, trainer.student_feats, t_feats))
             loss = loss + self.w_feat * lfeat
-            parts["feat"] = float(lfeat)
+            parts["feat"] = float(lfeat.detach())
         self.last = parts
         return self.alpha * loss * imgs.shape[0]
 
