@@ -48,6 +48,13 @@ def register(sub) -> None:
     p.add_argument("--lr0", type=float, help="initial learning rate (overrides the hyp value)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across DDP processes")
     p.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of progress bars")
+    p.add_argument("--sparsity", type=float, metavar="S",
+                   help="network slimming: L1 penalty S on BatchNorm scales (e.g. 1e-4); writes bn_gamma_e*.png and "
+                        "sparsity.json (safe prune ratio, its measured mAP cost) every epoch. See docs/compress.md")
+    p.add_argument("--sparsity-decay", choices=["none", "linear"], default="none",
+                   help="linear: lower the penalty linearly to 1%% of S over the run (default none)")
+    p.add_argument("--sparsity-threshold", type=float, default=0.01,
+                   help="|gamma| under which a channel counts as prunable (default 0.01)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +62,12 @@ def run(args) -> int:
     from ..engine.trainer import load_hyp, train
 
     common = {"device": args.device, "workers": args.workers, "progress": not args.no_progress}
+    callbacks = []
+    if args.sparsity is not None:
+        from ..compress.sparsity import BNSparsity
+
+        callbacks.append(BNSparsity(args.sparsity, decay=args.sparsity_decay, threshold=args.sparsity_threshold))
+    common["callbacks"] = callbacks
     if args.resume is not None:
         res = train(resume=args.resume, **common)  # "" = newest run under runs/train
     else:

@@ -1,0 +1,27 @@
+"""Compression: structured channel pruning (Torch-Pruning dependency graph), BN-L1 sparsity training,
+output distillation, unstructured magnitude pruning (for comparison). See docs/compress.md.
+
+    >>> from yolopt.compress import PruneSpec, prune
+    >>> res = prune(model, PruneSpec(ratio=0.3, method="slim", round_to=8))
+    >>> yolopt.save(res.model, "pruned.safetensors")
+"""
+
+from .prune import (
+    BACKENDS,
+    METHODS,
+    ChannelPruner,
+    PruneResult,
+    PruneSpec,
+    layer_channels,
+    measure_latency,
+    model_flops,
+    prune,
+)
+
+from .distill import OutputDistillation, check_teacher, output_distillation_loss
+from .sparsity import BNSparsity, safe_prune_ratio
+from .unstructured import magnitude_prune
+
+__all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
+           "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
+           "measure_latency", "model_flops", "prune"]

@@ -1,0 +1,398 @@
+"""Compression: structured pruning on the dependency graph (all sizes, P6), round-to, ignore, the
+save/load/val/export round trip, bad input, BN sparsity, distillation, unstructured pruning, the CLI.
+Random weights or tiny synthetic data, small image sizes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import yolopt
+from yolopt.compress import PruneSpec, prune
+from yolopt.compress.prune import ChannelPruner, check_rounding, layer_channels
+from yolopt.engine.trainer import Callback
+from yolopt.errors import YoloptError
+from yolopt.models import DetectionModel, builtin_config
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(name: str, nc: int = 3, seed: int = 0) -> DetectionModel:
+    torch.manual_seed(seed)
+    m = DetectionModel(builtin_config(name, nc=nc)).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so every channel matters
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _size(name: str) -> int:
+    return 128 if name.endswith("6") else 64
+
+
+# ----------------------------------------------------------------------------- dependency graph
+
+
+@pytest.mark.parametrize("name", ["yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x", "yolov5n6"])
+def test_pruned_model_stays_consistent_for_every_size(name):
+    """Every Concat and residual add stays consistent: the pruned model runs in eval and train mode,
+    output shapes are unchanged, Detect outputs keep na*(5+nc) channels, channels are multiples of 8."""
+    m = _model(name)
+    s = _size(name)
+    x = torch.rand(2, 3, s, s)
+    with torch.no_grad():
+        y0 = m(x)
+        raw0 = m.train()(x)
+    m.eval()
+    before, params = layer_channels(m), m.num_params()
+    table = ChannelPruner(m, PruneSpec(ratio=0.3, round_to=8)).step()
+    assert type(m) is DetectionModel
+    with torch.no_grad():
+        assert m(x).shape == y0.shape
+        raw = m.train()(x)
+    m.eval()
+    assert [r.shape for r in raw] == [r.shape for r in raw0]
+    det = {f"model.{len(m.model) - 1}.m.{i}" for i in range(m.detect.nl)}
+    for name_, (cin, cout) in layer_channels(m).items():
+        if name_ in det:
+            assert cout == before[name_][1]  # Detect outputs never pruned
+    pruned = [r for r in table if r["out_after"] < r["out_before"]]
+    assert len(pruned) > len(table) // 2
+    assert not check_rounding(table, 8)
+    assert m.num_params() < 0.7 * params
+
+
+@pytest.mark.parametrize("name", ["yolov5s", "yolov5n6"])
+def test_removing_dead_channels_is_exact(name):
+    """Channels whose BN outputs exactly 0 (gamma = beta = 0, SiLU(0) = 0) in *every* layer are the
+    ones pruned: the output does not change, which only holds if each Concat / residual group was
+    cut at the same indices in every coupled layer (and Detect's inputs with them)."""
+    m = _model(name, seed=1)
+    r = 0.25
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                n = mod.num_features
+                k = n - int(n * (1 - r))
+                mod.weight[n - k:] = 0
+                mod.bias[n - k:] = 0
+    x = torch.rand(1, 3, _size(name), _size(name))
+    with torch.no_grad():
+        y0 = m(x)
+    res = prune(m, PruneSpec(ratio=r, method="slim", round_to=1, compensate=False, imgsz=_size(name)))
+    with torch.no_grad():
+        y1 = res.model(x)
+    assert res.params_after < 0.7 * res.params_before
+    torch.testing.assert_close(y1, y0, atol=2e-3, rtol=1e-4)
+
+
+def test_round_to_and_ignore():
+    m = _model("yolov5s")
+    spec = PruneSpec(ratio=0.4, round_to=16, ignore=("9", "model.13.cv3"), method="l1", imgsz=64)
+    res = prune(m, spec)
+    after = layer_channels(res.model)
+    before = layer_channels(m)
+    changed = [n for n in before if after[n] != before[n]]
+    assert changed and not check_rounding(res.layers, 16)
+    for n in before:  # ignored layers: inputs and outputs untouched
+        if n.startswith("model.9.") or n.startswith("model.13.cv3."):
+            assert after[n] == before[n], n
+    assert layer_channels(m) == before  # the input model is not modified
+    # round_to=1 cuts exactly the ratio (nearest rounding keeps more with 16)
+    ex = prune(m, PruneSpec(ratio=0.4, round_to=1, method="l1", imgsz=64))
+    assert ex.channels_after < res.channels_after + 64 and ex.params_after != res.params_after
+
+
+@pytest.mark.parametrize("method", ["slim", "l1", "lamp", "group"])
+def test_methods_and_global(method):
+    m = _model("yolov5n")
+    res = prune(m, PruneSpec(ratio=0.3, method=method, global_=True, imgsz=64))
+    assert res.params_after < res.params_before and res.flops_after < res.flops_before
+    assert res.model(torch.rand(1, 3, 64, 64)).shape == m(torch.rand(1, 3, 64, 64)).shape
+
+
+def test_taylor_uses_a_labelled_batch():
+    m = _model("yolov5n", nc=2)
+    x = torch.rand(2, 3, 64, 64)
+    t = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3], [1, 1, 0.3, 0.4, 0.2, 0.5]])
+    res = prune(m, PruneSpec(ratio=0.3, method="taylor", imgsz=64), calib=lambda: (x, t))
+    assert res.params_after < res.params_before
+    assert all(p.grad is None for p in res.model.parameters())
+    with pytest.raises(YoloptError, match="taylor needs a calibration batch"):
+        prune(m, PruneSpec(ratio=0.3, method="taylor", imgsz=64))
+
+
+def test_target_flops():
+    m = _model("yolov5n")
+    res = prune(m, PruneSpec(target_flops=0.5, imgsz=64, round_to=1))
+    assert 0.4 < res.flops_after / res.flops_before <= 0.5 + 1e-6
+    assert res.search and 0 < res.ratio < 0.9
+    with pytest.raises(YoloptError, match="not reachable"):
+        prune(m, PruneSpec(target_flops=0.001, imgsz=64))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ratio=0.0), "between 0 and 1"), (dict(ratio=1.0), "between 0 and 1"), (dict(ratio=-0.2), "between 0 and 1"),
+    (dict(ratio=0.3, method="nope"), "unknown pruning method"), (dict(), "exactly one"),
+    (dict(ratio=0.3, target_flops=0.5), "exactly one"), (dict(target_flops=1.5), "between 0 and 1"),
+    (dict(ratio=0.3, round_to=0), "round-to"), (dict(ratio=0.2, ignore=("99",)), "layers 0-24"),
+    (dict(ratio=0.2, ignore=("model.77.cv1",)), "no such layer"),
+])
+def test_bad_specs_are_one_line_errors(kwargs, match):
+    with pytest.raises(YoloptError, match=match) as e:
+        prune(_model("yolov5n"), PruneSpec(imgsz=64, **kwargs))
+    assert "\n" not in str(e.value)
+
+
+def test_fused_model_is_refused():
+    m = _model("yolov5n").fuse()
+    with pytest.raises(YoloptError, match="fused"):
+        prune(m, PruneSpec(ratio=0.2, imgsz=64))
+
+
+# ----------------------------------------------------------------------------- round trip on real weights
+
+
+def _calib(images_dir: Path, n: int = 8, imgsz: int = 320):
+    from yolopt.data.images import list_images, read_image
+    from yolopt.data.preprocess import preprocess
+
+    x, _ = preprocess([read_image(f) for f in list_images(images_dir)[:n]], imgsz)
+    return lambda: (x, torch.zeros(0, 6))
+
+
+def _round_trip(model, data, images_dir, tmp_path, imgsz=320, n=16):
+    from yolopt.evaluate import evaluate
+    from yolopt.export import ExportSpec, export
+
+    res = prune(model, PruneSpec(ratio=0.03, round_to=1, imgsz=imgsz), calib=_calib(images_dir, imgsz=imgsz))
+    assert res.params_after < res.params_before
+    path = yolopt.save(res.model, tmp_path / "pruned.safetensors", imgsz=imgsz)
+    back = yolopt.load(path)
+    assert type(back) is DetectionModel and layer_channels(back) == layer_channels(res.model)
+    x = torch.rand(1, 3, imgsz, imgsz)
+    with torch.no_grad():
+        assert torch.equal(back(x), res.model(x))
+    kw = dict(imgsz=imgsz, max_images=n, progress=False, mode="square")
+    v_pruned = evaluate(res.model, data, **kw)
+    v_back = evaluate(back, data, **kw)
+    assert v_back.map50_95 == v_pruned.map50_95
+    assert v_pruned.map50 > 0.05  # a real model still, not a collapsed one (where "same mAP" is trivial)
+    onnx = export(path, ExportSpec(format="onnx", imgsz=imgsz, out=tmp_path / "pruned.onnx"))
+    assert onnx.verify.passed
+    v_onnx = evaluate(str(onnx.path), data, **kw)
+    assert abs(v_onnx.map50_95 - v_back.map50_95) <= 0.002
+    return res, v_back
+
+
+def test_round_trip_yolov5n(yolov5n, coco128_yaml, tmp_path):
+    _round_trip(yolov5n, coco128_yaml, coco128_yaml.parent / "images", tmp_path)
+
+
+def test_round_trip_ppe_nc2(ppe_pt, shared, tmp_path):
+    hard = shared / "data" / "hardhat"
+    data = tmp_path / "ppe.yaml"  # the hard-hat val images, with the checkpoint's two class names
+    data.write_text(f"path: {hard}\ntrain: images/train\nval: images/val\nnames:\n  0: helmet\n  1: vest\n")
+    model = yolopt.load(ppe_pt)
+    res, _ = _round_trip(model, data, hard / "images" / "val", tmp_path)
+    assert res.model.nc == 2 and res.model.detect.m[0].out_channels == 3 * 7
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A random-weight yolov5n (nc=3) saved in yolopt's format."""
+    return yolopt.save(_model("yolov5n"), tmp_path_factory.mktemp("w") / "tiny.safetensors", imgsz=64)
+
+
+def test_cli_prune_writes_model_and_reports(tiny_weights, tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = run_cli("prune", tiny_weights, "--ratio", "0.3", "--imgsz", "64", "--no-latency", "--force", "--out", out,
+                "--ignore", "0")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.with_suffix(".json").read_text())
+    s = rep["summary"]
+    assert s["params"]["pruned"] < s["params"]["before"] and s["gflops"]["pruned"] < s["gflops"]["before"]
+    rows = {x["layer"]: x for x in rep["layers"]}
+    assert rows["model.0.conv"]["out_after"] == rows["model.0.conv"]["out_before"]
+    assert any(x["out_after"] < x["out_before"] for x in rep["layers"])
+    assert "far past the safe prune ratio" in rep["warnings"][0]
+    md = out.with_suffix(".md").read_text()
+    assert "| params |" in md and "model.0.conv" in md
+    m = yolopt.load(out)
+    assert m.num_params() == s["params"]["pruned"] and m.provenance["pruned"]["ratio"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("args,match,code", [
+    (["--ratio", "1.5"], "between 0 and 1", 2),
+    (["--ratio", "0"], "between 0 and 1", 2),
+    (["--ratio", "0.3", "--method", "bogus"], "invalid choice", 2),
+    (["--ratio", "0.5"], "refusing to prune without fine-tuning", 1),
+    (["--ratio", "0.3", "--finetune", "2"], "needs --data", 1),
+    (["--ratio", "0.3", "--distill"], "while fine-tuning", 1),
+    (["--method", "magnitude"], "needs --sparsity", 1),
+])
+def test_cli_bad_input_is_one_line(tiny_weights, tmp_path, args, match, code):
+    r = run_cli("prune", tiny_weights, *args, "--imgsz", "64", "--no-latency", "--out", tmp_path / "x.safetensors")
+    assert r.returncode == code, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and match in errors[0], r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_refuses_an_exported_artifact(tiny_weights, tmp_path):
+    from yolopt.export import ExportSpec, export
+
+    onnx = export(tiny_weights, ExportSpec(format="onnx", imgsz=64, out=tmp_path / "m.onnx", verify=False)).path
+    r = run_cli("prune", onnx, "--ratio", "0.3", "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 1 and "exported artifact cannot be pruned" in r.stderr
+
+
+def test_cli_teacher_with_other_classes_is_refused(tiny_weights, tmp_path):
+    other = yolopt.save(_model("yolov5n", nc=5), tmp_path / "t5.safetensors", imgsz=64)
+    data = tmp_path / "d.yaml"
+    data.write_text("path: .\ntrain: x\nval: x\nnames: {0: a, 1: b, 2: c}\n")
+    r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--finetune", "1",
+                "--data", data, "--teacher", other, "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 1 and "teacher predicts 5 classes but the student predicts 3" in r.stderr, r.stderr
+
+
+def test_unreachable_latency_target_is_a_clear_error():
+    with pytest.raises(YoloptError, match="not reachable") as e:
+        prune(_model("yolov5n"), PruneSpec(target_latency_ms=1e-4, backend="torch", imgsz=64, latency_iters=3))
+    assert "unpruned" in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- unstructured
+
+
+def test_unstructured_is_honest(tiny_weights, tmp_path):
+    from yolopt.compress import magnitude_prune
+
+    m = yolopt.load(tiny_weights)
+    res = magnitude_prune(m, 0.5)
+    assert res.model.num_params() == m.num_params() and 0.49 < res.sparsity < 0.51
+    assert all(not hasattr(mod, "weight_mask") for mod in res.model.modules())  # made permanent
+    assert int((m.model[0].conv.weight == 0).sum()) == 0  # the input model is untouched
+    out = tmp_path / "u.safetensors"
+    r = run_cli("prune", tiny_weights, "--method", "magnitude", "--sparsity", "0.5", "--imgsz", "64",
+                "--backend", "torch", "--out", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["summary"]["params"]["pruned"] == rep["summary"]["params"]["before"]
+    assert rep["summary"]["gflops"]["pruned"] == rep["summary"]["gflops"]["before"]
+    assert rep["summary"]["latency_ms"]["pruned"] > 0 and "shrinks nothing" in rep["note"]
+
+
+# ----------------------------------------------------------------------------- sparsity + distillation (training)
+
+TINY = dict(imgsz=64, batch=4, workers=0, progress=False, plots=False, close_mosaic=0, nbs=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from yolopt.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "d", images=10, classes=3, imgsz=64, seed=5)
+
+
+class _Gammas(Callback):
+    """Records mean |gamma| of the raw (trained) model at the end of each epoch."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        from yolopt.compress.sparsity import bn_gammas
+        from yolopt.engine.ema import unwrap
+
+        self.values.append(bn_gammas(unwrap(trainer.model)))
+
+
+def test_sparsity_moves_gammas_towards_zero(tiny_data, tmp_path):
+    from yolopt.compress import BNSparsity
+    from yolopt.engine import train
+
+    runs = {}
+    for s in (None, 0.05):
+        rec = _Gammas()
+        cbs = [rec] + ([BNSparsity(s, decay="linear", eval_images=4)] if s else [])
+        train(tiny_data, model=_model("yolov5n"), epochs=2, out=str(tmp_path / str(s)), callbacks=cbs,
+              hyp={"lr0": 0.01, "warmup_epochs": 0}, **TINY)
+        runs[s] = rec.values
+    # same seed, data and schedule: only the penalty differs (the lr is still warming up, so steps are small)
+    closer = (runs[0.05][-1] < runs[None][-1]).float().mean()
+    assert closer > 0.95, float(closer)
+    assert runs[0.05][-1].sum() < runs[None][-1].sum()
+    log = json.loads((tmp_path / "0.05" / "sparsity.json").read_text())["history"]
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["sparsity"] < log[0]["sparsity"]  # linear decay
+    assert {"safe_prune_ratio", "predicted_map_drop", "map50_95"} <= log[0].keys()
+    assert (tmp_path / "0.05" / "bn_gamma_e2.png").stat().st_size > 1000
+
+
+def test_train_cli_sparsity(tiny_data, tmp_path):
+    r = run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--epochs", "1", "--imgsz", "64", "--batch", "4",
+                "--workers", "0", "--device", "cpu", "--no-progress", "--out", tmp_path / "run", "--sparsity", "1e-3")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "bn_gamma_e1.png").exists() and "safe prune ratio" in r.stderr
+    r = run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--epochs", "1", "--out", tmp_path / "r2",
+                "--sparsity", "-1")
+    assert r.returncode == 1 and "must be > 0" in r.stderr
+
+
+def test_distillation_loss_properties():
+    from yolopt.compress import output_distillation_loss
+
+    torch.manual_seed(0)
+    t = [torch.randn(2, 3, s, s, 8) for s in (8, 4, 2)]
+    s = [x.clone().requires_grad_(True) for x in t]
+    loss, parts = output_distillation_loss(s, t, obj_threshold=0.5)
+    loss.backward()
+    assert parts["confident"] > 0
+    assert max(float(x.grad.abs().max()) for x in s) < 1e-5  # the student equal to the teacher: a minimum
+    s2 = [(x + 0.5 * torch.randn_like(x)).requires_grad_(True) for x in t]
+    loss2, _ = output_distillation_loss(s2, t)
+    assert loss2 > loss
+    quiet = [x.clone() for x in t]
+    for x in quiet:
+        x[..., 4] = -10.0  # the teacher sees background everywhere: no class / box targets
+    _, p = output_distillation_loss(s2, quiet)
+    assert p["confident"] == 0 and p["cls"] == 0.0 and p["box"] == 0.0
+
+
+def test_distillation_trains_a_pruned_student(tiny_data, tmp_path):
+    from yolopt.compress import OutputDistillation
+    from yolopt.compress.distill import check_teacher
+    from yolopt.engine import train
+
+    teacher = _model("yolov5n")
+    student = prune(teacher, PruneSpec(ratio=0.3, imgsz=64)).model
+    cb = OutputDistillation(features=True)
+    res = train(tiny_data, model=student, teacher=teacher, epochs=1, out=str(tmp_path / "kd"), callbacks=[cb], **TINY)
+    assert cb.needs_features and cb.last["confident"] >= 0 and cb.last["feat"] > 0
+    assert [a.in_channels for a in cb.adapters] == [m.in_channels for m in student.detect.m]
+    assert [a.out_channels for a in cb.adapters] == [m.in_channels for m in teacher.detect.m]
+    back = yolopt.load(res.last)  # adapters are not part of the saved model
+    assert layer_channels(back) == layer_channels(student)
+    with pytest.raises(YoloptError, match="teacher predicts 5 classes"):
+        check_teacher(student, _model("yolov5n", nc=5))
