@@ -4,9 +4,7 @@ Random weights or tiny synthetic data, small image sizes."""
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 from pathlib import Path
 
 import pytest
