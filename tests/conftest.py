@@ -74,3 +74,20 @@ def deploy_artifacts(tmp_path_factory, yolov5n_pt, bus_jpg):
                                                   verify_images=[bus_jpg])),
         "torchscript": export(yolov5n_pt, ExportSpec("torchscript", imgsz=256, out=d / "m.torchscript")),
     }
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest single-threaded (and do not fight other jobs for the cores); CLI
+    subprocesses inherit OMP_NUM_THREADS=1 too."""
+    import torch
+
+    n, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(n)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import shutil
 import signal
@@ -32,20 +31,6 @@ from yolopt.models import DetectionModel, builtin_config
 from yolopt.models.checkpoint import content_hash, write_safetensors
 
 # ----------------------------------------------------------------------------- training runs
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models train fastest single-threaded (and do not fight other jobs for the cores)."""
-    n, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(n)
-    if omp is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(scope="module")

@@ -33,17 +33,9 @@ TINY = dict(cfg="yolov5n", imgsz=64, batch=4, workers=0, progress=False, plots=F
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train fastest single-threaded (and do not fight other jobs for the cores)."""
-    n, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"  # CLI subprocesses too
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (see conftest.one_thread)."""
     yield
-    torch.set_num_threads(n)
-    if omp is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.sources import FrameCycle
 from ..data.preprocess import preprocess
+from ..data.sources import FrameCycle
 from ..errors import YoloptError
 from ..machine import machine_info
 from ..ops.postprocess import select, to_original

@@ -16,11 +16,15 @@ from ..errors import YoloptError
 IMGSZ_MIN, IMGSZ_MAX = 32, 4096  # 4096^2 x 3 floats = 200 MB per image: past that it is a typo
 
 
-def _int(text: str) -> int:
+def _number(text: str, cast=float):
     try:
-        return int(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if cast is int else 'a number'}") from None
+
+
+def _int(text: str) -> int:
+    return _number(text, int)
 
 
 def imgsz_arg(text: str) -> int:
@@ -31,14 +35,31 @@ def imgsz_arg(text: str) -> int:
     return v
 
 
+def _float(text: str) -> float:
+    return _number(text, float)
+
+
 def fraction_arg(text: str) -> float:
     """A threshold in [0, 1] (confidence, IoU)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    v = _float(text)
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{v:g}: must be between 0 and 1")
+    return v
+
+
+def open_fraction_arg(text: str) -> float:
+    """A fraction strictly inside (0, 1) (a prune ratio, a FLOPs target)."""
+    v = _float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{v:g}: must be between 0 and 1 (exclusive)")
+    return v
+
+
+def positive_float_arg(text: str) -> float:
+    """A number > 0 (a latency target in ms)."""
+    v = _float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v:g}: must be > 0")
     return v
 
 

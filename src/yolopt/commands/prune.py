@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
 from ..errors import YoloptError
-from ._options import check_output, imgsz_arg, nonneg_int_arg, positive_int_arg
+from ._options import (
+    check_output,
+    imgsz_arg,
+    nonneg_int_arg,
+    open_fraction_arg,
+    positive_float_arg,
+    positive_int_arg,
+)
 
 log = logging.getLogger("yolopt")
 
 ARTIFACT_SUFFIXES = {".onnx", ".xml", ".bin", ".torchscript", ".engine", ".ts", ".tflite", ".pb", ".mlmodel"}
 STRUCTURED = ["slim", "l1", "lamp", "taylor", "group"]
-
-
-def _open_fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"{v:g}: must be between 0 and 1 (exclusive)")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{v:g}: must be > 0")
-    return v
 
 
 def register(sub) -> None:
@@ -48,15 +34,15 @@ def register(sub) -> None:
     )
     p.add_argument("model", help="weights to prune: an Ultralytics .pt or a yolopt .safetensors (not an export)")
     tgt = p.add_mutually_exclusive_group()
-    tgt.add_argument("--ratio", type=_open_fraction, help="fraction of channels removed per group, in (0, 1)")
-    tgt.add_argument("--target-flops", type=_open_fraction, metavar="F",
+    tgt.add_argument("--ratio", type=open_fraction_arg, help="fraction of channels removed per group, in (0, 1)")
+    tgt.add_argument("--target-flops", type=open_fraction_arg, metavar="F",
                      help="keep this fraction of the FLOPs (0.5 = half); the ratio is searched")
-    tgt.add_argument("--target-latency-ms", type=_positive_float, metavar="MS",
+    tgt.add_argument("--target-latency-ms", type=positive_float_arg, metavar="MS",
                      help="reach this p50 latency on --backend at --imgsz (batch 1), measured with bench.measure")
     p.add_argument("--method", choices=[*STRUCTURED, "magnitude"], default="group",
                    help="channel importance: slim (BN |gamma|, after yolopt train --sparsity), l1 (filter L1), lamp, "
                         "taylor (needs --data), group (group L2, default); magnitude = unstructured (--sparsity)")
-    p.add_argument("--sparsity", type=_open_fraction, help="--method magnitude: fraction of conv weights set to 0")
+    p.add_argument("--sparsity", type=open_fraction_arg, help="--method magnitude: fraction of conv weights set to 0")
     p.add_argument("--global", dest="global_", action="store_true", help="rank channels over the whole model")
     p.add_argument("--round-to", type=positive_int_arg, default=8, help="channel counts kept are multiples of this "
                    "(default 8; 1 = exact ratio)")
@@ -201,7 +187,13 @@ def run(args) -> int:
     lat_before = _latency(model, args)
     map_before = _evaluate(model, args)
 
-    from ..compress.prune import ChannelPruner, channel_table, layer_channels, search_ratio_flops, search_ratio_latency
+    from ..compress.prune import (
+        ChannelPruner,
+        channel_table,
+        layer_channels,
+        search_ratio_flops,
+        search_ratio_latency,
+    )
 
     search: list = []
     if spec.target_flops is not None:

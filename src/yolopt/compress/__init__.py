@@ -6,6 +6,7 @@ output distillation, unstructured magnitude pruning (for comparison). See docs/c
     >>> yolopt.save(res.model, "pruned.safetensors")
 """
 
+from .distill import OutputDistillation, check_teacher, output_distillation_loss
 from .prune import (
     BACKENDS,
     METHODS,
@@ -17,8 +18,6 @@ from .prune import (
     model_flops,
     prune,
 )
-
-from .distill import OutputDistillation, check_teacher, output_distillation_loss
 from .sparsity import BNSparsity, safe_prune_ratio
 from .unstructured import magnitude_prune
 
