@@ -358,6 +358,32 @@ def test_train_cli_sparsity(tiny_data, tmp_path):
     assert r.returncode == 1 and "must be > 0" in r.stderr
 
 
+class _StopAfterFirstEpoch(Callback):
+    """Ends a run after epoch 1's checkpoint is written, as a crash would."""
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        raise KeyboardInterrupt
+
+
+def test_resumed_sparsity_run_keeps_its_penalty(tiny_data, tmp_path):
+    """`train --resume` of a --sparsity run continues with the same penalty (read from sparsity.json)."""
+    from yolopt.compress import BNSparsity
+    from yolopt.engine import train
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, cfg="yolov5n", epochs=2, out=str(run), callbacks=[BNSparsity(2e-3, eval_images=0),
+                                                                            _StopAfterFirstEpoch()], **TINY)
+    first = json.loads((run / "sparsity.json").read_text())
+    assert first["settings"]["s"] == 2e-3 and [r["epoch"] for r in first["history"]] == [1]
+    r = run_cli("train", "--resume", run, "--workers", "0", "--device", "cpu", "--no-progress")  # no --sparsity
+    assert r.returncode == 0, r.stderr
+    assert "resuming with --sparsity 0.002" in r.stderr
+    log = json.loads((run / "sparsity.json").read_text())
+    assert [row["epoch"] for row in log["history"]] == [1, 2]  # history kept, epoch 2 trained with the penalty
+    assert all(row["sparsity"] == 2e-3 for row in log["history"])
+
+
 def test_distillation_loss_properties():
     from yolopt.compress import output_distillation_loss
 

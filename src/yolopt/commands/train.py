@@ -62,14 +62,19 @@ def run(args) -> int:
     from ..engine.trainer import load_hyp, train
 
     common = {"device": args.device, "workers": args.workers, "progress": not args.no_progress}
-    callbacks = []
-    if args.sparsity is not None:
-        from ..compress.sparsity import BNSparsity
+    from ..compress.sparsity import BNSparsity
 
-        callbacks.append(BNSparsity(args.sparsity, decay=args.sparsity_decay, threshold=args.sparsity_threshold))
-    common["callbacks"] = callbacks
+    sparsity = None
+    if args.sparsity is not None:
+        sparsity = BNSparsity(args.sparsity, decay=args.sparsity_decay, threshold=args.sparsity_threshold)
     if args.resume is not None:
-        res = train(resume=args.resume, **common)  # "" = newest run under runs/train
+        from ..engine.trainer import find_resume_checkpoint
+
+        run_dir = find_resume_checkpoint(args.resume).parent  # "" = newest run under runs/train
+        sparsity = BNSparsity.for_resume(run_dir, given=sparsity)  # a sparsity run resumes with its penalty
+    common["callbacks"] = [sparsity] if sparsity is not None else []
+    if args.resume is not None:
+        res = train(resume=args.resume, **common)
     else:
         if not args.data:
             raise YoloptError("--data DATA.yaml is required")

@@ -104,6 +104,26 @@ class BNSparsity(Callback):
         self.threshold, self.eval_images, self.plots = threshold, eval_images, plots
         self.history: list[dict] = []
 
+    def settings(self) -> dict:
+        """What a resumed run needs to carry on with the same penalty (saved in ``sparsity.json``)."""
+        return {"s": self.s, "decay": self.decay, "final_fraction": self.final_fraction,
+                "threshold": self.threshold, "eval_images": self.eval_images, "plots": self.plots}
+
+    @classmethod
+    def for_resume(cls, run_dir: str | Path, given: "BNSparsity | None" = None) -> "BNSparsity | None":
+        """The callback a resumed run continues with: the one ``given`` on the command line, else the
+        settings saved in ``run_dir/sparsity.json`` (``None`` for a run trained without sparsity).
+        The per-epoch history is carried over so ``sparsity.json`` keeps every epoch."""
+        path = Path(run_dir) / LOG_NAME
+        saved = read_sparsity_log(path) if path.is_file() else {}
+        cb = given
+        if cb is None and saved.get("settings"):
+            cb = cls(**saved["settings"])
+            log.info("resuming with --sparsity %g (decay %s) from %s", cb.s, cb.decay, path)
+        if cb is not None:
+            cb.history = list(saved.get("history", []))
+        return cb
+
     def strength(self, trainer) -> float:
         """The penalty at the trainer's current epoch."""
         if self.decay == "none":
@@ -144,11 +164,14 @@ class BNSparsity(Callback):
                                      self.threshold)
             except Exception as e:  # noqa: BLE001 - a plot must not stop training
                 log.warning("could not draw the BN histogram: %s", e)
-        write_json(out / "sparsity.json", {"history": self.history}, quiet=True)
+        write_json(out / LOG_NAME, {"settings": self.settings(), "history": self.history}, quiet=True)
         drop = f", removing them costs {row['predicted_map_drop']:.4f} mAP50-95 on {self.eval_images} val images" \
             if "predicted_map_drop" in row else ""
         log.info("sparsity %.2g: %.1f%% of BN channels under |gamma| %g (safe prune ratio)%s", row["sparsity"],
                  100 * ratio, self.threshold, drop)
+
+
+LOG_NAME = "sparsity.json"
 
 
 def read_sparsity_log(path: str | Path) -> dict:
