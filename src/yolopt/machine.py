@@ -90,9 +90,9 @@ def machine_info() -> dict:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": affinity,
         "isa": {k: (k in flags) for k in ISA_FLAGS},
-        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
-        "native_fp16": "avx512_fp16" in flags or "amx_fp16" in flags,
-        "vnni": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
+        "native_bf16": has_native_bf16(),
+        "native_fp16": has_native_fp16(),
+        "vnni": has_vnni(),
         "os": f"{platform.system()} {platform.release()}",
         "versions": versions,
     }

@@ -16,12 +16,14 @@ def register(sub) -> None:
 
 
 def _torch_info(path: str) -> dict:
+    import copy
+
     from ..models.checkpoint import load_model
 
     m = load_model(path)
     layers = [{"index": mod.i, "from": mod.f, "type": mod.type,
                "params": sum(p.numel() for p in mod.parameters())} for mod in m.model]
-    fused = load_model(path).fuse()
+    fused = copy.deepcopy(m).fuse()
     return {
         "weights": path,
         "format": "torch",

@@ -837,9 +837,8 @@ def train(data: str | None = None, *, resume: str | Path | None = None, callback
             raise YoloptError("model= cannot be combined with resume: a resumed run rebuilds its model from the "
                               "checkpoint")
         ckpt = find_resume_checkpoint(resume)
-        _, _, state = read_train_checkpoint(ckpt)
-        cfg = TrainConfig(**{**state["config"], **{k: v for k, v in kwargs.items()
-                                                   if k in ("device", "workers", "progress")}})
+        # the Trainer reads the checkpoint (once) and takes its run config; only these settings are ours
+        cfg = TrainConfig(data="", **{k: v for k, v in kwargs.items() if k in ("device", "workers", "progress")})
         return Trainer(cfg, callbacks, teacher, resume=ckpt).train()
     if data is None:
         raise YoloptError("--data is required")

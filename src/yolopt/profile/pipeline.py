@@ -12,7 +12,6 @@ from ..data.preprocess import preprocess
 from ..errors import YoloptError
 from ..ops.postprocess import select
 
-STAGE_KEYS = ("decode", "preprocess", "inference", "nms", "postprocess")
 DEPLOY_CONF = 0.25
 EVAL_CONF = 0.001
 NMS_CONFS = (0.5, 0.25, 0.1, 0.05, 0.01, 0.001)

@@ -37,14 +37,6 @@ def map_node_name(node: str) -> tuple[str, str]:
     return top, ".".join([top, *segs])
 
 
-def onnx_input_shape(path: Path) -> list:
-    import onnx
-
-    g = onnx.load(str(path), load_external_data=False).graph
-    dims = g.input[0].type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
-
-
 def onnx_params(path: Path) -> int:
     import onnx
 
