@@ -4,6 +4,7 @@ Random weights or tiny synthetic data, small image sizes."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -420,3 +421,82 @@ def test_distillation_trains_a_pruned_student(tiny_data, tmp_path):
     assert layer_channels(back) == layer_channels(student)
     with pytest.raises(YoloptError, match="teacher predicts 5 classes"):
         check_teacher(student, _model("yolov5n", nc=5))
+
+
+# ----------------------------------------------------------------------------- distillation on images without labels
+
+
+def test_unlabeled_images_stay_unlabeled_even_in_mosaics(tiny_data):
+    from yolopt.engine.loader import TrainDataset, collate, index_split, index_unlabeled
+    from yolopt.engine.loss import DEFAULT_HYP
+
+    lab, _ = index_split(tiny_data, "train")
+    unl = index_unlabeled([tiny_data.parent / "images" / "val"])
+    assert not unl.labeled.any() and all(len(x) == 0 for x in unl.labels)
+    mix = lab + unl
+    assert mix.labeled.tolist() == [True] * len(lab.files) + [False] * len(unl.files)
+    ds = TrainDataset(mix, 64, {**DEFAULT_HYP, "mosaic": 1.0}, seed=0)
+    n_lab = len(lab.files)
+    for epoch in range(4):  # a mosaic of an unlabelled image takes its 3 partners from the unlabelled pool only
+        for i in range(n_lab, len(ds)):
+            _, rows, _, is_lab = ds[(i, epoch, True)]
+            assert not is_lab and len(rows) == 0
+    assert sum(len(ds[(i, 0, True)][1]) for i in range(n_lab)) > 0
+    imgs, targets, paths, flags = collate([ds[(0, 0, False)], ds[(n_lab, 0, False)]])
+    assert flags.tolist() == [True, False] and set(targets[:, 0].tolist()) <= {0.0}
+
+
+def test_detection_loss_skips_unlabeled_images():
+    from types import SimpleNamespace
+
+    from yolopt.engine.loss import YoloLoss
+    from yolopt.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    m = _model("yolov5n", nc=3).train()
+    fake = SimpleNamespace(loss_fn=YoloLoss(m), device=torch.device("cpu"))
+    x = torch.rand(3, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3], [2, 0, 0.3, 0.6, 0.2, 0.4]])  # image 1 has no labels
+    preds = m(x)
+    labeled = torch.tensor([True, False, True])
+    loss, items = Trainer._detection_loss(fake, preds, targets, labeled)
+    ref_t = targets.clone()
+    ref_t[1, 0] = 1  # image 2 is row 1 of the labelled subset
+    ref, ref_items = YoloLoss(m)([p[[0, 2]] for p in preds], ref_t)
+    assert torch.allclose(loss, ref) and torch.allclose(items, ref_items)
+    naive, _ = YoloLoss(m)(preds, targets)  # would score image 1 as background
+    assert not torch.allclose(naive, loss)
+    grads = torch.autograd.grad(loss, preds)
+    assert all(float(gr[1].abs().max()) == 0.0 for gr in grads)  # nothing flows back into the unlabelled image
+    assert all(float(gr[[0, 2]].abs().max()) > 0.0 for gr in grads)
+    none, items = Trainer._detection_loss(fake, m(x), targets[:0], torch.zeros(3, dtype=torch.bool))
+    assert float(none.detach()) == 0.0 and float(items.abs().sum()) == 0.0 and none.requires_grad
+
+
+def test_distillation_on_a_folder_of_images(tiny_data, tmp_path):
+    from yolopt.compress import OutputDistillation
+    from yolopt.engine import train
+
+    teacher = _model("yolov5n")
+    student = prune(teacher, PruneSpec(ratio=0.3, imgsz=64)).model
+    folder = tiny_data.parent / "images" / "train"
+    with pytest.raises(YoloptError, match="need a teacher"):
+        train(str(folder), model=copy.deepcopy(student), epochs=1, out=str(tmp_path / "x"), **TINY)
+    cb = OutputDistillation()
+    res = train(str(folder), model=student, teacher=teacher, epochs=3, out=str(tmp_path / "kd"), callbacks=[cb],
+                val_data=str(tiny_data), **TINY)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3] and all("metrics/mAP50" in h for h in res.history)
+    assert all(h["train/box_loss"] == 0 for h in res.history)  # no labels: only the teacher taught it
+    back = yolopt.load(res.best)
+    assert back.names == teacher.names and back.provenance["data"] == str(folder.resolve())
+    assert cb.last["obj"] > 0  # the distillation term was what it learnt from
+
+
+def test_cli_unlabeled_needs_distill(tiny_weights, tiny_data, tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--out", out,
+                "--data", tiny_data.parent / "images" / "train", "--finetune", "1")
+    assert r.returncode == 1 and "add --distill" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--out", out,
+                "--data", tiny_data, "--unlabeled", tiny_data.parent / "images" / "val")
+    assert r.returncode == 1 and "--unlabeled" in r.stderr and not out.exists()

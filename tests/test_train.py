@@ -59,7 +59,7 @@ def test_flip_and_letterbox_keep_labels_consistent(tiny_data):
            "fliplr": 1.0}
     k = next(i for i, lab in enumerate(idx.labels) if len(lab))
     ds = L.TrainDataset(idx, 64, hyp, seed=0)
-    img, lab, _ = ds[(k, 0, False)]
+    img, lab, *_ = ds[(k, 0, False)]
     ref = idx.labels[k]
     assert lab.shape == (len(ref), 6)
     np.testing.assert_allclose(lab[:, 1].numpy(), ref[:, 0])
@@ -76,7 +76,7 @@ def test_mosaic_and_affine_boxes_stay_on_objects(tiny_data):
     ds = L.TrainDataset(idx, 64, dict(DEFAULT_HYP, hsv_h=0, hsv_s=0, hsv_v=0), seed=1)
     total = 0
     for i in range(len(ds)):
-        img, lab, _ = ds[(i, 2, True)]
+        img, lab, *_ = ds[(i, 2, True)]
         assert img.shape == (3, 64, 64) and img.dtype == torch.uint8
         if len(lab):
             xywh = lab[:, 2:]

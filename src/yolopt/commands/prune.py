@@ -50,7 +50,14 @@ def register(sub) -> None:
                    help="comma-separated layers left untouched: indices (0,9) or module names (model.9.cv2)")
     p.add_argument("--steps", type=positive_int_arg, default=1,
                    help="iterative schedule: reach the ratio in N steps, fine-tuning --finetune/N epochs after each")
-    p.add_argument("--data", help="dataset yaml: mAP before/after, calibration images, fine-tuning")
+    p.add_argument("--data", help="dataset yaml (mAP before/after, calibration images, fine-tuning), or a folder of "
+                   "images without labels to fine-tune on by distillation (mAP then needs --val-data)")
+    p.add_argument("--unlabeled", action="append", default=[], metavar="IMAGES",
+                   help="extra images without labels (folder or glob; repeatable) for fine-tuning with --distill: "
+                        "the teacher supplies their targets")
+    p.add_argument("--val-data", metavar="DATA.yaml", help="measure mAP on this dataset's val split instead of --data")
+    p.add_argument("--val-every", type=positive_int_arg, default=1,
+                   help="validate every N fine-tuning epochs (and always the last; default 1)")
     p.add_argument("--finetune", type=nonneg_int_arg, default=0, metavar="EPOCHS", help="fine-tune for EPOCHS on --data")
     p.add_argument("--distill", action="store_true", help="fine-tune with output distillation from the teacher")
     p.add_argument("--teacher", help="teacher weights for --distill (default: the unpruned model)")
@@ -81,13 +88,23 @@ def _check_model_path(path: Path) -> None:
                           f".safetensors it was exported from, then export the pruned model")
 
 
+def _map_data(args) -> str | None:
+    """The labelled dataset mAP is measured on: --val-data, else --data when it is a yaml."""
+    from ..data.dataset import is_image_source
+
+    if args.val_data:
+        return args.val_data
+    return args.data if args.data and not is_image_source(args.data) else None
+
+
 def _evaluate(model, args) -> dict | None:
-    if not args.data:
+    data = _map_data(args)
+    if not data:
         return None
     from ..evaluate import evaluate
 
     t0 = time.perf_counter()
-    r = evaluate(model, args.data, imgsz=args.imgsz, max_images=args.val_images, progress=False)
+    r = evaluate(model, data, imgsz=args.imgsz, max_images=args.val_images, progress=False)
     log.info("  mAP50-95 %.4f, mAP50 %.4f (%d images, %.0f s)", r.map50_95, r.map50, r.images, time.perf_counter() - t0)
     return {"map50_95": r.map50_95, "map50": r.map50, "images": r.images, "mode": r.mode}
 
@@ -117,11 +134,13 @@ def _finetune(model, args, epochs: int, out: Path, teacher):
         from ..engine.trainer import load_hyp
 
         hyp = {**load_hyp(None), "lr0": args.lr0}
-    log.info("fine-tuning %d epoch(s) on %s%s -> %s", epochs, args.data, " with distillation" if args.distill else "",
-             out)
+    log.info("fine-tuning %d epoch(s) on %s%s%s -> %s", epochs, args.data,
+             f" + {', '.join(args.unlabeled)} (unlabelled)" if args.unlabeled else "",
+             " with distillation" if args.distill else "", out)
     res = train(args.data, model=model, epochs=epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                 device=args.device, out=str(out), exist_ok=True, teacher=teacher if args.distill else None,
-                callbacks=callbacks, hyp=hyp, progress=not args.no_progress)
+                callbacks=callbacks, hyp=hyp, progress=not args.no_progress, unlabeled=list(args.unlabeled),
+                val_data=args.val_data, val_every=args.val_every)
     tuned = yolopt.load(res.best or res.last)  # the EMA weights
     model.load_state_dict(tuned.state_dict())
     return model.cpu().float().eval()
@@ -146,10 +165,17 @@ def run(args) -> int:
         raise YoloptError("--finetune needs --data DATA.yaml (the images to fine-tune on)")
     if (args.distill or args.teacher or args.feature_distill) and not args.finetune:
         raise YoloptError("--distill / --teacher apply while fine-tuning: add --finetune EPOCHS --data DATA.yaml")
+    if args.unlabeled and not args.finetune:
+        raise YoloptError("--unlabeled images are for fine-tuning: add --finetune EPOCHS --distill")
     if args.feature_distill:
         args.distill = True
     if args.teacher:
         args.distill = True
+    from ..data.dataset import is_image_source
+
+    if args.data and (args.unlabeled or is_image_source(args.data)) and args.finetune and not args.distill:
+        raise YoloptError("images without labels (--data folder / --unlabeled) are learnt from the teacher: add "
+                          "--distill")
     if args.method == "magnitude":
         if args.sparsity is None:
             raise YoloptError("--method magnitude needs --sparsity S (fraction of conv weights set to 0)")
@@ -161,7 +187,8 @@ def run(args) -> int:
         raise YoloptError(f"{src}: the model is stored fused (Conv+BN folded); prune the unfused weights")
     t_start = time.perf_counter()
     rep: dict = {"model": str(src), "method": args.method, "imgsz": args.imgsz, "backend": args.backend,
-                 "threads": args.threads, "data": args.data, "warnings": [], "machine": machine_info()}
+                 "threads": args.threads, "data": args.data, "unlabeled": list(args.unlabeled),
+                 "map_data": _map_data(args), "warnings": [], "machine": machine_info()}
     if args.method == "magnitude":
         return _run_unstructured(model, args, out, rep)
 
@@ -175,9 +202,10 @@ def run(args) -> int:
 
         teacher = yolopt.load(args.teacher) if args.teacher else copy.deepcopy(model)
         check_teacher(model, teacher)
-    if spec.method == "taylor" and not args.data:
+    if spec.method == "taylor" and not _map_data(args):
         raise YoloptError("--method taylor needs --data DATA.yaml (a labelled calibration batch)")
-    calib = calibration_batch(args.data, min(args.imgsz, 640)) if args.data else None
+    calib_src = _map_data(args) if spec.method == "taylor" else (args.data or args.val_data)
+    calib = calibration_batch(calib_src, min(args.imgsz, 640)) if calib_src else None
 
     if spec.ratio is not None:  # before any measurement: a refusal costs nothing
         _check_safe(model, spec.ratio, args, rep, spec)

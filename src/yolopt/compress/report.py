@@ -35,7 +35,7 @@ def calibration_batch(source: str | Path, imgsz: int, n: int = 16, split: str = 
         idx, _ = index_split(source, split)
         ds = TrainDataset(idx, imgsz, DEFAULT_HYP, augment=False)
         step = max(len(ds) // n, 1)
-        imgs, targets, _ = collate([ds[(k, 0, False)] for k in range(0, len(ds), step)[:n]])
+        imgs, targets, *_ = collate([ds[(k, 0, False)] for k in range(0, len(ds), step)[:n]])
         batch = (imgs.float() / 255, targets)
     return lambda: batch
 

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from ..errors import DatasetError
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, is_image
 
 COORD_TOL = 1e-6
 
@@ -101,6 +101,12 @@ def image_files(cfg: DataConfig, split: str) -> list[Path]:
     if not files:
         raise DatasetError(f"{cfg.yaml_path}: `{split}` split has no images")
     return files
+
+
+def is_image_source(spec: str | Path) -> bool:
+    """True for a folder, an image file or a glob (images without labels), False for a data yaml."""
+    p = Path(spec)
+    return p.is_dir() or is_image(p) or any(ch in str(spec) for ch in "*?[")
 
 
 def label_path(image: Path) -> Path:

@@ -41,6 +41,18 @@ class SplitIndex:
     files: list[Path]
     labels: list[np.ndarray]  # (n, 5) class cx cy w h
     shapes: np.ndarray  # (N, 2) h, w
+    labeled: np.ndarray | None = None  # (N,) bool; None = every image is labelled
+
+    def is_labeled(self, i: int) -> bool:
+        return True if self.labeled is None else bool(self.labeled[i])
+
+    def __add__(self, other: "SplitIndex") -> "SplitIndex":
+        def flags(ix):
+            return np.ones(len(ix.files), bool) if ix.labeled is None else ix.labeled
+
+        return SplitIndex(self.files + other.files, self.labels + other.labels,
+                          np.concatenate([self.shapes, other.shapes]).reshape(-1, 2),
+                          np.concatenate([flags(self), flags(other)]))
 
 
 def _fingerprint(files: list[Path], nc: int) -> str:
@@ -101,11 +113,41 @@ def index_split(data_yaml: str | Path, split: str, nc: int | None = None) -> tup
     return idx, cfg.names
 
 
+def index_unlabeled(sources) -> SplitIndex:
+    """Images without labels (folders, files or glob patterns) for distillation: the teacher's
+    outputs are their targets. Unreadable images are skipped with a warning."""
+    from ..data.images import list_images
+    from ..errors import YoloptError
+
+    try:
+        files = list_images(list(sources))
+    except YoloptError as e:
+        raise DatasetError(str(e)) from None
+    keep, shapes = [], []
+    for f in files:
+        shp = image_size(f)
+        if shp is None:
+            log.warning("%s: corrupt or unreadable image, skipped", f)
+            continue
+        keep.append(f)
+        shapes.append(shp)
+    if not keep:
+        raise DatasetError(f"{', '.join(map(str, sources))}: no readable images")
+    return SplitIndex(keep, [np.zeros((0, 5), np.float32) for _ in keep], np.array(shapes, np.int64).reshape(-1, 2),
+                      np.zeros(len(keep), bool))
+
+
 class TrainDataset(Dataset):
-    """Augmented training samples: ``(uint8 CHW RGB tensor, (n, 6) [0, cls, cx, cy, w, h], path)``."""
+    """Augmented training samples: ``(uint8 CHW RGB tensor, (n, 6) [0, cls, cx, cy, w, h], path, labelled)``.
+
+    ``labelled`` is False for images from :func:`index_unlabeled` (their label rows are empty and mean
+    "unknown", not "background"); a mosaic only combines images of the same kind.
+    """
 
     def __init__(self, index: SplitIndex, imgsz: int, hyp: dict, seed: int = 0, augment: bool = True):
         self.index, self.imgsz, self.hyp, self.seed, self.augment = index, imgsz, hyp, seed, augment
+        lab = np.ones(len(index.files), bool) if index.labeled is None else index.labeled
+        self._pools = {True: np.flatnonzero(lab), False: np.flatnonzero(~lab)}
 
     def __len__(self) -> int:
         return len(self.index.files)
@@ -122,7 +164,8 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i, 0x5EED])
         hyp, s = self.hyp, self.imgsz
         if mosaic and self.augment and rng.random() < hyp.get("mosaic", 0.0):
-            ids = [i, *rng.integers(0, len(self), 3).tolist()]
+            pool = self._pools[self.index.is_labeled(i)]
+            ids = [i, *pool[rng.integers(0, len(pool), 3)].tolist()]
             img, boxes, cls = mosaic4([self._load(k) for k in ids], [self.index.labels[k] for k in ids], s, rng, hyp)
         else:
             img = self._load(i)
@@ -148,14 +191,15 @@ class TrainDataset(Dataset):
         out[:, 1] = cls
         out[:, 2:] = xywh
         chw = np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))
-        return torch.from_numpy(chw), torch.from_numpy(out), str(self.index.files[i])
+        return torch.from_numpy(chw), torch.from_numpy(out), str(self.index.files[i]), self.index.is_labeled(i)
 
 
 def collate(batch):
-    imgs, labels, paths = zip(*batch)
+    """-> ``(imgs (B, 3, H, W) uint8, targets (n, 6) [image, cls, cx, cy, w, h], paths, labelled (B,) bool)``."""
+    imgs, labels, paths, labeled = zip(*batch)
     for k, lab in enumerate(labels):
         lab[:, 0] = k
-    return torch.stack(imgs, 0), torch.cat(labels, 0), list(paths)
+    return torch.stack(imgs, 0), torch.cat(labels, 0), list(paths), torch.tensor(labeled, dtype=torch.bool)
 
 
 class EpochSampler(Sampler):

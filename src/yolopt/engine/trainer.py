@@ -45,7 +45,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .ema import ModelEMA, unwrap
-from .loader import EpochSampler, TrainDataset, index_split, make_loader
+from .loader import EpochSampler, TrainDataset, index_split, index_unlabeled, make_loader
 from .loss import DEFAULT_HYP, YoloLoss, scaled_loss_hyp
 
 log = logging.getLogger("yolopt")
@@ -127,6 +127,8 @@ class TrainConfig:
     progress: bool = True
     plots: bool = True
     exist_ok: bool = False
+    unlabeled: list[str] = field(default_factory=list)  # extra image folders / globs without labels (distillation)
+    val_data: str | None = None  # data yaml to validate on (default: data, when it is a yaml)
 
 
 @dataclass
@@ -302,6 +304,9 @@ class Trainer:
         cfg = self.cfg
         if not self.resuming:  # absolute paths, so `--resume` works from any folder
             cfg.data = str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data
+            cfg.unlabeled = [str(Path(u).resolve()) if Path(u).exists() else str(u) for u in cfg.unlabeled]
+            if cfg.val_data and Path(cfg.val_data).exists():
+                cfg.val_data = str(Path(cfg.val_data).resolve())
             if cfg.weights and Path(cfg.weights).exists():
                 cfg.weights = str(Path(cfg.weights).resolve())
             return
@@ -371,12 +376,40 @@ class Trainer:
         self.out = Path(cfg.out)
 
     def _build_data(self) -> None:
-        """Class names and the train index (labels checked once; the cache is shared by all ranks)."""
-        from ..data.dataset import load_data_config
+        """Class names and the train index (labels checked once; the cache is shared by all ranks).
 
-        dcfg = load_data_config(self.cfg.data)
-        self.train_index, self.names = index_split(self.cfg.data, "train")
-        self.has_val = "val" in dcfg.splits
+        ``data`` is a data yaml (its ``train`` split, labelled) or images without labels (a folder,
+        file or glob); ``unlabeled`` adds more of those. Unlabelled images need a teacher: its
+        outputs are their only targets (see ``compress.OutputDistillation``); the detection loss
+        skips them. Without labelled data the class names are the teacher's."""
+        from ..data.dataset import is_image_source, load_data_config
+
+        cfg = self.cfg
+        labeled_data = not is_image_source(cfg.data)
+        if labeled_data:
+            dcfg = load_data_config(cfg.data)
+            self.train_index, self.names = index_split(cfg.data, "train")
+            self.has_val = "val" in dcfg.splits
+        else:
+            self.train_index, self.names, self.has_val = index_unlabeled([cfg.data]), None, False
+        if cfg.unlabeled:
+            self.train_index = self.train_index + index_unlabeled(cfg.unlabeled)
+        lab = self.train_index.labeled
+        self.n_unlabeled = 0 if lab is None else int((~lab).sum())
+        if self.n_unlabeled and self.teacher is None:
+            src = ", ".join([cfg.data] if not labeled_data else cfg.unlabeled)
+            raise YoloptError(f"{src}: images without labels need a teacher to supply their targets (distillation: "
+                              f"yolopt prune ... --distill, or train(teacher=..., callbacks=[OutputDistillation()]))")
+        if self.names is None:
+            self.names = list(self.teacher.names)
+        if cfg.val_data:
+            vcfg = load_data_config(cfg.val_data)
+            if "val" not in vcfg.splits:
+                raise YoloptError(f"{cfg.val_data}: no `val` split to validate on")
+            if vcfg.nc != len(self.names):
+                raise YoloptError(f"{cfg.val_data}: has {vcfg.nc} classes but the training classes are "
+                                  f"{len(self.names)}")
+            self.has_val = True
 
     def _build_model(self) -> None:
         """The model to train: rebuilt from the resume checkpoint (its tensor shapes, so pruned
@@ -591,8 +624,9 @@ class Trainer:
         self._callback("on_train_start")
         cfg = self.cfg
         if self.main:
-            log.info("training %s for %d epochs at %d on %s: %d images, batch %d%s -> %s", self._model_source(),
-                     cfg.epochs, self.imgsz, self.device, len(self.dataset), cfg.batch,
+            log.info("training %s for %d epochs at %d on %s: %d images%s, batch %d%s -> %s", self._model_source(),
+                     cfg.epochs, self.imgsz, self.device, len(self.dataset),
+                     f" ({self.n_unlabeled} without labels, distilled)" if self.n_unlabeled else "", cfg.batch,
                      f" ({self.world} processes)" if self.world > 1 else "", self.out)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -614,13 +648,13 @@ class Trainer:
         bar = self._progress_bar(epoch)
         mloss, seen, t0 = torch.zeros(3), 0, time.time()
         self.optimizer.zero_grad()
-        for i, (imgs, targets, _paths) in enumerate(bar if bar is not None else self.loader):
+        for i, (imgs, targets, _paths, labeled) in enumerate(bar if bar is not None else self.loader):
             ni = i + self.nb * epoch  # batches seen since the start of training
             imgs = imgs.to(self.device, non_blocking=True).float() / 255  # (B, 3, imgsz, imgsz) RGB in [0, 1]
             if ni <= self.nw:
                 self._warmup(ni, epoch)
             self._in_step = True
-            loss, items = self._forward_loss(imgs, targets)
+            loss, items = self._forward_loss(imgs, targets, labeled)
             self._check_finite(loss, epoch, i, bar)
             self.scaler.scale(loss).backward()
             self.student_feats = None
@@ -668,11 +702,13 @@ class Trainer:
             if "momentum" in g:
                 g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
 
-    def _forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``imgs`` (B, 3, H, W), ``targets`` (n, 6) -> (loss to backpropagate, detached [box, obj, cls])."""
+    def _forward_loss(self, imgs: torch.Tensor, targets: torch.Tensor,
+                      labeled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``imgs`` (B, 3, H, W), ``targets`` (n, 6), ``labeled`` (B,) bool -> (loss to backpropagate,
+        detached [box, obj, cls]). The detection loss sees only the labelled images of the batch."""
         with torch.autocast(self.device.type, enabled=self.amp):
             preds = self._forward(imgs)  # list of (B, na, ny, nx, 5+nc)
-            loss, items = self.loss_fn(preds, targets.to(self.device))
+            loss, items = self._detection_loss(preds, targets, labeled)
             for cb in self.callbacks:
                 extra = cb.extra_loss(self, imgs, targets, preds)
                 if extra is not None:
@@ -680,6 +716,21 @@ class Trainer:
             if self.world > 1:
                 loss = loss * self.world  # DDP averages gradients over ranks; upstream's loss is a sum
         return loss, items
+
+    def _detection_loss(self, preds: list[torch.Tensor], targets: torch.Tensor,
+                        labeled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The detection loss on the labelled images only: an unlabelled image's empty label rows mean
+        "unknown", and scoring them would teach the model that it holds only background."""
+        targets = targets.to(self.device)
+        if labeled is None or bool(labeled.all()):
+            return self.loss_fn(preds, targets)
+        if not bool(labeled.any()):
+            return preds[0].sum() * 0.0, torch.zeros(3, device=self.device)
+        keep = labeled.to(self.device)
+        new_index = torch.cumsum(keep, 0) - 1  # image k of the batch -> its row among the labelled ones
+        t = targets[keep[targets[:, 0].long()]].clone()
+        t[:, 0] = new_index[t[:, 0].long()].to(t.dtype)
+        return self.loss_fn([p[keep] for p in preds], t)
 
     def _forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
         """The student's training forward; when a callback ``needs_features``, Detect's inputs of
@@ -745,7 +796,7 @@ class Trainer:
         """mAP of the EMA model on the val split."""
         from ..evaluate import evaluate
 
-        res = evaluate(self.ema.ema, self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
+        res = evaluate(self.ema.ema, self.cfg.val_data or self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
                        device=self.device, progress=self.cfg.progress)
         return {"metrics/precision": res.precision, "metrics/recall": res.recall, "metrics/mAP50": res.map50,
                 "metrics/mAP50-95": res.map50_95, "fitness": 0.1 * res.map50 + 0.9 * res.map50_95}
@@ -767,6 +818,8 @@ class Trainer:
                  "scheduler": {"last_epoch": self.scheduler.last_epoch, "base_lrs": list(self.scheduler.base_lrs)},
                  "history": self.history, "config": asdict(self.cfg), "hyp": self.hyp}
         prov = {"trained_from": self._model_source(), "data": str(self.cfg.data), "epochs": epoch + 1}
+        if self.cfg.unlabeled:
+            prov["unlabeled"] = list(self.cfg.unlabeled)
         last = self.out / LAST
         save_train_checkpoint(last, ema_model=self.ema.ema, model=unwrap(self.model), optimizer=self.optimizer,
                               imgsz=self.imgsz, train_state=state, provenance=prov)
