@@ -433,6 +433,9 @@ def test_unlabeled_images_stay_unlabeled_even_in_mosaics(tiny_data):
     lab, _ = index_split(tiny_data, "train")
     unl = index_unlabeled([tiny_data.parent / "images" / "val"])
     assert not unl.labeled.any() and all(len(x) == 0 for x in unl.labels)
+    listing = tiny_data.parent / "unlabeled.txt"  # a .txt list (paths relative to it) names the same images
+    listing.write_text("\n".join(str(f.relative_to(tiny_data.parent)) for f in unl.files) + "\n")
+    assert index_unlabeled([listing]).files == unl.files
     mix = lab + unl
     assert mix.labeled.tolist() == [True] * len(lab.files) + [False] * len(unl.files)
     ds = TrainDataset(mix, 64, {**DEFAULT_HYP, "mosaic": 1.0}, seed=0)

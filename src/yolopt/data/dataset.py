@@ -91,11 +91,7 @@ def image_files(cfg: DataConfig, split: str) -> list[Path]:
                 raise DatasetError(f"{src}: image folder is empty")
             files.extend(found)
         elif src.is_file() and src.suffix == ".txt":
-            for line in src.read_text().splitlines():
-                line = line.strip()
-                if line:
-                    p = Path(line)
-                    files.append(p if p.is_absolute() else (src.parent / p).resolve())
+            files.extend(read_image_list(src))
         else:
             raise DatasetError(f"{src}: `{split}` images not found (expected a folder or a .txt list)")
     if not files:
@@ -104,9 +100,25 @@ def image_files(cfg: DataConfig, split: str) -> list[Path]:
 
 
 def is_image_source(spec: str | Path) -> bool:
-    """True for a folder, an image file or a glob (images without labels), False for a data yaml."""
+    """True for a folder, an image file, a glob or a .txt list of images (images without labels),
+    False for a data yaml."""
     p = Path(spec)
-    return p.is_dir() or is_image(p) or any(ch in str(spec) for ch in "*?[")
+    return p.is_dir() or is_image(p) or p.suffix.lower() == ".txt" or any(ch in str(spec) for ch in "*?[")
+
+
+def read_image_list(path: Path) -> list[Path]:
+    """Image paths from a .txt list, one per line; relative paths are relative to the list's folder."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the image list ({e.strerror})") from None
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line:
+            p = Path(line)
+            out.append(p if p.is_absolute() else (path.parent / p).resolve())
+    return out
 
 
 def label_path(image: Path) -> Path:

@@ -114,15 +114,19 @@ def index_split(data_yaml: str | Path, split: str, nc: int | None = None) -> tup
 
 
 def index_unlabeled(sources) -> SplitIndex:
-    """Images without labels (folders, files or glob patterns) for distillation: the teacher's
-    outputs are their targets. Unreadable images are skipped with a warning."""
+    """Images without labels (folders, files, glob patterns or .txt lists) for distillation: the
+    teacher's outputs are their targets. Unreadable images are skipped with a warning."""
+    from ..data.dataset import read_image_list
     from ..data.images import list_images
     from ..errors import YoloptError
 
-    try:
-        files = list_images(list(sources))
-    except YoloptError as e:
-        raise DatasetError(str(e)) from None
+    files: list[Path] = []
+    for src in sources:
+        try:
+            txt = Path(src).suffix.lower() == ".txt" and Path(src).is_file()
+            files.extend(read_image_list(Path(src)) if txt else list_images(src))
+        except YoloptError as e:
+            raise DatasetError(str(e)) from None
     keep, shapes = [], []
     for f in files:
         shp = image_size(f)
