@@ -68,6 +68,19 @@ def _fingerprint(files: list[Path], nc: int) -> str:
     return h.hexdigest()
 
 
+def _readable(files: list[Path]) -> tuple[list[Path], list[tuple[int, int]]]:
+    """The files that decode as images and their (h, w); the others are skipped with a warning."""
+    keep, shapes = [], []
+    for f in files:
+        shp = image_size(f)
+        if shp is None:
+            log.warning("%s: corrupt or unreadable image, skipped", f)
+            continue
+        keep.append(f)
+        shapes.append(shp)
+    return keep, shapes
+
+
 def index_split(data_yaml: str | Path, split: str, nc: int | None = None) -> tuple[SplitIndex, list[str]]:
     """Check every label file of a split once; results are cached next to the labels.
 
@@ -89,16 +102,8 @@ def index_split(data_yaml: str | Path, split: str, nc: int | None = None) -> tup
             return idx, cfg.names
     except (OSError, ValueError, KeyError):
         pass
-    keep, labels, shapes = [], [], []
-    for f in files:
-        lab = read_labels(label_path(f), cfg.nc)  # raises DatasetError naming file:line
-        shp = image_size(f)
-        if shp is None:
-            log.warning("%s: corrupt or unreadable image, skipped", f)
-            continue
-        keep.append(f)
-        labels.append(lab)
-        shapes.append(shp)
+    keep, shapes = _readable(files)
+    labels = [read_labels(label_path(f), cfg.nc) for f in keep]  # raises DatasetError naming file:line
     if not keep:
         raise DatasetError(f"{cfg.yaml_path}: no readable images in the `{split}` split")
     if not any(len(lab) for lab in labels):
@@ -127,14 +132,7 @@ def index_unlabeled(sources) -> SplitIndex:
             files.extend(read_image_list(Path(src)) if txt else list_images(src))
         except YoloptError as e:
             raise DatasetError(str(e)) from None
-    keep, shapes = [], []
-    for f in files:
-        shp = image_size(f)
-        if shp is None:
-            log.warning("%s: corrupt or unreadable image, skipped", f)
-            continue
-        keep.append(f)
-        shapes.append(shp)
+    keep, shapes = _readable(files)
     if not keep:
         raise DatasetError(f"{', '.join(map(str, sources))}: no readable images")
     return SplitIndex(keep, [np.zeros((0, 5), np.float32) for _ in keep], np.array(shapes, np.int64).reshape(-1, 2),
