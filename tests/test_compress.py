@@ -522,3 +522,17 @@ def test_synthetic_model_pruned_to_half_the_flops_keeps_map50(tmp_path):
     back = yolopt.load(tmp_path / "compress" / "pruned.safetensors")
     assert back.num_params() == s["params"]["finetuned"] < s["params"]["before"]
     assert "mAP50" in r.stdout and "FLOPs" in r.stdout
+
+
+def test_cli_prune_distils_on_a_folder_and_measures_on_val_data(tiny_weights, tiny_data, tmp_path):
+    out = tmp_path / "p.safetensors"
+    r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--force", "--out", out,
+                "--data", tiny_data.parent / "images" / "train", "--unlabeled", tiny_data.parent / "images" / "val",
+                "--val-data", tiny_data, "--finetune", "1", "--distill", "--batch", "4", "--workers", "0",
+                "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["map_data"] == str(tiny_data) and rep["unlabeled"] == [str(tiny_data.parent / "images" / "val")]
+    assert rep["summary"]["map50_95"]["finetuned"] is not None and rep["summary"]["map50"]["before"] is not None
+    assert "without labels, distilled" in r.stderr
+    assert yolopt.load(out).provenance["pruned"]["distill"] is True

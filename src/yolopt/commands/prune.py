@@ -115,7 +115,8 @@ def _latency(model, args) -> dict | None:
     from ..compress.prune import measure_latency
 
     rec = measure_latency(model, args.imgsz, args.backend, args.threads)
-    log.info("  latency p50 %.2f ms (%s, %d threads)", rec["latency_ms"]["p50"], args.backend, rec["threads"] or 0)
+    log.info("  latency p50 %.2f ms (%s, %s threads)", rec["latency_ms"]["p50"], args.backend,
+             rec["threads"] or "runtime-default")
     return rec
 
 
