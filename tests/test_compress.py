@@ -536,3 +536,26 @@ def test_cli_prune_distils_on_a_folder_and_measures_on_val_data(tiny_weights, ti
     assert rep["summary"]["map50_95"]["finetuned"] is not None and rep["summary"]["map50"]["before"] is not None
     assert "without labels, distilled" in r.stderr
     assert yolopt.load(out).provenance["pruned"]["distill"] is True
+
+
+def test_train_with_a_teacher_resumes_with_it(tiny_data, tiny_weights, tmp_path):
+    """`yolopt train --teacher T` distils; a killed run resumes with the same teacher (distill.json)."""
+    from yolopt.compress import OutputDistillation
+    from yolopt.engine import train
+
+    teacher = yolopt.load(tiny_weights)
+    teacher.source_file = str(tiny_weights)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tiny_data.parent / "images" / "train"), model=_model("yolov5n"), teacher=teacher, epochs=2,
+              out=str(run), val_data=str(tiny_data), callbacks=[OutputDistillation(), _StopAfterFirstEpoch()], **TINY)
+    saved = json.loads((run / "distill.json").read_text())
+    assert saved["teacher"] == str(Path(tiny_weights).resolve()) and saved["settings"]["w_cls"] == 0.5
+    r = run_cli("train", "--resume", run, "--workers", "0", "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming with distillation from" in r.stderr and "without labels, distilled" in r.stderr
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and (run / "best.safetensors").exists()  # header + epochs 1 and 2
+    r = run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--unlabeled", tiny_data.parent / "images" / "val",
+                "--out", tmp_path / "x")
+    assert r.returncode == 1 and "need --teacher" in r.stderr and not (tmp_path / "x").exists()

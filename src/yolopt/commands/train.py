@@ -55,6 +55,14 @@ def register(sub) -> None:
                    help="linear: lower the penalty linearly to 1%% of S over the run (default none)")
     p.add_argument("--sparsity-threshold", type=float, default=0.01,
                    help="|gamma| under which a channel counts as prunable (default 0.01)")
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="distil this model's outputs into the one trained (same classes, anchors and strides); "
+                        "a resumed run loads it again. See docs/compress.md")
+    p.add_argument("--feature-distill", action="store_true", help="with --teacher: also imitate its neck features")
+    p.add_argument("--unlabeled", action="append", default=[], metavar="IMAGES",
+                   help="extra images without labels (folder, glob or .txt list; repeatable), learnt from --teacher")
+    p.add_argument("--val-data", metavar="DATA.yaml",
+                   help="validate on this dataset's val split (needed when --data is a folder of images)")
     p.set_defaults(func=run)
 
 
@@ -73,11 +81,33 @@ def run(args) -> int:
         run_dir = find_resume_checkpoint(args.resume).parent  # "" = newest run under runs/train
         sparsity = BNSparsity.for_resume(run_dir, given=sparsity)  # a sparsity run resumes with its penalty
     common["callbacks"] = [sparsity] if sparsity is not None else []
+    teacher = None
+    if args.resume is not None:
+        if args.teacher:
+            raise YoloptError("--teacher cannot change on --resume: a distilled run resumes with its own teacher "
+                              "(distill.json in the run folder)")
+        from ..compress.distill import OutputDistillation
+
+        kd, teacher = OutputDistillation.for_resume(run_dir)
+        if kd is not None:
+            common["callbacks"].append(kd)
+    elif args.teacher:
+        import yolopt
+
+        from ..compress.distill import OutputDistillation
+
+        teacher = yolopt.load(args.teacher)
+        teacher.source_file = args.teacher
+        common["callbacks"].append(OutputDistillation(features=args.feature_distill))
+    elif args.feature_distill or args.unlabeled:
+        raise YoloptError(("--feature-distill" if args.feature_distill else "--unlabeled images") + " need --teacher "
+                          "MODEL (the teacher's outputs are what is learnt)")
+    common["teacher"] = teacher
     if args.resume is not None:
         res = train(resume=args.resume, **common)
     else:
         if not args.data:
-            raise YoloptError("--data DATA.yaml is required")
+            raise YoloptError("--data DATA.yaml (or a folder of images with --teacher) is required")
         if not (args.weights or args.cfg):
             raise YoloptError("give --weights W (fine-tune) or --cfg yolov5n.yaml (train from scratch)")
         hyp = args.hyp
@@ -86,7 +116,8 @@ def run(args) -> int:
         res = train(args.data, weights=args.weights, cfg=args.cfg, epochs=args.epochs, imgsz=args.imgsz,
                     batch=args.batch, hyp=hyp, freeze=args.freeze, out=args.out, val_every=args.val_every,
                     seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
-                    nbs=args.nbs, optimizer=args.optimizer, **common)
+                    nbs=args.nbs, optimizer=args.optimizer, unlabeled=list(args.unlabeled), val_data=args.val_data,
+                    **common)
     if res is not None and res.out is not None:
         best = f", best fitness {res.best_fitness:.4f} -> {res.best}" if res.best else ""
         log.info("done: %d epochs in %.1f min; last -> %s%s", res.epochs, res.minutes, res.last, best)

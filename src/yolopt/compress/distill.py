@@ -23,7 +23,9 @@ The sum is multiplied by the batch size, as the detection loss is, and by ``alph
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +105,30 @@ class OutputDistillation(Callback):
         self.adapter_opt: torch.optim.Optimizer | None = None
         self.last: dict = {}
 
+    SETTINGS = "distill.json"
+
+    def settings(self) -> dict:
+        return {"alpha": self.alpha, "obj_threshold": self.obj_threshold, "w_obj": self.w_obj, "w_cls": self.w_cls,
+                "w_box": self.w_box, "features": self.features, "w_feat": self.w_feat, "adapter_lr": self.adapter_lr}
+
+    @classmethod
+    def for_resume(cls, run_dir: str | Path) -> "tuple[OutputDistillation, nn.Module] | tuple[None, None]":
+        """``(callback, teacher)`` a resumed run continues with, read from ``run_dir/distill.json``
+        (written when a run with a teacher file starts); ``(None, None)`` for a run without one.
+        The feature adapters (``features=True``) start afresh: they are not checkpointed."""
+        import yolopt
+
+        path = Path(run_dir) / cls.SETTINGS
+        if not path.is_file():
+            return None, None
+        try:
+            saved = json.loads(path.read_text())
+            teacher_file, settings = saved["teacher"], saved["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise YoloptError(f"{path}: unreadable distillation settings; delete it to resume without a teacher") from None
+        log.info("resuming with distillation from %s (%s)", teacher_file, path)
+        return cls(**settings), yolopt.load(teacher_file)
+
     def on_train_start(self, trainer) -> None:
         from ..engine.ema import unwrap
 
@@ -111,6 +137,12 @@ class OutputDistillation(Callback):
                               "the unpruned model)")
         student = unwrap(trainer.model)
         check_teacher(student, trainer.teacher)
+        source = getattr(trainer.teacher, "source_file", None)
+        if source and trainer.main:  # a teacher from a file: a resumed run can load it again
+            from ..fileio import write_json
+
+            write_json(Path(trainer.out) / self.SETTINGS, {"teacher": str(Path(source).resolve()),
+                                                          "settings": self.settings()}, quiet=True)
         if self.features:
             dev = next(student.parameters()).device
             s_ch = [m.in_channels for m in student.detect.m]
