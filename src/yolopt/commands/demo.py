@@ -10,6 +10,7 @@ from ..detect import predict, write_outputs
 from ..evaluate import evaluate
 from ..models.checkpoint import load_model
 from ._common import console as make_console
+from ._options import nonneg_int_arg
 
 log = logging.getLogger("yolopt")
 
@@ -44,12 +45,13 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="predict + val on the shared samples, then prune a model to half its FLOPs",
                        description="1) Predict on the sample images and validate on coco128 with the official "
                        "yolov5n.pt from ../shared (or $YOLOPT_SHARED), when present. 2) Compression, with or without "
-                       "../shared: generate yolopt's synthetic set, train a yolov5n on it (cached), prune it to half "
-                       "its FLOPs, fine-tune with distillation, and report mAP, FLOPs and latency before and after "
-                       "(OUT/compress/report.json).")
+                       "../shared: generate yolopt's synthetic set, take the yolov5n yolopt trained on it (shipped; "
+                       "--retrain trains it here), prune it to half its FLOPs, fine-tune with distillation, and "
+                       "report mAP, FLOPs and latency before and after (OUT/compress/pruned.json and .md). A few "
+                       "minutes on 2 CPU cores.")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--only", choices=["predict", "compress"], help="run one part only")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes while training (default 2)")
+    p.add_argument("--workers", type=nonneg_int_arg, default=2, help="data loading processes while training (default 2)")
     p.add_argument("--retrain", action="store_true",
                    help="train the synthetic base model (~10 min) instead of using the one shipped with yolopt")
     p.set_defaults(func=run)
