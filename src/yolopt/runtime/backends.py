@@ -215,7 +215,9 @@ class Backend:
 
     def __call__(self, x) -> torch.Tensor:
         a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        # uint8 pixels pass straight into a graph that takes them; anything else becomes float32
+        a = np.ascontiguousarray(a, dtype=np.uint8 if a.dtype == np.uint8 and getattr(self, "uint8_input", False)
+                                 else np.float32)
         self.check_input(a)
         if self.batch is None or a.shape[0] == self.batch:
             return self._wrap(self._run(a))
@@ -422,7 +424,8 @@ class OnnxBackend(Backend):
         self.dynamic = not (isinstance(h, int) and isinstance(w, int))
         if not self.dynamic:
             self.imgsz = (h, w)
-        self.in_dtype = np.float16 if "float16" in inp.type else np.float32
+        self.in_dtype = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}.get(inp.type, np.float32)
+        self.uint8_input = self.in_dtype == np.uint8  # quantized graphs take the letterboxed pixels themselves
         self._open_kwargs = {"threads": threads, "providers": list(self.providers), "precision": precision}
 
     def _check_precision(self, want: str | None) -> str:
@@ -436,6 +439,8 @@ class OnnxBackend(Backend):
                            f"in the precision it was exported in (export it with --precision {want})")
 
     def _run(self, x):
+        if self.uint8_input and x.dtype != np.uint8:  # float [0, 1] -> the pixels it came from
+            x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
         return self.session.run(self.output_names[:1], {self.input_name: x.astype(self.in_dtype, copy=False)})[0]
 
 

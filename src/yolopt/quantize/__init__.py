@@ -1,0 +1,331 @@
+"""Post-training INT8 quantization with precision-loss analysis and accuracy-controlled mixed precision.
+
+    >>> from yolopt.quantize import QuantizeSpec, quantize
+    >>> res = quantize("yolov5n.pt", QuantizeSpec(data="coco128.yaml", max_map_drop=0.005, out="q.onnx"))
+    >>> res.report["int8"]["map50_95"], res.report["speedup"]
+
+``quantize`` exports the model to fp32 ONNX (dynamic shape), calibrates on images pre-processed
+exactly like inference (:mod:`.calib`), writes a QDQ graph for ONNX Runtime (:mod:`.onnx_qdq`: the
+Detect decode stays float, the graph takes uint8 pixels), measures it against the fp32 ONNX on the
+val split and in latency, and writes it only when it passes:
+
+* a model that lost its detections (the failure mode of quantizing the decode) is never written;
+* with ``max_map_drop``, the layers that introduce the most error (:mod:`.sensitivity`) stay float
+  until the measured drop is within budget; the report lists them and what they cost in speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import YoloptError
+from .calib import CalibrationError, CalibrationSet
+
+log = logging.getLogger("yolopt")
+
+BACKENDS = ("onnxruntime",)
+COLLAPSE = 0.5  # an INT8 model keeping less than this fraction of the fp32 mAP50 has lost its detections
+
+
+class QuantizeError(YoloptError):
+    """A quantization that cannot be done, or whose result failed validation (nothing is written)."""
+
+
+@dataclass
+class QuantizeSpec:
+    """Everything one ``yolopt quantize`` run needs."""
+
+    data: str | None = None  # dataset yaml: calibration on its train split, validation on val
+    images: list | None = None  # or calibration images (folders, globs, files); validation then needs data
+    backend: str = "onnxruntime"
+    imgsz: int = 640
+    calib: int = 256  # calibration images (a fixed random subset when there are more)
+    method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True
+    reduce_range: bool = True  # 7-bit weights: no int16 overflow in the u8 x s8 kernels of CPUs without VNNI
+    max_map_drop: float | None = None  # accuracy control: keep sensitive layers float until within budget
+    val_images: int | None = None  # validate on the first N val images (None: all)
+    sensitivity: bool = False  # per-layer analysis (table + PNG) in the report
+    sensitivity_images: int = 8
+    sensitivity_map_images: int = 0  # also the mAP delta of each layer alone, on this many val images
+    quantize_decode: bool = False  # ablation only: quantize the Detect decode too (loses every detection)
+    latency: bool = True
+    threads: int | None = None
+    out: str | Path | None = None
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class QuantizeResult:
+    path: Path | None
+    report: dict = field(default_factory=dict)
+
+
+def _check_spec(spec: QuantizeSpec) -> None:
+    if spec.backend not in BACKENDS:
+        raise QuantizeError(f"--backend {spec.backend}: INT8 is built for {', '.join(BACKENDS)} so far")
+    from .onnx_qdq import METHODS
+
+    if spec.method not in METHODS:
+        raise QuantizeError(f"--method {spec.method}: choose one of {', '.join(METHODS)}")
+    if spec.max_map_drop is not None and not 0 <= spec.max_map_drop < 1:
+        raise QuantizeError(f"--max-map-drop {spec.max_map_drop}: must be in [0, 1)")
+    if not spec.data and not spec.images:
+        raise QuantizeError("quantize needs calibration images: --data DATA.yaml or --images DIR")
+    if spec.max_map_drop is not None and not spec.data:
+        raise QuantizeError("--max-map-drop needs --data (the drop is measured on its val split)")
+
+
+def _load(model_or_path):
+    import torch
+
+    from ..models.checkpoint import load_model
+
+    if isinstance(model_or_path, torch.nn.Module):
+        return model_or_path, "model"
+    p = Path(model_or_path)
+    if p.suffix.lower() not in (".pt", ".pth", ".safetensors"):
+        raise QuantizeError(f"{p}: quantize takes the .pt / .safetensors model, not an exported artifact "
+                            f"(the fp32 graph is exported and calibrated here)")
+    return load_model(p), p.stem
+
+
+def _evaluate(path: Path, data: str, spec: QuantizeSpec) -> dict:
+    from ..evaluate import evaluate
+
+    r = evaluate(str(path), data, imgsz=spec.imgsz, max_images=spec.val_images, progress=False,
+                 threads=spec.threads)
+    m = (r.confusion or {}).get("matrix")
+    dets = int(np.asarray(m)[:-1, :].sum()) if m else None  # detections at conf 0.25 (the deployment point)
+    return {"map50_95": r.map50_95, "map50": r.map50, "images": r.images, "mode": r.mode, "detections": dets}
+
+
+def interleaved_latency(paths: dict[str, Path], imgsz: int, threads: int | None, rounds: int = 5,
+                        iters: int = 20) -> dict[str, dict]:
+    """Model-only latency of several artifacts measured in interleaved rounds (medians of round p50s)."""
+    from ..bench import measure, median
+    from ..runtime import open as open_backend
+
+    backends = {k: open_backend(str(p), threads=threads) for k, p in paths.items()}
+    p50: dict[str, list[float]] = {k: [] for k in paths}
+    recs = {}
+    for _ in range(rounds):
+        for k, b in backends.items():
+            rec = measure(b, imgsz, warmup=3, iters=iters)
+            p50[k].append(rec.latency_ms["p50"])
+            recs[k] = rec
+    return {k: {"p50_ms": median(v), "rounds_p50_ms": v, "threads": backends[k].threads,
+                "size_mb": recs[k].size_mb, "machine": recs[k].machine} for k, v in p50.items()}
+
+
+def _write_model(proto, path: Path, meta: dict) -> Path:
+    import onnx
+
+    from .onnx_qdq import with_metadata
+
+    with_metadata(proto, {k: json.dumps(v) for k, v in meta.items()})
+    onnx.save(proto, str(path))
+    return path
+
+
+def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
+    """INT8 ONNX for ONNX Runtime, validated before it is written (see the module doc)."""
+    import onnx
+
+    from ..export import ExportSpec, export
+    from . import onnx_qdq as Q
+    from . import sensitivity as S
+
+    _check_spec(spec)
+    t_start = time.perf_counter()
+    model, stem = _load(model_or_path)
+    out = Path(spec.out) if spec.out else Path("runs/quantize") / f"{stem}_int8.onnx"
+    if out.suffix.lower() != ".onnx":
+        out = out.with_suffix(".onnx")
+    if out.is_dir():
+        raise QuantizeError(f"{out}: is a folder; give the .onnx file to write")
+    stride = int(model.stride.max())
+    if spec.imgsz % stride:
+        raise QuantizeError(f"--imgsz {spec.imgsz}: must be a multiple of the model stride {stride}")
+    if spec.data:
+        calib = CalibrationSet.from_data(spec.data, spec.imgsz, spec.calib, seed=spec.seed) if not spec.images else \
+            CalibrationSet.from_images(spec.images, spec.imgsz, spec.calib, seed=spec.seed)
+    else:
+        calib = CalibrationSet.from_images(spec.images, spec.imgsz, spec.calib, seed=spec.seed)
+    calib.check()
+    report: dict = {"model": str(model_or_path) if not hasattr(model_or_path, "forward") else "model",
+                    "backend": spec.backend, "imgsz": spec.imgsz, "spec": _spec_dict(spec),
+                    "calibration": {"images": len(calib), "source": calib.source, "method": spec.method,
+                                    "preprocess": "square letterbox, as inference"}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.quantize.", dir=out.parent))
+    try:
+        t0 = time.perf_counter()
+        fp32 = export(model, ExportSpec(format="onnx", imgsz=spec.imgsz, dynamic=True, verify=False,
+                                        out=work / "fp32.onnx")).path
+        proto = onnx.load(str(fp32))
+        meta = {k: json.loads(v) for k, v in Q.read_metadata(proto).items()}
+        log.info("calibrating on %d images (%s, %s)...", len(calib), calib.source, spec.method)
+        ranges = Q.calibrate(fp32, calib.batches(), spec.method)
+        report["calibration"]["seconds"] = round(time.perf_counter() - t0, 1)
+        build = {"per_channel": spec.per_channel, "reduce_range": spec.reduce_range}
+        groups = Q.layer_groups(proto)
+        report["layers"] = len(groups)
+
+        def write(proto_q, name: str) -> Path:
+            m = {**meta, "precision": "int8", "quantization": {
+                "method": spec.method, "calib_images": len(calib), "per_channel": spec.per_channel,
+                "reduce_range": spec.reduce_range, "input": "uint8 pixels (letterboxed RGB)",
+                "decode": "int8" if spec.quantize_decode else "float"}}
+            return _write_model(proto_q, work / name, m)
+
+        def build_model(float_layers=()):
+            if spec.quantize_decode:
+                return _naive(proto, ranges, build)
+            return Q.build_qdq(proto, ranges, float_layers, **build)
+
+        base = _evaluate(fp32, spec.data, spec) if spec.data else None
+        if base:
+            log.info("fp32 ONNX: mAP50-95 %.4f, mAP50 %.4f (%d images)", base["map50_95"], base["map50"],
+                     base["images"])
+        report["fp32"] = base
+
+        sens = None
+        if spec.sensitivity or spec.max_map_drop is not None:
+            t0 = time.perf_counter()
+            map_eval = None
+            if spec.sensitivity and spec.sensitivity_map_images and spec.data:
+                map_eval = _map_evaluator(work, meta, spec)
+            sens = S.analyse(proto, ranges, calib.arrays(spec.sensitivity_images), map_eval=map_eval,
+                             threads=spec.threads, progress=spec.progress, **build)
+            sens.map_images = spec.sensitivity_map_images if map_eval else 0
+            report["sensitivity_seconds"] = round(time.perf_counter() - t0, 1)
+            if spec.sensitivity:
+                report["sensitivity"] = sens.to_dict()
+
+        # accuracy control: the smallest prefix of the ranking kept float that meets the budget (bisection)
+        float_layers: list[str] = []
+        trials = []
+        q_path = write(build_model(), "int8_k0.onnx")
+        q_res = _evaluate(q_path, spec.data, spec) if spec.data else None
+        trials.append({"float_layers": 0, **(q_res or {})})
+        if q_res:
+            log.info("INT8, all layers: mAP50-95 %.4f (drop %.4f)", q_res["map50_95"], base["map50_95"] - q_res["map50_95"])
+        if spec.max_map_drop is not None and q_res and base["map50_95"] - q_res["map50_95"] > spec.max_map_drop:
+            rank = sens.ranking()
+            lo, hi = 0, len(rank)  # lo fails; hi (everything float) meets any budget
+            best = None
+            while hi - lo > 1:
+                k = (lo + hi) // 2
+                path_k = write(build_model(rank[:k]), f"int8_k{k}.onnx")
+                r = _evaluate(path_k, spec.data, spec)
+                trials.append({"float_layers": k, **r})
+                log.info("INT8 with %d/%d layers float: mAP50-95 %.4f (drop %.4f)", k, len(rank), r["map50_95"],
+                         base["map50_95"] - r["map50_95"])
+                if base["map50_95"] - r["map50_95"] <= spec.max_map_drop:
+                    hi, best = k, (path_k, r)
+                else:
+                    lo = k
+            if best is None:
+                raise QuantizeError(f"no INT8 model within --max-map-drop {spec.max_map_drop}: even with "
+                                    f"{len(rank) - 1} of {len(rank)} layers float the drop is larger; nothing written")
+            float_layers = rank[:hi]
+            q_path, q_res = best
+        report["trials"] = trials
+        report["float_layers"] = float_layers
+        report["int8"] = q_res
+        if q_res is not None:
+            _guard(q_res, base, out)
+            report["map50_95_drop"] = round(base["map50_95"] - q_res["map50_95"], 5)
+            report["map50_drop"] = round(base["map50"] - q_res["map50"], 5)
+        else:
+            _guard_outputs(q_path, fp32, calib, out)
+        if spec.latency:
+            lat = interleaved_latency({"fp32": fp32, "int8": q_path}, spec.imgsz, spec.threads)
+            report["latency"] = {k: {kk: vv for kk, vv in v.items() if kk != "machine"} for k, v in lat.items()}
+            report["machine"] = lat["int8"]["machine"]
+            report["latency_ratio"] = round(lat["int8"]["p50_ms"] / lat["fp32"]["p50_ms"], 4)
+            report["speedup"] = round(lat["fp32"]["p50_ms"] / lat["int8"]["p50_ms"], 4)
+        report["size_mb"] = {"fp32": round(fp32.stat().st_size / 1e6, 3), "int8": round(q_path.stat().st_size / 1e6, 3)}
+        report["seconds"] = round(time.perf_counter() - t_start, 1)
+        os.replace(q_path, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    from .report import write_report
+
+    report["path"] = str(out)
+    write_report(report, out, sens)
+    return QuantizeResult(out, report)
+
+
+def _spec_dict(spec: QuantizeSpec) -> dict:
+    d = asdict(spec)
+    d["out"] = str(d["out"]) if d["out"] is not None else None
+    return d
+
+
+def _naive(proto, ranges, build):
+    """Everything quantized, the decode included (the known failure mode; for comparison only)."""
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    from . import onnx_qdq as Q
+
+    q = Q._ort_quant()
+    m = copy.deepcopy(proto)
+    qz = QDQQuantizer(m, build["per_channel"], build["reduce_range"], q.QuantType.QInt8, q.QuantType.QUInt8,
+                      copy.deepcopy(ranges), None, None, list(Q.OP_TYPES) + ["Reshape", "Transpose", "Split"],
+                      {"ActivationSymmetric": False, "WeightSymmetric": True})
+    qz.quantize_model()
+    qz.model.topological_sort()
+    return qz.model.model
+
+
+def _guard(q: dict, base: dict, out: Path) -> None:
+    """Refuse an INT8 model that lost its detections."""
+    if base["map50"] > 0 and (q["map50"] < COLLAPSE * base["map50"] or q.get("detections") == 0):
+        raise QuantizeError(f"{out}: the INT8 model lost its detections (mAP50 {q['map50']:.4f} vs fp32 "
+                            f"{base['map50']:.4f}); not written")
+
+
+def _guard_outputs(q_path: Path, fp32: Path, calib: CalibrationSet, out: Path) -> None:
+    """Without labels: the INT8 model must keep the fp32 model's confident detections on calibration images."""
+    from ..runtime import open as open_backend
+
+    a, b = open_backend(str(fp32)), open_backend(str(q_path))
+    n_ref = n_q = 0
+    for x in calib.batches(limit=8):
+        ya, yb = a(x)[0], b(x)[0]
+        n_ref += int(((ya[:, 4] * ya[:, 5:].max(1).values) > 0.25).sum())
+        n_q += int(((yb[:, 4] * yb[:, 5:].max(1).values) > 0.25).sum())
+    if n_ref and n_q < COLLAPSE * n_ref:
+        raise QuantizeError(f"{out}: the INT8 model lost its detections ({n_q} confident outputs vs {n_ref} in "
+                            f"fp32 on {min(8, len(calib))} calibration images); not written")
+
+
+def _map_evaluator(work: Path, meta: dict, spec: QuantizeSpec):
+    from ..evaluate import evaluate
+
+    counter = [0]
+
+    def run(proto) -> float:
+        counter[0] += 1
+        p = _write_model(copy.deepcopy(proto), work / f"sens_{counter[0] % 2}.onnx", {**meta, "precision": "int8"})
+        return evaluate(str(p), spec.data, imgsz=spec.imgsz, max_images=spec.sensitivity_map_images,
+                        progress=False, threads=spec.threads).map50_95
+
+    return run
+
+
+__all__ = ["BACKENDS", "CalibrationError", "CalibrationSet", "QuantizeError", "QuantizeResult", "QuantizeSpec",
+           "interleaved_latency", "quantize"]
