@@ -1,0 +1,173 @@
+"""INT8 quantization (ONNX Runtime QDQ): calibration, validation guard, sensitivity, mixed precision.
+
+Runs on yolopt's own synthetic set and the shipped synthetic yolov5n (160 px), so it needs no ../shared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from conftest import run_cli  # noqa: E402
+
+from yolopt.commands.demo import SHIPPED_BASE, SYNTH  # noqa: E402
+from yolopt.quantize import CalibrationError, CalibrationSet, QuantizeError, QuantizeSpec, quantize  # noqa: E402
+from yolopt.quantize import onnx_qdq as Q  # noqa: E402
+
+IMGSZ = SYNTH["imgsz"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from yolopt.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("qsynth") / "d", images=60, classes=SYNTH["classes"], imgsz=IMGSZ,
+                    seed=SYNTH["seed"])
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory) -> Path:
+    from yolopt.export import ExportSpec, export
+
+    out = tmp_path_factory.mktemp("qfp32") / "m.onnx"
+    return export(str(SHIPPED_BASE), ExportSpec(imgsz=IMGSZ, dynamic=True, verify=False, out=out)).path
+
+
+@pytest.fixture(scope="module")
+def quantized(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "m_int8.onnx"
+    res = quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=32, latency=False, out=out,
+                                                   progress=False))
+    return res
+
+
+def _calib(synth, n=8):
+    return CalibrationSet.from_data(synth, IMGSZ, n=n)
+
+
+def test_int8_artifact_reloads_as_int8_takes_pixels_and_keeps_its_map(quantized):
+    from yolopt.runtime import open as open_backend
+
+    rep = quantized.report
+    b = open_backend(str(quantized.path))
+    assert b.precision == "int8" and b.artifact_precision == "int8" and b.uint8_input
+    assert rep["fp32"]["map50"] > 0.5  # a model that detects, so "kept its mAP" means something
+    assert rep["int8"]["map50"] >= rep["fp32"]["map50"] - 0.05, rep["int8"]
+    proto = onnx.load(str(quantized.path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("DequantizeLinear") > 50  # really quantized
+    # the decode stays float: no Q/DQ between the Detect convs' outputs and the graph output
+    decode = [n for n in proto.graph.node if n.name.startswith(Q.detect_prefix(proto)) and n.op_type == "Concat"]
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for n in decode:
+        assert all(producers[i].op_type != "DequantizeLinear" for i in n.input if i in producers)
+    # uint8 pixels and their float [0, 1] form give the same output
+    x = _calib_array(rep)
+    assert np.array_equal(b(x).numpy(), b((x * 255).round().astype(np.uint8)).numpy())
+    md = quantized.path.with_suffix(".md").read_text()
+    assert "mAP50-95" in md and json.loads(quantized.path.with_suffix(".json").read_text())["int8"]
+
+
+def _calib_array(rep) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (1, 3, IMGSZ, IMGSZ)) / 255.0).astype(np.float32)
+
+
+def test_quantizing_the_decode_loses_the_detections_and_nothing_is_written(synth, tmp_path):
+    out = tmp_path / "naive.onnx"
+    with pytest.raises(QuantizeError, match="lost its detections"):
+        quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=16, latency=False, out=out,
+                                                 quantize_decode=True, progress=False))
+    assert list(tmp_path.iterdir()) == []  # no artifact, no report, no temp folder
+
+
+def test_broken_calibration_is_one_clear_error(synth, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b\n")
+    broken = tmp_path / "imgs" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a jpeg at all")
+    tiny = tmp_path / "tiny" / "tiny.png"
+    tiny.parent.mkdir()
+    import cv2
+
+    cv2.imwrite(str(tiny), np.zeros((4, 4, 3), np.uint8))
+    for src, msg in [(empty, "no images"), (notes, "not an image file"), (broken.parent, "cannot be decoded"),
+                     (tiny.parent, "too small")]:
+        with pytest.raises(CalibrationError, match=msg):
+            CalibrationSet.from_images(str(src), IMGSZ).check()
+    out = tmp_path / "q.onnx"
+    r = run_cli("quantize", str(SHIPPED_BASE), "--images", str(broken.parent), "--imgsz", str(IMGSZ), "--out", str(out))
+    assert r.returncode != 0 and "broken.jpg: cannot be decoded" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    r = run_cli("quantize", str(SHIPPED_BASE), "--data", str(synth), "--calib", "0")
+    assert r.returncode != 0 and "--calib" in r.stderr
+
+
+def test_cli_refuses_artifacts_and_budgets_without_data(fp32_onnx, synth, tmp_path):
+    r = run_cli("quantize", str(fp32_onnx), "--data", str(synth))
+    assert r.returncode != 0 and "not an exported artifact" in r.stderr
+    r = run_cli("quantize", str(SHIPPED_BASE), "--images", str(synth.parent / "images" / "val"),
+                "--max-map-drop", "0.01")
+    assert r.returncode != 0 and "--max-map-drop needs --data" in r.stderr
+
+
+def test_sensitivity_ranking_is_deterministic(synth, fp32_onnx):
+    from yolopt.quantize import sensitivity as S
+
+    proto = onnx.load(str(fp32_onnx))
+    runs = []
+    for _ in range(2):
+        cal = _calib(synth)
+        ranges = Q.calibrate(fp32_onnx, cal.batches())
+        runs.append(S.analyse(proto, ranges, cal.arrays(4), progress=False))
+    a, b = runs
+    assert a.ranking() == b.ranking() and len(a.ranking()) == len(Q.layer_groups(proto))
+    assert [x.sqnr_db for x in a.layers] == [x.sqnr_db for x in b.layers]
+    assert a.layers[0].sqnr_db <= a.layers[-1].sqnr_db  # most sensitive first
+    assert a.full_int8_sqnr_db < a.layers[-1].sqnr_db  # all layers together err more than the mildest alone
+
+
+def test_float_layers_stay_float_and_all_float_is_the_fp32_graph(synth, fp32_onnx):
+    proto = onnx.load(str(fp32_onnx))
+    cal = _calib(synth, 4)
+    ranges = Q.calibrate(fp32_onnx, cal.batches())
+    groups = Q.layer_groups(proto)
+    keep = ["/model.0", "/model.2/cv1"]
+    m = Q.build_qdq(proto, ranges, keep)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    inits = {t.name for t in m.graph.initializer}
+    for g in keep:
+        conv = next(n for n in m.graph.node if n.name == groups[g][0])
+        w = conv.input[1]  # a float layer reads its float weight, not a dequantized one
+        assert w in inits and w not in producers
+    other = next(n for n in m.graph.node if n.name == groups["/model.1"][0])
+    assert producers[other.input[1]].op_type == "DequantizeLinear"
+    everything_float = Q.build_qdq(proto, ranges, list(groups))  # an empty node list must not mean "all"
+    assert not [n for n in everything_float.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def test_quantizing_a_pruned_model_works(synth, tmp_path):
+    import yolopt
+    from yolopt.compress import PruneSpec, prune
+
+    model = yolopt.load(SHIPPED_BASE).float()
+    res = prune(model, PruneSpec(ratio=0.1, imgsz=IMGSZ))
+    assert res.model.num_params() < model.num_params()
+    pruned = tmp_path / "pruned.safetensors"
+    yolopt.save(res.model, pruned, imgsz=IMGSZ)
+    out = tmp_path / "pruned_int8.onnx"
+    q = quantize(str(pruned), QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=16, latency=False, out=out,
+                                           progress=False))
+    assert q.path == out and out.exists()
+    assert q.report["int8"]["map50"] > 0.5 * q.report["fp32"]["map50"] > 0
+    from yolopt.runtime import open as open_backend
+
+    assert open_backend(str(out)).precision == "int8"
