@@ -171,3 +171,24 @@ def test_quantizing_a_pruned_model_works(synth, tmp_path):
     from yolopt.runtime import open as open_backend
 
     assert open_backend(str(out)).precision == "int8"
+
+
+def test_openvino_int8_ir_through_nncf_reloads_as_int8(synth, tmp_path):
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    from yolopt.runtime import open as open_backend
+
+    out = tmp_path / "ov" / "m.xml"
+    res = quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", imgsz=IMGSZ, calib=16,
+                                                   latency=False, out=out, progress=False))
+    assert res.path == out and out.exists() and out.with_suffix(".bin").exists()
+    b = open_backend(str(out))
+    assert b.name == "openvino" and b.precision == "int8" and b.artifact_precision == "int8"
+    rep = res.report
+    assert rep["int8"]["map50"] >= rep["fp32"]["map50"] - 0.05, rep["int8"]
+    import openvino as ov
+
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in ops  # really quantized
+    with pytest.raises(QuantizeError, match="built for onnxruntime so far"):
+        quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", max_map_drop=0.01))

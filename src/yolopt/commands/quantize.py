@@ -31,8 +31,9 @@ def register(sub) -> None:
     src.add_argument("--calib", type=positive_int_arg, default=256,
                      help="calibration images (a fixed random subset when there are more; default 256)")
     src.add_argument("--val-images", type=positive_int_arg, help="measure mAP on the first N val images (default all)")
-    p.add_argument("--backend", choices=["onnxruntime"], default="onnxruntime",
-                   help="runtime the INT8 artifact is built for (default onnxruntime)")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="runtime the INT8 artifact is built for: onnxruntime (QDQ ONNX, default) or openvino (IR "
+                        "quantized by nncf)")
     p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="calibration: minmax (default; measured best on yolov5n, see docs/quantize.md), entropy, "
                         "percentile (99.999)")
@@ -49,7 +50,8 @@ def register(sub) -> None:
     p.add_argument("--imgsz", type=imgsz_arg, default=640, help="input size (default 640)")
     p.add_argument("--threads", type=positive_int_arg, help="threads for validation and latency (default: runtime's)")
     p.add_argument("--no-latency", action="store_true", help="skip the fp32 vs INT8 latency measurement")
-    p.add_argument("--out", help="the INT8 .onnx (default runs/quantize/<name>_int8.onnx); report next to it")
+    p.add_argument("--out", help="the INT8 .onnx (.xml for openvino; default runs/quantize/<name>_int8.onnx); "
+                   "report next to it")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -71,7 +73,7 @@ def run(args) -> int:
         print(json.dumps(rep, indent=1, default=str))
         return 0
     fp, q = rep.get("fp32"), rep.get("int8")
-    print(f"INT8 ONNX: {res.path} ({rep['size_mb']['int8']:.2f} MB, fp32 {rep['size_mb']['fp32']:.2f} MB)")
+    print(f"INT8 {'IR' if args.backend == 'openvino' else 'ONNX'}: {res.path} ({rep['size_mb']['int8']:.2f} MB, fp32 {rep['size_mb']['fp32']:.2f} MB)")
     if fp and q:
         print(f"  mAP50-95 {fp['map50_95']:.4f} -> {q['map50_95']:.4f} (drop {rep['map50_95_drop']:.4f}), "
               f"mAP50 {fp['map50']:.4f} -> {q['map50']:.4f} ({q['images']} val images)")
@@ -80,6 +82,7 @@ def run(args) -> int:
         print(f"  latency p50 {lat['fp32']['p50_ms']:.2f} -> {lat['int8']['p50_ms']:.2f} ms "
               f"({rep['latency_ratio']:.3f}x fp32; {rep['machine'].get('cpu')}, VNNI {rep['machine'].get('vnni')})")
     fl = rep.get("float_layers") or []
-    print(f"  layers kept float: {len(fl)} of {rep['layers']}")
+    if rep.get("layers"):
+        print(f"  layers kept float: {len(fl)} of {rep['layers']}")
     print(f"  report: {res.path.with_suffix('.md')} / .json")
     return 0

@@ -30,11 +30,16 @@ def markdown(rep: dict, sens=None) -> str:
     if "latency_ratio" in rep:
         lines.append(f"INT8 latency = **{rep['latency_ratio']:.3f}x** fp32 (speed-up {rep['speedup']:.2f}x; "
                      f"medians of interleaved rounds, same run, {lat['int8'].get('threads') or 'default'} threads).")
+        if "latency_ratio_vs_fp32_openvino" in rep:
+            lines.append(f"The fp32 ONNX column is ONNX Runtime; against the fp32 OpenVINO IR "
+                         f"({lat['fp32_openvino']['p50_ms']:.2f} ms) INT8 is "
+                         f"{rep['latency_ratio_vs_fp32_openvino']:.3f}x.")
         m = rep.get("machine") or {}
         lines.append(f"Machine: {m.get('cpu', '?')}; VNNI: {m.get('vnni', '?')}.")
     fl = rep.get("float_layers") or []
-    lines += ["", f"Layers kept float: {len(fl)} of {rep.get('layers')}" + (": " + ", ".join(f"`{x}`" for x in fl)
-                                                                            if fl else ".")]
+    if rep.get("layers"):
+        lines += ["", f"Layers kept float: {len(fl)} of {rep['layers']}" + (": " + ", ".join(f"`{x}`" for x in fl)
+                                                                          if fl else ".")]
     if len(rep.get("trials", [])) > 1:
         lines += ["", "| layers float | mAP50-95 | mAP50 |", "|---|---|---|"]
         lines += [f"| {t['float_layers']} | {_f(t.get('map50_95'))} | {_f(t.get('map50'))} |" for t in rep["trials"]]
