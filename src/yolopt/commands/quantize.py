@@ -47,6 +47,9 @@ def register(sub) -> None:
                    help="per-layer analysis: SQNR of each layer alone in INT8, ranked (table + PNG in the report)")
     p.add_argument("--sensitivity-map-images", type=positive_int_arg, default=0, metavar="N",
                    help="with --sensitivity: also each layer's mAP delta on N val images (slow: one eval per layer)")
+    p.add_argument("--no-speed-aware", action="store_true",
+                   help="quantize every layer. By default, layers that ONNX Runtime runs no slower in float (both "
+                        "models profiled per layer) stay float, if the whole model is measured faster that way")
     p.add_argument("--imgsz", type=imgsz_arg, default=640, help="input size (default 640)")
     p.add_argument("--threads", type=positive_int_arg, help="threads for validation and latency (default: runtime's)")
     p.add_argument("--no-latency", action="store_true", help="skip the fp32 vs INT8 latency measurement")
@@ -64,7 +67,7 @@ def run(args) -> int:
     spec = QuantizeSpec(data=args.data, images=args.images, backend=args.backend, imgsz=args.imgsz,
                         calib=args.calib, method=args.method, per_channel=not args.per_tensor,
                         reduce_range=not args.full_range, max_map_drop=args.max_map_drop, val_images=args.val_images,
-                        sensitivity=args.sensitivity, sensitivity_map_images=args.sensitivity_map_images,
+                        sensitivity=args.sensitivity, speed_aware=not args.no_speed_aware, sensitivity_map_images=args.sensitivity_map_images,
                         latency=not args.no_latency, threads=args.threads, out=args.out,
                         progress=not args.no_progress and sys.stderr.isatty())
     res = quantize(args.model, spec)

@@ -58,6 +58,7 @@ class QuantizeSpec:
     sensitivity: bool = False  # per-layer analysis (table + PNG) in the report
     sensitivity_images: int = 8
     sensitivity_map_images: int = 0  # also the mAP delta of each layer alone, on this many val images
+    speed_aware: bool = True  # layers whose float kernels are no slower than INT8 (profiled) stay float
     quantize_decode: bool = False  # ablation only: quantize the Detect decode too (loses every detection)
     latency: bool = True
     threads: int | None = None
@@ -221,43 +222,44 @@ def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
             if spec.sensitivity:
                 report["sensitivity"] = sens.to_dict()
 
-        # accuracy control: the smallest prefix of the ranking kept float that meets the budget (bisection)
-        float_layers: list[str] = []
-        trials = []
+        # speed: layers ONNX Runtime runs no slower in float (profiled, both models) stay float when that
+        # makes the whole model faster (measured)
+        free: list[str] = []
         q_path = write(build_model(), "int8_k0.onnx")
+        if spec.speed_aware and not spec.quantize_decode:
+            free, q_path = _speed_aware(fp32, q_path, list(groups), spec, report, lambda fl, name: write(
+                build_model(fl), name))
         q_res = _evaluate(q_path, spec.data, spec) if spec.data else None
-        trials.append({"float_layers": 0, **(q_res or {})})
+        trials = [{"float_layers": len(free), **(q_res or {})}]
         if q_res:
-            log.info("INT8, all layers: mAP50-95 %.4f (drop %.4f)", q_res["map50_95"], base["map50_95"] - q_res["map50_95"])
+            log.info("INT8, %d layers float: mAP50-95 %.4f (drop %.4f)", len(free), q_res["map50_95"],
+                     base["map50_95"] - q_res["map50_95"])
+        float_layers = list(free)
+        # accuracy control: the smallest prefix of the ranking kept float that meets the budget (bisection)
         if spec.max_map_drop is not None and q_res and base["map50_95"] - q_res["map50_95"] > spec.max_map_drop:
-            rank = sens.ranking()
+            rank = [g for g in sens.ranking() if g not in free]
             lo, hi = 0, len(rank)  # lo fails; hi (everything float) meets any budget
             best = None
             while hi - lo > 1:
                 k = (lo + hi) // 2
-                path_k = write(build_model(rank[:k]), f"int8_k{k}.onnx")
+                path_k = write(build_model(free + rank[:k]), f"int8_k{k}.onnx")
                 r = _evaluate(path_k, spec.data, spec)
-                trials.append({"float_layers": k, **r})
-                log.info("INT8 with %d/%d layers float: mAP50-95 %.4f (drop %.4f)", k, len(rank), r["map50_95"],
-                         base["map50_95"] - r["map50_95"])
+                trials.append({"float_layers": len(free) + k, **r})
+                log.info("INT8 with %d/%d layers float: mAP50-95 %.4f (drop %.4f)", len(free) + k, len(groups),
+                         r["map50_95"], base["map50_95"] - r["map50_95"])
                 if base["map50_95"] - r["map50_95"] <= spec.max_map_drop:
                     hi, best = k, (path_k, r)
                 else:
                     lo = k
             if best is None:
                 raise QuantizeError(f"no INT8 model within --max-map-drop {spec.max_map_drop}: even with "
-                                    f"{len(rank) - 1} of {len(rank)} layers float the drop is larger; nothing written")
-            float_layers = rank[:hi]
+                                    f"{len(groups) - 1} of {len(groups)} layers float the drop is larger; nothing "
+                                    f"written")
+            float_layers = free + rank[:hi]
             q_path, q_res = best
         report["trials"] = trials
         report["float_layers"] = float_layers
-        report["int8"] = q_res
-        if q_res is not None:
-            _guard(q_res, base, out)
-            report["map50_95_drop"] = round(base["map50_95"] - q_res["map50_95"], 5)
-            report["map50_drop"] = round(base["map50"] - q_res["map50"], 5)
-        else:
-            _guard_outputs(q_path, fp32, calib, out)
+        _validate(report, q_res, base, q_path, fp32, calib, out)
         if spec.latency:
             lat = interleaved_latency({"fp32": fp32, "int8": q_path}, spec.imgsz, spec.threads)
             report["latency"] = {k: {kk: vv for kk, vv in v.items() if kk != "machine"} for k, v in lat.items()}
@@ -274,6 +276,34 @@ def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
     report["path"] = str(out)
     write_report(report, out, sens)
     return QuantizeResult(out, report)
+
+
+def _speed_aware(fp32: Path, q_path: Path, groups: list[str], spec: QuantizeSpec, report: dict, build):
+    """Profile the fp32 and the INT8 model per layer; keep float the layers whose float kernels are no
+    slower, if the resulting model is measured faster than the all-INT8 one. Returns (float layers, path)."""
+    from .onnx_qdq import layer_times
+
+    t0 = time.perf_counter()
+    t_f = layer_times(fp32, groups, spec.imgsz, spec.threads)
+    t_q = layer_times(q_path, groups, spec.imgsz, spec.threads)
+    free = [g for g in groups if t_q[g] > 0 and t_f[g] <= t_q[g]]
+    info = {"layer_ms": {g: {"fp32": round(t_f[g], 4), "int8": round(t_q[g], 4)} for g in groups},
+            "float_no_slower": free, "adopted": False}
+    report["speed_aware"] = info
+    if not free:
+        return [], q_path
+    cand = build(free, "int8_free.onnx")
+    lat = interleaved_latency({"int8": q_path, "mixed": cand}, spec.imgsz, spec.threads, rounds=3)
+    info.update({"all_int8_ms": lat["int8"]["p50_ms"], "with_float_ms": lat["mixed"]["p50_ms"],
+                 "seconds": round(time.perf_counter() - t0, 1)})
+    if lat["mixed"]["p50_ms"] < lat["int8"]["p50_ms"]:
+        info["adopted"] = True
+        log.info("speed: %d layers run no slower in float (%s); keeping them float: %.2f -> %.2f ms", len(free),
+                 ", ".join(free[:6]) + (" ..." if len(free) > 6 else ""), lat["int8"]["p50_ms"], lat["mixed"]["p50_ms"])
+        return free, cand
+    log.info("speed: keeping %d float-no-slower layers float did not make the model faster (%.2f vs %.2f ms)",
+             len(free), lat["mixed"]["p50_ms"], lat["int8"]["p50_ms"])
+    return [], q_path
 
 
 def _openvino(fp32: Path, calib: CalibrationSet, meta: dict, spec: QuantizeSpec, work: Path, out: Path,
@@ -293,13 +323,7 @@ def _openvino(fp32: Path, calib: CalibrationSet, meta: dict, spec: QuantizeSpec,
     report["calibration"]["seconds"] = round(time.perf_counter() - t0, 1)
     report["calibration"]["method"] = "nncf (mixed preset, fast bias correction)"
     q_res = _evaluate(q_xml, spec.data, spec) if spec.data else None
-    report["int8"] = q_res
-    if q_res is not None:
-        _guard(q_res, base, out)
-        report["map50_95_drop"] = round(base["map50_95"] - q_res["map50_95"], 5)
-        report["map50_drop"] = round(base["map50"] - q_res["map50"], 5)
-    else:
-        _guard_outputs(q_xml, fp32, calib, out)
+    _validate(report, q_res, base, q_xml, fp32, calib, out)
     report["float_layers"], report["layers"], report["trials"] = [], None, []
     if spec.latency:
         f_xml = fp32_ir(fp32, {**meta, "precision": "fp32"}, work / "fp32_ir" / "fp32.xml")
@@ -338,6 +362,18 @@ def _naive(proto, ranges, build):
     qz.quantize_model()
     qz.model.topological_sort()
     return qz.model.model
+
+
+def _validate(report: dict, q_res: dict | None, base: dict | None, q_path: Path, fp32: Path,
+              calib: CalibrationSet, out: Path) -> None:
+    """Record the INT8 result and its drop; refuse (raise) a model that lost its detections."""
+    report["int8"] = q_res
+    if q_res is None:  # no labels: compare confident outputs with fp32 on calibration images
+        _guard_outputs(q_path, fp32, calib, out)
+        return
+    _guard(q_res, base, out)
+    report["map50_95_drop"] = round(base["map50_95"] - q_res["map50_95"], 5)
+    report["map50_drop"] = round(base["map50"] - q_res["map50"], 5)
 
 
 def _guard(q: dict, base: dict, out: Path) -> None:

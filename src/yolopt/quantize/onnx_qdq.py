@@ -263,3 +263,21 @@ def with_metadata(proto, meta: dict[str, str]):
 def read_metadata(proto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
+
+
+def layer_times(path: str | Path, groups: Sequence[str], imgsz: int, threads: int | None = None,
+                repeats: int = 20) -> dict[str, float]:
+    """Milliseconds per run that ONNX Runtime's profiler credits to each layer of ``groups`` (by name
+    prefix: a layer's own kernels plus the Q/DQ of the tensors it produces)."""
+    from ..profile.runtime_layers import profile_onnxruntime
+
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    prof = profile_onnxruntime(Path(path), x, threads, repeats=repeats)
+    keys = {g: g.strip("/").replace("/", ".") for g in groups}
+    out = dict.fromkeys(groups, 0.0)
+    for mod, ms in prof["modules_ms"].items():
+        best = max((g for g, k in keys.items() if mod == k or mod.startswith(k + ".")), key=lambda g: len(keys[g]),
+                   default=None)
+        if best is not None:
+            out[best] += ms
+    return out

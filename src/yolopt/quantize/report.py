@@ -40,6 +40,11 @@ def markdown(rep: dict, sens=None) -> str:
     if rep.get("layers"):
         lines += ["", f"Layers kept float: {len(fl)} of {rep['layers']}" + (": " + ", ".join(f"`{x}`" for x in fl)
                                                                           if fl else ".")]
+    sa = rep.get("speed_aware")
+    if sa and sa.get("float_no_slower"):
+        lines += ["", f"Speed-aware: {len(sa['float_no_slower'])} layers ran no slower in float (profiled); keeping "
+                  f"them float measured {_f(sa.get('with_float_ms'), '.2f')} ms vs {_f(sa.get('all_int8_ms'), '.2f')} "
+                  f"ms all INT8: {'adopted' if sa['adopted'] else 'not adopted'}."]
     if len(rep.get("trials", [])) > 1:
         lines += ["", "| layers float | mAP50-95 | mAP50 |", "|---|---|---|"]
         lines += [f"| {t['float_layers']} | {_f(t.get('map50_95'))} | {_f(t.get('map50'))} |" for t in rep["trials"]]
