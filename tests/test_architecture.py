@@ -18,8 +18,9 @@ ALLOWED = {
     "engine": BASE | {"models", "data", "runtime", "evaluate"},
     "export": BASE | {"models", "data", "runtime"},
     "compress": BASE | {"models", "data", "runtime", "evaluate", "bench", "engine", "export"},
-    "quantize": BASE | {"models", "data", "runtime", "evaluate", "bench", "engine", "export"},
     "profile": BASE | {"models", "data", "runtime", "evaluate", "bench", "export"},
+    # quantize reads profile's per-layer runtime timings (speed-aware float layers); profile never imports it
+    "quantize": BASE | {"models", "data", "runtime", "evaluate", "bench", "engine", "export", "profile"},
     "detect": BASE | {"data", "runtime"},
     "pipeline": BASE | {"models", "data", "runtime", "evaluate", "bench", "engine", "export", "compress",
                         "quantize", "profile", "detect"},
