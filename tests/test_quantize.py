@@ -192,3 +192,26 @@ def test_openvino_int8_ir_through_nncf_reloads_as_int8(synth, tmp_path):
     assert "FakeQuantize" in ops  # really quantized
     with pytest.raises(QuantizeError, match="built for onnxruntime so far"):
         quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", max_map_drop=0.01))
+
+
+def test_pipeline_feeds_pixels_to_a_graph_that_takes_them(quantized, synth):
+    """predict and the end-to-end bench letterbox straight to uint8 for a uint8-input graph: same detections
+    as feeding the float input, and a fixed batch padded with pixels, not floats."""
+    import yolopt
+    from yolopt.bench import EndToEnd
+    from yolopt.data.preprocess import preprocess
+    from yolopt.runtime import open as open_backend
+
+    b = open_backend(str(quantized.path))
+    img = sorted((synth.parent / "images" / "val").iterdir())[0]
+    from yolopt.data.images import read_image
+
+    im = read_image(img)
+    xf, _ = preprocess([im], IMGSZ, mode="square")
+    xp, _ = preprocess([im], IMGSZ, mode="square", pixels=True)
+    assert xp.dtype.is_floating_point is False and np.array_equal(b(xf).numpy(), b(xp).numpy())
+    step = EndToEnd(b, [str(img)], IMGSZ, batch=1)
+    step()
+    dets = yolopt.predict(str(quantized.path), str(img), imgsz=IMGSZ)
+    assert len(step.last[0]) == len(dets[0].xyxy) > 0
+    assert np.allclose(np.asarray(step.last[0])[:, :4], dets[0].xyxy, atol=1e-3)

@@ -56,7 +56,7 @@ def resize_long_side(im: np.ndarray, size: int, augment: bool = False) -> np.nda
     return im
 
 
-def to_tensor(im_bgr: np.ndarray) -> torch.Tensor:
-    """HWC BGR uint8 -> CHW RGB float32 in [0, 1]."""
+def to_tensor(im_bgr: np.ndarray, pixels: bool = False) -> torch.Tensor:
+    """HWC BGR uint8 -> CHW RGB float32 in [0, 1] (``pixels``: CHW RGB uint8, for graphs that take pixels)."""
     im = np.ascontiguousarray(im_bgr[..., ::-1].transpose(2, 0, 1))
-    return torch.from_numpy(im).float().div_(255.0)
+    return torch.from_numpy(im) if pixels else torch.from_numpy(im).float().div_(255.0)

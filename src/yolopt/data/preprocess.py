@@ -43,12 +43,14 @@ def preprocess(
     shape: tuple[int, int] | None = None,
     resize_first: bool = False,
     paths: list | None = None,
+    pixels: bool = False,
 ) -> tuple[torch.Tensor, list[ImageMeta]]:
     """BGR uint8 HWC images -> ``(B, 3, H, W)`` float32 RGB in [0, 1] and one :class:`ImageMeta` each.
 
     ``imgsz``: the square size (or (h, w) for a fixed non-square input). ``mode``: ``square`` or
     ``rect`` (see module doc). ``shape``: the rect letterbox (h, w) when the caller already knows it
     (the evaluator groups a whole dataset by aspect ratio); otherwise it is computed from these images.
+    ``pixels``: return the letterboxed uint8 RGB pixels instead (for quantized graphs that take them).
     """
     if mode not in MODES:
         raise ValueError(f"letterbox mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -65,7 +67,7 @@ def preprocess(
             target = (imgsz, imgsz)
         for k, (im0, im) in enumerate(zip(images, resized)):
             padded, _, pad = letterbox(im, target, auto=False, scaleup=False)
-            tensors.append(to_tensor(padded))
+            tensors.append(to_tensor(padded, pixels))
             metas.append(ImageMeta(im0.shape[:2], padded.shape[:2], im.shape[0] / im0.shape[0], pad,
                                    str(paths[k]) if paths else None))
     else:
@@ -74,6 +76,6 @@ def preprocess(
             (h, w), (h0, w0), g = padded.shape[:2], im0.shape[:2], ratio[0]
             # upstream detect.py maps boxes back with the unrounded padding (input - original * gain) / 2
             pad = ((w - w0 * g) / 2, (h - h0 * g) / 2)
-            tensors.append(to_tensor(padded))
+            tensors.append(to_tensor(padded, pixels))
             metas.append(ImageMeta((h0, w0), (h, w), g, pad, str(paths[k]) if paths else None))
     return torch.stack(tensors), metas

@@ -227,7 +227,7 @@ class Backend:
             chunk = a[i:i + self.batch]
             n = chunk.shape[0]
             if n < self.batch:
-                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), np.float32)])
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
             y = self._wrap(self._run(chunk))
             if self.end2end:
                 y = y[y[:, 0] < n]
