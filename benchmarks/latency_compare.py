@@ -4,15 +4,14 @@
         [--threads 2] [--rounds 7] [--iters 30] --out benchmarks/results/NAME.json
 
 Every artifact opens through ``yolopt.runtime.open`` (its own precision: an INT8 artifact runs as INT8)
-and is timed with ``bench.measure`` (batch 1) once per round, the order reversed every other round.
-The figure per artifact is the median of its per-round p50s; ratios are to the first artifact. Writes
-one JSON with the machine block.
+and is timed by ``bench.interleaved``: ``bench.measure`` (batch 1) once per round, the order reversed
+every other round, the median of the per-round p50s. Ratios are to the first artifact. Writes one JSON
+with the machine block.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,28 +29,18 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from yolopt.bench import measure
+    from yolopt.bench import interleaved
     from yolopt.fileio import write_json
-    from yolopt.machine import machine_info
-    from yolopt.runtime import open as open_backend
 
-    backends = [open_backend(a, threads=args.threads) for a in args.artifacts]
-    p50 = [[] for _ in backends]
-    for r in range(args.rounds):
-        order = list(range(len(backends)))
-        if r % 2:
-            order.reverse()
-        for i in order:
-            p50[i].append(measure(backends[i], args.imgsz, warmup=3, iters=args.iters).latency_ms["p50"])
-    base = statistics.median(p50[0])
+    lat = interleaved({a: a for a in args.artifacts}, args.imgsz, args.threads, args.rounds, args.iters)
+    base = lat[args.artifacts[0]]["p50_ms"]
     rows = []
-    for a, b, v in zip(args.artifacts, backends, p50):
-        m = statistics.median(v)
-        rows.append({"artifact": a, "runtime": b.name, "precision": b.precision, "p50_ms": m, "ratio": m / base,
-                     "rounds_p50_ms": v})
-        print(f"{a}: {m:.2f} ms  {m / base:.3f}x  ({b.name}, {b.precision})")
+    for a, r in lat.items():
+        rows.append({"artifact": a, "runtime": r["runtime"], "precision": r["precision"], "p50_ms": r["p50_ms"],
+                     "ratio": r["p50_ms"] / base, "rounds_p50_ms": r["rounds_p50_ms"]})
+        print(f"{a}: {r['p50_ms']:.2f} ms  {r['p50_ms'] / base:.3f}x  ({r['runtime']}, {r['precision']})")
     write_json(args.out, {"imgsz": args.imgsz, "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
-                          "rows": rows, "machine": machine_info()})
+                          "rows": rows, "machine": lat[args.artifacts[0]]["machine"]})
     return 0
 
 

@@ -67,13 +67,13 @@ def test_int8_artifact_reloads_as_int8_takes_pixels_and_keeps_its_map(quantized)
     for n in decode:
         assert all(producers[i].op_type != "DequantizeLinear" for i in n.input if i in producers)
     # uint8 pixels and their float [0, 1] form give the same output
-    x = _calib_array(rep)
+    x = _random_input()
     assert np.array_equal(b(x).numpy(), b((x * 255).round().astype(np.uint8)).numpy())
     md = quantized.path.with_suffix(".md").read_text()
     assert "mAP50-95" in md and json.loads(quantized.path.with_suffix(".json").read_text())["int8"]
 
 
-def _calib_array(rep) -> np.ndarray:
+def _random_input() -> np.ndarray:
     rng = np.random.default_rng(0)
     return (rng.integers(0, 256, (1, 3, IMGSZ, IMGSZ)) / 255.0).astype(np.float32)
 

@@ -179,7 +179,7 @@ def predict(
         if im is None:
             log.warning("%s: corrupt or unreadable image, skipped", item)
             continue
-        x, metas = preprocess([im], imgsz, mode="square", pixels=getattr(backend, "uint8_input", False))
+        x, metas = preprocess([im], imgsz, mode="square", pixels=backend.uint8_input)
         det = postprocess(backend(x), metas, **kw)[0]
         results.append(_detections(det, im, str(item), names))
     return results
@@ -342,7 +342,7 @@ def predict_video(
                 break
             t_decode = reader.read_ms
             t1 = time.perf_counter()
-            x, metas = preprocess([im], imgsz, mode="square", pixels=getattr(backend, "uint8_input", False))
+            x, metas = preprocess([im], imgsz, mode="square", pixels=backend.uint8_input)
             t2 = time.perf_counter()
             pred = backend(x)
             t3 = time.perf_counter()

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..data.letterbox import to_pixels
 from ..data.preprocess import preprocess
 from ..data.sources import FrameCycle
 from ..errors import YoloptError
@@ -138,7 +139,7 @@ class EndToEnd:
         t0 = time.perf_counter()
         ims = [self.frames() for _ in range(self.batch)]
         t1 = time.perf_counter()
-        x, metas = preprocess(ims, self.imgsz, mode="square", pixels=getattr(self.backend, "uint8_input", False))
+        x, metas = preprocess(ims, self.imgsz, mode="square", pixels=self.backend.uint8_input)
         t2 = time.perf_counter()
         pred = self.backend(x)
         t3 = time.perf_counter()
@@ -176,8 +177,8 @@ def measure(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None 
         if source is not None:
             return EndToEnd(b, source, imgsz, batch, conf, iou)
         x = _input(imgsz, batch)
-        if getattr(b, "uint8_input", False):  # a quantized graph that takes pixels gets pixels
-            x = np.rint(x * 255.0).astype(np.uint8)
+        if b.uint8_input:  # a quantized graph that takes pixels gets pixels
+            x = to_pixels(x)
         return lambda: b(x)
 
     step = make_step(backend)
@@ -222,3 +223,25 @@ def measure(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None 
 
 def median(values) -> float:
     return float(statistics.median(values))
+
+
+def interleaved(artifacts: dict, imgsz, threads: int | None = None, rounds: int = 5, iters: int = 20,
+                warmup: int = 3) -> dict[str, dict]:
+    """Model-only latency (batch 1) of several artifacts timed in interleaved rounds, the order reversed
+    every other round, so a machine that slows down slows them all. ``artifacts``: ``{name: path or
+    Backend}``. Per name: ``p50_ms`` (the median of its rounds' p50), ``rounds_p50_ms``, ``runtime``,
+    ``precision``, ``threads``, ``size_mb`` and the ``machine`` block."""
+    from ..runtime import Backend
+    from ..runtime import open as open_backend
+
+    backends = {k: a if isinstance(a, Backend) else open_backend(str(a), threads=threads) for k, a in artifacts.items()}
+    p50: dict[str, list[float]] = {k: [] for k in backends}
+    recs: dict[str, BenchRecord] = {}
+    for r in range(rounds):
+        for k in (list(backends) if r % 2 == 0 else list(backends)[::-1]):
+            recs[k] = measure(backends[k], imgsz, warmup=warmup, iters=iters)
+            p50[k].append(recs[k].latency_ms["p50"])
+    return {k: {"p50_ms": median(v), "rounds_p50_ms": v, "runtime": backends[k].name,
+                "precision": backends[k].precision, "threads": backends[k].threads, "size_mb": recs[k].size_mb,
+                "machine": recs[k].machine} for k, v in p50.items()}
+

@@ -56,6 +56,11 @@ def resize_long_side(im: np.ndarray, size: int, augment: bool = False) -> np.nda
     return im
 
 
+def to_pixels(x: np.ndarray) -> np.ndarray:
+    """A float network input in [0, 1] -> the uint8 pixels it was made from (inverse of ``to_tensor``)."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_tensor(im_bgr: np.ndarray, pixels: bool = False) -> torch.Tensor:
     """HWC BGR uint8 -> CHW RGB float32 in [0, 1] (``pixels``: CHW RGB uint8, for graphs that take pixels)."""
     im = np.ascontiguousarray(im_bgr[..., ::-1].transpose(2, 0, 1))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bench import interleaved
 from ..errors import YoloptError
 from .calib import CalibrationError, CalibrationSet
 
@@ -115,24 +116,6 @@ def _evaluate(path: Path, data: str, spec: QuantizeSpec) -> dict:
     return {"map50_95": r.map50_95, "map50": r.map50, "images": r.images, "mode": r.mode, "detections": dets}
 
 
-def interleaved_latency(paths: dict[str, Path], imgsz: int, threads: int | None, rounds: int = 5,
-                        iters: int = 20) -> dict[str, dict]:
-    """Model-only latency of several artifacts measured in interleaved rounds (medians of round p50s)."""
-    from ..bench import measure, median
-    from ..runtime import open as open_backend
-
-    backends = {k: open_backend(str(p), threads=threads) for k, p in paths.items()}
-    p50: dict[str, list[float]] = {k: [] for k in paths}
-    recs = {}
-    for _ in range(rounds):
-        for k, b in backends.items():
-            rec = measure(b, imgsz, warmup=3, iters=iters)
-            p50[k].append(rec.latency_ms["p50"])
-            recs[k] = rec
-    return {k: {"p50_ms": median(v), "rounds_p50_ms": v, "threads": backends[k].threads,
-                "size_mb": recs[k].size_mb, "machine": recs[k].machine} for k, v in p50.items()}
-
-
 def _write_model(proto, path: Path, meta: dict) -> Path:
     import onnx
 
@@ -163,11 +146,8 @@ def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
     stride = int(model.stride.max())
     if spec.imgsz % stride:
         raise QuantizeError(f"--imgsz {spec.imgsz}: must be a multiple of the model stride {stride}")
-    if spec.data:
-        calib = CalibrationSet.from_data(spec.data, spec.imgsz, spec.calib, seed=spec.seed) if not spec.images else \
-            CalibrationSet.from_images(spec.images, spec.imgsz, spec.calib, seed=spec.seed)
-    else:
-        calib = CalibrationSet.from_images(spec.images, spec.imgsz, spec.calib, seed=spec.seed)
+    calib = CalibrationSet.from_images(spec.images, spec.imgsz, spec.calib, seed=spec.seed) if spec.images else \
+        CalibrationSet.from_data(spec.data, spec.imgsz, spec.calib, seed=spec.seed)
     calib.check()
     report: dict = {"model": str(model_or_path) if not hasattr(model_or_path, "forward") else "model",
                     "backend": spec.backend, "imgsz": spec.imgsz, "spec": _spec_dict(spec),
@@ -261,7 +241,7 @@ def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
         report["float_layers"] = float_layers
         _validate(report, q_res, base, q_path, fp32, calib, out)
         if spec.latency:
-            lat = interleaved_latency({"fp32": fp32, "int8": q_path}, spec.imgsz, spec.threads)
+            lat = interleaved({"fp32": fp32, "int8": q_path}, spec.imgsz, spec.threads)
             report["latency"] = {k: {kk: vv for kk, vv in v.items() if kk != "machine"} for k, v in lat.items()}
             report["machine"] = lat["int8"]["machine"]
             report["latency_ratio"] = round(lat["int8"]["p50_ms"] / lat["fp32"]["p50_ms"], 4)
@@ -293,7 +273,7 @@ def _speed_aware(fp32: Path, q_path: Path, groups: list[str], spec: QuantizeSpec
     if not free:
         return [], q_path
     cand = build(free, "int8_free.onnx")
-    lat = interleaved_latency({"int8": q_path, "mixed": cand}, spec.imgsz, spec.threads, rounds=3)
+    lat = interleaved({"int8": q_path, "mixed": cand}, spec.imgsz, spec.threads, rounds=3)
     info.update({"all_int8_ms": lat["int8"]["p50_ms"], "with_float_ms": lat["mixed"]["p50_ms"],
                  "seconds": round(time.perf_counter() - t0, 1)})
     if lat["mixed"]["p50_ms"] < lat["int8"]["p50_ms"]:
@@ -327,7 +307,7 @@ def _openvino(fp32: Path, calib: CalibrationSet, meta: dict, spec: QuantizeSpec,
     report["float_layers"], report["layers"], report["trials"] = [], None, []
     if spec.latency:
         f_xml = fp32_ir(fp32, {**meta, "precision": "fp32"}, work / "fp32_ir" / "fp32.xml")
-        lat = interleaved_latency({"fp32": fp32, "fp32_openvino": f_xml, "int8": q_xml}, spec.imgsz, spec.threads)
+        lat = interleaved({"fp32": fp32, "fp32_openvino": f_xml, "int8": q_xml}, spec.imgsz, spec.threads)
         report["latency"] = {k: {kk: vv for kk, vv in v.items() if kk != "machine"} for k, v in lat.items()}
         report["machine"] = lat["int8"]["machine"]
         report["latency_ratio"] = round(lat["int8"]["p50_ms"] / lat["fp32"]["p50_ms"], 4)  # vs fp32 ONNX Runtime
@@ -413,4 +393,4 @@ def _map_evaluator(work: Path, meta: dict, spec: QuantizeSpec):
 
 
 __all__ = ["BACKENDS", "CalibrationError", "CalibrationSet", "QuantizeError", "QuantizeResult", "QuantizeSpec",
-           "interleaved_latency", "quantize"]
+           "quantize"]

@@ -78,9 +78,7 @@ def layer_groups(proto, op_types: Sequence[str] = OP_TYPES) -> dict[str, list[st
     return groups
 
 
-def head_layers(proto) -> list[str]:
-    """The Detect output convs' layer names (``/model.24/m.0`` ...)."""
-    return [_group_of(n.name) for n in proto.graph.node if _HEAD_CONV.match(n.name)]
+
 
 
 class _Reader:
@@ -222,9 +220,6 @@ def add_outputs(proto, names: Sequence[str]):
     return m
 
 
-def head_outputs(proto) -> list[str]:
-    """The raw Detect conv outputs (logits before the decode), the tensors sensitivity compares."""
-    return [n.output[0] for n in proto.graph.node if _HEAD_CONV.match(n.name)]
 
 
 def session(proto, threads: int | None = None):
@@ -239,9 +234,6 @@ def session(proto, threads: int | None = None):
     return ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Float [0, 1] network input -> the uint8 pixels it came from."""
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def sqnr_db(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:

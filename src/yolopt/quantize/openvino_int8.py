@@ -40,11 +40,11 @@ def quantize_ir(fp32_onnx: Path, arrays: list[np.ndarray], meta: dict, out_xml: 
     model = ov.convert_model(str(fp32_onnx))
     names = {op.get_friendly_name() for op in model.get_ops()}
     ignored = sorted(n for n in decode_nodes if n in names)
-    pattern = None
-    if not ignored:  # friendly names differ: ignore the Detect layer's non-conv ops by pattern
-        prefix = re.escape(decode_nodes[0].rsplit("/", 1)[0].split("/m.")[0]) if decode_nodes else None
-        pattern = [rf"^{prefix}/(?!m\.\d+/Conv).*"] if prefix else None
-    scope = nncf.IgnoredScope(names=ignored, patterns=pattern or [], validate=False)
+    patterns = []
+    if not ignored and decode_nodes:  # friendly names differ: ignore the Detect layer's non-conv ops by pattern
+        layer = re.escape(decode_nodes[0].split("/")[1])  # "/model.24/Sigmoid" -> "model.24"
+        patterns = [rf"^/{layer}/(?!m\.\d+/Conv).*"]
+    scope = nncf.IgnoredScope(names=ignored, patterns=patterns, validate=False)
     q = nncf.quantize(model, nncf.Dataset(arrays), subset_size=len(arrays),
                       preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
                       ignored_scope=scope, fast_bias_correction=True)

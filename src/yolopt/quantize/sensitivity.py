@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.letterbox import to_pixels
 from . import onnx_qdq as Q
 
 log = logging.getLogger("yolopt")
@@ -35,7 +36,7 @@ log = logging.getLogger("yolopt")
 class LayerSensitivity:
     layer: str
     ops: list[str]
-    sqnr_db: float  # head-output SQNR with only this layer in INT8
+    sqnr_db: float  # detection SQNR (see the module doc) with only this layer in INT8
     map_delta: float | None = None  # mAP50-95 (this layer INT8) - mAP50-95 (fp32), on map_images
     act_range: float | None = None  # calibrated output range (max - min) of the layer's last node
     act_p99_99: float | None = None  # the 99.99th percentile of |activation| on the sample images
@@ -124,7 +125,7 @@ def analyse(proto, ranges, inputs: list[np.ndarray], *, input_uint8: bool = True
     keep = [confident_rows(r) for r in refs]
     imgsz = max(inputs[0].shape[2:])
     refs = [_detection_view(r, k, imgsz) for r, k in zip(refs, keep)]
-    feeds = [Q.to_uint8(x) if input_uint8 else x for x in inputs]
+    feeds = [to_pixels(x) if input_uint8 else x for x in inputs]
     groups = Q.layer_groups(proto, build_kw.get("op_types", Q.OP_TYPES))
     node_out = {n.name: n.output[0] for n in proto.graph.node}
     weights = _weights_by_node(proto)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..data.letterbox import to_pixels
 from ..errors import RuntimeBackendError
 from ..machine import has_native_bf16, has_native_fp16
 from .altstack import compile_openvino, preserve_sigaltstack
@@ -147,6 +148,7 @@ class Backend:
     nms: dict | None = None  # thresholds baked in when end2end
     precision: str = "fp32"  # what the backend computes in (fp32 unless asked otherwise)
     artifact_precision: str = "fp32"  # what the file stores (fp16 weights run at fp32 on most CPUs)
+    uint8_input: bool = False  # the graph takes letterboxed uint8 pixels (quantized artifacts)
     threads: int | None = None
     device: Any = "cpu"
 
@@ -216,8 +218,7 @@ class Backend:
     def __call__(self, x) -> torch.Tensor:
         a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         # uint8 pixels pass straight into a graph that takes them; anything else becomes float32
-        a = np.ascontiguousarray(a, dtype=np.uint8 if a.dtype == np.uint8 and getattr(self, "uint8_input", False)
-                                 else np.float32)
+        a = np.ascontiguousarray(a, dtype=np.uint8 if a.dtype == np.uint8 and self.uint8_input else np.float32)
         self.check_input(a)
         if self.batch is None or a.shape[0] == self.batch:
             return self._wrap(self._run(a))
@@ -440,7 +441,7 @@ class OnnxBackend(Backend):
 
     def _run(self, x):
         if self.uint8_input and x.dtype != np.uint8:  # float [0, 1] -> the pixels it came from
-            x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+            x = to_pixels(x)
         return self.session.run(self.output_names[:1], {self.input_name: x.astype(self.in_dtype, copy=False)})[0]
 
 
@@ -645,7 +646,7 @@ class ParallelBackend(Backend):
         self.replicas = [backend] + [backend.clone() for _ in range(self.workers - 1)]
         self.pool = ThreadPoolExecutor(self.workers)
         for k in ("name", "path", "names", "nc", "stride", "imgsz", "batch", "dynamic", "end2end", "nms", "precision",
-                  "artifact_precision", "threads", "device"):
+                  "artifact_precision", "uint8_input", "threads", "device"):
             setattr(self, k, getattr(backend, k))
 
     def __call__(self, x) -> torch.Tensor:
