@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo sysdeps test clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/yolopt demo
 
-test: $(STAMP)
+# System packages the tests use: Debian's chromium renders the optimize report in a real browser.
+# Installed when missing and we can (root with apt-get); otherwise it says why and the browser test skips.
+sysdeps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "sysdeps: no apt-get, chromium not installed (browser test will skip)"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "sysdeps: not root, chromium not installed (browser test will skip)"; \
+	else { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "sysdeps: apt-get install chromium failed (browser test will skip)"; fi
+
+test: sysdeps $(STAMP)
 	$(VPY) -m pytest tests -q
 
 clean:

@@ -119,8 +119,9 @@ class EndToEnd:
     """
 
     def __init__(self, backend, images, imgsz, batch: int, conf: float = 0.25, iou: float = 0.45,
-                 max_det: int = 300):
+                 max_det: int = 300, mode: str = "square"):
         self.backend = backend
+        self.mode = mode  # letterbox: square (fixed input) or rect (dynamic artifacts, minimal padding)
         self.frames = FrameCycle(images)
         self.imgsz = imgsz
         self.batch = batch
@@ -139,7 +140,8 @@ class EndToEnd:
         t0 = time.perf_counter()
         ims = [self.frames() for _ in range(self.batch)]
         t1 = time.perf_counter()
-        x, metas = preprocess(ims, self.imgsz, mode="square", pixels=self.backend.uint8_input)
+        x, metas = preprocess(ims, self.imgsz if self.mode == "square" else max(self.imgsz), mode=self.mode,
+                              pixels=self.backend.uint8_input)
         t2 = time.perf_counter()
         pred = self.backend(x)
         t3 = time.perf_counter()
@@ -160,11 +162,12 @@ def _input(imgsz, batch: int) -> np.ndarray:
 
 def measure(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None = 100,
             duration: float | None = None, streams: int = 1, source=None, model_name: str | None = None,
-            conf: float = 0.25, iou: float = 0.45) -> BenchRecord:
+            conf: float = 0.25, iou: float = 0.45, mode: str = "square") -> BenchRecord:
     """Time ``backend`` (a :mod:`yolopt.runtime` Backend) at one batch size; the one timing path.
 
     ``imgsz``: int or (h, w). ``source``: images for the end-to-end pipeline (else model-only on
-    a fixed random input). ``streams > 1`` adds a throughput figure with that many sessions in threads.
+    a fixed random input). ``mode``: the end-to-end letterbox, ``square`` or ``rect`` (dynamic artifacts: each
+    frame padded to its own minimal stride-multiple rectangle). ``streams > 1`` adds a throughput figure with that many sessions in threads.
     """
     if isinstance(imgsz, int):
         imgsz = (imgsz, imgsz)
@@ -175,7 +178,7 @@ def measure(backend, imgsz, batch: int = 1, warmup: int = 10, iters: int | None 
 
     def make_step(b):
         if source is not None:
-            return EndToEnd(b, source, imgsz, batch, conf, iou)
+            return EndToEnd(b, source, imgsz, batch, conf, iou, mode=mode)
         x = _input(imgsz, batch)
         if b.uint8_input:  # a quantized graph that takes pixels gets pixels
             x = to_pixels(x)

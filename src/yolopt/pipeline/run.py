@@ -1,0 +1,441 @@
+"""``optimize``: measure the baseline, try the candidates cheapest first within the time budget, pick
+one per scenario, and write the report and the deploy bundle.
+
+Every variant is measured the same way: mAP on the val split with the letterbox it is deployed with
+(batch 1), and the end-to-end pipeline (decode -> letterbox -> model -> NMS at the deployment
+threshold -> boxes) timed in a child process on val images, with the same total threads. At the end
+the recommended variant and the baseline are timed again in interleaved rounds, so the headline
+speed-up is a ratio taken in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.dataset import image_files, load_data_config
+from ..errors import YoloptError
+from ..fileio import write_json
+from ..machine import machine_info
+from .select import choose, describe, next_steps, violations
+from .spec import OptimizeError, OptimizeSpec
+from .variants import Builder, Variant, bench_variant, build_key, evaluate_variant
+
+log = logging.getLogger("yolopt")
+
+
+class _Budget:
+    """Compute time spent on this output folder, across resumed runs (``OUT/state.json``)."""
+
+    def __init__(self, out: Path, spec: OptimizeSpec):
+        self.file = out / "state.json"
+        self.limit = spec.time_budget_s
+        self.before = 0.0
+        key = spec.key()
+        if self.file.exists():
+            try:
+                st = json.loads(self.file.read_text())
+            except ValueError:
+                st = {}
+            if st.get("key") and st["key"] != key:
+                diff = sorted(k for k in key if st["key"].get(k) != key[k])
+                raise OptimizeError(f"{out}: holds an optimize run with other settings (differs in {', '.join(diff)});"
+                                    f" use another --out or remove it")
+            self.before = float(st.get("spent_s", 0.0))
+        self.key = key
+        self.t0 = time.perf_counter()
+        self.save()
+
+    @property
+    def spent(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+    @property
+    def left(self) -> float:
+        return self.limit - self.spent
+
+    def save(self) -> None:
+        write_json(self.file, {"key": self.key, "spent_s": self.spent}, quiet=True)
+
+
+def _say(spec: OptimizeSpec, msg: str) -> None:
+    if spec.progress:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(msg)
+    else:
+        log.debug("%s", msg)
+
+
+def _rect_gain(files: list[Path], imgsz: int, stride: int = 32, n: int = 200) -> float:
+    """Mean rect-letterbox area / square area over (up to ``n``) val images: < 1 when rect input pays off."""
+    import cv2
+
+    from ..data.preprocess import rect_shape
+
+    areas = []
+    for f in files[:n]:
+        im = cv2.imread(str(f), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # only the shape matters: cheap decode
+        if im is None:
+            continue
+        h, w = im.shape[:2]
+        rh, rw = rect_shape([(h, w)], imgsz, stride)
+        areas.append(rh * rw / imgsz ** 2)
+    return float(np.mean(areas)) if areas else 1.0
+
+
+def _overlap(cfg) -> float:
+    """Fraction of val images that are also train images (fine-tuning on them would grade itself)."""
+    if "train" not in cfg.splits:
+        return 1.0
+    train = {p.resolve() for p in image_files(cfg, "train")}
+    val = [p.resolve() for p in image_files(cfg, "val")]
+    return sum(p in train for p in val) / max(1, len(val))
+
+
+class Optimizer:
+    def __init__(self, spec: OptimizeSpec):
+        from ..models.checkpoint import load_model
+
+        self.model = load_model(spec.model)
+        spec.check(getattr(self.model, "imgsz", None))
+        self.spec = spec
+        self.out = Path(spec.out)
+        self.cfg = load_data_config(spec.data)
+        self.val = image_files(self.cfg, "val")
+        if not self.val:
+            raise OptimizeError(f"{spec.data}: the val split has no images")
+        if spec.val_images:
+            self.val = self.val[:spec.val_images]
+        if self.model.nc != self.cfg.nc:
+            raise OptimizeError(f"{spec.model}: the model has {self.model.nc} classes but {spec.data} has "
+                                f"{self.cfg.nc}; optimize needs the model's own dataset")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.budget = _Budget(self.out, spec)
+        self.builder = Builder(spec, self.out / "artifacts", self.model)
+        self.bench_images = [str(p) for p in self.val[:spec.bench_images]]
+        self.results: dict[str, dict] = {}
+        self.order: list[str] = []
+        self.machine = machine_info()
+
+    # --- one variant ---------------------------------------------------------------------------------
+    def _cached(self, v: Variant) -> dict | None:
+        f = self.out / "variants" / f"{v.name}.json"
+        if f.exists():
+            try:
+                r = json.loads(f.read_text())
+                if r.get("variant") == v.to_dict() | {"estimate_s": r["variant"].get("estimate_s")}:
+                    return r
+            except (ValueError, KeyError, TypeError):
+                pass
+        return None
+
+    def run_variant(self, v: Variant, same_map_as: str | None = None) -> dict:
+        if v.name in self.results:
+            return self.results[v.name]
+        self.order.append(v.name)
+        cached = self._cached(v)
+        if cached is not None:
+            _say(self.spec, f"[dim]reusing {v.name} (measured before)[/]")
+            self.results[v.name] = cached
+            return cached
+        rec = {"name": v.name, "kind": v.kind, "description": v.description, "variant": v.to_dict(),
+               "runtime": self.spec.target, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": self.spec.threads,
+               "streams": v.streams, "status": "skipped", "reason": None}
+        built = self.builder.info(v.build)
+        need = v.estimate_s if built is None else v.estimate_s * 0.5
+        if need > self.budget.left:
+            rec["reason"] = f"time budget: needs about {need / 60:.1f} min, {max(0, self.budget.left) / 60:.1f} min left"
+            _say(self.spec, f"[yellow]skip[/] {v.name}: {rec['reason']}")
+            self.results[v.name] = rec  # not cached: a rerun with more budget tries it
+            return rec
+        _say(self.spec, f"[bold]{v.name}[/]: {v.description} (about {need / 60:.1f} min; "
+                        f"{self.budget.left / 60:.1f} min of budget left)")
+        t0 = time.perf_counter()
+        try:
+            b = self.builder.get(v.build)
+            rec["artifact"] = b["artifact"]
+            rec["build_seconds"] = 0.0 if b.get("cached") else b["seconds"]
+            rec["build"] = {"key": v.build, **(b.get("details") or {})}
+            if same_map_as and same_map_as in self.results and self.results[same_map_as].get("status") == "done":
+                src = self.results[same_map_as]
+                m = {k: src[k] for k in ("map50_95", "map50", "val_images", "val_mode")}
+                m["map_from"] = same_map_as  # same artifact, same letterbox: the same detections
+            else:
+                m = evaluate_variant(b["artifact"], v, self.spec)
+            rec.update(m)
+            rec.update(bench_variant(b["artifact"], v, self.spec, self.bench_images))
+            rec.update(self._size_info(b["artifact"], v))
+            rec["status"] = "done"
+        except YoloptError as e:
+            rec["status"], rec["reason"] = "failed", str(e).splitlines()[0]
+            _say(self.spec, f"[red]failed[/] {v.name}: {rec['reason']}")
+        rec["seconds"] = time.perf_counter() - t0
+        self._finish(rec)
+        self.results[v.name] = rec
+        if rec["status"] == "done" or rec["status"] == "failed":
+            write_json(self.out / "variants" / f"{v.name}.json", rec, quiet=True)
+        self.budget.save()
+        if rec["status"] == "done":
+            drop = "" if rec.get("drop") is None else f" (drop {rec['drop'] * 100:+.2f} pt)"
+            _say(self.spec, f"  {v.name}: {self.spec.metric} {rec[self.spec.metric]:.4f}{drop}, "
+                            f"{rec['fps']:.1f} img/s end to end, p50 {rec['latency_ms']['p50']:.1f} ms")
+        return rec
+
+    def _finish(self, rec: dict) -> None:
+        """Drop and speed-up against the baseline (once it is measured)."""
+        base = self.results.get("fp32") if rec["name"] != "fp32" else rec
+        if rec.get("status") != "done" or not base or base.get("status") != "done":
+            return
+        rec["drop"] = base[self.spec.metric] - rec[self.spec.metric]
+        rec["drop50"] = base["map50"] - rec["map50"]
+        rec["drop50_95"] = base["map50_95"] - rec["map50_95"]
+        rec["speedup"] = rec["fps"] / base["fps"]
+
+    def _size_info(self, artifact: str, v: Variant) -> dict:
+        from ..compress.prune import model_flops
+        from ..profile.runtime_layers import onnx_params
+
+        out: dict = {}
+        try:
+            if artifact.endswith(".onnx"):
+                out["params"] = onnx_params(Path(artifact))
+        except Exception:  # noqa: BLE001 - informative only
+            pass
+        model = self.model
+        if v.kind == "prune" or v.build.startswith("prune"):
+            from ..models.checkpoint import load_model
+
+            pruned = Path(artifact).parent / "pruned.safetensors"
+            if pruned.exists():
+                model = load_model(pruned)
+        g = model_flops(model, v.imgsz) / 1e9
+        if v.letterbox == "rect":
+            g *= _rect_gain(self.val, v.imgsz)
+        out["gflops"] = g
+        out.setdefault("params", model.num_params())
+        return out
+
+    # --- the search ------------------------------------------------------------------------------------
+    def plan_and_run(self) -> None:
+        spec = self.spec
+        s0 = spec.imgsz[0]
+        t = spec.threads
+        tgt = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}[spec.target]
+        n = len(self.val)
+        area = (s0 / 640) ** 2
+        c_val = 6 + n * area * 0.06  # rough seconds for val at batch 1 (measured later, below)
+        c_bench = spec.bench_seconds + 8
+        base_est = 12 + c_val + c_bench
+        if self._cached(Variant("fp32", "baseline", "", build_key("fp32", s0), s0)) is None and \
+                base_est > self.budget.left:
+            raise OptimizeError(f"--time-budget {spec.time_budget_s:g}s is too small to measure the baseline: it needs "
+                                f"about {base_est:.0f} s (export, val on {n} images, end-to-end benchmark)")
+        base = self.run_variant(Variant("fp32", "baseline", f"FP32 {tgt}, {s0} square letterbox, {t} thread(s)",
+                                        build_key("fp32", s0), s0, estimate_s=base_est))
+        if base["status"] != "done":
+            raise OptimizeError(f"the baseline could not be measured: {base.get('reason')}")
+        c0 = max(10.0, base["seconds"] - base.get("build_seconds", 0.0))  # val + bench of one variant, measured
+        c_exp = max(5.0, base.get("build_seconds") or 10.0)
+        for r in self.results.values():
+            self._finish(r)
+
+        # 1) pipeline setting: two pipelines with half the threads each (decode of one overlaps inference of the other)
+        if t >= 2:
+            self.run_variant(Variant("fp32-2streams", "streams", f"FP32, {s0} square, 2 pipelines x {t // 2} thread(s)",
+                                     build_key("fp32", s0), s0, streams=2, estimate_s=c_bench * 2), same_map_as="fp32")
+        # 2) rect input for the data's aspect ratio
+        gain = _rect_gain(self.val, s0)
+        rect_ok = gain < 0.9
+        if rect_ok:
+            self.run_variant(Variant(f"rect{s0}", "rect", f"FP32, {s0} rect letterbox (dynamic input, {gain:.0%} of the "
+                                     "square area on this data)", build_key("fp32", s0, True), s0, "rect",
+                                     estimate_s=c0 + c_exp))
+        # 3) smaller inputs
+        for s in spec.imgsz[1:]:
+            self.run_variant(Variant(f"fp32-{s}", "imgsz", f"FP32, {s} square letterbox", build_key("fp32", s), s,
+                                     estimate_s=c0 * (s / s0) ** 2 + c_exp))
+            if rect_ok:
+                self.run_variant(Variant(f"rect{s}", "rect", f"FP32, {s} rect letterbox", build_key("fp32", s, True), s,
+                                         "rect", estimate_s=c0 * (s / s0) ** 2 + c_exp))
+        # 4) INT8 (the quantized graph is dynamic: square and rect variants share it)
+        if spec.quantize:
+            q_est = 3 * c0 + 90 * area + 30
+            for s in self._sizes_within_budget(spec.imgsz):
+                int8 = self.run_variant(Variant(f"int8-{s}", "int8", f"INT8 PTQ ({spec.target}), {s} square, uint8 input",
+                                                build_key("int8", s, True), s, estimate_s=q_est * (s / s0) ** 2))
+                if rect_ok and int8["status"] == "done":
+                    self.run_variant(Variant(f"int8-rect{s}", "int8", f"INT8 PTQ, {s} rect letterbox",
+                                             build_key("int8", s, True), s, "rect", estimate_s=c0 * (s / s0) ** 2))
+        # 5) the best so far, with two pipelines
+        self._stack_streams(c_bench)
+        # 6) mixed precision, when plain INT8 misses the budget
+        if spec.quantize and spec.target == "onnxruntime":
+            q = self.results.get(f"int8-{s0}")
+            if q and q.get("status") == "done" and q["drop"] > spec.max_map_drop:
+                self.run_variant(Variant(f"mixed-{s0}", "mixed", f"INT8 with the most sensitive layers float (accuracy "
+                                         f"control at half the budget), {s0} square", build_key("mixed", s0, True), s0,
+                                         estimate_s=12 * c0 + 120 * area + 60))
+                if rect_ok:
+                    self.run_variant(Variant(f"mixed-rect{s0}", "mixed", f"mixed INT8, {s0} rect letterbox",
+                                             build_key("mixed", s0, True), s0, "rect", estimate_s=c0))
+        # 7) pruning + distilled fine-tuning (needs training time, and train images that are not the val images)
+        if spec.prune:
+            self._prune(s0, c0, rect_ok)
+        self._stack_streams(c_bench)
+
+    def _sizes_within_budget(self, sizes: list[int]) -> list[int]:
+        """Sizes whose FP32 variant stayed within the mAP budget (INT8 only loses more)."""
+        out = []
+        for s in sizes:
+            r = self.results.get("fp32" if s == sizes[0] else f"fp32-{s}")
+            if r and r.get("status") == "done" and r.get("drop", 0) <= self.spec.max_map_drop:
+                out.append(s)
+        return out or sizes[:1]
+
+    def _stack_streams(self, c_bench: float) -> None:
+        """Two pipelines on the fastest variant within budget, when two pipelines helped the baseline."""
+        st = self.results.get("fp32-2streams")
+        if self.spec.threads < 2 or not st or st.get("status") != "done" or st.get("speedup", 0) < 1.03:
+            return
+        ok = [r for r in self.results.values() if r.get("status") == "done" and r["streams"] == 1 and
+              r["kind"] != "baseline" and not violations(r, self.spec, self.spec.max_map_drop)]
+        if not ok:
+            return
+        best = max(ok, key=lambda r: r["fps"])
+        v = Variant(**{**best["variant"], "name": f"{best['name']}-2streams", "kind": "combined",
+                       "description": best["description"] + f", 2 pipelines x {self.spec.threads // 2} thread(s)",
+                       "streams": 2, "estimate_s": c_bench * 2})
+        self.run_variant(v, same_map_as=best["name"])
+
+    def _prune(self, s0: int, c0: float, rect_ok: bool) -> None:
+        spec = self.spec
+        overlap = _overlap(self.cfg)
+        v = Variant(f"pruned75-{s0}", "prune", "channels pruned to 75% of the FLOPs, distilled fine-tune, FP32, "
+                    f"{s0} square", build_key("prune0.75", s0), s0)
+        if overlap > 0.5:
+            self.order.append(v.name)
+            self.results[v.name] = {"name": v.name, "kind": "prune", "description": v.description, "variant": v.to_dict(),
+                                    "status": "skipped", "imgsz": s0, "letterbox": "square", "threads": spec.threads,
+                                    "streams": 1, "runtime": spec.target,
+                                    "reason": f"{overlap:.0%} of the val images are train images: a fine-tune would be "
+                                    "graded on its own training set (use yolopt prune --data with held-out images)"}
+            return
+        n_train = len(image_files(self.cfg, "train"))
+        epochs = spec.finetune_epochs or 4
+        epoch_s = n_train * (s0 / 640) ** 2 * 0.35 + c0
+        v.estimate_s = epochs * epoch_s + 60 + c0
+        self.run_variant(v)
+
+    # --- selection, confirmation, outputs ------------------------------------------------------------
+    def confirm(self, name: str, rounds: int = 3) -> dict:
+        """Baseline and ``name`` timed again end to end, interleaved; medians and their ratio."""
+        fps: dict[str, list[float]] = {"fp32": [], name: []}
+        order = ["fp32", name]
+        for k in range(rounds):
+            for n in (order if k % 2 == 0 else order[::-1]):
+                v = Variant(**self.results[n]["variant"])
+                fps[n].append(bench_variant(self.results[n]["artifact"], v, self.spec, self.bench_images)["fps"])
+        med = {k: float(np.median(v)) for k, v in fps.items()}
+        return {"variant": name, "rounds": rounds, "fps": fps, "median_fps": med,
+                "speedup": med[name] / med["fp32"]}
+
+    def results_dict(self) -> dict:
+        spec = self.spec
+        rows = [self.results[n] for n in self.order]
+        for r in rows:
+            self._finish(r)
+            if r.get("status") == "done":
+                r["meets"] = not violations(r, spec, spec.max_map_drop)
+        rec = choose(rows, spec, spec.scenario)
+        per = {}
+        for sc in ("realtime", "accuracy", "edge"):
+            c = choose(rows, spec, sc)
+            per[sc] = {"variant": c["variant"], "text": describe(c, rows, spec) if (c["variant"] or c.get("closest"))
+                       else c["why"]}
+        return {
+            "version": 1, "model": str(spec.model), "data": str(spec.data), "scenario": spec.scenario,
+            "target": spec.target, "threads": spec.threads, "conf": spec.conf, "metric": spec.metric,
+            "budget": {"time_budget_s": spec.time_budget_s, "max_map_drop": spec.max_map_drop,
+                       "max_latency_ms": spec.max_latency_ms, "max_size_mb": spec.max_size_mb},
+            "machine": self.machine, "baseline": "fp32", "variants": rows,
+            "recommendation": {"scenario": spec.scenario, "variant": rec["variant"], "met": rec["met"],
+                               "closest": rec.get("closest"), "why": rec.get("why"),
+                               "summary": describe(rec, rows, spec), "next": next_steps(rec, rows, spec, self.machine)},
+            "per_scenario": per, "time_spent_s": self.budget.spent, "deploy": None,
+        }
+
+    def layer_profile(self, name: str) -> dict | None:
+        """Per-stage and top per-layer times of a variant's artifact (the runtime's own profiler)."""
+        r = self.results.get(name)
+        if not r or r.get("status") != "done":
+            return None
+        out = {"variant": name, "stages_ms": r.get("stages_ms"), "layers": []}
+        try:
+            from ..profile.runtime_layers import profile_onnxruntime, profile_openvino
+            from ..runtime import open as open_backend
+
+            art = Path(r["artifact"])
+            b = open_backend(str(art), threads=self.spec.threads)
+            h = w = r["imgsz"]
+            if r["letterbox"] == "rect":
+                from ..data.preprocess import rect_shape
+                import cv2
+
+                im = cv2.imread(self.bench_images[0])
+                h, w = rect_shape([im.shape[:2]], r["imgsz"], 32)
+            x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+            if b.uint8_input:
+                x = (x * 255).astype(np.uint8)
+            prof = (profile_onnxruntime if art.suffix == ".onnx" else profile_openvino)(art, x, max(1, self.spec.threads),
+                                                                                         repeats=10)
+            layers = sorted(prof["layers"], key=lambda d: -d["latency_ms"])[:10]
+            for d in layers:
+                out["layers"].append({"name": d["name"], "type": self._layer_type(d["name"]), "ms": d["latency_ms"],
+                                      "share": d["share"]})
+            out["model_ms"] = prof["latency_ms"]
+        except Exception as e:  # noqa: BLE001 - the profile is extra information; say why it is missing
+            out["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return out
+
+    def _layer_type(self, name: str) -> str:
+        digits = "".join(c if c.isdigit() else " " for c in name).split()
+        if digits and int(digits[0]) < len(self.model.model):
+            return type(self.model.model[int(digits[0])]).__name__
+        return ""
+
+
+def optimize(spec: OptimizeSpec) -> dict:
+    """Run the search (see the module doc); returns the results dict also written to ``OUT/results.json``."""
+    opt = Optimizer(spec)
+    spec = opt.spec
+    opt.plan_and_run()
+    res = opt.results_dict()
+    name = res["recommendation"]["variant"]
+    if name and name != "fp32":
+        _say(spec, f"confirming {name} against the baseline (interleaved end-to-end rounds)")
+        res["confirm"] = opt.confirm(name)
+    res["profile"] = {"before": opt.layer_profile("fp32"), "after": opt.layer_profile(name) if name else None}
+    if name:
+        from .deploy import write_bundle
+
+        r = opt.results[name]
+        summary = {k: r.get(k) for k in ("name", "description", "map50_95", "map50", "drop", "fps", "speedup",
+                                         "latency_ms", "size_mb", "threads", "streams")}
+        if res.get("confirm"):
+            summary["speedup_confirmed"] = res["confirm"]["speedup"]
+        try:
+            res["deploy"] = str(write_bundle(r["artifact"], opt.out / "deploy", letterbox=r["letterbox"], conf=spec.conf,
+                                             iou=spec.iou, report=summary))
+        except YoloptError as e:
+            res["deploy_error"] = str(e).splitlines()[0]
+    res["time_spent_s"] = opt.budget.spent
+    opt.budget.save()
+    from .report import write_report
+
+    res["files"] = {k: str(v) for k, v in write_report(res, opt.out).items()}
+    return res

@@ -1,0 +1,132 @@
+"""What one ``yolopt optimize`` run is asked to do: :class:`OptimizeSpec`, checked in one place."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import YoloptError
+
+SCENARIOS = ("realtime", "accuracy", "edge")
+TARGETS = ("onnxruntime", "openvino", "tensorrt")
+METRICS = ("map50_95", "map50")
+# the accuracy budget of each scenario when --max-map-drop is not given (mAP points as fractions)
+DEFAULT_DROP = {"realtime": 0.01, "accuracy": 0.002, "edge": 0.01}
+_RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+class OptimizeError(YoloptError):
+    """An optimize run that cannot start (bad spec, missing runtime, budget too small)."""
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"1h30m"`` or plain seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", s).strip():
+        raise OptimizeError(f"--time-budget {text!r}: give a duration like 90s, 15m, 1h or 1h30m")
+    return sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
+
+
+@dataclass
+class OptimizeSpec:
+    """Everything one optimize run needs. ``None`` fields take the scenario's defaults in :meth:`check`."""
+
+    model: str
+    data: str
+    scenario: str = "realtime"  # realtime: max FPS within the mAP budget; accuracy: smallest drop with a
+    #                             speed-up; edge: 1 thread, smallest artifact meeting the latency budget
+    target: str = "onnxruntime"
+    max_latency_ms: float | None = None  # end-to-end p50 per image
+    max_map_drop: float | None = None  # mAP budget (fraction, 0.01 = 1 point); default per scenario
+    max_size_mb: float | None = None
+    metric: str = "map50_95"  # the mAP the drop is measured on (map50 for single-class custom domains)
+    threads: int | None = None  # total CPU threads of the pipeline (default: all cores; edge: 1)
+    imgsz: list[int] = field(default_factory=list)  # input sizes to try; the first is the baseline's
+    time_budget_s: float = 3600.0
+    out: str = "runs/optimize"
+    resume: bool = False
+    conf: float = 0.25  # the deployment threshold the end-to-end pipeline runs at
+    iou: float = 0.45
+    val_images: int | None = None  # evaluate on the first N val images (None: all)
+    bench_images: int = 16  # val images cycled through by the end-to-end benchmark
+    bench_seconds: float = 4.0  # timed seconds per end-to-end measurement
+    finetune_epochs: int | None = None  # pruning candidates' distilled fine-tune (None: from the budget)
+    unlabeled: list = field(default_factory=list)  # extra images without labels for the distilled fine-tune
+    prune: bool = True  # try pruning (needs training time)
+    quantize: bool = True  # try INT8
+    progress: bool = True
+
+    def check(self, model_imgsz: int | None = None) -> "OptimizeSpec":
+        """Validate, fill the scenario defaults; raises :class:`OptimizeError` with one line."""
+        if self.scenario not in SCENARIOS:
+            raise OptimizeError(f"--scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}")
+        if self.target not in TARGETS:
+            raise OptimizeError(f"--target {self.target!r}: choose one of {', '.join(TARGETS)}")
+        if self.metric not in METRICS:
+            raise OptimizeError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        check_target_installed(self.target)
+        if self.max_map_drop is None:
+            self.max_map_drop = DEFAULT_DROP[self.scenario]
+        if not 0 <= self.max_map_drop < 1:
+            raise OptimizeError(f"--max-map-drop {self.max_map_drop}: give a fraction in [0, 1) (0.01 = 1 mAP point)")
+        for name in ("max_latency_ms", "max_size_mb"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise OptimizeError(f"--{name.replace('_', '-')} {v}: must be > 0")
+        if self.time_budget_s <= 0:
+            raise OptimizeError(f"--time-budget {self.time_budget_s:g}s: must be > 0")
+        if self.threads is None:
+            import os
+
+            self.threads = 1 if self.scenario == "edge" else max(1, os.cpu_count() or 1)
+        if self.threads < 1:
+            raise OptimizeError(f"--threads {self.threads}: must be >= 1")
+        sizes = [int(s) for s in self.imgsz] or default_sizes(model_imgsz or 640)
+        bad = [s for s in sizes if s < 32 or s % 32]
+        if bad:
+            raise OptimizeError(f"--imgsz {','.join(map(str, bad))}: sizes must be multiples of 32 (>= 32)")
+        self.imgsz = list(dict.fromkeys(sizes))
+        if self.val_images is not None and self.val_images < 1:
+            raise OptimizeError(f"--val-images {self.val_images}: must be >= 1")
+        if not 0 < self.conf < 1:
+            raise OptimizeError(f"--conf {self.conf}: must be in (0, 1)")
+        return self
+
+    def key(self) -> dict:
+        """The settings a cached result depends on (a rerun with other values starts fresh variants)."""
+        d = asdict(self)
+        for k in ("resume", "progress", "out", "time_budget_s", "scenario", "max_latency_ms", "max_size_mb",
+                  "max_map_drop", "prune", "quantize", "finetune_epochs"):
+            d.pop(k)
+        d["model"] = str(Path(self.model).resolve())
+        d["data"] = str(Path(self.data).resolve())
+        return d
+
+
+def default_sizes(base: int) -> list[int]:
+    """The base size and two smaller ones, multiples of 32: 640 -> 640, 512, 416; 416 -> 416, 352, 320."""
+    out = [base]
+    for f in (0.8, 0.65):
+        s = max(32, int(round(base * f / 32)) * 32)
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def check_target_installed(target: str) -> None:
+    mod = _RUNTIME_MODULE[target]
+    if importlib.util.find_spec(mod) is None:
+        extra = "pip install 'yolopt[deploy]'" if target != "tensorrt" else "install TensorRT (needs a CUDA GPU)"
+        raise OptimizeError(f"--target {target}: the {mod} runtime is not installed ({extra})")
+    if target == "tensorrt":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OptimizeError("--target tensorrt: TensorRT engines need a CUDA GPU and none is available here")

@@ -1,0 +1,175 @@
+"""The variants ``yolopt optimize`` tries: how each artifact is built, and how each variant is measured.
+
+A *build* is an artifact (FP32 at a size, fixed or dynamic; INT8; mixed precision; pruned). A *variant*
+is a build deployed one way: letterbox (square or rect), threads and streams. Several variants share a
+build (the rect variant of an INT8 graph, the two-stream variant of the baseline), so builds are cached
+by key under ``OUT/artifacts/<key>/`` and variants under ``OUT/variants/<name>.json``; both are written
+atomically and only when finished, so a killed run redoes at most the step it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import YoloptError
+from ..fileio import write_json
+from .spec import OptimizeSpec
+
+log = logging.getLogger("yolopt")
+
+
+@dataclass
+class Variant:
+    """One deployable configuration. ``build``: the artifact's key (see :func:`build_artifact`)."""
+
+    name: str
+    kind: str  # baseline | rect | imgsz | streams | int8 | mixed | prune | combined
+    description: str
+    build: str
+    imgsz: int
+    letterbox: str = "square"  # square: fixed input; rect: dynamic input, minimal padding per image
+    streams: int = 1  # pipelines run at once, each with threads // streams intra-op threads
+    estimate_s: float = 0.0  # expected cost of building + measuring it (for the time budget)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _suffix(target: str) -> str:
+    return ".xml" if target == "openvino" else ".onnx"
+
+
+def build_key(kind: str, imgsz: int, dynamic: bool = False, extra: str = "") -> str:
+    return f"{kind}{extra}-{imgsz}-{'dyn' if dynamic else 'fixed'}"
+
+
+class Builder:
+    """Builds (and caches) the artifacts of one optimize run: ``OUT/artifacts/<key>/``."""
+
+    def __init__(self, spec: OptimizeSpec, root: Path, model):
+        self.spec = spec
+        self.root = root
+        self.model = model  # the fp32 DetectionModel (unfused, eval)
+
+    def info(self, key: str) -> dict | None:
+        f = self.root / key / "build.json"
+        if f.exists():
+            try:
+                d = json.loads(f.read_text())
+                if Path(d["artifact"]).exists():
+                    return d
+            except (ValueError, KeyError):
+                pass
+        return None
+
+    def get(self, key: str) -> dict:
+        """The build's record (``artifact``, ``seconds``, ``details``), building it when not cached."""
+        done = self.info(key)
+        if done is not None:
+            return {**done, "cached": True}
+        folder = self.root / key
+        shutil.rmtree(folder, ignore_errors=True)  # what a killed build left
+        folder.mkdir(parents=True)
+        t0 = time.perf_counter()
+        kind, imgsz, mode = key.rsplit("-", 2)
+        dynamic = mode == "dyn"
+        out = folder / f"model{_suffix(self.spec.target)}"
+        details: dict = {}
+        if kind == "fp32":
+            artifact = self._export(self.model, out, int(imgsz), dynamic)
+        elif kind in ("int8", "mixed"):
+            artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed")
+        elif kind.startswith("prune"):
+            artifact, details = self._prune(folder, out, int(imgsz), dynamic, float(kind[len("prune"):]))
+        else:  # pragma: no cover - keys come from plan()
+            raise YoloptError(f"unknown build {key}")
+        rec = {"key": key, "artifact": str(artifact), "seconds": time.perf_counter() - t0, "details": details}
+        write_json(folder / "build.json", rec, quiet=True)
+        return {**rec, "cached": False}
+
+    def _export(self, model, out: Path, imgsz: int, dynamic: bool) -> Path:
+        from ..export import ExportSpec, export
+
+        fmt = "openvino" if self.spec.target == "openvino" else "onnx"
+        res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True,
+                                       out=out if fmt == "onnx" else out.parent / "ov"))
+        if fmt == "openvino":
+            return res.path
+        return res.path
+
+    def _quantize(self, out: Path, imgsz: int, mixed: bool) -> tuple[Path, dict]:
+        from ..quantize import QuantizeSpec, quantize
+
+        spec = self.spec
+        q = QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=128,
+                         max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
+                         latency=False, threads=spec.threads, out=out, progress=spec.progress)
+        res = quantize(self.model, q)
+        rep = res.report
+        details = {"float_layers": len(rep.get("float_layers", [])), "layers": rep.get("layers"),
+                   "calibration": rep.get("calibration")}
+        return res.path, details
+
+    def _prune(self, folder: Path, out: Path, imgsz: int, dynamic: bool, flops: float) -> tuple[Path, dict]:
+        """``yolopt prune --target-flops F --finetune E --distill`` in a child process, then export."""
+        spec = self.spec
+        pruned = folder / "pruned.safetensors"
+        epochs = spec.finetune_epochs or 4
+        data_args = ["--data", spec.data]
+        if getattr(spec, "unlabeled", None):
+            data_args += ["--unlabeled", *spec.unlabeled]
+        cmd = [sys.executable, "-m", "yolopt", "prune", str(spec.model), *data_args, "--target-flops", f"{flops}",
+               "--finetune", str(epochs), "--distill", "--imgsz", str(imgsz), "--out", str(pruned),
+               "--device", "cpu", "--no-progress"]
+        log.info("pruning: %s", " ".join(cmd[2:]))
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or not pruned.exists():
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise YoloptError(f"yolopt prune failed: {tail}")
+        from ..models.checkpoint import load_model
+
+        model = load_model(pruned)
+        rep = json.loads(pruned.with_suffix(".json").read_text()) if pruned.with_suffix(".json").exists() else {}
+        artifact = self._export(model, out, imgsz, dynamic)
+        return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.get("summary")}
+
+
+def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> dict:
+    """mAP of the artifact deployed as ``v`` says (same letterbox as deployment, batch 1)."""
+    from ..evaluate import evaluate
+
+    r = evaluate(artifact, spec.data, imgsz=v.imgsz, batch=1, mode=v.letterbox, max_images=spec.val_images,
+                 progress=False, threads=spec.threads)
+    return {"map50_95": r.map50_95, "map50": r.map50, "val_images": r.images, "val_mode": r.mode}
+
+
+def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str], seconds: float | None = None) -> dict:
+    """End-to-end latency and throughput in a child process (:mod:`yolopt.pipeline.worker`)."""
+    threads = max(1, spec.threads // v.streams)
+    req = {"artifact": artifact, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": threads, "streams": v.streams,
+           "images": images, "conf": spec.conf, "iou": spec.iou, "seconds": seconds or spec.bench_seconds}
+    with tempfile.TemporaryDirectory(prefix="yolopt-bench-") as tmp:
+        rq, out = Path(tmp) / "req.json", Path(tmp) / "out.json"
+        rq.write_text(json.dumps(req))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        r = subprocess.run([sys.executable, "-m", "yolopt.pipeline.worker", str(rq), str(out)], capture_output=True,
+                           text=True, env=env)
+        if r.returncode != 0 or not out.exists():
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise YoloptError(f"benchmark of {v.name} failed: {tail}")
+        rec = json.loads(out.read_text())
+    if v.streams > 1:  # throughput of all pipelines together; latency as each pipeline saw it
+        fps, lat = rec["throughput_fps"], rec["extra"]["stream_latency_ms"]
+    else:
+        fps, lat = rec["fps"], rec["latency_ms"]
+    return {"fps": fps, "latency_ms": lat, "stages_ms": rec.get("stages_ms"), "peak_mem_mb": rec["model_mem_mb"],
+            "size_mb": rec["size_mb"], "threads_per_stream": threads, "machine": rec["machine"]}

@@ -1,0 +1,146 @@
+"""yolopt optimize: crash resume, selection, bad input. The shipped synthetic model on a small slice of its
+own synthetic set (160 px), so every run takes well under a minute; no ../shared needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH_MODEL = ROOT / "src" / "yolopt" / "assets" / "synth_yolov5n.safetensors"
+FAST = ["--no-prune", "--no-quantize", "--threads", "1", "--imgsz", "160,96", "--max-map-drop", "0.5",
+        "--val-images", "24", "--time-budget", "10m", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from yolopt.data.synth import generate
+
+    # the demo's synthetic set (same generator and seed as the shipped model's training data), 120 images
+    return generate(tmp_path_factory.mktemp("synth") / "d", images=120, classes=2, imgsz=160, seed=0)
+
+
+def _cmd(data, out, *extra):
+    return [sys.executable, "-m", "yolopt", "optimize", str(SYNTH_MODEL), "--data", str(data), "--out", str(out),
+            *FAST, *extra]
+
+
+def test_kill9_mid_run_then_rerun_reuses_finished_variants(synth_data, tmp_path):
+    # an uninterrupted run: the reference recommendation
+    ref = subprocess.run(_cmd(synth_data, tmp_path / "ref"), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_res = json.loads((tmp_path / "ref" / "results.json").read_text())
+    names = [v["name"] for v in ref_res["variants"] if v["status"] == "done"]
+    assert names[0] == "fp32" and "fp32-96" in names
+
+    out = tmp_path / "crash"
+    p = subprocess.Popen(_cmd(synth_data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    first = out / "variants" / "fp32.json"
+    t0 = time.time()
+    while not first.exists() and time.time() - t0 < 300 and p.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "the baseline was never finished"
+    os.killpg(p.pid, signal.SIGKILL)  # kill -9 the run and its benchmark child
+    p.wait()
+    assert not (out / "results.json").exists() or not (out / "variants" / "fp32-96.json").exists()
+    before = json.loads(first.read_text())
+
+    r = run_cli(*_cmd(synth_data, out)[3:], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    base = next(v for v in res["variants"] if v["name"] == "fp32")
+    assert base["fps"] == before["fps"] and base["seconds"] == before["seconds"]  # reused, not measured again
+    assert res["recommendation"]["variant"] == ref_res["recommendation"]["variant"]
+    assert (out / "report.html").exists() and (out / "deploy" / "deploy.json").exists()
+
+    # a third run measures nothing: every variant comes from the cache
+    r3 = run_cli(*_cmd(synth_data, out)[3:], "--json", timeout=600)
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    res3 = json.loads(r3.stdout)
+    assert [v.get("fps") for v in res3["variants"]] == [v.get("fps") for v in res["variants"]]
+
+
+def test_budget_no_variant_meets_reports_the_closest(synth_data, tmp_path):
+    out = tmp_path / "o"
+    r = run_cli(*_cmd(synth_data, out)[3:], "--max-latency-ms", "0.01")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert "no variant meets the budget" in last and "latency" in last and "closest: fp32" in last
+    res = json.loads((out / "results.json").read_text())
+    rec = res["recommendation"]
+    assert rec["variant"] is None and rec["met"] is False and rec["closest"]
+    assert "closest" in (out / "report.md").read_text().lower()
+
+
+def test_other_settings_in_the_same_out_folder_are_refused(synth_data, tmp_path):
+    out = tmp_path / "o"
+    r = run_cli(*_cmd(synth_data, out)[3:], "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r2 = run_cli("optimize", SYNTH_MODEL, "--data", synth_data, "--out", out, "--no-prune", "--no-quantize",
+                 "--threads", "1", "--imgsz", "128", "--time-budget", "5m", "--no-progress")
+    assert r2.returncode != 0
+    assert "holds an optimize run with other settings" in r2.stderr and "imgsz" in r2.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scenario", "fastest"], "invalid choice: 'fastest'"),
+    (["--target", "tflite"], "invalid choice: 'tflite'"),
+    (["--time-budget", "5s"], "too small to measure the baseline"),
+    (["--time-budget", "soon"], "give a duration like"),
+    (["--imgsz", "150"], "multiples of 32"),
+])
+def test_bad_input_one_line(synth_data, tmp_path, args, message):
+    r = run_cli("optimize", SYNTH_MODEL, "--data", synth_data, "--out", tmp_path / "o", "--no-progress", *args)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert message in lines[-1]
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_missing_runtime_and_gpu_are_one_clear_line(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from yolopt.pipeline import OptimizeError, OptimizeSpec
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(OptimizeError, match="openvino runtime is not installed"):
+        OptimizeSpec("m.pt", "d.yaml", target="openvino").check()
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else real(name, *a))
+        with pytest.raises(OptimizeError, match="need a CUDA GPU"):
+            OptimizeSpec("m.pt", "d.yaml", target="tensorrt").check()
+
+
+def test_selection_rules_per_scenario():
+    from yolopt.pipeline.select import choose
+    from yolopt.pipeline.spec import OptimizeSpec
+
+    def row(name, kind, drop, fps, size, threads=2, mem=50.0):
+        return {"name": name, "kind": kind, "status": "done", "drop": drop, "fps": fps, "speedup": fps / 10,
+                "size_mb": size, "peak_mem_mb": mem, "threads": threads, "latency_ms": {"p50": 1000 / fps}}
+
+    rows = [row("fp32", "baseline", 0.0, 10, 8), row("int8", "int8", 0.004, 14, 2), row("small", "imgsz", 0.02, 30, 8),
+            row("rect", "rect", 0.001, 12, 8)]
+    spec = OptimizeSpec("m.pt", "d.yaml", max_map_drop=0.01, threads=2, imgsz=[640])
+    assert choose(rows, spec, "realtime")["variant"] == "int8"  # fastest within 1 point; "small" loses 2
+    assert choose(rows, spec, "accuracy")["variant"] == "rect"  # smallest drop that is faster
+    spec.max_latency_ms = 50.0
+    assert choose(rows, spec, "realtime")["variant"] is None  # nothing runs at <= 50 ms... except
+    c = choose(rows, spec, "realtime")
+    assert c["closest"] == "small" or c["closest"] == "int8"
+    edge = [row("a", "baseline", 0.0, 10, 8, threads=1), row("b", "int8", 0.005, 9, 2, threads=1)]
+    spec = OptimizeSpec("m.pt", "d.yaml", scenario="edge", max_map_drop=0.01, threads=1, imgsz=[640])
+    assert choose(edge, spec, "edge")["variant"] == "b"  # the smallest artifact within budget
