@@ -87,9 +87,9 @@ def test_other_settings_in_the_same_out_folder_are_refused(synth_data, tmp_path)
     r = run_cli(*_cmd(synth_data, out)[3:], "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     r2 = run_cli("optimize", SYNTH_MODEL, "--data", synth_data, "--out", out, "--no-prune", "--no-quantize",
-                 "--threads", "1", "--imgsz", "128", "--time-budget", "5m", "--no-progress")
+                 "--threads", "1", "--imgsz", "160,128", "--conf", "0.3", "--time-budget", "5m", "--no-progress")
     assert r2.returncode != 0
-    assert "holds an optimize run with other settings" in r2.stderr and "imgsz" in r2.stderr
+    assert "holds an optimize run with other settings" in r2.stderr and "conf" in r2.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -41,16 +41,23 @@ PRUNE = ["--target-flops", "0.5", "--finetune", "16", "--distill", "--imgsz", "1
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "assets" / "synth_yolov5n.safetensors"
 
 
+# The optimize demo: `yolopt optimize --scenario realtime` on the same synthetic model and set, with a short budget.
+OPTIMIZE = {"scenario": "realtime", "time_budget": "6m", "finetune": 3}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="predict + val on the shared samples, then prune a model to half its FLOPs",
+    p = sub.add_parser("demo", help="predict + val on the shared samples, then `optimize` a model trained on "
+                       "yolopt's synthetic set (about 10 min)",
                        description="1) Predict on the sample images and validate on coco128 with the official "
-                       "yolov5n.pt from ../shared (or $YOLOPT_SHARED), when present. 2) Compression, with or without "
+                       "yolov5n.pt from ../shared (or $YOLOPT_SHARED), when present. 2) Optimize, with or without "
                        "../shared: generate yolopt's synthetic set, take the yolov5n yolopt trained on it (shipped; "
-                       "--retrain trains it here), prune it to half its FLOPs, fine-tune with distillation, and "
-                       "report mAP, FLOPs and latency before and after (OUT/compress/pruned.json and .md). A few "
-                       "minutes on 2 CPU cores.")
+                       "--retrain trains it here) and run `yolopt optimize --scenario realtime` on it with a "
+                       f"{OPTIMIZE['time_budget']} budget: it prints the recommendation and writes OUT/optimize/"
+                       "report.html and OUT/optimize/deploy/. --only compress instead prunes the same model to half its "
+                       "FLOPs, fine-tunes with distillation and reports mAP, FLOPs and latency before and after "
+                       "(OUT/compress/pruned.json and .md).")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--only", choices=["predict", "compress"], help="run one part only")
+    p.add_argument("--only", choices=["predict", "optimize", "compress"], help="run one part only")
     p.add_argument("--workers", type=nonneg_int_arg, default=2, help="data loading processes while training (default 2)")
     p.add_argument("--retrain", action="store_true",
                    help="train the synthetic base model (~10 min) instead of using the one shipped with yolopt")
@@ -60,22 +67,21 @@ def register(sub) -> None:
 def run(args) -> int:
     console = make_console()
     out = Path(args.out)
-    if args.only != "compress":
+    if args.only in (None, "predict"):
         _predict_demo(out, console)
-    if args.only != "predict":
+    if args.only in (None, "optimize"):
+        return optimize_demo(out, console, workers=args.workers, retrain=args.retrain)
+    if args.only == "compress":
         compress_demo(out / "compress", console, workers=args.workers, retrain=args.retrain)
     return 0
 
 
-def compress_demo(out: Path, console, workers: int = 2, retrain: bool = False) -> dict:
-    """Synthetic set -> base model (shipped, or trained and cached in OUT/base) -> ``yolopt prune`` to
-    half the FLOPs with a distilled fine-tune -> OUT/pruned.json (the prune report), printed summary."""
-    import argparse
+def _synthetic_base(out: Path, console, workers: int, retrain: bool) -> tuple[Path, Path]:
+    """The synthetic data yaml (generated under OUT/synth) and the base model trained on it."""
     import shutil
 
     from ..data.synth import generate
     from ..engine import train
-    from . import prune as prune_cmd
 
     data = out / "synth" / "data.yaml"
     if not data.exists():
@@ -89,6 +95,33 @@ def compress_demo(out: Path, console, workers: int = 2, retrain: bool = False) -
         console.rule(f"train a yolov5n on the synthetic set ({BASE_TRAIN['epochs']} epochs at {SYNTH['imgsz']} px)")
         shutil.rmtree(out / "base", ignore_errors=True)  # an unfinished earlier demo run
         train(data, out=str(out / "base"), workers=workers, device="cpu", progress=True, **BASE_TRAIN)
+    return data, base
+
+
+def optimize_demo(out: Path, console, workers: int = 2, retrain: bool = False) -> int:
+    """Synthetic set + its model -> ``yolopt optimize --scenario realtime`` with a short budget -> report."""
+    from ..pipeline import OptimizeSpec, optimize, parse_duration
+    from .optimize import print_summary
+
+    data, base = _synthetic_base(out / "compress", console, workers, retrain)
+    console.rule(f"yolopt optimize --scenario {OPTIMIZE['scenario']} --time-budget {OPTIMIZE['time_budget']}")
+    spec = OptimizeSpec(model=str(base), data=str(data), scenario=OPTIMIZE["scenario"],
+                        time_budget_s=parse_duration(OPTIMIZE["time_budget"]), finetune_epochs=OPTIMIZE["finetune"],
+                        out=str(out / "optimize"))
+    res = optimize(spec)
+    print_summary(res)
+    return 0
+
+
+def compress_demo(out: Path, console, workers: int = 2, retrain: bool = False) -> dict:
+    """Synthetic set -> base model (shipped, or trained and cached in OUT/base) -> ``yolopt prune`` to
+    half the FLOPs with a distilled fine-tune -> OUT/pruned.json (the prune report), printed summary."""
+    import argparse
+    import shutil
+
+    from . import prune as prune_cmd
+
+    data, base = _synthetic_base(out, console, workers, retrain)
     console.rule("prune to half the FLOPs, fine-tune with distillation")
     pruned = out / "pruned.safetensors"
     for f in (pruned, pruned.with_suffix(".json"), pruned.with_suffix(".md")):

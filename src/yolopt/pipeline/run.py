@@ -41,8 +41,8 @@ class _Budget:
                 st = json.loads(self.file.read_text())
             except ValueError:
                 st = {}
-            if st.get("key") and st["key"] != key:
-                diff = sorted(k for k in key if st["key"].get(k) != key[k])
+            diff = sorted(k for k in key if st.get("key") and st["key"].get(k) != key[k])
+            if diff:
                 raise OptimizeError(f"{out}: holds an optimize run with other settings (differs in {', '.join(diff)});"
                                     f" use another --out or remove it")
             self.before = float(st.get("spent_s", 0.0))
@@ -144,7 +144,8 @@ class Optimizer:
             self.results[v.name] = cached
             return cached
         rec = {"name": v.name, "kind": v.kind, "description": v.description, "variant": v.to_dict(),
-               "runtime": self.spec.target, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": self.spec.threads,
+               "runtime": self.spec.target, "imgsz": v.imgsz, "letterbox": v.letterbox,
+               "threads": max(1, self.spec.threads // v.streams),  # per pipeline: threads x streams = --threads
                "streams": v.streams, "status": "skipped", "reason": None}
         built = self.builder.info(v.build)
         need = v.estimate_s if built is None else v.estimate_s * 0.5
@@ -160,6 +161,7 @@ class Optimizer:
             b = self.builder.get(v.build)
             rec["artifact"] = b["artifact"]
             rec["build_seconds"] = 0.0 if b.get("cached") else b["seconds"]
+            rec["artifact_seconds"] = b["seconds"]  # what building the artifact cost, whichever variant paid it
             rec["build"] = {"key": v.build, **(b.get("details") or {})}
             if same_map_as and same_map_as in self.results and self.results[same_map_as].get("status") == "done":
                 src = self.results[same_map_as]
@@ -213,7 +215,7 @@ class Optimizer:
             pruned = Path(artifact).parent / "pruned.safetensors"
             if pruned.exists():
                 model = load_model(pruned)
-        g = model_flops(model, v.imgsz) / 1e9
+        g = model_flops(model, v.imgsz)
         if v.letterbox == "rect":
             g *= _rect_gain(self.val, v.imgsz)
         out["gflops"] = g
@@ -273,16 +275,19 @@ class Optimizer:
                                              build_key("int8", s, True), s, "rect", estimate_s=c0 * (s / s0) ** 2))
         # 5) the best so far, with two pipelines
         self._stack_streams(c_bench)
-        # 6) mixed precision, when plain INT8 misses the budget
+        # 6) mixed precision, where plain INT8 misses the budget
         if spec.quantize and spec.target == "onnxruntime":
-            q = self.results.get(f"int8-{s0}")
-            if q and q.get("status") == "done" and q["drop"] > spec.max_map_drop:
-                self.run_variant(Variant(f"mixed-{s0}", "mixed", f"INT8 with the most sensitive layers float (accuracy "
-                                         f"control at half the budget), {s0} square", build_key("mixed", s0, True), s0,
-                                         estimate_s=12 * c0 + 120 * area + 60))
+            for s in self._sizes_within_budget(spec.imgsz):
+                q = self.results.get(f"int8-{s}")
+                if not q or q.get("status") != "done" or q["drop"] <= spec.max_map_drop:
+                    continue
+                f = (s / s0) ** 2
+                self.run_variant(Variant(f"mixed-{s}", "mixed", f"INT8 with the most sensitive layers float (accuracy "
+                                         f"control at half the budget), {s} square", build_key("mixed", s, True), s,
+                                         estimate_s=(12 * c0 + 120 * area + 60) * f))
                 if rect_ok:
-                    self.run_variant(Variant(f"mixed-rect{s0}", "mixed", f"mixed INT8, {s0} rect letterbox",
-                                             build_key("mixed", s0, True), s0, "rect", estimate_s=c0))
+                    self.run_variant(Variant(f"mixed-rect{s}", "mixed", f"mixed INT8, {s} rect letterbox",
+                                             build_key("mixed", s, True), s, "rect", estimate_s=c0 * f))
         # 7) pruning + distilled fine-tuning (needs training time, and train images that are not the val images)
         if spec.prune:
             self._prune(s0, c0, rect_ok)
@@ -292,8 +297,8 @@ class Optimizer:
         """Sizes whose FP32 variant stayed within the mAP budget (INT8 only loses more)."""
         out = []
         for s in sizes:
-            r = self.results.get("fp32" if s == sizes[0] else f"fp32-{s}")
-            if r and r.get("status") == "done" and r.get("drop", 0) <= self.spec.max_map_drop:
+            rs = [self.results.get("fp32" if s == sizes[0] else f"fp32-{s}"), self.results.get(f"rect{s}")]
+            if any(r and r.get("status") == "done" and r.get("drop", 0) <= self.spec.max_map_drop for r in rs):
                 out.append(s)
         return out or sizes[:1]
 

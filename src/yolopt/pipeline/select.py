@@ -41,7 +41,7 @@ def choose(results: list[dict], spec: OptimizeSpec, scenario: str) -> dict:
     budget = spec.max_map_drop if scenario == spec.scenario else DEFAULT_DROP[scenario]
     done = [r for r in results if _ok(r)]
     if scenario == "edge":
-        done = [r for r in done if r["threads"] == 1]
+        done = [r for r in done if r["threads"] * r.get("streams", 1) == 1]
         if not done:
             return {"variant": None, "met": False, "closest": None,
                     "why": "no 1-thread variants in this run (rerun with --scenario edge)"}
@@ -87,7 +87,9 @@ def describe(rec: dict, results: list[dict], spec: OptimizeSpec) -> str:
         parts.append(f"The artifact is {r['size_mb']:.1f} MB (baseline {base['size_mb']:.1f} MB); the runtime held "
                      f"{r.get('peak_mem_mb') or 0:.0f} MB at peak (baseline {base.get('peak_mem_mb') or 0:.0f} MB).")
     if r.get("seconds") is not None:
-        parts.append(f"Producing and measuring it took {r['seconds'] / 60:.1f} min of compute.")
+        build = r.get("artifact_seconds") or 0.0
+        parts.append(f"Building its artifact took {build / 60:.1f} min of compute and measuring it "
+                     f"{(r['seconds'] - (r.get('build_seconds') or 0.0)) / 60:.1f} min.")
     st = r.get("stages_ms") or {}
     if st:
         top = max(st, key=st.get)

@@ -102,8 +102,10 @@ class OptimizeSpec:
     def key(self) -> dict:
         """The settings a cached result depends on (a rerun with other values starts fresh variants)."""
         d = asdict(self)
+        # what the candidates are (sizes, scenario, budgets) may change between runs: each variant's cache
+        # entry records its own size and letterbox, and a changed one is measured again
         for k in ("resume", "progress", "out", "time_budget_s", "scenario", "max_latency_ms", "max_size_mb",
-                  "max_map_drop", "prune", "quantize", "finetune_epochs"):
+                  "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())
         d["data"] = str(Path(self.data).resolve())
@@ -111,9 +113,9 @@ class OptimizeSpec:
 
 
 def default_sizes(base: int) -> list[int]:
-    """The base size and two smaller ones, multiples of 32: 640 -> 640, 512, 416; 416 -> 416, 352, 320."""
+    """The base size and three smaller ones, multiples of 32: 640 -> 640, 576, 512, 416; 416 -> 416, 384, 320, 256."""
     out = [base]
-    for f in (0.8, 0.65):
+    for f in (0.9, 0.8, 0.65):
         s = max(32, int(round(base * f / 32)) * 32)
         if s not in out:
             out.append(s)
