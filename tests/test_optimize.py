@@ -144,3 +144,40 @@ def test_selection_rules_per_scenario():
     edge = [row("a", "baseline", 0.0, 10, 8, threads=1), row("b", "int8", 0.005, 9, 2, threads=1)]
     spec = OptimizeSpec("m.pt", "d.yaml", scenario="edge", max_map_drop=0.01, threads=1, imgsz=[640])
     assert choose(edge, spec, "edge")["variant"] == "b"  # the smallest artifact within budget
+
+
+def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path):
+    """`make demo` -> `yolopt demo`: with no ../shared, the optimize part runs on yolopt's own synthetic set and
+    model and ends with a recommendation, a report and a deploy bundle (the demo's time is in the issue note)."""
+    env = {**os.environ, "YOLOPT_SHARED": str(tmp_path / "no-shared")}
+    r = subprocess.run([sys.executable, "-m", "yolopt", "demo", "--out", str(tmp_path / "demo")], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=1500)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no shared assets found" in r.stdout
+    out = tmp_path / "demo" / "optimize"
+    res = json.loads((out / "results.json").read_text())
+    rec = res["recommendation"]
+    assert rec["met"] and rec["variant"] in {v["name"] for v in res["variants"] if v["status"] == "done"}
+    assert len([v for v in res["variants"] if v["status"] == "done"]) >= 4
+    assert res["time_spent_s"] <= res["budget"]["time_budget_s"] * 1.2
+    assert "recommendation (realtime)" in r.stdout and "report.html" in r.stdout
+    assert (out / "report.html").stat().st_size > 20_000 and (out / "deploy" / "infer.py").exists()
+
+
+def test_no_spin_pipeline_setting_same_outputs_and_carried_into_the_bundle(tmp_path):
+    """The `nospin` pipeline setting changes how ONNX Runtime's idle threads wait, never the numbers; the
+    bundle records it so infer.py runs the way the variant was measured."""
+    import numpy as np
+
+    from yolopt.export import ExportSpec, export
+    from yolopt.pipeline.deploy import write_bundle
+    from yolopt.runtime import OnnxBackend
+
+    onnx_path = export(SYNTH_MODEL, ExportSpec(format="onnx", imgsz=96, verify=False, out=tmp_path / "m.onnx")).path
+    x = np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32)
+    spin, nospin = OnnxBackend(onnx_path, threads=2), OnnxBackend(onnx_path, threads=2, spin=False)
+    assert nospin.spin is False and nospin.clone().spin is False
+    assert np.array_equal(spin(x).numpy(), nospin(x).numpy())
+    out = write_bundle(onnx_path, tmp_path / "deploy", threads=1, spin=False)
+    cfg = json.loads((out / "deploy.json").read_text())
+    assert cfg["runtime_options"] == {"threads": 1, "allow_spinning": False}

@@ -16,11 +16,10 @@ log = logging.getLogger("yolopt")
 
 
 def find_shared() -> Path | None:
-    """The shared assets folder: $YOLOPT_SHARED, else ../shared next to the project or cwd."""
+    """The shared assets folder: $YOLOPT_SHARED when set (and only it), else ../shared next to the project or cwd."""
     env = os.environ.get("YOLOPT_SHARED")
-    candidates = [Path(env)] if env else []
     here = Path(__file__).resolve()
-    candidates += [Path.cwd() / ".." / "shared", here.parents[3] / ".." / "shared"]
+    candidates = [Path(env)] if env else [Path.cwd() / ".." / "shared", here.parents[3] / ".." / "shared"]
     for c in candidates:
         if (c / "weights" / "yolov5n.pt").is_file():
             return c.resolve()

@@ -280,13 +280,16 @@ def _build(tmp: Path, files: list[Path], cfg: dict, name: str) -> None:
 
 
 def write_bundle(artifact: str | Path, out_dir: str | Path, *, letterbox: str = "square", conf: float = 0.25,
-                 iou: float = 0.45, max_det: int = 300, name: str = "yolov5", report: dict | None = None) -> Path:
+                 iou: float = 0.45, max_det: int = 300, name: str = "yolov5", report: dict | None = None,
+                 threads: int | None = None, spin: bool = True) -> Path:
     """Write the deploy bundle of ``artifact`` (``.onnx``, or OpenVINO ``.xml`` with its ``.bin``) to ``out_dir``.
 
     ``letterbox``: ``square`` (every image letterboxed to the model's fixed input, as ``yolopt predict``)
     or ``rect`` (a dynamic-shape model: long side to imgsz, padded to the smallest stride multiple, as
     ``preprocess(mode="rect")`` at batch 1). ``conf`` / ``iou`` / ``max_det``: infer.py's defaults.
     ``name``: the Triton model name. ``report``: measured numbers, stored in deploy.json and the README.
+    ``threads`` / ``spin``: the runtime settings the numbers were measured with (infer.py's defaults;
+    ``spin=False``: ONNX Runtime's idle threads sleep instead of spin-waiting).
     Returns ``out_dir``. Any problem is one :class:`YoloptError` line; an existing ``out_dir`` is left as
     it was unless the new bundle was complete.
     """
@@ -332,6 +335,7 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, *, letterbox: str = 
         "end2end": bool(backend.end2end), "baked_nms": backend.nms,
         "names": list(backend.names), "nc": int(backend.nc), "stride": int(backend.stride.max()),
         "conf": float(conf), "iou": float(iou), "max_det": int(max_det),
+        "runtime_options": {"threads": int(threads) if threads else None, "allow_spinning": bool(spin)},
     }
     if report_json is not None:
         cfg["report"] = report_json

@@ -128,7 +128,9 @@ class Optimizer:
         if f.exists():
             try:
                 r = json.loads(f.read_text())
-                if r.get("variant") == v.to_dict() | {"estimate_s": r["variant"].get("estimate_s")}:
+                old = Variant(**{**r["variant"], "estimate_s": v.estimate_s})  # fields added later take defaults
+                if old == v:
+                    r["variant"] = v.to_dict()
                     return r
             except (ValueError, KeyError, TypeError):
                 pass
@@ -250,6 +252,12 @@ class Optimizer:
         if t >= 2:
             self.run_variant(Variant("fp32-2streams", "streams", f"FP32, {s0} square, 2 pipelines x {t // 2} thread(s)",
                                      build_key("fp32", s0), s0, streams=2, estimate_s=c_bench * 2), same_map_as="fp32")
+        # 1b) pipeline setting: ONNX Runtime's idle threads sleep instead of spin-waiting, so the decode, letterbox
+        #     and NMS between two calls get a core
+        if t >= 2 and spec.target == "onnxruntime":
+            self.run_variant(Variant("fp32-nospin", "threads", f"FP32, {s0} square, {t} threads that sleep when idle "
+                                     "(no spin-wait)", build_key("fp32", s0), s0, spin=False, estimate_s=c_bench),
+                             same_map_as="fp32")
         # 2) rect input for the data's aspect ratio
         gain = _rect_gain(self.val, s0)
         rect_ok = gain < 0.9
@@ -303,19 +311,23 @@ class Optimizer:
         return out or sizes[:1]
 
     def _stack_streams(self, c_bench: float) -> None:
-        """Two pipelines on the fastest variant within budget, when two pipelines helped the baseline."""
-        st = self.results.get("fp32-2streams")
-        if self.spec.threads < 2 or not st or st.get("status") != "done" or st.get("speedup", 0) < 1.03:
-            return
+        """The pipeline settings that helped the baseline (two pipelines, no spin-wait), on the fastest model
+        variant within budget."""
         ok = [r for r in self.results.values() if r.get("status") == "done" and r["streams"] == 1 and
-              r["kind"] != "baseline" and not violations(r, self.spec, self.spec.max_map_drop)]
-        if not ok:
+              r["variant"].get("spin", True) and r["kind"] not in ("baseline", "streams", "threads", "combined") and
+              not violations(r, self.spec, self.spec.max_map_drop)]
+        if self.spec.threads < 2 or not ok:
             return
         best = max(ok, key=lambda r: r["fps"])
-        v = Variant(**{**best["variant"], "name": f"{best['name']}-2streams", "kind": "combined",
-                       "description": best["description"] + f", 2 pipelines x {self.spec.threads // 2} thread(s)",
-                       "streams": 2, "estimate_s": c_bench * 2})
-        self.run_variant(v, same_map_as=best["name"])
+        settings = (("fp32-2streams", "-2streams", {"streams": 2}, f", 2 pipelines x {self.spec.threads // 2} thread(s)"),
+                    ("fp32-nospin", "-nospin", {"spin": False}, ", threads sleep when idle"))
+        for ref, suffix, change, words in settings:
+            st = self.results.get(ref)
+            if not st or st.get("status") != "done" or st.get("speedup", 0) < 1.03:
+                continue
+            v = Variant(**{**best["variant"], **change, "name": best["name"] + suffix, "kind": "combined",
+                           "description": best["description"] + words, "estimate_s": c_bench * 2})
+            self.run_variant(v, same_map_as=best["name"])
 
     def _prune(self, s0: int, c0: float, rect_ok: bool) -> None:
         spec = self.spec
@@ -435,7 +447,8 @@ def optimize(spec: OptimizeSpec) -> dict:
             summary["speedup_confirmed"] = res["confirm"]["speedup"]
         try:
             res["deploy"] = str(write_bundle(r["artifact"], opt.out / "deploy", letterbox=r["letterbox"], conf=spec.conf,
-                                             iou=spec.iou, report=summary))
+                                             iou=spec.iou, report=summary, threads=r["threads"],
+                                             spin=r["variant"].get("spin", True)))
         except YoloptError as e:
             res["deploy_error"] = str(e).splitlines()[0]
     res["time_spent_s"] = opt.budget.spent

@@ -38,6 +38,7 @@ class Variant:
     imgsz: int
     letterbox: str = "square"  # square: fixed input; rect: dynamic input, minimal padding per image
     streams: int = 1  # pipelines run at once, each with threads // streams intra-op threads
+    spin: bool = True  # False: ONNX Runtime's idle threads sleep instead of spin-waiting (pipeline setting)
     estimate_s: float = 0.0  # expected cost of building + measuring it (for the time budget)
 
     def to_dict(self) -> dict:
@@ -156,7 +157,8 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
     """End-to-end latency and throughput in a child process (:mod:`yolopt.pipeline.worker`)."""
     threads = max(1, spec.threads // v.streams)
     req = {"artifact": artifact, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": threads, "streams": v.streams,
-           "images": images, "conf": spec.conf, "iou": spec.iou, "seconds": seconds or spec.bench_seconds}
+           "images": images, "conf": spec.conf, "iou": spec.iou, "seconds": seconds or spec.bench_seconds,
+           "spin": v.spin}
     with tempfile.TemporaryDirectory(prefix="yolopt-bench-") as tmp:
         rq, out = Path(tmp) / "req.json", Path(tmp) / "out.json"
         rq.write_text(json.dumps(req))

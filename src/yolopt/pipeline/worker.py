@@ -2,7 +2,8 @@
 
 A process of its own gives each variant its own peak-memory figure (the runtime's working memory, not
 what earlier variants left behind) and keeps a crashing runtime from taking the optimize run with it.
-REQUEST: ``{"artifact", "imgsz", "letterbox", "threads", "streams", "images", "conf", "iou", "seconds"}``.
+REQUEST: ``{"artifact", "imgsz", "letterbox", "threads", "streams", "images", "conf", "iou", "seconds", "spin"}``
+(``spin: false``: ONNX Runtime's idle threads sleep instead of spin-waiting, and torch's NMS runs on one thread).
 OUT: the :class:`~yolopt.bench.BenchRecord` as a dict plus ``model_mem_mb`` (peak RSS while the
 artifact was opened and run, minus the RSS before).
 """
@@ -27,7 +28,13 @@ def measure_request(req: dict) -> dict:
 
     before = _rss_mb("VmRSS")
     streams = int(req.get("streams", 1))
-    backend = open_backend(req["artifact"], threads=int(req["threads"]))
+    kwargs = {}
+    if not req.get("spin", True):
+        import torch
+
+        torch.set_num_threads(1)
+        kwargs["spin"] = False
+    backend = open_backend(req["artifact"], threads=int(req["threads"]), **kwargs)
     rec = bench.measure(backend, req["imgsz"], batch=1, warmup=max(3, len(req["images"]) // 2), iters=None,
                         duration=float(req["seconds"]), streams=streams, source=req["images"], conf=req["conf"],
                         iou=req["iou"], mode=req["letterbox"])

@@ -385,7 +385,9 @@ class OnnxBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path, threads: int | None = None, providers: list[str] | None = None,
-                 precision: str | None = None, profiling: str | None = None, device=None):
+                 precision: str | None = None, profiling: str | None = None, device=None, spin: bool = True):
+        """``spin=False``: idle intra-op threads sleep instead of spin-waiting for the next kernel (ORT's
+        ``session.intra_op.allow_spinning``), so they do not take a core from the decode / NMS around each call."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -397,6 +399,9 @@ class OnnxBackend(Backend):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spin = spin
         if profiling:  # a file prefix: per-node timings for `yolopt profile`
             so.enable_profiling = True
             so.profile_file_prefix = str(profiling)
@@ -427,7 +432,8 @@ class OnnxBackend(Backend):
             self.imgsz = (h, w)
         self.in_dtype = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}.get(inp.type, np.float32)
         self.uint8_input = self.in_dtype == np.uint8  # quantized graphs take the letterboxed pixels themselves
-        self._open_kwargs = {"threads": threads, "providers": list(self.providers), "precision": precision}
+        self._open_kwargs = {"threads": threads, "providers": list(self.providers), "precision": precision,
+                             "spin": spin}
 
     def _check_precision(self, want: str | None) -> str:
         have = self.artifact_precision

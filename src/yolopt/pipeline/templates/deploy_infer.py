@@ -138,9 +138,13 @@ class Model:
             except ImportError:
                 raise BundleError("onnxruntime is not installed: pip install -r requirements.txt") from None
             so = ort.SessionOptions()
+            opts = cfg.get("runtime_options") or {}
+            threads = threads or opts.get("threads")
             if threads:
                 so.intra_op_num_threads = int(threads)
                 so.inter_op_num_threads = 1
+            if opts.get("allow_spinning") is False:  # idle threads sleep: the decode and NMS keep their core
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
             inp = self.session.get_inputs()[0]
             self.input_name = inp.name
@@ -257,7 +261,7 @@ def parse_args(argv=None):
     ap.add_argument("--conf", type=float, help="score threshold, objectness x class (default: deploy.json's)")
     ap.add_argument("--iou", type=float, help="NMS IoU threshold (default: deploy.json's)")
     ap.add_argument("--max-det", type=int, help="at most this many boxes per image (default: deploy.json's)")
-    ap.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: the runtime's own)")
+    ap.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: deploy.json runtime_options, else the runtime's own)")
     ap.add_argument("--config", default=os.path.join(HERE, "deploy.json"), help="bundle settings (default: "
                     "deploy.json next to this script)")
     ap.add_argument("--quiet", action="store_true", help="print only the one-line summary of each image")
