@@ -349,7 +349,7 @@ class Optimizer:
         self.run_variant(v)
 
     # --- selection, confirmation, outputs ------------------------------------------------------------
-    def confirm(self, name: str, rounds: int = 3) -> dict:
+    def confirm(self, name: str, rounds: int = 5) -> dict:
         """Baseline and ``name`` timed again end to end, interleaved; medians and their ratio."""
         fps: dict[str, list[float]] = {"fp32": [], name: []}
         order = ["fp32", name]

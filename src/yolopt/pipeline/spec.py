@@ -116,7 +116,7 @@ def default_sizes(base: int) -> list[int]:
     """The base size and three smaller ones, multiples of 32: 640 -> 640, 576, 512, 416; 416 -> 416, 384, 320, 256."""
     out = [base]
     for f in (0.9, 0.8, 0.65):
-        s = max(32, int(round(base * f / 32)) * 32)
+        s = max(32, int(base * f / 32 + 0.5) * 32)
         if s not in out:
             out.append(s)
     return out
