@@ -276,7 +276,8 @@ class Optimizer:
         if spec.quantize:
             q_est = 3 * c0 + 90 * area + 30
             for s in self._sizes_within_budget(spec.imgsz):
-                int8 = self.run_variant(Variant(f"int8-{s}", "int8", f"INT8 PTQ ({spec.target}), {s} square, uint8 input",
+                int8 = self.run_variant(Variant(f"int8-{s}", "int8", f"INT8 PTQ ({spec.target}), {s} square"
+                                                + (", uint8 input" if spec.target == "onnxruntime" else ""),
                                                 build_key("int8", s, True), s, estimate_s=q_est * (s / s0) ** 2))
                 if rect_ok and int8["status"] == "done":
                     self.run_variant(Variant(f"int8-rect{s}", "int8", f"INT8 PTQ, {s} rect letterbox",
