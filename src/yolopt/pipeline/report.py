@@ -188,6 +188,13 @@ def _recommendation(results: dict) -> dict:
         else:
             lines.append("No variant came close enough to name one.")
     head = _headline(_by_name(results, name))
+    conf = results.get("confirm") or {}
+    if name and conf.get("variant") == name and _num(conf.get("speedup")) is not None:
+        med = conf.get("median_fps") or {}
+        lines.append(f"Confirmed in {conf.get('rounds', '?')} interleaved rounds against the baseline: "
+                     f"{conf['speedup']:.2f}x the end-to-end throughput (medians "
+                     + " vs ".join(f"{_num(v):.1f}" for v in med.values() if _num(v) is not None)
+                     + " images/s, baseline first).")
     return {"title": title, "met": met, "variant": name, "numbers": head, "lines": lines,
             "summary": rec.get("summary") or "", "next": [str(x) for x in rec.get("next") or []]}
 
