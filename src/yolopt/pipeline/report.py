@@ -15,10 +15,10 @@ import io
 import math
 from pathlib import Path
 
+from ..bench import STAGES
 from ..fileio import atomic_write, write_json
 
 DASH = "—"
-STAGES = ("decode", "preprocess", "inference", "nms", "postprocess")
 STAGE_COLORS = {"decode": "#8c9bb0", "preprocess": "#f2b134", "inference": "#2f7ebc", "nms": "#6bb26b",
                 "postprocess": "#b07aa1"}
 # Pareto markers: one colour found nowhere else in the page (the browser test looks for it)

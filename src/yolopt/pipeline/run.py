@@ -62,39 +62,47 @@ class _Budget:
         write_json(self.file, {"key": self.key, "spent_s": self.spent}, quiet=True)
 
 
-def _say(spec: OptimizeSpec, msg: str) -> None:
-    if spec.progress:
-        from rich.console import Console
+_CONSOLE = None
 
-        Console(stderr=True, highlight=False).print(msg)
+
+def _say(spec: OptimizeSpec, msg: str) -> None:
+    global _CONSOLE
+    if spec.progress:
+        if _CONSOLE is None:
+            from rich.console import Console
+
+            _CONSOLE = Console(stderr=True, highlight=False)
+        _CONSOLE.print(msg)
     else:
         log.debug("%s", msg)
 
 
-def _rect_gain(files: list[Path], imgsz: int, stride: int = 32, n: int = 200) -> float:
-    """Mean rect-letterbox area / square area over (up to ``n``) val images: < 1 when rect input pays off."""
+def _aspect_shapes(files: list[Path], n: int = 200) -> list[tuple[int, int]]:
+    """(h, w) of (up to ``n``) images, decoded at 1/8 size: only their aspect ratios are used."""
     import cv2
 
+    shapes = []
+    for f in files[:n]:
+        im = cv2.imread(str(f), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if im is not None:
+            shapes.append(im.shape[:2])
+    return shapes
+
+
+def _rect_gain(shapes: list[tuple[int, int]], imgsz: int, stride: int = 32) -> float:
+    """Mean rect-letterbox area / square area over images of these shapes: < 1 when rect input pays off."""
     from ..data.preprocess import rect_shape
 
-    areas = []
-    for f in files[:n]:
-        im = cv2.imread(str(f), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # only the shape matters: cheap decode
-        if im is None:
-            continue
-        h, w = im.shape[:2]
-        rh, rw = rect_shape([(h, w)], imgsz, stride)
-        areas.append(rh * rw / imgsz ** 2)
+    areas = [np.prod(rect_shape([hw], imgsz, stride)) / imgsz ** 2 for hw in shapes]
     return float(np.mean(areas)) if areas else 1.0
 
 
-def _overlap(cfg) -> float:
+def _overlap(train: list[Path], val: list[Path]) -> float:
     """Fraction of val images that are also train images (fine-tuning on them would grade itself)."""
-    if "train" not in cfg.splits:
+    if not train:
         return 1.0
-    train = {p.resolve() for p in image_files(cfg, "train")}
-    val = [p.resolve() for p in image_files(cfg, "val")]
-    return sum(p in train for p in val) / max(1, len(val))
+    train_set = {p.resolve() for p in train}
+    return sum(p.resolve() in train_set for p in val) / max(1, len(val))
 
 
 class Optimizer:
@@ -118,6 +126,7 @@ class Optimizer:
         self.budget = _Budget(self.out, spec)
         self.builder = Builder(spec, self.out / "artifacts", self.model)
         self.bench_images = [str(p) for p in self.val[:spec.bench_images]]
+        self.shapes = _aspect_shapes(self.val)  # the val images' aspect ratios (rect letterbox sizes)
         self.results: dict[str, dict] = {}
         self.order: list[str] = []
         self.machine = machine_info()
@@ -145,10 +154,7 @@ class Optimizer:
             _say(self.spec, f"[dim]reusing {v.name} (measured before)[/]")
             self.results[v.name] = cached
             return cached
-        rec = {"name": v.name, "kind": v.kind, "description": v.description, "variant": v.to_dict(),
-               "runtime": self.spec.target, "imgsz": v.imgsz, "letterbox": v.letterbox,
-               "threads": max(1, self.spec.threads // v.streams),  # per pipeline: threads x streams = --threads
-               "streams": v.streams, "status": "skipped", "reason": None}
+        rec = self._record(v)
         built = self.builder.info(v.build)
         need = v.estimate_s if built is None else v.estimate_s * 0.5
         if need > self.budget.left:
@@ -181,14 +187,20 @@ class Optimizer:
         rec["seconds"] = time.perf_counter() - t0
         self._finish(rec)
         self.results[v.name] = rec
-        if rec["status"] == "done" or rec["status"] == "failed":
-            write_json(self.out / "variants" / f"{v.name}.json", rec, quiet=True)
+        write_json(self.out / "variants" / f"{v.name}.json", rec, quiet=True)  # done or failed
         self.budget.save()
         if rec["status"] == "done":
             drop = "" if rec.get("drop") is None else f" (drop {rec['drop'] * 100:+.2f} pt)"
             _say(self.spec, f"  {v.name}: {self.spec.metric} {rec[self.spec.metric]:.4f}{drop}, "
                             f"{rec['fps']:.1f} img/s end to end, p50 {rec['latency_ms']['p50']:.1f} ms")
         return rec
+
+    def _record(self, v: Variant, reason: str | None = None) -> dict:
+        """A variant's result row before it is measured (status ``skipped`` until it is)."""
+        return {"name": v.name, "kind": v.kind, "description": v.description, "variant": v.to_dict(),
+                "runtime": self.spec.target, "imgsz": v.imgsz, "letterbox": v.letterbox,
+                "threads": max(1, self.spec.threads // v.streams),  # per pipeline: threads x streams = --threads
+                "streams": v.streams, "status": "skipped", "reason": reason}
 
     def _finish(self, rec: dict) -> None:
         """Drop and speed-up against the baseline (once it is measured)."""
@@ -219,7 +231,7 @@ class Optimizer:
                 model = load_model(pruned)
         g = model_flops(model, v.imgsz)
         if v.letterbox == "rect":
-            g *= _rect_gain(self.val, v.imgsz)
+            g *= _rect_gain(self.shapes, v.imgsz)
         out["gflops"] = g
         out.setdefault("params", model.num_params())
         return out
@@ -245,8 +257,6 @@ class Optimizer:
             raise OptimizeError(f"the baseline could not be measured: {base.get('reason')}")
         c0 = max(10.0, base["seconds"] - base.get("build_seconds", 0.0))  # val + bench of one variant, measured
         c_exp = max(5.0, base.get("build_seconds") or 10.0)
-        for r in self.results.values():
-            self._finish(r)
 
         # 1) pipeline setting: two pipelines with half the threads each (decode of one overlaps inference of the other)
         if t >= 2:
@@ -259,7 +269,7 @@ class Optimizer:
                                      "(no spin-wait)", build_key("fp32", s0), s0, spin=False, estimate_s=c_bench),
                              same_map_as="fp32")
         # 2) rect input for the data's aspect ratio
-        gain = _rect_gain(self.val, s0)
+        gain = _rect_gain(self.shapes, s0)
         rect_ok = gain < 0.9
         if rect_ok:
             self.run_variant(Variant(f"rect{s0}", "rect", f"FP32, {s0} rect letterbox (dynamic input, {gain:.0%} of the "
@@ -299,7 +309,7 @@ class Optimizer:
                                              build_key("mixed", s, True), s, "rect", estimate_s=c0 * f))
         # 7) pruning + distilled fine-tuning (needs training time, and train images that are not the val images)
         if spec.prune:
-            self._prune(s0, c0, rect_ok)
+            self._prune(s0, c0)
         self._stack_streams(c_bench)
 
     def _sizes_within_budget(self, sizes: list[int]) -> list[int]:
@@ -330,20 +340,19 @@ class Optimizer:
                            "description": best["description"] + words, "estimate_s": c_bench * 2})
             self.run_variant(v, same_map_as=best["name"])
 
-    def _prune(self, s0: int, c0: float, rect_ok: bool) -> None:
+    def _prune(self, s0: int, c0: float) -> None:
         spec = self.spec
-        overlap = _overlap(self.cfg)
+        train = image_files(self.cfg, "train") if "train" in self.cfg.splits else []
+        overlap = _overlap(train, image_files(self.cfg, "val"))
         v = Variant(f"pruned75-{s0}", "prune", "channels pruned to 75% of the FLOPs, distilled fine-tune, FP32, "
                     f"{s0} square", build_key("prune0.75", s0), s0)
         if overlap > 0.5:
             self.order.append(v.name)
-            self.results[v.name] = {"name": v.name, "kind": "prune", "description": v.description, "variant": v.to_dict(),
-                                    "status": "skipped", "imgsz": s0, "letterbox": "square", "threads": spec.threads,
-                                    "streams": 1, "runtime": spec.target,
-                                    "reason": f"{overlap:.0%} of the val images are train images: a fine-tune would be "
-                                    "graded on its own training set (use yolopt prune --data with held-out images)"}
+            self.results[v.name] = self._record(
+                v, f"{overlap:.0%} of the val images are train images: a fine-tune would be graded on its own "
+                   "training set (use yolopt prune --data with held-out images)")
             return
-        n_train = len(image_files(self.cfg, "train"))
+        n_train = len(train)
         epochs = spec.finetune_epochs or 4
         epoch_s = n_train * (s0 / 640) ** 2 * 0.35 + c0
         v.estimate_s = epochs * epoch_s + 60 + c0
@@ -400,12 +409,10 @@ class Optimizer:
             art = Path(r["artifact"])
             b = open_backend(str(art), threads=self.spec.threads)
             h = w = r["imgsz"]
-            if r["letterbox"] == "rect":
+            if r["letterbox"] == "rect" and self.shapes:
                 from ..data.preprocess import rect_shape
-                import cv2
 
-                im = cv2.imread(self.bench_images[0])
-                h, w = rect_shape([im.shape[:2]], r["imgsz"], 32)
+                h, w = rect_shape(self.shapes[:1], r["imgsz"], 32)
             x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
             if b.uint8_input:
                 x = (x * 255).astype(np.uint8)

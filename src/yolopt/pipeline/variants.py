@@ -103,8 +103,6 @@ class Builder:
         fmt = "openvino" if self.spec.target == "openvino" else "onnx"
         res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True,
                                        out=out if fmt == "onnx" else out.parent / "ov"))
-        if fmt == "openvino":
-            return res.path
         return res.path
 
     def _quantize(self, out: Path, imgsz: int, mixed: bool) -> tuple[Path, dict]:
@@ -126,7 +124,7 @@ class Builder:
         pruned = folder / "pruned.safetensors"
         epochs = spec.finetune_epochs or 4
         data_args = ["--data", spec.data]
-        if getattr(spec, "unlabeled", None):
+        if spec.unlabeled:
             data_args += ["--unlabeled", *spec.unlabeled]
         cmd = [sys.executable, "-m", "yolopt", "prune", str(spec.model), *data_args, "--target-flops", f"{flops}",
                "--finetune", str(epochs), "--distill", "--imgsz", str(imgsz), "--out", str(pruned),

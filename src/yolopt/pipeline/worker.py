@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 
-def _rss_mb(field: str) -> float:
+def _rss_mb() -> float:
+    """Resident memory of this process now (MB)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
 
@@ -26,7 +27,7 @@ def measure_request(req: dict) -> dict:
     from .. import bench
     from ..runtime import open as open_backend
 
-    before = _rss_mb("VmRSS")
+    before = _rss_mb()
     streams = int(req.get("streams", 1))
     kwargs = {}
     if not req.get("spin", True):
@@ -39,7 +40,7 @@ def measure_request(req: dict) -> dict:
                         duration=float(req["seconds"]), streams=streams, source=req["images"], conf=req["conf"],
                         iou=req["iou"], mode=req["letterbox"])
     out = rec.to_dict()
-    out["model_mem_mb"] = max(0.0, _rss_mb("VmHWM") - before)
+    out["model_mem_mb"] = max(0.0, rec.peak_rss_mb - before)  # the record's peak is the process's (ru_maxrss)
     return out
 
 
