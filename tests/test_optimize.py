@@ -181,3 +181,21 @@ def test_no_spin_pipeline_setting_same_outputs_and_carried_into_the_bundle(tmp_p
     out = write_bundle(onnx_path, tmp_path / "deploy", threads=1, spin=False)
     cfg = json.loads((out / "deploy.json").read_text())
     assert cfg["runtime_options"] == {"threads": 1, "allow_spinning": False}
+
+
+def test_qat_candidate_where_int8_misses_the_budget(synth_data, tmp_path):
+    """With a budget plain INT8 misses, optimize tries QAT (same INT8 graph, fine-tuned weights) and records
+    its gain over PTQ; the QAT training run is kept beside the build (a killed run resumes it)."""
+    out = tmp_path / "o"
+    r = run_cli("optimize", SYNTH_MODEL, "--data", synth_data, "--out", out, "--no-prune", "--threads", "1",
+                "--imgsz", "160", "--max-map-drop", "0.0005", "--val-images", "24", "--qat-epochs", "1",
+                "--time-budget", "15m", "--no-progress", timeout=1200)
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    rows = {v["name"]: v for v in res["variants"]}
+    assert rows["int8-160"]["status"] == "done" and rows["int8-160"]["drop"] > 0.0005
+    qat = rows["qat-160"]
+    assert qat["status"] == "done", qat.get("reason")
+    build = json.loads(next((out / "artifacts").glob("qat1-160-dyn/build.json")).read_text())
+    assert build["details"]["qat"]["epochs"] == 1 and "map50_95_gain_over_ptq" in build["details"]["qat"]
+    assert (out / "artifacts" / "qat1-160-dyn.qat_run" / "qat_ranges.json").is_file()

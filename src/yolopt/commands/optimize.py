@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._options import check_output, fraction_arg, positive_float_arg, positive_int_arg
+from ._options import check_output, fraction_arg, nonneg_int_arg, positive_float_arg, positive_int_arg
 
 
 def _sizes(text: str) -> list[int]:
@@ -54,6 +54,10 @@ def register(sub) -> None:
                    help="extra images without labels for the distilled fine-tune")
     p.add_argument("--no-prune", action="store_true", help="do not try pruning")
     p.add_argument("--no-quantize", action="store_true", help="do not try INT8")
+    p.add_argument("--qat-epochs", type=nonneg_int_arg, default=2, metavar="EPOCHS",
+                   help="where post-training INT8 misses the mAP budget, try INT8 after EPOCHS of quantization-aware "
+                        "training with the float model as teacher (default 2; 0: no QAT). Skipped, like pruning, "
+                        "when the val images are train images")
     p.add_argument("--out", default="runs/optimize", help="output folder (default runs/optimize)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (rerunning the same command does the same)")
@@ -76,7 +80,8 @@ def run(args) -> int:
                         metric=args.metric, threads=args.threads, imgsz=args.imgsz,
                         time_budget_s=parse_duration(args.time_budget), out=args.out, resume=args.resume, conf=args.conf,
                         val_images=args.val_images, finetune_epochs=args.finetune, unlabeled=list(args.unlabeled),
-                        prune=not args.no_prune, quantize=not args.no_quantize, progress=not args.no_progress)
+                        prune=not args.no_prune, quantize=not args.no_quantize, qat_epochs=args.qat_epochs,
+                        progress=not args.no_progress)
     res = optimize(spec)
     if args.json:
         print(json.dumps(res, indent=1, default=str))

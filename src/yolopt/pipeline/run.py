@@ -307,6 +307,9 @@ class Optimizer:
                 if rect_ok:
                     self.run_variant(Variant(f"mixed-rect{s}", "mixed", f"mixed INT8, {s} rect letterbox",
                                              build_key("mixed", s, True), s, "rect", estimate_s=c0 * f))
+        # 6b) QAT, where plain INT8 misses the budget (needs training time, like pruning)
+        if spec.quantize and spec.target == "onnxruntime" and spec.qat_epochs:
+            self._qat(s0, c0, rect_ok)
         # 7) pruning + distilled fine-tuning (needs training time, and train images that are not the val images)
         if spec.prune:
             self._prune(s0, c0)
@@ -340,19 +343,44 @@ class Optimizer:
                            "description": best["description"] + words, "estimate_s": c_bench * 2})
             self.run_variant(v, same_map_as=best["name"])
 
-    def _prune(self, s0: int, c0: float) -> None:
-        spec = self.spec
+    def _train_overlap_reason(self, what: str) -> tuple[str | None, int]:
+        """Why a fine-tuned candidate is skipped (its val images are its train images), and the train image count."""
         train = image_files(self.cfg, "train") if "train" in self.cfg.splits else []
         overlap = _overlap(train, image_files(self.cfg, "val"))
+        if overlap > 0.5:
+            return (f"{overlap:.0%} of the val images are train images: {what} would be graded on its own training "
+                    "set (give a data yaml whose val split is held out)"), len(train)
+        return None, len(train)
+
+    def _qat(self, s0: int, c0: float, rect_ok: bool) -> None:
+        spec = self.spec
+        for s in self._sizes_within_budget(spec.imgsz):
+            q = self.results.get(f"int8-{s}")
+            if not q or q.get("status") != "done" or q["drop"] <= spec.max_map_drop:
+                continue
+            f = (s / s0) ** 2
+            v = Variant(f"qat-{s}", "qat", f"INT8 after {spec.qat_epochs} epochs of QAT (float model as teacher), "
+                        f"{s} square", build_key(f"qat{spec.qat_epochs}", s, True), s)
+            reason, n_train = self._train_overlap_reason("QAT")
+            if reason and self._cached(v) is None:
+                self.order.append(v.name)
+                self.results[v.name] = self._record(v, reason)
+                return
+            v.estimate_s = spec.qat_epochs * (n_train * f * 0.8 + c0) + (3 * c0 + 120) * f
+            done = self.run_variant(v)
+            if rect_ok and done.get("status") == "done":
+                self.run_variant(Variant(f"qat-rect{s}", "qat", f"QAT INT8, {s} rect letterbox", v.build, s, "rect",
+                                         estimate_s=c0 * f))
+
+    def _prune(self, s0: int, c0: float) -> None:
+        spec = self.spec
         v = Variant(f"pruned75-{s0}", "prune", "channels pruned to 75% of the FLOPs, distilled fine-tune, FP32, "
                     f"{s0} square", build_key("prune0.75", s0), s0)
-        if overlap > 0.5:
+        reason, n_train = self._train_overlap_reason("a fine-tune")
+        if reason:
             self.order.append(v.name)
-            self.results[v.name] = self._record(
-                v, f"{overlap:.0%} of the val images are train images: a fine-tune would be graded on its own "
-                   "training set (use yolopt prune --data with held-out images)")
+            self.results[v.name] = self._record(v, reason)
             return
-        n_train = len(train)
         epochs = spec.finetune_epochs or 4
         epoch_s = n_train * (s0 / 640) ** 2 * 0.35 + c0
         v.estimate_s = epochs * epoch_s + 60 + c0

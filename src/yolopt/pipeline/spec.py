@@ -61,6 +61,7 @@ class OptimizeSpec:
     unlabeled: list = field(default_factory=list)  # extra images without labels for the distilled fine-tune
     prune: bool = True  # try pruning (needs training time)
     quantize: bool = True  # try INT8
+    qat_epochs: int = 2  # QAT candidates' distilled epochs, where PTQ INT8 misses the budget (0: no QAT)
     progress: bool = True
 
     def check(self, model_imgsz: int | None = None) -> "OptimizeSpec":
@@ -95,6 +96,8 @@ class OptimizeSpec:
         self.imgsz = list(dict.fromkeys(sizes))
         if self.val_images is not None and self.val_images < 1:
             raise OptimizeError(f"--val-images {self.val_images}: must be >= 1")
+        if self.qat_epochs < 0:
+            raise OptimizeError(f"--qat-epochs {self.qat_epochs}: must be >= 0")
         if not 0 < self.conf < 1:
             raise OptimizeError(f"--conf {self.conf}: must be in (0, 1)")
         return self
@@ -105,7 +108,8 @@ class OptimizeSpec:
         # what the candidates are (sizes, scenario, budgets) may change between runs: each variant's cache
         # entry records its own size and letterbox, and a changed one is measured again
         for k in ("resume", "progress", "out", "time_budget_s", "scenario", "max_latency_ms", "max_size_mb",
-                  "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled"):
+                  "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled",
+                  "qat_epochs"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())
         d["data"] = str(Path(self.data).resolve())

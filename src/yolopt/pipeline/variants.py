@@ -32,7 +32,7 @@ class Variant:
     """One deployable configuration. ``build``: the artifact's key (see :func:`build_artifact`)."""
 
     name: str
-    kind: str  # baseline | rect | imgsz | streams | int8 | mixed | prune | combined
+    kind: str  # baseline | rect | imgsz | streams | int8 | mixed | qat | prune | combined
     description: str
     build: str
     imgsz: int
@@ -87,8 +87,10 @@ class Builder:
         details: dict = {}
         if kind == "fp32":
             artifact = self._export(self.model, out, int(imgsz), dynamic)
-        elif kind in ("int8", "mixed"):
-            artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed")
+        elif kind in ("int8", "mixed") or kind.startswith("qat"):
+            qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
+            artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed", qat=qat,
+                                               qat_dir=self.root / f"{key}.qat_run")
         elif kind.startswith("prune"):
             artifact, details = self._prune(folder, out, int(imgsz), dynamic, float(kind[len("prune"):]))
         else:  # pragma: no cover - keys come from plan()
@@ -105,17 +107,24 @@ class Builder:
                                        out=out if fmt == "onnx" else out.parent / "ov"))
         return res.path
 
-    def _quantize(self, out: Path, imgsz: int, mixed: bool) -> tuple[Path, dict]:
+    def _quantize(self, out: Path, imgsz: int, mixed: bool, qat: int = 0, qat_dir: Path | None = None
+                  ) -> tuple[Path, dict]:
+        """PTQ (``yolopt quantize``), with accuracy control (``mixed``) or after ``qat`` epochs of QAT. The QAT
+        run is kept outside the build folder (``qat_dir``), so a killed build resumes its training."""
         from ..quantize import QuantizeSpec, quantize
 
         spec = self.spec
         q = QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=128,
                          max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
-                         latency=False, threads=spec.threads, out=out, progress=spec.progress)
+                         latency=False, threads=spec.threads, out=out, progress=spec.progress, qat=qat,
+                         qat_unlabeled=list(spec.unlabeled), qat_dir=qat_dir)
         res = quantize(self.model, q)
         rep = res.report
         details = {"float_layers": len(rep.get("float_layers", [])), "layers": rep.get("layers"),
                    "calibration": rep.get("calibration")}
+        if qat:
+            details["qat"] = {k: rep["qat"].get(k) for k in ("epochs", "seconds", "map50_95_gain_over_ptq",
+                                                              "map50_gain_over_ptq")}
         return res.path, details
 
     def _prune(self, folder: Path, out: Path, imgsz: int, dynamic: bool, flops: float) -> tuple[Path, dict]:
