@@ -407,7 +407,7 @@ def test_distillation_loss_properties():
 
 def test_distillation_trains_a_pruned_student(tiny_data, tmp_path):
     from yolopt.compress import OutputDistillation
-    from yolopt.compress.distill import check_teacher
+    from yolopt.engine.distill import check_teacher
     from yolopt.engine import train
 
     teacher = _model("yolov5n")

@@ -127,7 +127,7 @@ def _finetune(model, args, epochs: int, out: Path, teacher):
 
     callbacks = []
     if args.distill:
-        from ..compress.distill import OutputDistillation
+        from ..engine.distill import OutputDistillation
 
         callbacks.append(OutputDistillation(features=args.feature_distill))
     hyp = None
@@ -199,7 +199,7 @@ def run(args) -> int:
                      backend=args.backend, threads=args.threads).check()
     teacher = None
     if args.distill:
-        from ..compress.distill import check_teacher
+        from ..engine.distill import check_teacher
 
         teacher = yolopt.load(args.teacher) if args.teacher else copy.deepcopy(model)
         check_teacher(model, teacher)

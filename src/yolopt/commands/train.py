@@ -86,7 +86,7 @@ def run(args) -> int:
         if args.teacher:
             raise YoloptError("--teacher cannot change on --resume: a distilled run resumes with its own teacher "
                               "(distill.json in the run folder)")
-        from ..compress.distill import OutputDistillation
+        from ..engine.distill import OutputDistillation
 
         kd, teacher = OutputDistillation.for_resume(run_dir)
         if kd is not None:
@@ -94,7 +94,7 @@ def run(args) -> int:
     elif args.teacher:
         import yolopt
 
-        from ..compress.distill import OutputDistillation
+        from ..engine.distill import OutputDistillation
 
         teacher = yolopt.load(args.teacher)
         teacher.source_file = args.teacher

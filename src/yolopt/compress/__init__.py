@@ -6,7 +6,7 @@ output distillation, unstructured magnitude pruning (for comparison). See docs/c
     >>> yolopt.save(res.model, "pruned.safetensors")
 """
 
-from .distill import OutputDistillation, check_teacher, output_distillation_loss
+from ..engine.distill import OutputDistillation, check_teacher, output_distillation_loss
 from .prune import (
     BACKENDS,
     METHODS,

@@ -269,7 +269,7 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
     the same settings."""
     import yolopt
 
-    from ..compress.distill import OutputDistillation, check_teacher
+    from ..engine.distill import OutputDistillation, check_teacher
     from ..engine import train
     from ..engine.trainer import LAST
 

@@ -1,6 +1,6 @@
 """Output distillation (and optional neck-feature imitation) for fine-tuning a pruned student.
 
-    >>> from yolopt.compress import OutputDistillation
+    >>> from yolopt.engine.distill import OutputDistillation  # also yolopt.compress.OutputDistillation
     >>> train("d.yaml", model=pruned, teacher=unpruned, epochs=10, callbacks=[OutputDistillation()])
 
 The loss works on the raw head outputs, level by level, anchor by anchor (teacher and student
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.trainer import Callback
 from ..errors import YoloptError
+from .trainer import Callback
 
 log = logging.getLogger("yolopt")
 
@@ -130,7 +130,7 @@ class OutputDistillation(Callback):
         return cls(**settings), yolopt.load(teacher_file)
 
     def on_train_start(self, trainer) -> None:
-        from ..engine.ema import unwrap
+        from .ema import unwrap
 
         if trainer.teacher is None:
             raise YoloptError("distillation needs a teacher: pass teacher= to train() (yolopt prune --distill uses "
