@@ -306,6 +306,12 @@ def _qat(model, spec: QuantizeSpec, calib: CalibrationSet, out: Path, work: Path
     report["qat"] = {"epochs": spec.qat, "run": str(run_dir), "lr0": spec.qat_lr, "batch": spec.qat_batch,
                      "data": str(qspec.data), "unlabeled": [str(u) for u in spec.qat_unlabeled], "teacher": "the float model",
                      "fp32_tuned": _evaluate(fp, spec.data, spec), "seconds": round(time.perf_counter() - t0, 1)}
+    base, tuned_map = report.get("fp32"), report["qat"]["fp32_tuned"]["map50_95"]
+    if base and base["map50_95"] - tuned_map > 0.005:  # the float weights themselves got worse on val
+        report["qat"]["warning"] = (f"QAT moved the float model away from val: the tuned weights score "
+                                    f"{tuned_map:.4f} in fp32 vs {base['map50_95']:.4f}; the QAT images do not "
+                                    f"represent the val data (or --qat-lr is too high)")
+        log.warning(report["qat"]["warning"])
     return onnx.load(str(fp)), ranges
 
 
@@ -375,8 +381,7 @@ def _openvino(fp32: Path, calib: CalibrationSet, meta: dict, spec: QuantizeSpec,
 
 def _spec_dict(spec: QuantizeSpec) -> dict:
     d = asdict(spec)
-    d["out"] = str(d["out"]) if d["out"] is not None else None
-    return d
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
 def _naive(proto, ranges, build):
