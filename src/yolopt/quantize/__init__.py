@@ -64,7 +64,7 @@ class QuantizeSpec:
     qat: int = 0  # epochs of quantization-aware fine-tuning (0: post-training quantization only)
     qat_data: str | None = None  # QAT trains on this (yaml, or unlabelled images) instead of data's train split
     qat_unlabeled: list = field(default_factory=list)  # extra images for QAT (the float teacher labels them)
-    qat_lr: float = 2e-4
+    qat_lr: float = 1e-3  # measured on hardhat (in-domain images): 2 epochs +0.75 pt mAP50-95 over PTQ
     qat_batch: int = 16
     qat_dir: str | Path | None = None  # the QAT training run (default: next to the artifact; resumable)
     latency: bool = True
@@ -295,8 +295,8 @@ def _qat(model, spec: QuantizeSpec, calib: CalibrationSet, out: Path, work: Path
     t0 = time.perf_counter()
     run_dir = Path(spec.qat_dir) if spec.qat_dir else out.with_name(out.stem + "_qat")
     qspec = QATSpec(data=spec.qat_data or spec.data, val_data=spec.data if spec.qat_data else None, epochs=spec.qat,
-                    imgsz=spec.imgsz, batch=spec.qat_batch, lr0=spec.qat_lr, bits=7 if spec.reduce_range else 8, unlabeled=list(spec.qat_unlabeled), out=run_dir,
-                    progress=spec.progress, seed=spec.seed)
+                    imgsz=spec.imgsz, batch=spec.qat_batch, lr0=spec.qat_lr, bits=7 if spec.reduce_range else 8,
+                    unlabeled=list(spec.qat_unlabeled), out=run_dir, progress=spec.progress, seed=spec.seed)
     log.info("QAT: %d epoch(s) on %s%s, float model as teacher -> %s", spec.qat, qspec.data,
              f" + {', '.join(map(str, spec.qat_unlabeled))}" if spec.qat_unlabeled else "", run_dir)
     tuned = qat_finetune(model, qspec, calib)
