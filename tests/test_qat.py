@@ -202,3 +202,18 @@ def test_a_resumed_qat_run_keeps_its_quantization_grid(fused, synth, tmp_path):
     fresh = QATCallback(cal)
     fresh.prepare_model(SimpleNamespace(out=tmp_path / "new", resuming=False), copy.deepcopy(moved))
     assert fresh.ins.ranges() != saved  # calibrating the moved weights would give another grid
+
+
+def test_a_qat_run_killed_before_its_first_checkpoint_starts_again(fused, synth, tmp_path):
+    """Same settings, no checkpoint yet (killed during calibration or the first epoch): the folder is ours and
+    holds nothing worth keeping, so the run starts again instead of refusing."""
+    from yolopt.quantize.qat import RANGES, QATSpec, qat_finetune, run_settings
+
+    cal = CalibrationSet.from_data(synth, IMGSZ, n=4)
+    spec = QATSpec(data=str(synth), epochs=1, imgsz=IMGSZ, batch=16, out=tmp_path / "run", progress=False)
+    spec.out.mkdir()
+    (spec.out / "qat.json").write_text(json.dumps(run_settings(spec, cal)))  # what a killed start leaves
+    (spec.out / RANGES).write_text("{}")
+    tuned = qat_finetune(fused, spec, cal)
+    assert tuned.is_fused and json.loads((spec.out / "qat.json").read_text())["finished"]
+    assert json.loads((spec.out / RANGES).read_text())["ranges"]  # calibrated again, not the stale file

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,17 +270,14 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
     the same settings."""
     import yolopt
 
-    from ..engine.distill import OutputDistillation, check_teacher
     from ..engine import train
+    from ..engine.distill import OutputDistillation, check_teacher
     from ..engine.trainer import LAST
 
     if spec.epochs < 1:
         raise YoloptError(f"--qat {spec.epochs}: give at least 1 epoch")
     out = Path(spec.out)
-    settings = {"data": str(spec.data), "epochs": spec.epochs, "imgsz": spec.imgsz, "batch": spec.batch,
-                "lr0": spec.lr0, "bits": spec.bits, "unlabeled": [str(u) for u in spec.unlabeled],
-                "distill": spec.distill, "seed": spec.seed, "calib_images": len(calib),
-                "val_data": str(spec.val_data) if spec.val_data else None}
+    settings = run_settings(spec, calib)
     teacher = copy.deepcopy(model).float().eval()
     student = copy.deepcopy(model).float()
     cb = QATCallback(calib, spec.bits)
@@ -295,7 +293,11 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
             res = train(resume=out, callbacks=callbacks, teacher=teacher if spec.distill else None, **kwargs)
         else:
             if out.exists() and any(out.iterdir()):
-                raise YoloptError(f"{out}: holds a QAT run with other settings; remove it or choose another folder")
+                if not _same_settings(out, settings):
+                    raise YoloptError(f"{out}: holds a QAT run with other settings; remove it or choose another "
+                                      f"folder")
+                log.info("QAT: %s was stopped before its first checkpoint; starting it again", out)
+                shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "qat.json", lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1)))
             res = train(spec.data, model=student, epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch,
@@ -310,6 +312,14 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
     if not tuned.is_fused:
         tuned.fuse()
     return tuned.float().eval()
+
+
+def run_settings(spec: QATSpec, calib) -> dict:
+    """What a QAT run folder's results depend on (``qat.json``): a folder with other settings is not reused."""
+    return {"data": str(spec.data), "epochs": spec.epochs, "imgsz": spec.imgsz, "batch": spec.batch,
+            "lr0": spec.lr0, "bits": spec.bits, "unlabeled": [str(u) for u in spec.unlabeled],
+            "distill": spec.distill, "seed": spec.seed, "calib_images": len(calib),
+            "val_data": str(spec.val_data) if spec.val_data else None}
 
 
 def _same_settings(out: Path, settings: dict) -> bool:
