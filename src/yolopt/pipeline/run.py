@@ -10,6 +10,7 @@ speed-up is a ratio taken in one run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -343,14 +344,19 @@ class Optimizer:
                            "description": best["description"] + words, "estimate_s": c_bench * 2})
             self.run_variant(v, same_map_as=best["name"])
 
+    @functools.cached_property
+    def _train_split(self) -> tuple[float, int]:
+        """(fraction of val images that are train images, train image count), listed once per run."""
+        train = image_files(self.cfg, "train") if "train" in self.cfg.splits else []
+        return _overlap(train, image_files(self.cfg, "val")), len(train)
+
     def _train_overlap_reason(self, what: str) -> tuple[str | None, int]:
         """Why a fine-tuned candidate is skipped (its val images are its train images), and the train image count."""
-        train = image_files(self.cfg, "train") if "train" in self.cfg.splits else []
-        overlap = _overlap(train, image_files(self.cfg, "val"))
+        overlap, n_train = self._train_split
         if overlap > 0.5:
             return (f"{overlap:.0%} of the val images are train images: {what} would be graded on its own training "
-                    "set (give a data yaml whose val split is held out)"), len(train)
-        return None, len(train)
+                    "set (give a data yaml whose val split is held out)"), n_train
+        return None, n_train
 
     def _qat(self, s0: int, c0: float, rect_ok: bool) -> None:
         spec = self.spec
@@ -362,7 +368,7 @@ class Optimizer:
             v = Variant(f"qat-{s}", "qat", f"INT8 after {spec.qat_epochs} epochs of QAT (float model as teacher), "
                         f"{s} square", build_key(f"qat{spec.qat_epochs}", s, True), s)
             reason, n_train = self._train_overlap_reason("QAT")
-            if reason and self._cached(v) is None:
+            if reason:
                 self.order.append(v.name)
                 self.results[v.name] = self._record(v, reason)
                 return

@@ -90,7 +90,7 @@ class Builder:
         elif kind in ("int8", "mixed") or kind.startswith("qat"):
             qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
             artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed", qat=qat,
-                                               qat_dir=self.root / f"{key}.qat_run")
+                                               qat_dir=self.root / f"{key}.qat_run" if qat else None)
         elif kind.startswith("prune"):
             artifact, details = self._prune(folder, out, int(imgsz), dynamic, float(kind[len("prune"):]))
         else:  # pragma: no cover - keys come from plan()

@@ -285,15 +285,16 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
     if spec.distill:
         check_teacher(student, teacher)
         callbacks.append(OutputDistillation())
-    done = _finished(out, settings)
-    if done is None:
+    saved = _saved_run(out, settings)
+    done = out / saved["finished"] if saved and saved.get("finished") else None
+    if done is None or not done.is_file():
         kwargs = dict(device=spec.device, workers=spec.workers, progress=spec.progress)
-        if (out / LAST).is_file() and _same_settings(out, settings):
+        if saved and (out / LAST).is_file():
             log.info("QAT: resuming %s", out)
             res = train(resume=out, callbacks=callbacks, teacher=teacher if spec.distill else None, **kwargs)
         else:
             if out.exists() and any(out.iterdir()):
-                if not _same_settings(out, settings):
+                if saved is None:
                     raise YoloptError(f"{out}: holds a QAT run with other settings; remove it or choose another "
                                       f"folder")
                 log.info("QAT: %s was stopped before its first checkpoint; starting it again", out)
@@ -305,9 +306,9 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
                         unlabeled=list(spec.unlabeled), teacher=teacher if spec.distill else None,
                         val_data=str(spec.val_data) if spec.val_data else None,
                         callbacks=callbacks, **kwargs)
-        done = res.best or res.last
+        done = Path(res.best or res.last)
         atomic_write(out / "qat.json", lambda tmp: Path(tmp).write_text(json.dumps(
-            {**settings, "finished": str(Path(done).name)}, indent=1)))
+            {**settings, "finished": done.name}, indent=1)))
     tuned = yolopt.load(done)
     if not tuned.is_fused:
         tuned.fuse()
@@ -322,23 +323,13 @@ def run_settings(spec: QATSpec, calib) -> dict:
             "val_data": str(spec.val_data) if spec.val_data else None}
 
 
-def _same_settings(out: Path, settings: dict) -> bool:
-    try:
-        saved = json.loads((out / "qat.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return {k: saved.get(k) for k in settings} == settings
-
-
-def _finished(out: Path, settings: dict) -> Path | None:
+def _saved_run(out: Path, settings: dict) -> dict | None:
+    """``out/qat.json`` when it records these settings (a run of this spec, finished or not), else None."""
     try:
         saved = json.loads((out / "qat.json").read_text())
     except (OSError, ValueError):
         return None
-    if {k: saved.get(k) for k in settings} != settings or not saved.get("finished"):
-        return None
-    p = out / saved["finished"]
-    return p if p.is_file() else None
+    return saved if {k: saved.get(k) for k in settings} == settings else None
 
 
 __all__ = ["QATCallback", "QATSpec", "calibrate", "fake_quant_weight", "instrument", "qat_finetune", "qparams"]
