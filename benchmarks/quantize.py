@@ -7,8 +7,8 @@
 Variants (each artifact is built once and cached under --cache, so a killed run resumes):
 fp32 ONNX; naive INT8 (the decode quantized too); INT8 with the decode float (7-bit weights, the
 default, and 8-bit weights, right for VNNI CPUs); mixed precision at budgets 0.005 and 0.01
-(``yolopt quantize --max-map-drop``); QAT (``--qat``: the float model as teacher, on the train split plus
-``--qat-unlabeled`` images); OpenVINO fp32 IR, INT8 IR (nncf) and bf16 (when the CPU has it).
+(``yolopt quantize --max-map-drop``); QAT (``--qat``: the float model as teacher, on the train split or
+``--qat-data``, plus ``--qat-unlabeled`` images); OpenVINO fp32 IR, INT8 IR (nncf) and bf16 (when the CPU has it).
 Latency: model-only (batch 1) and end-to-end (decode -> detections at conf 0.25 on the val images),
 in interleaved rounds, median of the rounds' p50. Writes one JSON with the machine block, and a PNG of
 mAP50-95 against the latency ratio.
@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--qat", type=int, default=2, help="QAT epochs (0: leave QAT out)")
+    ap.add_argument("--qat-data", help="QAT training data instead of --data's train split (a yaml, or a folder of "
+                    "images used without labels): keeps the val images unseen when train == val (coco128)")
     ap.add_argument("--qat-unlabeled", action="append", default=[], help="extra unlabelled images for QAT")
     ap.add_argument("--qat-lr", type=float, default=1e-3)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "quantize_bench"))
@@ -107,7 +109,9 @@ def main() -> int:
     variants["OpenVINO fp32 IR"] = (ov_fp32, None)
     notes = {}
     if args.qat:
-        variants[f"INT8 QAT, {args.qat} epochs"] = (via_quantize(f"qat{args.qat}", qat=args.qat, qat_lr=args.qat_lr,
+        qat_name = f"qat{args.qat}" + (f"_{Path(args.qat_data).stem}" if args.qat_data else "")  # cache key
+        variants[f"INT8 QAT, {args.qat} epochs"] = (via_quantize(qat_name, qat=args.qat, qat_lr=args.qat_lr,
+                                                                 qat_data=args.qat_data,
                                                                  qat_unlabeled=args.qat_unlabeled), None)
     else:
         notes["QAT"] = "left out (--qat 0)"

@@ -156,6 +156,10 @@ def test_quantize_with_qat_writes_int8_and_compares_with_ptq(synth, tmp_path):
                                                                  abs=1e-4)
     # the tuned weights moved (QAT trained), and the float model stays the baseline
     assert rep["fp32"]["map50_95"] > 0
+    # the markdown report puts PTQ of the same graph beside QAT, with the gain
+    md = res.path.with_suffix(".md").read_text()
+    assert "PTQ, same graph" in md and f"{rep['ptq']['map50_95']:.4f}" in md
+    assert f"mAP50-95 **{rep['qat']['map50_95_gain_over_ptq']:+.4f}**" in md
     best = run / json.loads((run / "qat.json").read_text())["finished"]
     mtime = best.stat().st_mtime_ns
     # the same command again reuses the finished QAT run instead of training again

@@ -14,16 +14,24 @@ def _f(v, fmt=".4f") -> str:
 def markdown(rep: dict, sens=None) -> str:
     fp, q = rep.get("fp32") or {}, rep.get("int8") or {}
     lat = rep.get("latency") or {}
+    qat, ptq = rep.get("qat"), rep.get("ptq")
+    # with QAT, PTQ of the same graph (same float layers) is a third column: the like-for-like comparison
+    cols = [("fp32 ONNX", fp, "fp32"), ("INT8 ONNX" + (" (QAT)" if qat else ""), q, "int8")]
+    if ptq:
+        cols.append(("INT8 ONNX (PTQ, same graph)", ptq, "ptq"))
+
+    def row(name, fn):
+        return f"| {name} | " + " | ".join(fn(r, k) for _, r, k in cols) + " |"
+
     lines = [f"# INT8 quantization: {rep['model']}", "",
              f"Backend {rep['backend']}, input {rep['imgsz']} px, calibration: {rep['calibration']['images']} images "
              f"of {rep['calibration']['source']} ({rep['calibration']['method']}, "
              f"{rep['calibration']['preprocess']}).", "",
-             "| | fp32 ONNX | INT8 ONNX |", "|---|---|---|",
-             f"| mAP50-95 | {_f(fp.get('map50_95'))} | {_f(q.get('map50_95'))} |",
-             f"| mAP50 | {_f(fp.get('map50'))} | {_f(q.get('map50'))} |",
-             f"| p50 latency, model only (ms) | {_f(lat.get('fp32', {}).get('p50_ms'), '.2f')} | "
-             f"{_f(lat.get('int8', {}).get('p50_ms'), '.2f')} |",
-             f"| size (MB) | {_f(rep['size_mb']['fp32'], '.2f')} | {_f(rep['size_mb']['int8'], '.2f')} |", ""]
+             "| | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|",
+             row("mAP50-95", lambda r, k: _f(r.get("map50_95"))),
+             row("mAP50", lambda r, k: _f(r.get("map50"))),
+             row("p50 latency, model only (ms)", lambda r, k: _f(lat.get(k, {}).get("p50_ms"), ".2f")),
+             row("size (MB)", lambda r, k: _f(rep["size_mb"].get("int8" if k == "ptq" else k), ".2f")), ""]
     if "map50_95_drop" in rep:
         lines.append(f"mAP50-95 drop **{rep['map50_95_drop']:.4f}**, mAP50 drop {rep['map50_drop']:.4f} "
                      f"({fp.get('images')} val images, {fp.get('mode')} letterbox).")
@@ -36,6 +44,19 @@ def markdown(rep: dict, sens=None) -> str:
                          f"{rep['latency_ratio_vs_fp32_openvino']:.3f}x.")
         m = rep.get("machine") or {}
         lines.append(f"Machine: {m.get('cpu', '?')}; VNNI: {m.get('vnni', '?')}.")
+    if qat:
+        tuned = qat.get("fp32_tuned") or {}
+        lines += ["", f"QAT: {qat['epochs']} epoch(s) on {qat.get('data', 'the --data train split')}"
+                  + (f" + {', '.join(qat['unlabeled'])} (no labels)" if qat.get("unlabeled") else "")
+                  + f", lr {qat['lr0']:g}, the float model as teacher, {qat['seconds'] / 60:.1f} min. "
+                  f"The tuned float weights score mAP50-95 {_f(tuned.get('map50_95'))} in fp32."]
+        if ptq and "map50_95_gain_over_ptq" in qat:
+            lines.append(f"QAT vs PTQ on the same graph: mAP50-95 **{qat['map50_95_gain_over_ptq']:+.4f}**, mAP50 "
+                         f"{qat['map50_gain_over_ptq']:+.4f}"
+                         + (f"; latency {rep['latency_ratio_qat_vs_ptq']:.3f}x PTQ's."
+                            if "latency_ratio_qat_vs_ptq" in rep else "."))
+        if qat.get("warning"):
+            lines.append(f"> **warning:** {qat['warning']}")
     fl = rep.get("float_layers") or []
     if rep.get("layers"):
         lines += ["", f"Layers kept float: {len(fl)} of {rep['layers']}" + (": " + ", ".join(f"`{x}`" for x in fl)
