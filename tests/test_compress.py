@@ -347,6 +347,57 @@ def test_sparsity_moves_gammas_towards_zero(tiny_data, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2] and log[1]["sparsity"] < log[0]["sparsity"]  # linear decay
     assert {"safe_prune_ratio", "predicted_map_drop", "map50_95"} <= log[0].keys()
     assert (tmp_path / "0.05" / "bn_gamma_e2.png").stat().st_size > 1000
+    # the saved model carries BN statistics recomputed on the fixed train images (before_validate),
+    # not the running averages that trail a drifting penalty; the run without sparsity keeps its own
+    from yolopt.compress.report import calibration_batch
+    from yolopt.engine.bn import recompute_bn_stats
+
+    imgs = calibration_batch(tiny_data, TINY["imgsz"], n=64)()[0]
+    for s, recalibrated in ((0.05, True), (None, False)):
+        saved = yolopt.load(tmp_path / str(s) / "last.safetensors")
+        fresh = copy.deepcopy(saved)
+        recompute_bn_stats(fresh, [imgs], batch_size=TINY["batch"])
+        same = all(torch.allclose(a.running_var, b.running_var, rtol=1e-3, atol=1e-5)
+                   for a, b in zip(_bns(saved), _bns(fresh)))
+        assert same == recalibrated, s
+
+
+def _bns(model):
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_recompute_bn_stats_replaces_stale_averages_with_the_batch_statistics():
+    """From wrecked running averages, recomputing on one batch gives every BatchNorm exactly the mean and
+    (unbiased) variance of its input in a train-mode pass over that batch; mode and momentum are
+    restored, and no images leave the statistics unchanged."""
+    from yolopt.engine.bn import recompute_bn_stats
+
+    m = _model("yolov5n")
+    momenta = [bn.momentum for bn in _bns(m)]
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 64, 64)
+    for bn in _bns(m):
+        bn.running_mean.normal_(0, 3)
+        bn.running_var.uniform_(0.01, 10)
+    seen = {}
+    hooks = [bn.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0].detach().clone()))
+             for bn in _bns(m)]
+    with torch.no_grad():
+        m.train()(x)  # batch statistics: what each BN normalises with in train mode
+    for h in hooks:
+        h.remove()
+    m.eval()
+    stale = [bn.running_mean.clone() for bn in _bns(m)]
+    assert recompute_bn_stats(m, [x], batch_size=4) == 4
+    assert not m.training and [bn.momentum for bn in _bns(m)] == momenta
+    for bn, old in zip(_bns(m), stale):
+        inp = seen[bn]
+        torch.testing.assert_close(bn.running_mean, inp.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, inp.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(old, bn.running_mean, atol=1e-2)
+    before = [bn.running_var.clone() for bn in _bns(m)]
+    assert recompute_bn_stats(m, []) == 0  # no images: nothing changes
+    assert all(torch.equal(a, bn.running_var) for a, bn in zip(before, _bns(m)))
 
 
 def test_train_cli_sparsity(tiny_data, tmp_path):

@@ -8,6 +8,12 @@ folder gets ``bn_gamma_e{epoch}.png`` (histogram of |gamma|) and a row in ``spar
 *safe prune ratio* (fraction of prunable channels with |gamma| under the threshold) and the
 measured mAP impact of removing them (mAP of the EMA model with those channels switched off, on
 the first ``eval_images`` validation images).
+
+Before each validation the EMA model's BatchNorm statistics are recomputed on ``recal_images``
+train images (:func:`yolopt.engine.bn.recompute_bn_stats`): the penalty shrinks every gamma in the
+same direction, the running averages trail behind in every layer, and without this the saved
+model collapses in eval mode while it trains well (hardhat, ``--sparsity 0.1``, epoch 5: val
+mAP50 0.145; the same weights with recomputed statistics: 0.91).
 """
 
 from __future__ import annotations
@@ -87,11 +93,14 @@ class BNSparsity(Callback):
     (strong early, gentle while the model recovers), ``"none"`` keeps it. ``threshold``: |gamma|
     under which a channel counts as prunable. ``eval_images``: validation images used to measure the
     mAP impact of removing those channels each epoch (0: skip the measurement). ``plots``: write
-    ``bn_gamma_e{epoch}.png`` to the run folder.
+    ``bn_gamma_e{epoch}.png`` to the run folder. ``recal_images``: train images (letterboxed, no
+    augmentation) on which the EMA model's BatchNorm statistics are recomputed before each
+    validation and checkpoint (0: keep the running averages).
     """
 
     def __init__(self, s: float = 1e-4, decay: str = "none", final_fraction: float = 0.01,
-                 threshold: float = DEFAULT_THRESHOLD, eval_images: int = 32, plots: bool = True):
+                 threshold: float = DEFAULT_THRESHOLD, eval_images: int = 32, plots: bool = True,
+                 recal_images: int = 64):
         if s <= 0:
             from ..errors import YoloptError
 
@@ -102,12 +111,15 @@ class BNSparsity(Callback):
             raise YoloptError(f"--sparsity-decay {decay!r}: choose none or linear")
         self.s, self.decay, self.final_fraction = s, decay, final_fraction
         self.threshold, self.eval_images, self.plots = threshold, eval_images, plots
+        self.recal_images = recal_images
+        self._recal_batch: torch.Tensor | None = None
         self.history: list[dict] = []
 
     def settings(self) -> dict:
         """What a resumed run needs to carry on with the same penalty (saved in ``sparsity.json``)."""
         return {"s": self.s, "decay": self.decay, "final_fraction": self.final_fraction,
-                "threshold": self.threshold, "eval_images": self.eval_images, "plots": self.plots}
+                "threshold": self.threshold, "eval_images": self.eval_images, "plots": self.plots,
+                "recal_images": self.recal_images}
 
     @classmethod
     def for_resume(cls, run_dir: str | Path, given: "BNSparsity | None" = None) -> "BNSparsity | None":
@@ -139,6 +151,22 @@ class BNSparsity(Callback):
             if bn.weight.grad is not None:
                 bn.weight.grad.add_(s * torch.sign(bn.weight.detach()))
 
+    def _recalibrate(self, trainer, model: nn.Module) -> None:
+        """Recompute ``model``'s BatchNorm statistics on the fixed set of train images."""
+        if not self.recal_images:
+            return
+        from ..engine.bn import recompute_bn_stats
+
+        if self._recal_batch is None:
+            from .report import calibration_batch
+
+            self._recal_batch = calibration_batch(trainer.cfg.data, trainer.imgsz, n=self.recal_images)()[0]
+        recompute_bn_stats(model, [self._recal_batch], batch_size=trainer.cfg.batch)
+
+    def before_validate(self, trainer, epoch: int) -> None:
+        if trainer.ema is not None:
+            self._recalibrate(trainer, trainer.ema.ema)
+
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
         model = trainer.ema.ema if trainer.ema is not None else trainer.model
         gammas = bn_gammas(model)
@@ -151,7 +179,9 @@ class BNSparsity(Callback):
             kw = dict(split="val", imgsz=trainer.imgsz, max_images=self.eval_images, progress=False,
                       device=trainer.device)
             full = evaluate(model, trainer.cfg.data, **kw)
-            off = evaluate(switch_off_small_channels(model, self.threshold), trainer.cfg.data, **kw)
+            without = switch_off_small_channels(model, self.threshold)
+            self._recalibrate(trainer, without)  # as after pruning them (the layers after them re-normalise)
+            off = evaluate(without, trainer.cfg.data, **kw)
             row.update({"map50_95": full.map50_95, "map50_95_without_them": off.map50_95,
                         "predicted_map_drop": round(full.map50_95 - off.map50_95, 4),
                         "eval_images": self.eval_images})

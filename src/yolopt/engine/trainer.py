@@ -65,8 +65,8 @@ class Callback:
 
     Order within a run: ``prepare_model`` (setup) -> ``on_train_start`` -> per epoch
     ``on_epoch_start`` -> per batch [``extra_loss`` -> backward -> at each optimizer step
-    ``on_after_backward`` -> clip, step -> ``on_step_end``] -> ``on_epoch_end`` (rank 0 only,
-    after the epoch's checkpoint is written).
+    ``on_after_backward`` -> clip, step -> ``on_step_end``] -> ``before_validate`` (rank 0 only)
+    -> validation, checkpoint -> ``on_epoch_end`` (rank 0 only, after the epoch's checkpoint is written).
     """
 
     #: set True to get the student's neck features of each batch as ``trainer.student_feats``
@@ -100,6 +100,11 @@ class Callback:
 
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         """After every optimiser step (``step`` = batches seen so far)."""
+
+    def before_validate(self, trainer: "Trainer", epoch: int) -> None:
+        """Rank 0, after the epoch's last optimizer step and before validation and the epoch's
+        checkpoint: the place to fix up the EMA model that both will use (recompute BatchNorm
+        statistics after a sparsity penalty). Runs every epoch, validated or not."""
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None: ...
 
@@ -776,6 +781,7 @@ class Trainer:
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train/box_loss": float(mloss[0]),
                                    "train/obj_loss": float(mloss[1]), "train/cls_loss": float(mloss[2])}
         final = epoch + 1 == cfg.epochs
+        self._callback("before_validate", epoch)
         ran_val = self.has_val and ((epoch + 1) % max(cfg.val_every, 1) == 0 or final)
         if ran_val:
             metrics.update(self._validate())
