@@ -4,9 +4,10 @@ A BatchNorm layer trains on batch statistics and evaluates on running averages t
 (momentum 0.03 per batch in YOLOv5). When the weights drift fast and in one direction, as under a
 strong BN-L1 sparsity penalty, the averages fall behind in every layer at once and the error
 compounds with depth: the network is right in train mode and collapses in eval mode. Measured on the
-hardhat model after 5 epochs of ``--sparsity 0.1``: mAP50 0.13 with the running statistics, 0.91 with
-statistics recomputed on 128 train images. Pruning has the same effect on the layers after a removed
-channel. :func:`recompute_bn_stats` replaces the running averages with exact ones on given images.
+hardhat model after 5 epochs of ``--sparsity 0.1``, first 100 val images: mAP50 0.13 with the running
+statistics, 0.91 with statistics recomputed on 128 train images. Pruning shifts the statistics of the
+layers after a removed channel in the same way. :func:`recompute_bn_stats` replaces the running
+averages with exact ones on given images.
 """
 
 from __future__ import annotations
