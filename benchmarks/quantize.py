@@ -121,14 +121,15 @@ def main() -> int:
         notes["OpenVINO bf16"] = "skipped: this CPU has no AVX-512 BF16 / AMX-BF16"
 
     rows = {}
+    backends = {n: open_backend(str(p), threads=args.threads, precision=prec) for n, (p, prec) in variants.items()}
     for name, (path, prec) in variants.items():
         r = evaluate(str(path), args.data, imgsz=args.imgsz, progress=False, threads=args.threads, precision=prec)
-        rows[name] = {"path": str(path), "precision": prec or meta.get("precision"), "map50_95": r.map50_95,
+        # the artifact's own precision (int8 QDQ / IR), or the compute precision asked of the runtime
+        rows[name] = {"path": str(path), "precision": prec or backends[name].artifact_precision, "map50_95": r.map50_95,
                       "map50": r.map50, "mode": r.mode, "size_mb": sum(f.stat().st_size for f in
                                                                      [path, path.with_suffix(".bin")] if f.exists()) / 1e6}
         print(f"{name}: mAP50-95 {r.map50_95:.4f} mAP50 {r.map50:.4f}", flush=True)
     images = [str(p) for p in image_files(load_data_config(args.data), "val")[:16]]
-    backends = {n: open_backend(str(p), threads=args.threads, precision=prec) for n, (p, prec) in variants.items()}
     model_only = {n: [] for n in variants}
     e2e = {n: [] for n in variants}
     for i in range(args.rounds):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import yolopt
-from yolopt.compress import PruneSpec, prune
+from yolopt.compress import PruneSpec, model_flops, prune
 from yolopt.compress.prune import ChannelPruner, check_rounding, layer_channels
 from yolopt.engine.trainer import Callback
 from yolopt.errors import YoloptError
@@ -118,6 +118,22 @@ def test_round_to_and_ignore():
     # round_to=1 cuts exactly the ratio (nearest rounding keeps more with 16)
     ex = prune(m, PruneSpec(ratio=0.4, round_to=1, method="l1", imgsz=64))
     assert ex.channels_after < res.channels_after + 64 and ex.params_after != res.params_after
+
+
+def test_a_frozen_model_is_pruned_and_keeps_its_flags():
+    m = _model("yolov5n")
+    for name, p in m.named_parameters():
+        p.requires_grad_(not name.startswith("model.0."))  # a teacher / --freeze: some or all frozen
+    flags = {n: p.requires_grad for n, p in m.named_parameters()}
+    res = prune(m, PruneSpec(ratio=0.3, imgsz=64))
+    assert res.flops_after < 0.8 * res.flops_before
+    assert {n: p.requires_grad for n, p in m.named_parameters()} == flags
+    for p in m.parameters():
+        p.requires_grad_(False)
+    pr = ChannelPruner(m, PruneSpec(ratio=0.3, imgsz=64))
+    pr.step()
+    assert model_flops(m, 64) < 0.8 * res.flops_before
+    assert not any(p.requires_grad for p in m.parameters())
 
 
 @pytest.mark.parametrize("method", ["slim", "l1", "lamp", "group"])
@@ -470,6 +486,9 @@ def test_distillation_trains_a_pruned_student(tiny_data, tmp_path):
     assert [a.out_channels for a in cb.adapters] == [m.in_channels for m in teacher.detect.m]
     back = yolopt.load(res.last)  # adapters are not part of the saved model
     assert layer_channels(back) == layer_channels(student)
+    # the caller's teacher is not frozen in place, so it can still be pruned afterwards
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert prune(teacher, PruneSpec(ratio=0.3, imgsz=64)).flops_after < 0.8 * model_flops(teacher, 64)
     with pytest.raises(YoloptError, match="teacher predicts 5 classes"):
         check_teacher(student, _model("yolov5n", nc=5))
 

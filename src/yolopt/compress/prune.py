@@ -21,6 +21,7 @@ each prunable group (per layer, or over the whole model with ``global_``); ``tar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -227,6 +228,22 @@ def example_input(model: DetectionModel) -> torch.Tensor:
     return torch.zeros(1, model.yaml.get("ch", 3), s, s, device=p.device, dtype=p.dtype)
 
 
+@contextlib.contextmanager
+def _grads_on(model: nn.Module):
+    """Every parameter requires grad inside the block (Torch-Pruning traces the graph through autograd,
+    Taylor importance needs gradients); afterwards each parameter still present under its name gets
+    its flag back. A frozen model (a trainer's teacher, ``--freeze`` layers) would otherwise trace as
+    an empty graph and be "pruned" to nothing removed."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+
+
 class ChannelPruner:
     """Prunes ``model`` **in place**, ``ratio`` reached in ``steps`` equal steps (iterative pruning:
     call :meth:`step`, fine-tune, call it again). Module references held elsewhere (a trainer) stay
@@ -254,7 +271,7 @@ class ChannelPruner:
         model.eval()
         ignored = [*model.detect.m, *resolve_layers(model, spec.ignore)]
         example = example_input(model) if example is None else example
-        with torch.enable_grad():
+        with torch.enable_grad(), _grads_on(model):
             self.pruner = _base_pruner_class()(
                 model, example, _importance(spec.method, spec.global_), global_pruning=spec.global_,
                 pruning_ratio=ratio, iterative_steps=spec.steps, ignored_layers=ignored,
@@ -350,13 +367,14 @@ class ChannelPruner:
         before = layer_channels(self.model)
         was = self.model.training
         self.model.eval()
-        if self.spec.method == "taylor":
-            self._taylor_gradients()
-        means = self._input_means() if self.spec.compensate else None
-        for group in self.pruner.step(interactive=True):
-            if means is not None:
-                self._compensate(group, means)
-            group.prune()
+        with _grads_on(self.model):
+            if self.spec.method == "taylor":
+                self._taylor_gradients()
+            means = self._input_means() if self.spec.compensate else None
+            for group in self.pruner.step(interactive=True):
+                if means is not None:
+                    self._compensate(group, means)
+                group.prune()
         self.model.zero_grad(set_to_none=True)
         self.model.detect._grids = {}
         self.model.train(was)

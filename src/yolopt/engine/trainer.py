@@ -15,6 +15,7 @@ device, frozen and exposed as ``trainer.teacher``.
 
 from __future__ import annotations
 
+import copy
 import csv
 import difflib
 import io
@@ -533,8 +534,10 @@ class Trainer:
         self.nw = max(round(self.hyp["warmup_epochs"] * self.nb), 100)
 
     def _prepare_teacher(self) -> None:
+        """A frozen copy of the teacher on the device: the caller's module keeps its device, mode and
+        ``requires_grad`` flags (freezing it in place left a model that Torch-Pruning cannot trace)."""
         if self.teacher is not None:
-            self.teacher = self.teacher.to(self.device).eval()
+            self.teacher = copy.deepcopy(self.teacher).to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
 
