@@ -16,7 +16,8 @@ Base models:
 
 For every ratio: group-importance structured pruning (round-to 8), mAP right after pruning, then
 ``--epochs`` of fine-tuning per variant on ``--train-images`` images (a fixed random subset, so
-every cell costs the same), mAP after. Latency: every pruned architecture and the unpruned model
+every cell costs the same), without warm-up by default (``--warmup-epochs``), mAP after. A cell
+fine-tuned with other settings (data, epochs, warm-up) is fine-tuned again. Latency: every pruned architecture and the unpruned model
 are exported to fused FP32 ONNX and timed with ``bench.measure`` (batch 1, ``--threads``) in
 interleaved rounds; ratios to the unpruned model are taken within a round, medians reported.
 
@@ -31,6 +32,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,7 +96,8 @@ def finetune(pruned, teacher, data: str, base: dict, variant: str, run: Path, ar
     cbs = [OutputDistillation()] if variant == "distill" else []
     kd = teacher if variant == "distill" else None
     common = dict(epochs=args.epochs, imgsz=base["imgsz"], batch=args.batch, workers=args.workers, device="cpu",
-                  progress=False, plots=False, val_every=args.epochs, close_mosaic=0)
+                  progress=False, plots=False, val_every=args.epochs, close_mosaic=0,
+                  hyp={"warmup_epochs": args.warmup_epochs})
     t0 = time.perf_counter()
     last = run / "last.safetensors"
     state = json.loads((run / "done.json").read_text()) if (run / "done.json").exists() else None
@@ -183,12 +186,19 @@ def sweep_base(name: str, base: dict, args, cache: Path) -> dict:
             row["map_pruned"] = evaluate_map(pruned, base["val"], imgsz)
         res_file.write_text(json.dumps(row))
         for v in args.variants:
-            if v in row["variants"]:
+            recipe = {"data": data[v], "epochs": args.epochs, "warmup_epochs": args.warmup_epochs}
+            done = row["variants"].get(v)
+            if done and all(done.get(k) == x for k, x in recipe.items()):
                 continue
+            row["variants"].pop(v, None)
+            recipe_file = cell / v / "recipe.json"
+            if (cell / v).exists() and (not recipe_file.exists() or json.loads(recipe_file.read_text()) != recipe):
+                shutil.rmtree(cell / v)  # fine-tuned with other settings: start again
+            (cell / v).mkdir(parents=True, exist_ok=True)
+            recipe_file.write_text(json.dumps(recipe))
             print(f"{name} ratio {r:.2f}: fine-tuning ({v}) ...", file=sys.stderr)
             tuned, minutes = finetune(pruned, model, data[v], base, v, cell / v, args)
-            row["variants"][v] = {"map": evaluate_map(tuned, base["val"], imgsz), "train_minutes": minutes,
-                                  "data": data[v], "epochs": args.epochs}
+            row["variants"][v] = {"map": evaluate_map(tuned, base["val"], imgsz), "train_minutes": minutes, **recipe}
             res_file.write_text(json.dumps(row))
         print(f"{name} ratio {r:.2f}: FLOPs x{row['flops_frac']:.2f}, mAP50-95 pruned "
               f"{row['map_pruned']['map50_95']:.4f}, " + ", ".join(
@@ -243,6 +253,9 @@ def main() -> int:
     ap.add_argument("--variants", default="distill,plain")
     ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per cell")
     ap.add_argument("--train-images", type=int, default=400, help="fine-tuning images per cell (0 = all)")
+    ap.add_argument("--warmup-epochs", type=float, default=0.0,
+                    help="fine-tuning warm-up (default 0: none; upstream's 3 means at least 100 iterations of "
+                         "bias lr from 0.1, the whole of a short fine-tune)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)

@@ -494,3 +494,24 @@ def test_hyp_file_overrides_defaults_and_tolerates_upstream_extras(tmp_path):
     p.write_text("lr0: fast\n")
     with pytest.raises(yolopt.errors.YoloptError, match="'lr0' must be a number"):
         load_hyp(str(p))
+
+
+class _FirstLrs(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_after_backward(self, trainer):
+        self.lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
+
+
+def test_warmup_epochs_zero_means_no_warmup(tiny_data, tmp_path):
+    """Upstream warms up for at least 100 iterations; hyp warmup_epochs 0 turns warm-up off, so a short
+    fine-tune starts at lr0 (bias lr too) instead of bias lr 0.1."""
+    runs = {}
+    for w in (0.0, 3.0):
+        cb = _FirstLrs()
+        train(tiny_data, epochs=1, out=str(tmp_path / f"w{w}"), callbacks=[cb], hyp={"lr0": 0.01, "warmup_epochs": w},
+              nbs=4, **TINY)
+        runs[w] = cb.lrs
+    assert all(lr == pytest.approx(0.01) for lrs in runs[0.0] for lr in lrs)
+    assert runs[3.0][0][0] == pytest.approx(DEFAULT_HYP["warmup_bias_lr"]) and runs[3.0][0][1] == 0.0

@@ -531,7 +531,9 @@ class Trainer:
         self.loader = make_loader(self.dataset, self.batch_rank, cfg.workers, self.sampler,
                                   pin=self.device.type == "cuda")
         self.nb = len(self.loader)
-        self.nw = max(round(self.hyp["warmup_epochs"] * self.nb), 100)
+        # upstream's rule (at least 100 iterations); warmup_epochs 0 means no warm-up at all, which short
+        # fine-tunes need: 100 iterations of bias lr from 0.1 can be most of a 2-epoch run
+        self.nw = max(round(self.hyp["warmup_epochs"] * self.nb), 100) if self.hyp["warmup_epochs"] > 0 else 0
 
     def _prepare_teacher(self) -> None:
         """A frozen copy of the teacher on the device: the caller's module keeps its device, mode and
@@ -659,7 +661,7 @@ class Trainer:
         for i, (imgs, targets, _paths, labeled) in enumerate(bar if bar is not None else self.loader):
             ni = i + self.nb * epoch  # batches seen since the start of training
             imgs = imgs.to(self.device, non_blocking=True).float() / 255  # (B, 3, imgsz, imgsz) RGB in [0, 1]
-            if ni <= self.nw:
+            if ni <= self.nw and self.nw:
                 self._warmup(ni, epoch)
             self._in_step = True
             loss, items = self._forward_loss(imgs, targets, labeled)
