@@ -1,7 +1,8 @@
 """Pruning sweep: mAP against measured latency for two base models, with and without distillation.
 
     PYTHONPATH=src python benchmarks/prune_sweep.py [--bases hardhat,coco] [--ratios 0.1,0.2,0.3,0.4,0.5]
-        [--epochs 2] [--train-images 400] [--variants distill,plain] [--rounds 3] [--iters 20]
+        [--base-ratios coco=0.1,0.2,0.3] [--epochs 2] [--train-images 400] [--variants distill,plain]
+        [--warmup-epochs 0] [--rounds 3] [--iters 20]
 
 Base models:
 
@@ -167,7 +168,7 @@ def sweep_base(name: str, base: dict, args, cache: Path) -> dict:
     elif data["distill"] is None:
         data["distill"] = str(base["pool"])
     archs = {"unpruned": model}
-    for r in args.ratios:
+    for r in args.base_ratios.get(name, args.ratios):
         cell = cache / name / f"r{r:.2f}"
         cell.mkdir(parents=True, exist_ok=True)
         res_file = cell / "result.json"
@@ -186,7 +187,7 @@ def sweep_base(name: str, base: dict, args, cache: Path) -> dict:
             row["map_pruned"] = evaluate_map(pruned, base["val"], imgsz)
         res_file.write_text(json.dumps(row))
         for v in args.variants:
-            recipe = {"data": data[v], "epochs": args.epochs, "warmup_epochs": args.warmup_epochs}
+            recipe = {"data": str(data[v]), "epochs": args.epochs, "warmup_epochs": args.warmup_epochs}
             done = row["variants"].get(v)
             if done and all(done.get(k) == x for k, x in recipe.items()):
                 continue
@@ -250,6 +251,8 @@ def main() -> int:
     ap.add_argument("--shared", default=os.environ.get("YOLOPT_SHARED", str(ROOT.parent / "shared")))
     ap.add_argument("--bases", default="hardhat,coco")
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5")
+    ap.add_argument("--base-ratios", action="append", default=[], metavar="BASE=R1,R2",
+                    help="other ratios for one base, e.g. coco=0.1,0.2,0.3 (repeatable)")
     ap.add_argument("--variants", default="distill,plain")
     ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per cell")
     ap.add_argument("--train-images", type=int, default=400, help="fine-tuning images per cell (0 = all)")
@@ -265,6 +268,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prune_sweep.json"))
     args = ap.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",")]
+    args.base_ratios = {b: [float(r) for r in rs.split(",")] for b, rs in (x.split("=", 1) for x in args.base_ratios)}
     args.variants = [v for v in args.variants.split(",") if v]
 
     import torch
