@@ -9,8 +9,8 @@ model given in Python; :class:`Callback` hooks ``prepare_model`` (swap modules b
 optimizer exists), ``extra_loss``, ``on_after_backward`` (regularise gradients before each
 step) and the epoch / step hooks; ``Trainer.rebuild_optimizer()`` after changing the model's
 shape; ``Trainer.teacher_outputs(imgs)`` and ``trainer.student_feats`` (with
-``Callback.needs_features``) for distillation. The ``teacher``, when given, is moved to the
-device, frozen and exposed as ``trainer.teacher``.
+``Callback.needs_features``) for distillation. The ``teacher``, when given, is copied, and the
+copy moved to the device, frozen and exposed as ``trainer.teacher`` (the caller's module is left as it was).
 """
 
 from __future__ import annotations
