@@ -29,10 +29,23 @@ class _OneLineFormatter(logging.Formatter):
         return f"yolopt: {level}: {record.getMessage()}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (not the stream current at set-up, which a test
+    harness or a redirect may have closed since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     log = logging.getLogger("yolopt")
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(_OneLineFormatter())
         log.addHandler(h)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
