@@ -24,7 +24,7 @@ from yolopt.engine import loader as L
 from yolopt.engine.checkpoint import read_train_checkpoint
 from yolopt.engine.loss import DEFAULT_HYP
 from yolopt.engine.ema import unwrap
-from yolopt.engine.trainer import Callback, TrainConfig, Trainer, TrainingError, build_optimizer, lr_lambda, train
+from yolopt.engine.trainer import Callback, TrainConfig, Trainer, TrainingError, build_optimizer, close_mosaic_epochs, lr_lambda, train
 from yolopt.models import DetectionModel, builtin_config
 
 from conftest import ROOT, run_cli
@@ -515,3 +515,29 @@ def test_warmup_epochs_zero_means_no_warmup(tiny_data, tmp_path):
         runs[w] = cb.lrs
     assert all(lr == pytest.approx(0.01) for lrs in runs[0.0] for lr in lrs)
     assert runs[3.0][0][0] == pytest.approx(DEFAULT_HYP["warmup_bias_lr"]) and runs[3.0][0][1] == 0.0
+
+
+class _MosaicFlags(Callback):
+    def __init__(self):
+        self.flags = {}
+
+    def on_after_backward(self, trainer):
+        self.flags.setdefault(trainer.epoch, set()).add(trainer.sampler.mosaic)
+
+
+@pytest.mark.parametrize("close,epochs,expect", [(None, 3, 0), (None, 12, 10), (2, 3, 2), (3, 3, 3), (5, 3, 3), (0, 3, 0)])
+def test_close_mosaic_epochs(close, epochs, expect):
+    """--close-mosaic N turns mosaic off for the last N epochs, the whole run when N >= epochs; by default
+    only a run longer than 10 epochs closes it (its last 10)."""
+    assert close_mosaic_epochs(close, epochs) == expect
+
+
+def test_close_mosaic_as_long_as_the_run_turns_mosaic_off_throughout(tiny_data, tmp_path):
+    seen = {}
+    for close in (2, 1):
+        cb = _MosaicFlags()
+        train(tiny_data, epochs=2, out=str(tmp_path / f"c{close}"), callbacks=[cb],
+              **{**TINY, "close_mosaic": close})
+        seen[close] = cb.flags
+    assert seen[2] == {0: {False}, 1: {False}}
+    assert seen[1] == {0: {True}, 1: {False}}

@@ -36,8 +36,9 @@ def register(sub) -> None:
     p.add_argument("--val-every", type=positive_int_arg, default=1, help="validate every N epochs (and always the last)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear learning-rate decay")
-    p.add_argument("--close-mosaic", type=nonneg_int_arg, default=10,
-                   help="turn mosaic off for the last N epochs when training longer than N (default 10)")
+    p.add_argument("--close-mosaic", type=nonneg_int_arg, default=None, metavar="N",
+                   help="turn mosaic off for the last N epochs; N >= --epochs turns it off for the whole run "
+                        "(default: the last 10 epochs of a run longer than 10, none of a shorter one)")
     p.add_argument("--nbs", type=positive_int_arg, default=64,
                    help="nominal batch size: gradients are accumulated to about this many images per optimizer "
                         "step and weight decay is scaled to it (default 64, as upstream)")

@@ -126,7 +126,7 @@ class TrainConfig:
     val_every: int = 1
     seed: int = 0
     cos_lr: bool = False
-    close_mosaic: int = 10
+    close_mosaic: int | None = None
     sync_bn: bool = False
     nbs: int = 64
     optimizer: str = "SGD"
@@ -242,6 +242,14 @@ def _transfer(src: DetectionModel, dst: DetectionModel) -> int:
     dst.load_state_dict(common, strict=False)
     return len(common)
 
+
+
+def close_mosaic_epochs(close_mosaic: int | None, epochs: int) -> int:
+    """How many final epochs train without mosaic: ``close_mosaic`` capped at ``epochs``; ``None``
+    (the default) means 10 when the run is longer than 10 epochs and 0 otherwise."""
+    if close_mosaic is None:
+        return 10 if epochs > 10 else 0
+    return min(int(close_mosaic), epochs)
 
 class Trainer:
     """One training run. ``train()`` builds everything (:meth:`_setup`), then runs the epochs.
@@ -685,12 +693,13 @@ class Trainer:
             self._end_epoch(epoch, mloss, lrs, time.time() - t0, seen)
 
     def _set_mosaic(self, epoch: int) -> None:
-        """Mosaic on, except for the last ``--close-mosaic`` epochs of a longer run."""
-        cfg = self.cfg
-        closing = cfg.epochs > cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic
-        if self.main and cfg.close_mosaic and cfg.epochs > cfg.close_mosaic and epoch == cfg.epochs - cfg.close_mosaic:
-            log.info("closing mosaic for the last %d epochs", cfg.close_mosaic)
-        self.sampler.set_epoch(epoch, not closing)
+        """Mosaic on, except for the last ``close_mosaic`` epochs (all of them when it is >= epochs).
+        ``None`` is the default: the last 10 epochs of a run longer than 10, none of a shorter run."""
+        n = close_mosaic_epochs(self.cfg.close_mosaic, self.cfg.epochs)
+        first_closed = self.cfg.epochs - n
+        if self.main and n and epoch == first_closed:
+            log.info("mosaic off for the last %d epoch(s)", n)
+        self.sampler.set_epoch(epoch, epoch < first_closed)
 
     def _progress_bar(self, epoch: int):
         if not (self.main and self.cfg.progress):
