@@ -243,13 +243,13 @@ def _transfer(src: DetectionModel, dst: DetectionModel) -> int:
     return len(common)
 
 
-
 def close_mosaic_epochs(close_mosaic: int | None, epochs: int) -> int:
     """How many final epochs train without mosaic: ``close_mosaic`` capped at ``epochs``; ``None``
     (the default) means 10 when the run is longer than 10 epochs and 0 otherwise."""
     if close_mosaic is None:
         return 10 if epochs > 10 else 0
     return min(int(close_mosaic), epochs)
+
 
 class Trainer:
     """One training run. ``train()`` builds everything (:meth:`_setup`), then runs the epochs.
@@ -693,8 +693,7 @@ class Trainer:
             self._end_epoch(epoch, mloss, lrs, time.time() - t0, seen)
 
     def _set_mosaic(self, epoch: int) -> None:
-        """Mosaic on, except for the last ``close_mosaic`` epochs (all of them when it is >= epochs).
-        ``None`` is the default: the last 10 epochs of a run longer than 10, none of a shorter run."""
+        """Mosaic on, except for the final epochs that :func:`close_mosaic_epochs` gives."""
         n = close_mosaic_epochs(self.cfg.close_mosaic, self.cfg.epochs)
         first_closed = self.cfg.epochs - n
         if self.main and n and epoch == first_closed:
