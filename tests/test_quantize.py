@@ -224,7 +224,10 @@ def test_openvino_accuracy_control_puts_operations_back_in_float(fp32_onnx, synt
     from yolopt.quantize import openvino_int8
     from yolopt.quantize.openvino_int8 import float_convs, quantize_ir
 
+    from yolopt.runtime.altstack import current_sigaltstack
+
     monkeypatch.setattr(openvino_int8, "MAX_REVERTS", 3)
+    stack = current_sigaltstack()  # nncf compiles models: the thread's signal stack must survive it
     from yolopt.runtime import open as open_backend
 
     proto = onnx.load(str(fp32_onnx))
@@ -240,6 +243,7 @@ def test_openvino_accuracy_control_puts_operations_back_in_float(fp32_onnx, synt
     assert dev > 1e-3  # INT8 changes the outputs
     ac = quantize_ir(fp32_onnx, [x], meta, tmp_path / "ac.xml", Q.decode_nodes(proto),
                      control=([x, x2], metric, dev / 10))
+    assert current_sigaltstack() == stack
     assert -metric(open_backend(str(ac)), 1) < dev
     reverted = float_convs(ov.Core().read_model(str(ac)))
     assert 0 < len(reverted) < 60, reverted

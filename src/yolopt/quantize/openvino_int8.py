@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import YoloptError
+from ..runtime.altstack import openvino_compiles_keep_sigaltstack
 from ..runtime.backends import Backend
 
 PRESETS = ("mixed", "performance")
@@ -113,8 +114,17 @@ def quantize_ir(fp32_onnx: Path, arrays: list[np.ndarray], meta: dict, out_xml: 
     model = ov.convert_model(str(fp32_onnx))
     kw = dict(preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
               ignored_scope=_scope(nncf, model, decode_nodes), fast_bias_correction=True)
+    with openvino_compiles_keep_sigaltstack():  # nncf compiles models (on worker threads too)
+        q = _run_nncf(nncf, model, arrays, meta, control, kw)
+    for k, v in meta.items():
+        q.set_rt_info(json.dumps(v), ["yolopt", k])
+    ov.save_model(q, str(out_xml), compress_to_fp16=False)
+    return out_xml
+
+
+def _run_nncf(nncf, model, arrays, meta, control, kw):
     if control is None:
-        q = nncf.quantize(model, nncf.Dataset(arrays), subset_size=len(arrays), **kw)
+        return nncf.quantize(model, nncf.Dataset(arrays), subset_size=len(arrays), **kw)
     else:
         val_arrays, metric, max_drop = control
 
@@ -132,15 +142,11 @@ def quantize_ir(fp32_onnx: Path, arrays: list[np.ndarray], meta: dict, out_xml: 
 
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-        q = nncf.quantize_with_accuracy_control(
+        return nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(arrays), nncf.Dataset(val_arrays), validate, max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE, subset_size=len(arrays),
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                 ranking_subset_size=len(val_arrays), max_num_iterations=MAX_REVERTS), **kw)
-    for k, v in meta.items():
-        q.set_rt_info(json.dumps(v), ["yolopt", k])
-    ov.save_model(q, str(out_xml), compress_to_fp16=False)
-    return out_xml
 
 
 def fp32_ir(fp32_onnx: Path, meta: dict, out_xml: Path) -> Path:
