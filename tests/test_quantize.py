@@ -190,8 +190,63 @@ def test_openvino_int8_ir_through_nncf_reloads_as_int8(synth, tmp_path):
 
     ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
     assert "FakeQuantize" in ops  # really quantized
+    from yolopt.quantize.openvino_int8 import float_convs
+
+    assert float_convs(ov.Core().read_model(str(out))) == []  # every convolution, the Detect ones too
     with pytest.raises(QuantizeError, match="built for onnxruntime so far"):
-        quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", max_map_drop=0.01))
+        quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", sensitivity=True))
+
+
+def test_openvino_accuracy_control_wiring(synth, tmp_path):
+    """--backend openvino --max-map-drop through quantize(): a budget the plain nncf model meets is met with no
+    operation put back in float; the report says so, and the artifact is written."""
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    out = tmp_path / "ac" / "m.xml"
+    res = quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", imgsz=IMGSZ, calib=8,
+                                                   val_images=8, max_map_drop=0.5, latency=False, out=out,
+                                                   progress=False))
+    rep = res.report
+    assert out.exists() and rep["int8"]["images"] == 8 and rep["map50_95_drop"] <= 0.5
+    assert rep["float_layers"] == [] and rep["layers"] >= 60
+    assert "accuracy control" in rep["calibration"]["method"]
+    assert json.loads(out.with_suffix(".json").read_text())["spec"]["max_map_drop"] == 0.5
+
+
+def test_openvino_accuracy_control_puts_operations_back_in_float(fp32_onnx, synth, tmp_path, monkeypatch):
+    """nncf's accuracy control with yolopt's backend wrapper: the metric is minus the relative deviation of
+    the raw outputs (boxes, objectness) from fp32 on a val image; a budget of a tenth of the plain INT8
+    deviation makes it revert the operations that matter (at most 3 groups here, to keep the test short):
+    the deviation falls, and float_convs finds the reverted convolutions in the IR."""
+    pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    from yolopt.quantize import onnx_qdq as Q
+    from yolopt.quantize import openvino_int8
+    from yolopt.quantize.openvino_int8 import float_convs, quantize_ir
+
+    from yolopt.runtime.altstack import current_sigaltstack
+
+    monkeypatch.setattr(openvino_int8, "MAX_REVERTS", 3)
+    stack = current_sigaltstack()  # nncf compiles models: the thread's signal stack must survive it
+    from yolopt.runtime import open as open_backend
+
+    proto = onnx.load(str(fp32_onnx))
+    meta = {k: json.loads(v) for k, v in Q.read_metadata(proto).items()}
+    x, x2 = CalibrationSet.from_data(str(synth), IMGSZ, 2, split="val").arrays()
+    ref = open_backend(str(fp32_onnx))(x).numpy()[..., :5]
+
+    def metric(backend, n):
+        return -float(np.abs(backend(x).numpy()[..., :5] - ref).mean() / np.abs(ref).mean())
+
+    plain = quantize_ir(fp32_onnx, [x], meta, tmp_path / "plain.xml", Q.decode_nodes(proto))
+    dev = -metric(open_backend(str(plain)), 1)
+    assert dev > 1e-3  # INT8 changes the outputs
+    ac = quantize_ir(fp32_onnx, [x], meta, tmp_path / "ac.xml", Q.decode_nodes(proto),
+                     control=([x, x2], metric, dev / 10))
+    assert current_sigaltstack() == stack
+    assert -metric(open_backend(str(ac)), 1) < dev
+    reverted = float_convs(ov.Core().read_model(str(ac)))
+    assert 0 < len(reverted) < 60, reverted
 
 
 def test_pipeline_feeds_pixels_to_a_graph_that_takes_them(quantized, synth):

@@ -42,7 +42,10 @@ def register(sub) -> None:
                    help="8-bit weights instead of 7-bit. Only for CPUs with VNNI (avx512_vnni / avx_vnni): without "
                         "it ONNX Runtime's u8 x s8 kernels overflow int16 and lose accuracy")
     p.add_argument("--max-map-drop", type=fraction_arg, metavar="D",
-                   help="accuracy control: keep the most sensitive layers float until the mAP50-95 drop is <= D")
+                   help="accuracy control: keep the most sensitive layers float until the mAP50-95 drop on the val "
+                        "split is <= D (onnxruntime: yolopt's sensitivity ranking, bisected; openvino: "
+                        "nncf.quantize_with_accuracy_control, scored by yolopt's mAP). Nothing is written when "
+                        "the budget cannot be met")
     p.add_argument("--sensitivity", action="store_true",
                    help="per-layer analysis: SQNR of each layer alone in INT8, ranked (table + PNG in the report)")
     p.add_argument("--sensitivity-map-images", type=positive_int_arg, default=0, metavar="N",

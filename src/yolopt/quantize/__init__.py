@@ -91,9 +91,10 @@ def _check_spec(spec: QuantizeSpec) -> None:
         raise QuantizeError(f"--max-map-drop {spec.max_map_drop}: must be in [0, 1)")
     if not spec.data and not spec.images:
         raise QuantizeError("quantize needs calibration images: --data DATA.yaml or --images DIR")
-    if spec.backend == "openvino" and (spec.max_map_drop is not None or spec.sensitivity or spec.quantize_decode):
-        raise QuantizeError("--backend openvino: --max-map-drop, --sensitivity and the naive ablation are built for "
-                            "onnxruntime so far; the OpenVINO path is nncf PTQ with the decode float")
+    if spec.backend == "openvino" and (spec.sensitivity or spec.quantize_decode):
+        raise QuantizeError("--backend openvino: --sensitivity and the naive ablation are built for onnxruntime so "
+                            "far; the OpenVINO path is nncf PTQ (with --max-map-drop: nncf's accuracy control), "
+                            "the decode float")
     if spec.max_map_drop is not None and not spec.data:
         raise QuantizeError("--max-map-drop needs --data (the drop is measured on its val split)")
     if spec.qat < 0:
@@ -116,10 +117,13 @@ def _load(model_or_path):
     return load_model(p), p.stem
 
 
-def _evaluate(path: Path, data: str, spec: QuantizeSpec) -> dict:
+def _evaluate(path, data: str, spec: QuantizeSpec, max_images: int | None = None) -> dict:
+    """mAP of an artifact path or an in-memory backend on the val split (the first ``max_images``, default
+    ``spec.val_images``), with the detection count at the deployment operating point."""
     from ..evaluate import evaluate
 
-    r = evaluate(str(path), data, imgsz=spec.imgsz, max_images=spec.val_images, progress=False,
+    r = evaluate(str(path) if isinstance(path, Path) else path, data, imgsz=spec.imgsz,
+                 max_images=max_images or spec.val_images, progress=False,
                  threads=spec.threads)
     m = (r.confusion or {}).get("matrix")
     dets = int(np.asarray(m)[:-1, :].sum()) if m else None  # detections at conf 0.25 (the deployment point)
@@ -352,16 +356,38 @@ def _openvino(fp32: Path, calib: CalibrationSet, meta: dict, spec: QuantizeSpec,
     from .openvino_int8 import fp32_ir, quantize_ir
     from .report import write_report
 
+    import openvino as ov
+
     t0 = time.perf_counter()
     dec = Q.decode_nodes(onnx.load(str(fp32), load_external_data=False))
     qmeta = {**meta, "precision": "int8", "quantization": {"tool": "nncf", "preset": "mixed", "calib_images": len(calib),
                                                             "decode": "float"}}
-    q_xml = quantize_ir(fp32, calib.arrays(), qmeta, work / out.name, dec)
+    control = None
+    if spec.max_map_drop is not None:  # nncf's accuracy control, scored by yolopt's mAP on the val split
+        val = _val_images(spec)
+        log.info("nncf accuracy control: mAP50-95 drop <= %g on %d val images (ranks operations, then puts them "
+                 "back in float one group at a time; this takes a while)...", spec.max_map_drop, len(val))
+        qmeta["quantization"]["accuracy_control"] = {"max_map_drop": spec.max_map_drop, "val_images": len(val)}
+        control = (val.arrays(), lambda backend, n: _evaluate(backend, spec.data, spec, n)["map50_95"], spec.max_map_drop)
+    q_xml = quantize_ir(fp32, calib.arrays(), qmeta, work / out.name, dec, control=control)
     report["calibration"]["seconds"] = round(time.perf_counter() - t0, 1)
-    report["calibration"]["method"] = "nncf (mixed preset, fast bias correction)"
+    report["calibration"]["method"] = "nncf (mixed preset, fast bias correction" + \
+        (", accuracy control)" if control else ")")
     q_res = _evaluate(q_xml, spec.data, spec) if spec.data else None
     _validate(report, q_res, base, q_xml, fp32, calib, out)
     report["float_layers"], report["layers"], report["trials"] = [], None, []
+    if control:
+        from .openvino_int8 import float_convs
+
+        fq = ov.Core().read_model(str(q_xml))
+        report["float_layers"] = float_convs(fq)  # the decode has no convolutions: these were put back
+        report["layers"] = sum(op.get_type_name() == "Convolution" for op in fq.get_ops())
+        drop = report["map50_95_drop"]
+        log.info("accuracy control kept %d of %d convolutions float: mAP50-95 %.4f (drop %.4f)",
+                 len(report["float_layers"]), report["layers"], q_res["map50_95"], drop)
+        if drop > spec.max_map_drop + 1e-9:
+            raise QuantizeError(f"no INT8 model within --max-map-drop {spec.max_map_drop}: nncf's accuracy control "
+                                f"ended at a drop of {drop:.4f}; nothing written")
     if spec.latency:
         f_xml = fp32_ir(fp32, {**meta, "precision": "fp32"}, work / "fp32_ir" / "fp32.xml")
         lat = interleaved({"fp32": fp32, "fp32_openvino": f_xml, "int8": q_xml}, spec.imgsz, spec.threads)
@@ -377,6 +403,14 @@ def _openvino(fp32: Path, calib: CalibrationSet, meta: dict, spec: QuantizeSpec,
     os.replace(q_xml, out)
     report["path"] = str(out)
     write_report(report, out)
+
+
+def _val_images(spec: QuantizeSpec) -> CalibrationSet:
+    """The first ``val_images`` (or all) val images, square-letterboxed, in the order ``evaluate`` reads them."""
+    from ..data.dataset import image_files, load_data_config
+
+    paths = image_files(load_data_config(spec.data), "val")[:spec.val_images]
+    return CalibrationSet._pick(paths, spec.imgsz, None, spec.seed, f"{spec.data} (val)")
 
 
 def _spec_dict(spec: QuantizeSpec) -> dict:

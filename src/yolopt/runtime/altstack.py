@@ -69,3 +69,23 @@ def compile_openvino(model, device: str = "CPU", config: dict | None = None, cor
         core = ov.Core()
     with preserve_sigaltstack():
         return core.compile_model(model, device, config or {})
+
+
+@contextmanager
+def openvino_compiles_keep_sigaltstack():
+    """Within the block, every ``openvino.Core.compile_model`` (and so ``openvino.compile_model``) keeps the
+    calling thread's signal stack: for libraries that compile models themselves, on any thread (nncf)."""
+    import openvino as ov
+
+    original = ov.Core.compile_model
+
+    def compile_model(self, *args, **kwargs):
+        with preserve_sigaltstack():
+            return original(self, *args, **kwargs)
+
+    ov.Core.compile_model = compile_model
+    try:
+        with preserve_sigaltstack():
+            yield
+    finally:
+        ov.Core.compile_model = original
