@@ -629,3 +629,53 @@ def test_train_with_a_teacher_resumes_with_it(tiny_data, tiny_weights, tmp_path)
     r = run_cli("train", "--data", tiny_data, "--cfg", "yolov5n", "--unlabeled", tiny_data.parent / "images" / "val",
                 "--out", tmp_path / "x")
     assert r.returncode == 1 and "need --teacher" in r.stderr and not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- widening back
+
+
+def test_widen_c3_gives_channels_back_without_changing_outputs(tmp_path):
+    from yolopt.compress import widen_c3
+
+    pruned = prune(_model("yolov5n"), PruneSpec(ratio=0.3, method="l1", imgsz=64)).model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        y0 = pruned(x)[0]
+    before = layer_channels(pruned)
+    flops0 = model_flops(pruned, 64)
+    w = copy.deepcopy(pruned)
+    # P3 head (read by a Conv and Detect), a backbone C3 read through Concat, the P5 head (Detect only)
+    for i, hidden, out in [(17, 32, 64), (4, 32, 64), (6, 64, 128), (23, 128, 256)]:
+        assert w.model[i].cv3.conv.out_channels < out
+        widen_c3(w, i, hidden=hidden, out=out, seed=i)
+        assert w.model[i].cv1.conv.out_channels == hidden and w.model[i].cv3.conv.out_channels == out
+    assert w.model[24].m[0].in_channels == 64 and w.model[24].m[2].in_channels == 256
+    assert w.model[5].conv.in_channels == 64  # model.4 -> model.5 Conv
+    assert w.model[17].cv1.conv.in_channels == before["model.17.cv1.conv"][0] + 64 - before["model.4.cv3.conv"][1]
+    with torch.no_grad():
+        y1 = w(x)[0]
+    assert torch.allclose(y1, y0, rtol=1e-4, atol=1e-3 * float(y0.abs().max()))
+    assert model_flops(w, 64) > flops0
+    assert layer_channels(pruned) == before  # a deep copy was widened, not the original
+    path = yolopt.save(w, tmp_path / "w.safetensors")
+    back = yolopt.load(path).eval()
+    with torch.no_grad():
+        assert torch.equal(back(x)[0], y1)
+    # the new channels learn: their input weights are not zero, their readers' weights are (until trained)
+    assert w.model[17].cv3.conv.weight[before["model.17.cv3.conv"][1]:].abs().sum() > 0
+    assert w.model[18].conv.weight[:, before["model.17.cv3.conv"][1]:].abs().sum() == 0
+
+
+def test_widen_c3_refusals_leave_the_model_as_it_was():
+    from yolopt.compress import widen_c3
+
+    m = _model("yolov5n")
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(YoloptError, match="SPPF"):  # model.8 feeds SPPF: not supported, nothing changed
+        widen_c3(m, 8, out=512)
+    with pytest.raises(YoloptError, match="not a C3"):
+        widen_c3(m, 7, out=512)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in sd.items())
+    fused = copy.deepcopy(m).fuse()
+    with pytest.raises(YoloptError, match="fused"):
+        widen_c3(fused, 17, out=128)

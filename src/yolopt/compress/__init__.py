@@ -1,5 +1,6 @@
 """Compression: structured channel pruning (Torch-Pruning dependency graph), BN-L1 sparsity training,
-output distillation, unstructured magnitude pruning (for comparison). See docs/compress.md.
+output distillation, function-preserving widening of a C3 block (give a pruned model channels back where it
+lacks them), unstructured magnitude pruning (for comparison). See docs/compress.md.
 
     >>> from yolopt.compress import PruneSpec, prune
     >>> res = prune(model, PruneSpec(ratio=0.3, method="slim", round_to=8))
@@ -20,7 +21,8 @@ from .prune import (
 )
 from .sparsity import BNSparsity, safe_prune_ratio
 from .unstructured import magnitude_prune
+from .widen import widen_c3
 
 __all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
            "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
-           "measure_latency", "model_flops", "prune"]
+           "measure_latency", "model_flops", "prune", "widen_c3"]
