@@ -193,6 +193,7 @@ def test_openvino_int8_ir_through_nncf_reloads_as_int8(synth, tmp_path):
     from yolopt.quantize.openvino_int8 import float_convs
 
     assert float_convs(ov.Core().read_model(str(out))) == []  # every convolution, the Detect ones too
+    assert "| fp32 ONNX | INT8 IR |" in out.with_suffix(".md").read_text()  # the report names the IR as such
     with pytest.raises(QuantizeError, match="built for onnxruntime so far"):
         quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), backend="openvino", sensitivity=True))
 

@@ -16,9 +16,10 @@ def markdown(rep: dict, sens=None) -> str:
     lat = rep.get("latency") or {}
     qat, ptq = rep.get("qat"), rep.get("ptq")
     # with QAT, PTQ of the same graph (same float layers) is a third column: the like-for-like comparison
-    cols = [("fp32 ONNX", fp, "fp32"), ("INT8 ONNX" + (" (QAT)" if qat else ""), q, "int8")]
+    kind = "IR" if rep.get("backend") == "openvino" else "ONNX"  # the artifact the INT8 column is
+    cols = [("fp32 ONNX", fp, "fp32"), (f"INT8 {kind}" + (" (QAT)" if qat else ""), q, "int8")]
     if ptq:
-        cols.append(("INT8 ONNX (PTQ, same graph)", ptq, "ptq"))
+        cols.append((f"INT8 {kind} (PTQ, same graph)", ptq, "ptq"))
 
     def row(name, fn):
         return f"| {name} | " + " | ".join(fn(r, k) for _, r, k in cols) + " |"
