@@ -80,6 +80,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..quantize import QuantizeSpec, quantize
+    from ..quantize.report import artifact_kind
 
     check_output(args.out, "--out")
     spec = QuantizeSpec(data=args.data, images=args.images, backend=args.backend, imgsz=args.imgsz,
@@ -96,7 +97,7 @@ def run(args) -> int:
         print(json.dumps(rep, indent=1, default=str))
         return 0
     fp, q = rep.get("fp32"), rep.get("int8")
-    print(f"INT8 {'IR' if args.backend == 'openvino' else 'ONNX'}: {res.path} ({rep['size_mb']['int8']:.2f} MB, fp32 {rep['size_mb']['fp32']:.2f} MB)")
+    print(f"INT8 {artifact_kind(args.backend)}: {res.path} ({rep['size_mb']['int8']:.2f} MB, fp32 {rep['size_mb']['fp32']:.2f} MB)")
     if fp and q:
         print(f"  mAP50-95 {fp['map50_95']:.4f} -> {q['map50_95']:.4f} (drop {rep['map50_95_drop']:.4f}), "
               f"mAP50 {fp['map50']:.4f} -> {q['map50']:.4f} ({q['images']} val images)")

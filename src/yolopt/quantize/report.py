@@ -11,12 +11,17 @@ def _f(v, fmt=".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def artifact_kind(backend: str) -> str:
+    """What the INT8 artifact of ``backend`` is called: "IR" for OpenVINO, "ONNX" otherwise."""
+    return "IR" if backend == "openvino" else "ONNX"
+
+
 def markdown(rep: dict, sens=None) -> str:
     fp, q = rep.get("fp32") or {}, rep.get("int8") or {}
     lat = rep.get("latency") or {}
     qat, ptq = rep.get("qat"), rep.get("ptq")
     # with QAT, PTQ of the same graph (same float layers) is a third column: the like-for-like comparison
-    kind = "IR" if rep.get("backend") == "openvino" else "ONNX"  # the artifact the INT8 column is
+    kind = artifact_kind(rep.get("backend", ""))
     cols = [("fp32 ONNX", fp, "fp32"), (f"INT8 {kind}" + (" (QAT)" if qat else ""), q, "int8")]
     if ptq:
         cols.append((f"INT8 {kind} (PTQ, same graph)", ptq, "ptq"))
