@@ -41,6 +41,10 @@ def test_kill9_mid_run_then_rerun_reuses_finished_variants(synth_data, tmp_path)
     ref_res = json.loads((tmp_path / "ref" / "results.json").read_text())
     names = [v["name"] for v in ref_res["variants"] if v["status"] == "done"]
     assert names[0] == "fp32" and "fp32-96" in names
+    rows = {v["name"]: v for v in ref_res["variants"]}
+    # every drop comes with its paired-bootstrap standard error (0 for the baseline against itself)
+    assert rows["fp32"]["drop_se"] == 0 and rows["fp32-96"]["drop_se"] > 0
+    assert (tmp_path / "ref" / "variants" / "fp32-96.matches.npz").exists()
 
     out = tmp_path / "crash"
     p = subprocess.Popen(_cmd(synth_data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -41,6 +41,11 @@ def register(sub) -> None:
     p.add_argument("--max-size-mb", type=positive_float_arg, help="artifact size limit")
     p.add_argument("--metric", choices=["map50_95", "map50"], default="map50_95",
                    help="the mAP the drop is measured on (default map50_95)")
+    p.add_argument("--map-noise", type=float, default=1.0, metavar="K",
+                   help="hold each variant to its mAP drop plus K standard errors of that drop (a paired bootstrap "
+                        "over the val images: how much of a drop the choice of val images could explain), so a drop "
+                        "just under the budget on a small val set is not taken as safe (default 1; 0: the measured "
+                        "drop alone)")
     p.add_argument("--threads", type=positive_int_arg, help="CPU threads of the pipeline (default: all cores; edge: 1)")
     p.add_argument("--imgsz", type=_sizes, default=[],
                    help="input sizes to try, the first is the baseline's (default: the model's size and two smaller, "
@@ -81,7 +86,7 @@ def run(args) -> int:
                         time_budget_s=parse_duration(args.time_budget), out=args.out, resume=args.resume, conf=args.conf,
                         val_images=args.val_images, finetune_epochs=args.finetune, unlabeled=list(args.unlabeled),
                         prune=not args.no_prune, quantize=not args.no_quantize, qat_epochs=args.qat_epochs,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, map_noise=args.map_noise)
     res = optimize(spec)
     if args.json:
         print(json.dumps(res, indent=1, default=str))
@@ -102,7 +107,7 @@ def print_summary(res: dict) -> None:
 
     con = make_console()
     t = Table(title=f"yolopt optimize: {res['scenario']} on {res['target']}, {res['threads']} thread(s)")
-    for c in ("variant", "status", "mAP50-95", "mAP50", "drop", "img/s", "speed-up", "p50 ms", "MB"):
+    for c in ("variant", "status", "mAP50-95", "mAP50", "drop ± SE (pt)", "img/s", "speed-up", "p50 ms", "MB"):
         t.add_column(c, justify="left" if c in ("variant", "status") else "right")
     rec = res["recommendation"]["variant"]
 
@@ -113,7 +118,8 @@ def print_summary(res: dict) -> None:
         name = f"[bold green]{r['name']}[/]" if r["name"] == rec else r["name"]
         t.add_row(name, r["status"] if r["status"] == "done" else f"{r['status']}: {r.get('reason') or ''}"[:60],
                   f(r.get("map50_95"), ".4f"), f(r.get("map50"), ".4f"),
-                  "—" if r.get("drop") is None else f"{r['drop'] * 100:+.2f}", f(r.get("fps"), ".1f"),
+                  "—" if r.get("drop") is None else f"{r['drop'] * 100:+.2f}"
+                  + (f" ± {r['drop_se'] * 100:.2f}" if r.get("drop_se") else ""), f(r.get("fps"), ".1f"),
                   "—" if r.get("speedup") is None else f"{r['speedup']:.2f}x",
                   f((r.get("latency_ms") or {}).get("p50"), ".1f"), f(r.get("size_mb"), ".1f"))
     con.print(t)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..data.preprocess import MODES, preprocess, rect_shape
 from ..errors import DatasetError
 from ..ops.boxes import box_iou, xywh2xyxy
 from ..ops.postprocess import postprocess
-from .coco import coco_map, precision_recall_per_class
+from .coco import ImageMatches, coco_map, precision_recall_per_class
 from .confusion import ConfusionMatrix
 
 log = logging.getLogger("yolopt")
@@ -53,11 +53,13 @@ class ValResult:
     inference_precision: str = "fp32"  # fp32 | fp16 | bf16 | int8: what the model computed in
     class_map: list[dict] = field(default_factory=list)  # match_classes: {"model", "dataset", "name"} per shared class
     confusion: dict = field(default_factory=dict, repr=False)  # ConfusionMatrix.to_dict() at conf 0.25, IoU 0.45
+    matches: ImageMatches | None = field(default=None, repr=False)  # per-image matches (paired bootstrap)
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         from ..machine import machine_info
 
-        d = asdict(self)
+        d = asdict(replace(self, matches=None))
+        d.pop("matches")
         if not with_predictions:
             d.pop("predictions")
         d["machine"] = machine_info()
@@ -293,7 +295,7 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
     n_img = len(gt_images)
     if not n_img:
         raise DatasetError(f"{cfg.yaml_path}: no readable images in the `{split}` split")
-    res = coco_map(gt_images, gt_boxes, detections, cfg.nc)
+    res = coco_map(gt_images, gt_boxes, detections, cfg.nc, keep_matches=True)
     pr_cls, p_cls, r_cls = precision_recall_per_class(
         np.concatenate(all_tp), np.concatenate(all_conf), np.concatenate(all_pcls), np.concatenate(all_tcls)
     )
@@ -315,5 +317,6 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
     }
     return ValResult(res.map50_95, res.map50, p, r, n_img, len(gt_boxes), skipped, speed, per_class, detections,
                      mode=mode, imgsz=int(size), backend=backend.name,
-                     inference_precision=backend.precision, class_map=class_map, confusion=cm.to_dict(cfg.names))
+                     inference_precision=backend.precision, class_map=class_map, confusion=cm.to_dict(cfg.names),
+                     matches=res.matches)
 

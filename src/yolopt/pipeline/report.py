@@ -86,14 +86,14 @@ def _row(v: dict) -> dict[str, str]:
             "gflops": _f(v.get("gflops"), ".2f"), "size": _f(v.get("size_mb"), ".2f"),
             "p50": _lat(v, "p50"), "p99": _lat(v, "p99"), "fps": _f(v.get("fps"), ".1f"),
             "speedup": _f(v.get("speedup"), ".2f", "×"), "map": _f(v.get("map50_95")), "map50": _f(v.get("map50")),
-            "drop": _f(v.get("drop"), "+.4f"), "seconds": _dur(v.get("seconds")),
+            "drop": _f(v.get("drop"), "+.4f") + (f" ± {v['drop_se']:.4f}" if _num(v.get("drop_se")) else ""), "seconds": _dur(v.get("seconds")),
             "reason": _s(v.get("reason")) if v.get("status") in ("failed", "skipped") or v.get("reason") else ""}
 
 
 COLUMNS = (("name", "variant"), ("status", "status"), ("meets", "meets budget"), ("runtime", "runtime / precision"),
            ("imgsz", "imgsz / letterbox"), ("ts", "threads × streams"), ("params", "params"), ("gflops", "GFLOPs"),
            ("size", "size MB"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("speedup", "speed-up"),
-           ("map", "mAP50-95"), ("map50", "mAP50"), ("drop", "drop"), ("seconds", "time spent"),
+           ("map", "mAP50-95"), ("map50", "mAP50"), ("drop", "drop ± SE"), ("seconds", "time spent"),
            ("reason", "reason"))
 
 

@@ -177,7 +177,9 @@ class Optimizer:
                 m = {k: src[k] for k in ("map50_95", "map50", "val_images", "val_mode")}
                 m["map_from"] = same_map_as  # same artifact, same letterbox: the same detections
             else:
-                m = evaluate_variant(b["artifact"], v, self.spec)
+                m, matches = evaluate_variant(b["artifact"], v, self.spec)
+                if matches is not None:
+                    matches.save(self._matches_file(v.name))
             rec.update(m)
             rec.update(bench_variant(b["artifact"], v, self.spec, self.bench_images))
             rec.update(self._size_info(b["artifact"], v))
@@ -212,6 +214,35 @@ class Optimizer:
         rec["drop50"] = base["map50"] - rec["map50"]
         rec["drop50_95"] = base["map50_95"] - rec["map50_95"]
         rec["speedup"] = rec["fps"] / base["fps"]
+        what = f"{self.spec.metric}/{self.spec.bootstrap}"
+        if rec.get("drop_se_of") != what:
+            se = self._drop_se(base, rec)
+            rec.pop("drop_se", None)
+            if se is not None:
+                rec["drop_se"], rec["drop_se_of"] = se, what
+
+    def _matches_file(self, name: str) -> Path:
+        return self.out / "variants" / f"{name}.matches.npz"
+
+    def _drop_se(self, base: dict, rec: dict) -> float | None:
+        """Standard error of ``rec``'s mAP drop: a paired bootstrap over the val images (the same resampled
+        images score both models), so how much of the drop the choice of val images could explain.
+        None when either model's per-image matches are missing (results cached by an older version)."""
+        from ..evaluate.coco import ImageMatches, paired_bootstrap
+
+        src_b, src_r = base.get("map_from") or base["name"], rec.get("map_from") or rec["name"]
+        if src_b == src_r:
+            return 0.0  # the same detections
+        fb, fr = self._matches_file(src_b), self._matches_file(src_r)
+        if not (fb.exists() and fr.exists()):
+            return None
+        try:
+            a, b = ImageMatches.load(fb), ImageMatches.load(fr)
+            diffs = paired_bootstrap(a, b, self.spec.metric, n=self.spec.bootstrap, seed=0)
+        except (ValueError, OSError, KeyError) as e:
+            log.warning("no bootstrap of %s's mAP drop: %s", rec["name"], e)
+            return None
+        return float(np.std(diffs, ddof=1))
 
     def _size_info(self, artifact: str, v: Variant) -> dict:
         from ..compress.prune import model_flops

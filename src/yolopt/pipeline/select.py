@@ -9,11 +9,21 @@ def _ok(r: dict) -> bool:
     return r.get("status") == "done" and r.get("fps") is not None and r.get("drop") is not None
 
 
+def drop_bound(r: dict, spec: OptimizeSpec) -> float:
+    """The drop a variant is held to: the measured drop plus ``spec.map_noise`` standard errors (paired
+    bootstrap over the val images), so a drop just under the budget on a small val set does not pass as
+    safe. Rows without a standard error (older caches) count with their measured drop."""
+    return r["drop"] + spec.map_noise * (r.get("drop_se") or 0.0)
+
+
 def violations(r: dict, spec: OptimizeSpec, drop_budget: float) -> list[str]:
     """What keeps variant ``r`` from meeting the budget (empty: it meets it)."""
     out = []
-    if r["drop"] > drop_budget + 1e-9:
-        out.append(f"mAP drop {r['drop'] * 100:.2f} > {drop_budget * 100:.2f} points")
+    bound = drop_bound(r, spec)
+    if bound > drop_budget + 1e-9:
+        noise = (f" + {spec.map_noise:g} x {r['drop_se'] * 100:.2f} standard error" if r.get("drop_se") and spec.map_noise
+                 else "")
+        out.append(f"mAP drop {r['drop'] * 100:.2f}{noise} > {drop_budget * 100:.2f} points")
     if spec.max_latency_ms is not None and r["latency_ms"]["p50"] > spec.max_latency_ms:
         out.append(f"latency {r['latency_ms']['p50']:.1f} > {spec.max_latency_ms:g} ms")
     if spec.max_size_mb is not None and (r.get("size_mb") or 0) > spec.max_size_mb:
@@ -23,7 +33,7 @@ def violations(r: dict, spec: OptimizeSpec, drop_budget: float) -> list[str]:
 
 def _shortfall(r: dict, spec: OptimizeSpec, drop_budget: float) -> float:
     """How far a variant is from the budget, relative to each limit (0 = meets it)."""
-    s = max(0.0, r["drop"] - drop_budget) / max(drop_budget, 1e-3)
+    s = max(0.0, drop_bound(r, spec) - drop_budget) / max(drop_budget, 1e-3)
     if spec.max_latency_ms is not None:
         s += max(0.0, r["latency_ms"]["p50"] / spec.max_latency_ms - 1)
     if spec.max_size_mb is not None:
@@ -49,7 +59,7 @@ def choose(results: list[dict], spec: OptimizeSpec, scenario: str) -> dict:
     meets = [r for r in done if not violations(r, spec, budget)]
     if scenario == "accuracy":
         meets = [r for r in meets if r["kind"] == "baseline" or (r.get("speedup") or 0) > 1.02]
-        key = lambda r: (r["kind"] != "baseline" and 1 or 0, -round(r["drop"], 4), r["fps"])  # noqa: E731
+        key = lambda r: (r["kind"] != "baseline" and 1 or 0, -round(drop_bound(r, spec), 4), r["fps"])  # noqa: E731
     elif scenario == "edge":
         key = lambda r: (-(r.get("size_mb") or 0), -(r.get("peak_mem_mb") or 0), r["fps"])  # noqa: E731
     else:
@@ -87,8 +97,9 @@ def describe(rec: dict, results: list[dict], spec: OptimizeSpec) -> str:
         parts.append(f"Part of that is the pipeline setting alone: the unchanged FP32 model reaches {p['fps']:.1f} "
                      f"images/s as {p['name']} ({p['fps'] / base['fps']:.2f}x); the variant is {r['fps'] / p['fps']:.2f}x "
                      f"that.")
+    se = f", ±{r['drop_se'] * 100:.2f} standard error by bootstrap" if r.get("drop_se") else ""
     parts.append(f"It costs {r['drop'] * 100:+.2f} {metric} points ({r[spec.metric]:.4f} vs {base[spec.metric]:.4f}"
-                 f" on {r.get('val_images', '?')} val images).")
+                 f" on {r.get('val_images', '?')} val images{se}).")
     if r.get("size_mb") and base.get("size_mb"):
         parts.append(f"The artifact is {r['size_mb']:.1f} MB (baseline {base['size_mb']:.1f} MB); the runtime held "
                      f"{r.get('peak_mem_mb') or 0:.0f} MB at peak (baseline {base.get('peak_mem_mb') or 0:.0f} MB).")

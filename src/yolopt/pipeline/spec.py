@@ -63,6 +63,9 @@ class OptimizeSpec:
     quantize: bool = True  # try INT8
     qat_epochs: int = 2  # QAT candidates' distilled epochs, where PTQ INT8 misses the budget (0: no QAT)
     progress: bool = True
+    map_noise: float = 1.0  # a variant meets the mAP budget when drop + map_noise x its standard error does
+    #                         (paired bootstrap over the val images); 0: the measured drop alone
+    bootstrap: int = 200  # resamples of that bootstrap
 
     def check(self, model_imgsz: int | None = None) -> "OptimizeSpec":
         """Validate, fill the scenario defaults; raises :class:`OptimizeError` with one line."""
@@ -98,6 +101,10 @@ class OptimizeSpec:
             raise OptimizeError(f"--val-images {self.val_images}: must be >= 1")
         if self.qat_epochs < 0:
             raise OptimizeError(f"--qat-epochs {self.qat_epochs}: must be >= 0")
+        if not 0 <= self.map_noise <= 5:
+            raise OptimizeError(f"--map-noise {self.map_noise}: give a number of standard errors in [0, 5]")
+        if self.bootstrap < 20:
+            raise OptimizeError(f"--bootstrap {self.bootstrap}: use at least 20 resamples")
         if not 0 < self.conf < 1:
             raise OptimizeError(f"--conf {self.conf}: must be in (0, 1)")
         return self
@@ -109,7 +116,7 @@ class OptimizeSpec:
         # entry records its own size and letterbox, and a changed one is measured again
         for k in ("resume", "progress", "out", "time_budget_s", "scenario", "max_latency_ms", "max_size_mb",
                   "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled",
-                  "qat_epochs"):
+                  "qat_epochs", "map_noise", "bootstrap"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())
         d["data"] = str(Path(self.data).resolve())

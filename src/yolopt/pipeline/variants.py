@@ -151,13 +151,16 @@ class Builder:
         return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.get("summary")}
 
 
-def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> dict:
-    """mAP of the artifact deployed as ``v`` says (same letterbox as deployment, batch 1)."""
+def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec):
+    """mAP of the artifact deployed as ``v`` says (same letterbox as deployment, batch 1).
+
+    Returns ``(row fields, ImageMatches)``: the matches let the drop against the baseline be bootstrapped.
+    """
     from ..evaluate import evaluate
 
     r = evaluate(artifact, spec.data, imgsz=v.imgsz, batch=1, mode=v.letterbox, max_images=spec.val_images,
                  progress=False, threads=spec.threads)
-    return {"map50_95": r.map50_95, "map50": r.map50, "val_images": r.images, "val_mode": r.mode}
+    return {"map50_95": r.map50_95, "map50": r.map50, "val_images": r.images, "val_mode": r.mode}, r.matches
 
 
 def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str], seconds: float | None = None) -> dict:
