@@ -31,15 +31,14 @@ class ImageMatches:
     gt_ign: np.ndarray
 
     def save(self, path) -> None:
-        """Write as ``.npz`` (atomically: a temporary file, then renamed)."""
-        import os
-        from pathlib import Path
+        """Write as ``.npz`` (atomically, :func:`yolopt.fileio.atomic_write`)."""
+        from ..fileio import atomic_write
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **{k: getattr(self, k) for k in self.__dataclass_fields__})
-        os.replace(tmp, path)
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a bare name
+                np.savez_compressed(f, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path) -> "ImageMatches":
