@@ -608,6 +608,28 @@ def test_cli_prune_distils_on_a_folder_and_measures_on_val_data(tiny_weights, ti
     assert yolopt.load(out).provenance["pruned"]["distill"] is True
 
 
+def test_cli_prune_reconstructs_each_step_on_images(tiny_weights, tiny_data, tmp_path):
+    """--reconstruct N refits the convs after every step of a two-step schedule; each step's fit error
+    falls, and the model saved is the refitted one."""
+    out = tmp_path / "p.safetensors"
+    r = run_cli("prune", tiny_weights, "--ratio", "0.3", "--steps", "2", "--imgsz", "64", "--no-latency", "--force",
+                "--data", tiny_data, "--reconstruct", "4", "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.with_suffix(".json").read_text())
+    for row in rep["steps_log"]:
+        rc = row["reconstruct"]
+        assert rc["images"] == 4 and rc["err_after"] < rc["err_before"]
+    plain = tmp_path / "plain.safetensors"
+    assert run_cli("prune", tiny_weights, "--ratio", "0.3", "--steps", "2", "--imgsz", "64", "--no-latency",
+                   "--force", "--out", plain).returncode == 0
+    a, b = yolopt.load(out).state_dict(), yolopt.load(plain).state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    r = run_cli("prune", tiny_weights, "--ratio", "0.3", "--force", "--no-latency", "--reconstruct", "4",
+                "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 1 and "--reconstruct needs images" in r.stderr
+
+
 def test_train_with_a_teacher_resumes_with_it(tiny_data, tiny_weights, tmp_path):
     """`yolopt train --teacher T` distils; a killed run resumes with the same teacher (distill.json)."""
     from yolopt.compress import OutputDistillation

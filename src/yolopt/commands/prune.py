@@ -58,6 +58,10 @@ def register(sub) -> None:
     p.add_argument("--val-data", metavar="DATA.yaml", help="measure mAP on this dataset's val split instead of --data")
     p.add_argument("--val-every", type=positive_int_arg, default=1,
                    help="validate every N fine-tuning epochs (and always the last; default 1)")
+    p.add_argument("--reconstruct", type=nonneg_int_arg, nargs="?", const=32, default=0, metavar="N",
+                   help="after each pruning step, refit every conv by least squares so that it reproduces the "
+                        "unpruned model's output on N images of --data / --unlabeled (no labels needed; default "
+                        "N 32): a much better start for fine-tuning than plain removal")
     p.add_argument("--finetune", type=nonneg_int_arg, default=0, metavar="EPOCHS", help="fine-tune for EPOCHS on --data")
     p.add_argument("--distill", action="store_true", help="fine-tune with output distillation from the teacher")
     p.add_argument("--teacher", help="teacher weights for --distill (default: the unpruned model)")
@@ -240,12 +244,28 @@ def run(args) -> int:
     pruned = copy.deepcopy(model).eval()
     chans0 = layer_channels(model)
     pruner = ChannelPruner(pruned, spec, ratio=ratio, calib=calib)
+    recon_images = _reconstruct_images(args) if args.reconstruct else None
     per_step = max(1, args.finetune // spec.steps) if args.finetune else 0
     steps_log = []
     for k in range(spec.steps):
+        ref = copy.deepcopy(pruned) if recon_images is not None else None
+        prev = {n: v.clone() for n, v in pruner.kept_outputs.items()}
         pruner.step()
         row = {"step": k + 1, "params": pruned.num_params()}
         log.info("pruning step %d/%d: %s params", k + 1, spec.steps, f"{row['params']:,}")
+        if ref is not None:
+            from ..compress.reconstruct import reconstruct
+
+            import torch
+
+            kept = {n: torch.searchsorted(prev.get(n, torch.arange(chans0[n][1])), v)  # relative to ref
+                    for n, v in pruner.kept_outputs.items()}
+            st = reconstruct(pruned, ref, recon_images, progress=not args.no_progress, kept=kept)
+            row["reconstruct"] = {"images": len(recon_images), "seconds": round(st.seconds, 1),
+                                  "err_before": st.mean_error("err_before"), "err_after": st.mean_error("err_after")}
+            log.info("  reconstructed %d convs on %d images (%.0f s): mean output error %.4f -> %.4f",
+                     len(st.layers), len(recon_images), st.seconds, row["reconstruct"]["err_before"],
+                     row["reconstruct"]["err_after"])
         row["map"] = _evaluate(pruned, args)
         if per_step:
             epochs = per_step if k < spec.steps - 1 else max(1, args.finetune - per_step * (spec.steps - 1))
@@ -290,6 +310,29 @@ def run(args) -> int:
     write_report(rep, out.with_suffix(".json"), out.with_suffix(".md"))
     _print_summary(rep, out)
     return 0
+
+
+def _reconstruct_images(args):
+    """``args.reconstruct`` letterboxed images (uint8, imgsz square, at most 640) from --data (its train split,
+    or the folder) and --unlabeled, spread evenly over the files."""
+    import numpy as np
+
+    from ..data.dataset import image_files, is_image_source, load_data_config
+    from ..data.images import list_images, read_image
+    from ..data.preprocess import preprocess
+
+    files = []
+    for src in [args.data, *args.unlabeled]:
+        if not src:
+            continue
+        files += list_images(src) if is_image_source(src) else image_files(load_data_config(src), "train")
+    if not files:
+        raise YoloptError("--reconstruct needs images: give --data (yaml or folder) or --unlabeled")
+    pick = np.linspace(0, len(files) - 1, min(args.reconstruct, len(files))).round().astype(int)
+    ims = [im for im in (read_image(files[i]) for i in pick) if im is not None]
+    if not ims:
+        raise YoloptError(f"--reconstruct: none of the {len(pick)} images picked from {args.data} could be read")
+    return preprocess(ims, min(args.imgsz, 640), pixels=True)[0]
 
 
 def _check_safe(model, ratio: float, args, rep: dict, spec) -> None:

@@ -1,5 +1,6 @@
 """Compression: structured channel pruning (Torch-Pruning dependency graph), BN-L1 sparsity training,
-output distillation, function-preserving widening of a C3 block (give a pruned model channels back where it
+least-squares reconstruction of a pruned model's convs from the unpruned one (no labels), output
+distillation, function-preserving widening of a C3 block (give a pruned model channels back where it
 lacks them), unstructured magnitude pruning (for comparison). See docs/compress.md.
 
     >>> from yolopt.compress import PruneSpec, prune
@@ -19,10 +20,11 @@ from .prune import (
     model_flops,
     prune,
 )
+from .reconstruct import ReconstructStats, reconstruct
 from .sparsity import BNSparsity, safe_prune_ratio
 from .unstructured import magnitude_prune
 from .widen import widen_c3
 
 __all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
            "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
-           "measure_latency", "model_flops", "prune", "widen_c3"]
+           "measure_latency", "model_flops", "prune", "reconstruct", "ReconstructStats", "widen_c3"]

@@ -118,6 +118,7 @@ class PruneResult:
     imgsz: int
     seconds: float
     search: list[dict] = field(default_factory=list)  # target searches: the candidates tried
+    kept_outputs: dict = field(default_factory=dict, repr=False)  # conv name -> output channels kept (indices)
 
     @property
     def channels_before(self) -> int:
@@ -268,6 +269,9 @@ class ChannelPruner:
             raise YoloptError("--method taylor needs a calibration batch with labels: give --data DATA.yaml")
         self.model, self.spec, self.ratio, self.calib = model, spec, ratio, calib
         self.steps_done = 0
+        self._names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        # {conv name: indices (into its output channels when the pruner was made) of the channels still there}
+        self.kept_outputs: dict[str, torch.Tensor] = {}
         model.eval()
         ignored = [*model.detect.m, *resolve_layers(model, spec.ignore)]
         example = example_input(model) if example is None else example
@@ -360,6 +364,17 @@ class ChannelPruner:
             keep[idx] = False
             means[conv] = mu[keep]
 
+    def _record_kept(self, group) -> None:
+        dg = self.pruner.DG
+        for dep, idxs in group:
+            mod = dep.target.module
+            if isinstance(mod, nn.Conv2d) and dg.is_out_channel_pruning_fn(dep.handler) and mod in self._names:
+                name = self._names[mod]
+                kept = self.kept_outputs.get(name, torch.arange(mod.out_channels))
+                keep = torch.ones(len(kept), dtype=torch.bool)
+                keep[torch.as_tensor([int(i) for i in idxs], dtype=torch.long)] = False
+                self.kept_outputs[name] = kept[keep]
+
     def step(self) -> list[dict]:
         """Prune one step of the schedule; returns the per-layer channel table of this step."""
         if self.steps_done >= self.spec.steps:
@@ -374,6 +389,7 @@ class ChannelPruner:
             for group in self.pruner.step(interactive=True):
                 if means is not None:
                     self._compensate(group, means)
+                self._record_kept(group)
                 group.prune()
         self.model.zero_grad(set_to_none=True)
         self.model.detect._grids = {}
@@ -382,14 +398,18 @@ class ChannelPruner:
         return channel_table(before, layer_channels(self.model))
 
 
-def prune_at(model: DetectionModel, spec: PruneSpec, ratio: float, calib=None) -> DetectionModel:
-    """A pruned deep copy of ``model`` at channel ratio ``ratio`` (all steps at once)."""
+def prune_at(model: DetectionModel, spec: PruneSpec, ratio: float, calib=None,
+             kept: dict | None = None) -> DetectionModel:
+    """A pruned deep copy of ``model`` at channel ratio ``ratio`` (all steps at once). ``kept``: a dict
+    filled with :attr:`ChannelPruner.kept_outputs` (which output channels of each conv remain)."""
     m = copy.deepcopy(model).eval()
     if ratio <= 0:
         return m
     pr = ChannelPruner(m, spec, ratio=ratio, calib=calib)
     for _ in range(spec.steps):
         pr.step()
+    if kept is not None:
+        kept.update(pr.kept_outputs)
     return m
 
 
@@ -498,7 +518,8 @@ def prune(model: DetectionModel, spec: PruneSpec, calib=None) -> PruneResult:
     else:
         ratio = spec.ratio
     before = layer_channels(model)
-    pruned = prune_at(model, spec, ratio, calib)
+    kept: dict = {}
+    pruned = prune_at(model, spec, ratio, calib, kept=kept)
     pruned.provenance = {**(getattr(model, "provenance", None) or {}),
                          "pruned": {"method": spec.method, "ratio": round(ratio, 4), "global": spec.global_,
                                     "round_to": spec.round_to}}
@@ -506,7 +527,7 @@ def prune(model: DetectionModel, spec: PruneSpec, calib=None) -> PruneResult:
         model=pruned.eval(), ratio=ratio, spec=spec, layers=channel_table(before, layer_channels(pruned)),
         params_before=model.num_params(), params_after=pruned.num_params(),
         flops_before=model_flops(model, spec.imgsz), flops_after=model_flops(pruned, spec.imgsz),
-        imgsz=spec.imgsz, seconds=time.perf_counter() - t0, search=search)
+        imgsz=spec.imgsz, seconds=time.perf_counter() - t0, search=search, kept_outputs=kept)
 
 
 def check_rounding(layers: list[dict], round_to: int) -> list[str]:
