@@ -120,6 +120,31 @@ def test_round_to_and_ignore():
     assert ex.channels_after < res.channels_after + 64 and ex.params_after != res.params_after
 
 
+def test_layer_ratios_prune_only_their_groups():
+    """PruneSpec.layer_ratios (--layer-ratio): with no global ratio only the named groups lose channels,
+    each at its own ratio; the model still runs with unchanged output shapes."""
+    m = _model("yolov5s")
+    spec = PruneSpec(layer_ratios=(("model.6.m.0.cv1.conv", 0.5), ("model.8.cv2", 0.25)), round_to=8, imgsz=64)
+    res = prune(m, spec)
+    before, after = layer_channels(m), layer_channels(res.model)
+    changed = {n for n in before if after[n] != before[n]}
+    # the bottleneck's hidden channels: its cv1 output and its cv2 input, nothing else in that group
+    assert after["model.6.m.0.cv1.conv"] == (before["model.6.m.0.cv1.conv"][0], before["model.6.m.0.cv1.conv"][1] // 2)
+    assert after["model.6.m.0.cv2.conv"][0] == before["model.6.m.0.cv2.conv"][0] // 2
+    # model.8.cv2 (256 -> 192 in yolov5s) and the C3's cv3 that reads it through the Concat
+    assert after["model.8.cv2.conv"][1] == before["model.8.cv2.conv"][1] * 3 // 4
+    assert changed == {"model.6.m.0.cv1.conv", "model.6.m.0.cv2.conv", "model.8.cv2.conv", "model.8.cv3.conv"}
+    assert res.model.provenance["pruned"]["layer_ratios"] == [["model.6.m.0.cv1.conv", 0.5], ["model.8.cv2", 0.25]]
+    x = torch.rand(1, 3, 64, 64)
+    assert res.model(x).shape == m(x).shape
+    with pytest.raises(YoloptError, match="Detect outputs are never pruned"):
+        prune(m, PruneSpec(layer_ratios=(("model.24.m.0", 0.5),), imgsz=64))
+    with pytest.raises(YoloptError, match="between 0 and 1"):
+        PruneSpec(layer_ratios=(("model.8.cv2", 1.0),)).check()
+    with pytest.raises(YoloptError, match="no such layer"):
+        prune(m, PruneSpec(layer_ratios=(("model.8.nope", 0.5),), imgsz=64))
+
+
 def test_a_frozen_model_is_pruned_and_keeps_its_flags():
     m = _model("yolov5n")
     for name, p in m.named_parameters():
@@ -628,6 +653,19 @@ def test_cli_prune_reconstructs_each_step_on_images(tiny_weights, tiny_data, tmp
     r = run_cli("prune", tiny_weights, "--ratio", "0.3", "--force", "--no-latency", "--reconstruct", "4",
                 "--out", tmp_path / "x.safetensors")
     assert r.returncode == 1 and "--reconstruct needs images" in r.stderr
+
+
+def test_cli_layer_ratio_prunes_one_group_and_refuses_bad_values(tiny_weights, tmp_path):
+    out = tmp_path / "lr.safetensors"
+    r = run_cli("prune", tiny_weights, "--layer-ratio", "model.2.m.0.cv1.conv=0.5", "--round-to", "1", "--imgsz", "64",
+                "--no-latency", "--force", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = layer_channels(yolopt.load(tiny_weights)), layer_channels(yolopt.load(out))
+    assert {n for n in a if a[n] != b[n]} == {"model.2.m.0.cv1.conv", "model.2.m.0.cv2.conv"}
+    for bad in ("model.2.m.0.cv1.conv", "model.2.m.0.cv1.conv=1.5", "=0.5"):
+        r = run_cli("prune", tiny_weights, "--layer-ratio", bad, "--out", tmp_path / "x.safetensors")
+        assert r.returncode == 2 and "expected CONV=R" in r.stderr, (bad, r.stderr[-500:])
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_train_with_a_teacher_resumes_with_it(tiny_data, tiny_weights, tmp_path):

@@ -48,6 +48,10 @@ def register(sub) -> None:
                    "(default 8; 1 = exact ratio)")
     p.add_argument("--ignore", default="", metavar="LAYERS",
                    help="comma-separated layers left untouched: indices (0,9) or module names (model.9.cv2)")
+    p.add_argument("--layer-ratio", action="append", default=[], metavar="CONV=R", type=_layer_ratio_arg,
+                   help="prune the channel group of this conv at its own ratio R (repeatable), e.g. "
+                        "model.6.m.0.cv1.conv=0.5; without --ratio / --target-* only these groups are pruned. "
+                        "benchmarks/prune_sensitivity.py ranks the groups by what they cost per FLOP saved")
     p.add_argument("--steps", type=positive_int_arg, default=1,
                    help="iterative schedule: reach the ratio in N steps, fine-tuning --finetune/N epochs after each")
     p.add_argument("--data", help="dataset yaml (mAP before/after, calibration images, fine-tuning), or a folder of "
@@ -200,6 +204,7 @@ def run(args) -> int:
     spec = PruneSpec(ratio=args.ratio, target_flops=args.target_flops, target_latency_ms=args.target_latency_ms,
                      method=args.method, global_=args.global_, round_to=args.round_to,
                      ignore=tuple(x for x in args.ignore.split(",") if x.strip()), steps=args.steps, imgsz=args.imgsz,
+                     layer_ratios=tuple(args.layer_ratio),
                      backend=args.backend, threads=args.threads).check()
     teacher = None
     if args.distill:
@@ -237,8 +242,8 @@ def run(args) -> int:
                  spec.backend)
         ratio = search_ratio_latency(model, spec, calib, record=search)
     else:
-        ratio = spec.ratio
-    _check_safe(model, ratio, args, rep, spec)
+        ratio = spec.ratio if spec.ratio is not None else 0.0  # --layer-ratio only
+    _check_safe(model, max([ratio, *(r for _, r in spec.layer_ratios)]), args, rep, spec)
     rep["search"] = search
 
     pruned = copy.deepcopy(model).eval()
@@ -310,6 +315,19 @@ def run(args) -> int:
     write_report(rep, out.with_suffix(".json"), out.with_suffix(".md"))
     _print_summary(rep, out)
     return 0
+
+
+def _layer_ratio_arg(text: str) -> tuple[str, float]:
+    import argparse
+
+    name, sep, r = text.rpartition("=")
+    try:
+        value = float(r)
+    except ValueError:
+        value = None
+    if not sep or not name.strip() or value is None or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CONV=R with R in (0, 1), e.g. model.6.m.0.cv1.conv=0.5")
+    return name.strip(), value
 
 
 def _reconstruct_images(args):

@@ -64,6 +64,7 @@ class PruneSpec:
     global_: bool = False
     round_to: int = 8
     ignore: tuple = ()
+    layer_ratios: tuple = ()  # ((conv module name, ratio), ...): that conv's group at its own ratio
     steps: int = 1
     imgsz: int = 640
     backend: str = "onnxruntime"
@@ -75,7 +76,10 @@ class PruneSpec:
     def check(self) -> "PruneSpec":
         """Raise :class:`YoloptError` (one line) for a spec that cannot be run."""
         given = [k for k in ("ratio", "target_flops", "target_latency_ms") if getattr(self, k) is not None]
-        if len(given) != 1:
+        for name, r in self.layer_ratios:
+            if not 0.0 < float(r) < 1.0:
+                raise YoloptError(f"--layer-ratio {name}={r}: the ratio must be between 0 and 1 (exclusive)")
+        if len(given) > 1 or (not given and not self.layer_ratios):
             raise YoloptError("give exactly one of --ratio, --target-flops, --target-latency-ms"
                               + (f" (got {', '.join(given)})" if given else ""))
         if self.ratio is not None and not 0.0 < self.ratio < 1.0:
@@ -274,11 +278,19 @@ class ChannelPruner:
         self.kept_outputs: dict[str, torch.Tensor] = {}
         model.eval()
         ignored = [*model.detect.m, *resolve_layers(model, spec.ignore)]
+        per_layer = {}  # --layer-ratio: the groups rooted at these convs get their own ratio
+        for name, r in spec.layer_ratios:
+            mod = resolve_layers(model, [name])[0]
+            convs = [mod] if isinstance(mod, nn.Conv2d) else [m for m in mod.modules() if isinstance(m, nn.Conv2d)]
+            if not convs or any(c in ignored for c in convs):
+                raise YoloptError(f"--layer-ratio {name}: not a prunable conv layer (Detect outputs are never pruned)")
+            per_layer.update({c: float(r) for c in convs})
         example = example_input(model) if example is None else example
         with torch.enable_grad(), _grads_on(model):
             self.pruner = _base_pruner_class()(
                 model, example, _importance(spec.method, spec.global_), global_pruning=spec.global_,
-                pruning_ratio=ratio, iterative_steps=spec.steps, ignored_layers=ignored,
+                pruning_ratio=ratio, pruning_ratio_dict=per_layer or None, iterative_steps=spec.steps,
+                ignored_layers=ignored,
                 round_to=spec.round_to if spec.round_to > 1 else None)
         self._keep_inputs(resolve_layers(model, spec.ignore))
         self._bn_after = {m.conv: m.bn for m in model.modules()
@@ -403,7 +415,7 @@ def prune_at(model: DetectionModel, spec: PruneSpec, ratio: float, calib=None,
     """A pruned deep copy of ``model`` at channel ratio ``ratio`` (all steps at once). ``kept``: a dict
     filled with :attr:`ChannelPruner.kept_outputs` (which output channels of each conv remain)."""
     m = copy.deepcopy(model).eval()
-    if ratio <= 0:
+    if ratio <= 0 and not spec.layer_ratios:
         return m
     pr = ChannelPruner(m, spec, ratio=ratio, calib=calib)
     for _ in range(spec.steps):
@@ -516,13 +528,14 @@ def prune(model: DetectionModel, spec: PruneSpec, calib=None) -> PruneResult:
     elif spec.target_latency_ms is not None:
         ratio = search_ratio_latency(model, spec, calib, record=search)
     else:
-        ratio = spec.ratio
+        ratio = spec.ratio or 0.0  # only --layer-ratio groups: the others keep their channels
     before = layer_channels(model)
     kept: dict = {}
     pruned = prune_at(model, spec, ratio, calib, kept=kept)
     pruned.provenance = {**(getattr(model, "provenance", None) or {}),
                          "pruned": {"method": spec.method, "ratio": round(ratio, 4), "global": spec.global_,
-                                    "round_to": spec.round_to}}
+                                    "round_to": spec.round_to,
+                                    **({"layer_ratios": [list(x) for x in spec.layer_ratios]} if spec.layer_ratios else {})}}
     return PruneResult(
         model=pruned.eval(), ratio=ratio, spec=spec, layers=channel_table(before, layer_channels(pruned)),
         params_before=model.num_params(), params_after=pruned.num_params(),
