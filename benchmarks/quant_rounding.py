@@ -111,17 +111,24 @@ def _set(init, c, q, shape):
     init[c["wq"]].CopyFrom(numpy_helper.from_array(q.reshape(shape).numpy().astype(np.int8), c["wq"]))
 
 
-def plain_gptq(qp, fp, images):
-    import numpy as np
+def _setup(qp, fp, graph, key: str):
+    """(convs, INT8 initializers, fp32 initializers, a session of ``graph`` returning every conv's ``key``
+    input, its output names, a seeded generator)."""
     import torch
 
     from yolopt.quantize import onnx_qdq as Q
 
     convs = _convs(qp, fp)
     qinit, finit = {t.name: t for t in qp.graph.initializer}, {t.name: t for t in fp.graph.initializer}
-    sess = Q.session(Q.add_outputs(qp, list(dict.fromkeys(c["qin"] for c in convs))), 2)
-    names = [o.name for o in sess.get_outputs()]
-    gen = torch.Generator().manual_seed(0)
+    sess = Q.session(Q.add_outputs(graph, list(dict.fromkeys(c[key] for c in convs))), 2)
+    return convs, qinit, finit, sess, [o.name for o in sess.get_outputs()], torch.Generator().manual_seed(0)
+
+
+def plain_gptq(qp, fp, images):
+    import numpy as np
+    import torch
+
+    convs, qinit, finit, sess, names, gen = _setup(qp, fp, qp, "qin")
     hs: dict = {}
     for xu in images:
         outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: xu})))
@@ -141,11 +148,7 @@ def sequential(qp, fp, images):
 
     from yolopt.quantize import onnx_qdq as Q
 
-    convs = _convs(qp, fp)
-    qinit, finit = {t.name: t for t in qp.graph.initializer}, {t.name: t for t in fp.graph.initializer}
-    fs = Q.session(Q.add_outputs(fp, list(dict.fromkeys(c["fin"] for c in convs))), 2)
-    fnames = [o.name for o in fs.get_outputs()]
-    gen = torch.Generator().manual_seed(0)
+    convs, qinit, finit, fs, fnames, gen = _setup(qp, fp, fp, "fin")
     idx = {c["name"]: [] for c in convs}
     fsamp = {c["name"]: [] for c in convs}
     for xu in images:

@@ -77,6 +77,17 @@ def deploy_artifacts(tmp_path_factory, yolov5n_pt, bus_jpg):
 
 
 @pytest.fixture(scope="module")
+def two_threads():
+    """Torch on 2 threads for a module (the machines have 2 cores), restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train fastest single-threaded (and do not fight other jobs for the cores); CLI
     subprocesses inherit OMP_NUM_THREADS=1 too."""

@@ -22,12 +22,7 @@ from yolopt.models import DetectionModel, builtin_config
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def _model(name: str, nc: int = 3, seed: int = 0) -> DetectionModel:

@@ -14,12 +14,7 @@ from yolopt.errors import YoloptError
 from yolopt.models import DetectionModel, builtin_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def _images(folder, n: int, imgsz: int, start: int = 0) -> torch.Tensor:
