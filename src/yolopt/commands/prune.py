@@ -254,7 +254,7 @@ def run(args) -> int:
     steps_log = []
     for k in range(spec.steps):
         ref = copy.deepcopy(pruned) if recon_images is not None else None
-        prev = {n: v.clone() for n, v in pruner.kept_outputs.items()}
+        prev = {n: v.clone() for n, v in pruner.kept_outputs.items()} if ref is not None else None
         pruner.step()
         row = {"step": k + 1, "params": pruned.num_params()}
         log.info("pruning step %d/%d: %s params", k + 1, spec.steps, f"{row['params']:,}")
