@@ -297,3 +297,16 @@ def test_profile_tables_are_not_cut_when_piped(yolov5n_pt, tmp_path):
     assert r.returncode == 0, r.stderr
     assert max(len(line) for line in r.stdout.splitlines()) > 80  # rich would cut at 80 columns off a terminal
     assert "…" not in r.stdout.split("findings")[0]  # no ellipsised cells in the tables
+
+
+def test_library_error_fields_become_the_commands_flags(capsys):
+    """A library error names spec fields; the CLI shows the flags of the running command that set them."""
+    from yolopt.cli import build_parser, error_line
+    from yolopt.errors import YoloptError
+
+    parser = build_parser()
+    line = error_line(YoloptError("quantization-aware training needs a labelled dataset", fields=("qat", "data")),
+                      parser, "quantize")
+    assert line == "yolopt: error: quantization-aware training needs a labelled dataset (--qat, --data)"
+    assert error_line(YoloptError("bad", fields=("no_such_field",)), parser, "quantize") == "yolopt: error: bad"
+    assert error_line(YoloptError("plain"), parser, None) == "yolopt: error: plain"

@@ -66,6 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def flags_for(parser: argparse.ArgumentParser, command: str | None, fields: tuple[str, ...]) -> list[str]:
+    """The command-line flags of ``command`` that set these spec ``fields`` (argparse ``dest`` names), in order;
+    a field the command has no flag for is left out."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    cmd = sub.choices.get(command) if sub is not None and command else None
+    if cmd is None:
+        return []
+    by_dest = {a.dest: a.option_strings[0] for a in cmd._actions if a.option_strings}
+    by_dest.update({a.dest: a.dest.upper() for a in cmd._actions if not a.option_strings})  # positionals
+    return [by_dest[f] for f in fields if f in by_dest]
+
+
+def error_line(e: YoloptError, parser: argparse.ArgumentParser, command: str | None) -> str:
+    """``yolopt: error: MESSAGE``, with the flags behind the error's fields appended (library errors name
+    spec fields; the user typed flags)."""
+    flags = flags_for(parser, command, getattr(e, "fields", ()))
+    return f"yolopt: error: {e}" + (f" ({', '.join(flags)})" if flags else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
         return rc
     except YoloptError as e:
-        print(f"yolopt: error: {e}", file=sys.stderr)
+        print(error_line(e, parser, getattr(args, "command", None)), file=sys.stderr)
         return 1
     except BrokenPipeError:  # `yolopt ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
