@@ -7,9 +7,9 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "yolopt"
 
-BASE = {"errors", "fileio", "machine", "ops", "__init__"}  # importable from anywhere ("__init__": __version__)
+BASE = {"errors", "fileio", "machine", "ops", "choices", "__init__"}  # importable from anywhere ("__init__": __version__)
 ALLOWED = {
-    "errors": set(), "fileio": set(), "machine": {"__init__"}, "ops": {"errors"},
+    "errors": set(), "choices": set(), "fileio": set(), "machine": {"__init__"}, "ops": {"errors"},
     "models": BASE,
     "data": BASE | {"models"},
     "runtime": BASE | {"models", "data"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..runtime import PRECISIONS
+from ..choices import PRECISIONS
 from ._options import imgsz_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")

@@ -6,9 +6,6 @@ import logging
 import os
 from pathlib import Path
 
-from ..detect import predict, write_outputs
-from ..evaluate import evaluate
-from ..models.checkpoint import load_model
 from ._common import console as make_console
 from ._options import nonneg_int_arg
 
@@ -143,6 +140,10 @@ def compress_demo(out: Path, console, workers: int = 2, retrain: bool = False) -
 
 
 def _predict_demo(out: Path, console) -> None:
+    from ..detect import predict, write_outputs
+    from ..evaluate import evaluate
+    from ..models.checkpoint import load_model
+
     shared = find_shared()
     if shared is None:
         console.print("[yellow]yolopt demo: no shared assets found[/] (looked for ../shared/weights/yolov5n.pt; "

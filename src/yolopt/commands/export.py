@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..choices import EXPORT_FORMATS, PRECISIONS
 from ..errors import ExportError
-from ..export.exporter import EXPORTERS, PRECISIONS
 from ..fileio import write_json
 from ._options import check_output, fraction_arg, imgsz_arg, positive_int_arg
 
@@ -16,13 +16,13 @@ log = logging.getLogger("yolopt")
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help=f"export a model to {' / '.join(EXPORTERS)} (verified against PyTorch)",
+        help=f"export a model to {' / '.join(EXPORT_FORMATS)} (verified against PyTorch)",
         description="Fuse Conv+BN, export, and verify: the artifact and the PyTorch model run on the same inputs; "
         "the max |diff| and detection agreement are reported and the export fails (nothing written) when they are "
         "beyond tolerance. Class names, stride, imgsz, precision and the yolopt version are stored in the artifact.",
     )
     p.add_argument("weights", help="model weights: an Ultralytics YOLOv5 .pt or a yolopt .safetensors")
-    p.add_argument("--format", required=True, help=", ".join(EXPORTERS))
+    p.add_argument("--format", required=True, help=", ".join(EXPORT_FORMATS))
     p.add_argument("--imgsz", type=imgsz_arg, nargs="+", default=[640], help="input size: one value or H W (default 640)")
     p.add_argument("--batch", type=positive_int_arg, default=1, help="batch size of the fixed input (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")

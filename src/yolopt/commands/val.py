@@ -6,7 +6,6 @@ import logging
 
 from rich.table import Table
 
-from ..evaluate import evaluate
 from ..fileio import write_json
 from ._common import add_common_model_args
 from ._common import console as make_console
@@ -61,6 +60,7 @@ def _plots_folder(args):
 def run(args) -> int:
     from pathlib import Path
 
+    from ..evaluate import evaluate
     from ..evaluate.confusion import plot_confusion
     from ..runtime import open as open_backend
     from ..runtime import torch_threads

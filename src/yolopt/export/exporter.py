@@ -25,6 +25,7 @@ import torch
 
 from .. import __version__
 from ..data.images import sample_images
+from ..choices import PRECISIONS
 from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
 from ..ops.sizes import check_imgsz
@@ -36,7 +37,6 @@ TRT_MAGIC = b"YOLOPT1\0"
 
 # Every precision name yolopt knows. Which of them a format exports is its exporter's business; the
 # others get one line saying why not and what to do instead (below, when no exporter takes them).
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 NOT_EXPORTED = {
     "bf16": "it is a runtime precision; export fp32 and run the fp32 artifact with --precision bf16 on a CPU that "
             "has AVX-512 BF16",

@@ -6,7 +6,15 @@ end to end, recommend one per scenario, and write a report and a deploy bundle.
     >>> res["recommendation"]["variant"], res["files"]["html"]
 """
 
-from .run import optimize
 from .spec import SCENARIOS, TARGETS, OptimizeError, OptimizeSpec, parse_duration
+
+
+def __getattr__(name: str):
+    if name == "optimize":  # imported on first use: `yolopt optimize --help` needs only the spec's names
+        from .run import optimize
+
+        return optimize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["OptimizeError", "OptimizeSpec", "SCENARIOS", "TARGETS", "optimize", "parse_duration"]

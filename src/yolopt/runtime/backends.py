@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.letterbox import to_pixels
+from ..choices import PRECISIONS
 from ..errors import RuntimeBackendError
 from ..machine import has_native_bf16, has_native_fp16
 from .altstack import compile_openvino, preserve_sigaltstack
@@ -34,7 +35,6 @@ SUFFIXES = {
 }
 
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # OpenVINO's INFERENCE_PRECISION_HINT for each compute precision (int8 comes from the IR itself)
 _OV_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
