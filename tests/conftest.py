@@ -53,10 +53,44 @@ def yolov5n(yolov5n_pt):
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run `python -m yolopt ARGS` in a subprocess (exit code and stderr as a user sees them)."""
+    """Run ``yolopt ARGS`` in this process (``yolopt.cli.main``), with stdout and stderr captured as a user sees
+    them: the same exit status, the same one-line errors. Most CLI tests are about options and messages, and a
+    process start (torch, runtimes) costs seconds each; where process behaviour is the point (signals, broken
+    pipes, the environment, import isolation) use :func:`run_cli_process`. ``timeout`` applies to the latter only."""
+    import contextlib
+    import io
+
+    from yolopt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse: --help (0) and bad options (2)
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # what `python -m yolopt` would do: a traceback on stderr, status 1
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+                rc = 1
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(["yolopt", *argv], rc, out.getvalue(), err.getvalue())
+
+
+def run_cli_process(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None
+                    ) -> subprocess.CompletedProcess:
+    """Run ``python -m yolopt ARGS`` in a child process (exit code and stderr as a user sees them)."""
     return subprocess.run(
         [sys.executable, "-m", "yolopt", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
     )
 
 

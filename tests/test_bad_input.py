@@ -188,6 +188,7 @@ def test_predict_never_overwrites_inputs(yolov5n_pt, tmp_path, bus_jpg):
     before = (tmp_path / "bus.jpg").read_bytes()
     r = run_cli("predict", yolov5n_pt, tmp_path / "bus.jpg", "--out", tmp_path)
     assert r.returncode != 0
+    assert "would overwrite the input image (--out)" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert (tmp_path / "bus.jpg").read_bytes() == before
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from .data.images import read_image
 from .data.preprocess import preprocess
 from .data.sources import VideoInput, VideoReader, expand_sources
+from .errors import YoloptError
 from .fileio import atomic_write
 from .ops.postprocess import postprocess
 
@@ -395,7 +396,7 @@ def write_outputs(results: list, out_dir: str | Path | None, json_path: str | Pa
             im = read_image(r.image)
             target = out_dir / Path(r.image).name
             if Path(r.image).resolve() == target.resolve():
-                raise ValueError(f"{target}: --out would overwrite the input image")
+                raise YoloptError(f"{target}: writing it would overwrite the input image", fields=("out",))
             ext = target.suffix or ".jpg"
             ok, buf = cv2.imencode(ext, draw(im, r))
             if ok:
