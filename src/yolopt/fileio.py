@@ -54,3 +54,43 @@ def write_json(path: str | Path, payload, quiet: bool = False) -> Path:
     if not quiet:
         log.info("wrote %s", path)
     return Path(path)
+
+
+class FolderLock:
+    """Holds ``FOLDER/.yolopt.lock`` exclusively (``fcntl.flock``) while one run writes into the folder.
+
+    A second run into the same folder is refused at once, in one line naming the process that holds it. The
+    kernel drops the lock when its holder exits, however it exits (``kill -9`` included), so a stale lock file
+    never blocks a resume. ``what`` names the run in messages (``optimize``, ``train`` ...).
+    """
+
+    NAME = ".yolopt.lock"
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        self.folder, self.what, self._fd = Path(folder), what, None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+        import sys
+
+        from .errors import YoloptError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise YoloptError(f"{self.folder}: another {self.what} is writing into this folder ({holder}); wait for "
+                              f"it to finish or use another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv[:3])[:200]}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock; the file stays (removing it would race a waiting run)
+            self._fd = None

@@ -11,6 +11,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+from pathlib import Path
 
 # ISA flags (as /proc/cpuinfo names them) that change speed or results of inference runtimes.
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -69,6 +70,35 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs this process's cgroup may use (``cpu.max`` quota / period, cgroup v2; ``cfs_quota_us`` v1), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        per = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return q / per if q > 0 and per > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, cpusets), capped by the cgroup CPU
+    quota where one is set (containers). Every default thread, worker and stream count derives from it, so a
+    process confined to one core never runs two threads against each other."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, int(quota)))  # a quota of 1.5 CPUs: one thread per full CPU
+    return max(1, n)
+
+
 @functools.lru_cache(maxsize=1)
 def machine_info() -> dict:
     """The ``machine`` block of every JSON result (cheap: no measurement)."""
@@ -80,15 +110,11 @@ def machine_info() -> dict:
         v = _version(pkg)
         if v is not None:
             versions[pkg.replace("-python-headless", "")] = v
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count()
     return {
         "cpu": model,
         "arch": platform.machine(),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": affinity,
+        "usable_cpus": usable_cpus(),
         "isa": {k: (k in flags) for k in ISA_FLAGS},
         "native_bf16": has_native_bf16(),
         "native_fp16": has_native_fp16(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..data.images import read_image
 from ..data.letterbox import letterbox, resize_long_side
 from ..errors import DatasetError
 from ..fileio import atomic_write
+from ..machine import usable_cpus
 from .augment import augment_hsv, mosaic4, random_affine, xywhn_to_xyxy, xyxy_to_xywhn
 
 log = logging.getLogger("yolopt")
@@ -246,7 +246,7 @@ def _worker_context():
 
 
 def make_loader(dataset: TrainDataset, batch: int, workers: int, sampler: EpochSampler, pin: bool = False) -> DataLoader:
-    workers = min(workers, os.cpu_count() or 1, batch)
+    workers = min(workers, usable_cpus(), batch)
     # Its own generator: a DataLoader draws its workers' base seed from this generator each time an
     # iterator is made (once per run with persistent workers, so a resumed run would draw it at a
     # different point); from the global torch generator, that draw would make the RNG state a

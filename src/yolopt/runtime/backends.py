@@ -20,10 +20,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data.letterbox import to_pixels
 from ..choices import PRECISIONS
+from ..data.letterbox import to_pixels
 from ..errors import RuntimeBackendError
-from ..machine import has_native_bf16, has_native_fp16
+from ..machine import has_native_bf16, has_native_fp16, usable_cpus
 from .altstack import compile_openvino, preserve_sigaltstack
 
 log = logging.getLogger("yolopt")
@@ -755,4 +755,5 @@ def open(model, *, device=None, threads: int | None = None, workers: int = 1, pr
 
 
 def default_threads(streams: int = 1) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, streams))
+    """Intra-op threads per stream: the usable cores (affinity, cgroup quota) shared by ``streams``."""
+    return max(1, usable_cpus() // max(1, streams))
