@@ -23,7 +23,7 @@ def default_sources(shared: Path | None = None) -> list[Path]:
     """The bundled sample images (shared/data/images), else a few coco128 images."""
     imgs = sample_images(shared)
     if not imgs:
-        raise YoloptError("no sample images found; pass --source IMAGES")
+        raise YoloptError("no sample images found: give source images", fields=("source",))
     return imgs
 
 
@@ -38,7 +38,7 @@ def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int 
     """
     paths = [p for p in list_images(sources) if read_image(p) is not None]
     if not paths:
-        raise YoloptError("none of the --source images could be decoded")
+        raise YoloptError("none of the source images could be decoded", fields=("source",))
     n = len(paths)
     out = {"images": [str(p) for p in paths], "imgsz": imgsz, "repeats": repeats, "backend": backend.name,
            "precision": backend.precision}
