@@ -271,9 +271,9 @@ def test_registry_has_the_builtin_formats(registry):
 
 def _register_plain_onnx(name: str, corrupt: bool = False, **kwargs):
     """A format added from outside: a plain torch.onnx.export (no onnxslim), optionally with a corrupted head."""
-    from yolopt.export import register_exporter, traceable
+    from yolopt.export import ExporterTraits, register_exporter, traceable
 
-    @register_exporter(name, ".onnx", **kwargs)
+    @register_exporter(name, ".onnx", ExporterTraits(**kwargs))
     def write(model, out, spec, meta, workdir):
         """Plain torch.onnx.export, metadata_props."""
         m = traceable(model, spec.device)

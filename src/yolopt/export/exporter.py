@@ -28,7 +28,7 @@ from ..data.images import sample_images
 from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
 from ..ops.sizes import check_imgsz
-from .verify import VerifyResult, tolerance, verify
+from .verify import VerifyOptions, VerifyResult, tolerance, verify
 
 log = logging.getLogger("yolopt")
 
@@ -109,24 +109,38 @@ class Exporter:
 EXPORTERS: dict[str, Exporter] = {}
 
 
-def register_exporter(name: str, suffix: str, *, precisions=("fp32",), needs_gpu: bool = False,
-                      cuda_precisions=(), nms: bool = False, folder: bool = False, check=None,
-                      description: str = "", override: bool = False):
-    """Decorator: register ``write`` (see ``WriteFn``) as the exporter of ``--format name``.
+@dataclass(frozen=True)
+class ExporterTraits:
+    """What a registered format supports (see :class:`Exporter`); ``description`` defaults to the first
+    line of the write function's docstring."""
+
+    precisions: tuple[str, ...] = ("fp32",)
+    needs_gpu: bool = False
+    cuda_precisions: tuple[str, ...] = ()
+    nms: bool = False
+    folder: bool = False
+    check: Callable[[ExportSpec, str], None] | None = None
+    description: str = ""
+
+
+def register_exporter(name: str, suffix: str, traits: ExporterTraits | None = None, *, override: bool = False):
+    """Decorator: register ``write`` (see ``WriteFn``) as the exporter of format ``name``, with ``traits``.
 
     The new format needs nothing else: option checks, device choice, metadata, verification and the
     atomic move into place are :func:`export`'s. Its artifact must open with ``yolopt.runtime.open``
     (by suffix) and its precisions need a ``verify.TOLERANCE`` entry.
     """
-    bad = [p for p in (*precisions, *cuda_precisions) if p not in PRECISIONS]
+    t = traits or ExporterTraits()
+    bad = [p for p in (*t.precisions, *t.cuda_precisions) if p not in PRECISIONS]
     if bad:
         raise ValueError(f"exporter '{name}': unknown precision(s) {bad} (known: {', '.join(PRECISIONS)})")
 
     def deco(write: WriteFn) -> WriteFn:
         if name in EXPORTERS and not override:
             raise ValueError(f"export format '{name}' is already registered")
-        EXPORTERS[name] = Exporter(name, suffix.lower(), write, tuple(precisions), needs_gpu, tuple(cuda_precisions),
-                                   nms, folder, check, description or (write.__doc__ or "").strip().split("\n")[0])
+        EXPORTERS[name] = Exporter(name, suffix.lower(), write, tuple(t.precisions), t.needs_gpu,
+                                   tuple(t.cuda_precisions), t.nms, t.folder, t.check,
+                                   t.description or (write.__doc__ or "").strip().split("\n")[0])
         return write
 
     return deco
@@ -184,7 +198,7 @@ def _first_line(e: BaseException) -> str:
 
 # --- the built-in formats ----------------------------------------------------------------------------
 
-@register_exporter("onnx", ".onnx", precisions=("fp32", "fp16"), cuda_precisions=("fp16",), nms=True)
+@register_exporter("onnx", ".onnx", ExporterTraits(precisions=("fp32", "fp16"), cuda_precisions=("fp16",), nms=True))
 def write_onnx(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
     """ONNX: fused, onnxslim-cleaned, optional in-graph NMS, metadata in metadata_props."""
     import onnx
@@ -229,7 +243,7 @@ def _intermediate_onnx(model, spec: ExportSpec, meta: dict, workdir: Path) -> Pa
     return path
 
 
-@register_exporter("openvino", ".xml", precisions=("fp32", "fp16"), nms=True, folder=True)
+@register_exporter("openvino", ".xml", ExporterTraits(precisions=("fp32", "fp16"), nms=True, folder=True))
 def write_openvino(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
     """OpenVINO IR (.xml + .bin) converted from the ONNX; fp16 = FP16-compressed weights (runs on CPUs)."""
     try:
@@ -254,7 +268,7 @@ class _CastInput(torch.nn.Module):
         return self.model(x.to(self.dtype))
 
 
-@register_exporter("torchscript", ".torchscript", precisions=("fp32", "fp16"), cuda_precisions=("fp16",))
+@register_exporter("torchscript", ".torchscript", ExporterTraits(precisions=("fp32", "fp16"), cuda_precisions=("fp16",)))
 def write_torchscript(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
     """TorchScript (traced, frozen); metadata in the extra file config.txt."""
     dtype = _DTYPES[spec.precision]
@@ -278,7 +292,8 @@ def _check_tensorrt(spec: ExportSpec, name: str) -> None:
         raise ExportError(str(e).replace(f"{name}: ", f"{name}: --format tensorrt: ", 1)) from None
 
 
-@register_exporter("tensorrt", ".engine", precisions=("fp32", "fp16"), needs_gpu=True, check=_check_tensorrt)
+@register_exporter("tensorrt", ".engine", ExporterTraits(precisions=("fp32", "fp16"), needs_gpu=True,
+                                                          check=_check_tensorrt))
 def write_tensorrt(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path, workspace_gb: float = 4.0,
                    max_batch: int | None = None) -> list[Path]:
     """TensorRT engine built from the ONNX (fp16 = FP16 builder flag), behind a yolopt metadata header."""
@@ -465,14 +480,14 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
 
             backend = open_backend(tmp_out)
             images = spec.verify_images or sample_images()  # real images with objects, when there are any
-            vres = verify(backend, ref, imgsz, batch=spec.batch, dynamic=spec.dynamic, precision=spec.precision,
-                          atol=spec.atol, images=images, raise_on_fail=False)
+            opt = VerifyOptions(batch=spec.batch, dynamic=spec.dynamic, atol=spec.atol)
+            vres = verify(backend, ref, imgsz, spec.precision, opt, images=images, raise_on_fail=False)
             if vres.problem and images and not spec.verify_images:  # the samples hold none of this model's classes
-                vres = verify(backend, ref, imgsz, batch=spec.batch, dynamic=spec.dynamic, precision=spec.precision,
-                              atol=spec.atol, images=None, raise_on_fail=False)
+                vres = verify(backend, ref, imgsz, spec.precision, opt, images=None, raise_on_fail=False)
             del backend
             if not vres.passed:
-                raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}")
+                raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}",
+                                  fields=("verify_source",) if vres.problem else ())  # the images to verify on
         verify_seconds = time.perf_counter() - t1
         for f in [f for f in files if f != tmp_out] + [tmp_out]:  # the file that opens the artifact last
             dest = out.parent / f.name
