@@ -38,7 +38,7 @@ TRT_MAGIC = b"YOLOPT1\0"
 # others get one line saying why not and what to do instead (below, when no exporter takes them).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 NOT_EXPORTED = {
-    "bf16": "it is a runtime precision; export fp32 and run the fp32 artifact with --precision bf16 on a CPU that "
+    "bf16": "it is a runtime precision; export fp32 and run the fp32 artifact at precision bf16 on a CPU that "
             "has AVX-512 BF16",
     "int8": "quantization is a separate step; export fp32 (or fp16) and quantize the artifact",
 }
@@ -289,7 +289,7 @@ def _check_tensorrt(spec: ExportSpec, name: str) -> None:
     try:
         require_tensorrt(name)
     except YoloptError as e:
-        raise ExportError(str(e).replace(f"{name}: ", f"{name}: --format tensorrt: ", 1)) from None
+        raise ExportError(str(e).replace(f"{name}: ", f"{name}: format tensorrt: ", 1), fields=("format",)) from None
 
 
 @register_exporter("tensorrt", ".engine", ExporterTraits(precisions=("fp32", "fp16"), needs_gpu=True,
@@ -352,28 +352,33 @@ def _check_precision(ex: Exporter, precision: str) -> None:
     if precision in ex.precisions:
         return
     if precision not in PRECISIONS:
-        raise ExportError(f"--precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})")
+        raise ExportError(f"precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})",
+                          fields=("precision",))
     if precision in NOT_EXPORTED and not any(precision in e.precisions for e in EXPORTERS.values()):
-        raise ExportError(f"--precision {precision} is not an export precision: {NOT_EXPORTED[precision]}")
-    raise ExportError(f"--precision {precision}: --format {ex.name} exports {_join(ex.precisions)}")
+        raise ExportError(f"precision {precision} is not an export precision: {NOT_EXPORTED[precision]}",
+                          fields=("precision",))
+    raise ExportError(f"precision {precision}: format {ex.name} exports {_join(ex.precisions)}",
+                      fields=("precision", "format"))
 
 
 def _check_options(ex: Exporter, spec: ExportSpec) -> None:
     if spec.nms and not ex.nms:
-        raise ExportError(f"--nms is available for {_join(e.name for e in EXPORTERS.values() if e.nms)} exports, "
-                          f"not {ex.name}")
+        raise ExportError(f"NMS in the graph is available for {_join(e.name for e in EXPORTERS.values() if e.nms)} "
+                          f"exports, not {ex.name}", fields=("nms",))
     if spec.nms and (not 0 <= spec.conf <= 1 or not 0 <= spec.iou <= 1):
-        raise ExportError(f"NMS thresholds must be in [0, 1], got conf={spec.conf} iou={spec.iou}")
+        raise ExportError(f"NMS thresholds must be in [0, 1], got conf={spec.conf} iou={spec.iou}",
+                          fields=("conf", "iou"))
     if spec.nms and spec.max_det < 1:
-        raise ExportError(f"--max-det {spec.max_det}: must be at least 1")
+        raise ExportError(f"max_det {spec.max_det}: must be at least 1", fields=("max_det",))
     if spec.batch < 1:
-        raise ExportError(f"--batch {spec.batch}: must be at least 1")
+        raise ExportError(f"batch {spec.batch}: must be at least 1", fields=("batch",))
 
 
 def _device(ex: Exporter, spec: ExportSpec) -> str:
     """The device to trace/build on: cuda when the format or precision needs it (checked), else cpu."""
     needs_cuda = ex.needs_gpu or spec.precision in ex.cuda_precisions
-    what = f"--format {ex.name}" if ex.needs_gpu else f"--precision {spec.precision} --format {ex.name}"
+    what = f"format {ex.name}" if ex.needs_gpu else f"precision {spec.precision}, format {ex.name},"
+    fields = ("format",) if ex.needs_gpu else ("precision", "format")
     if spec.device is None:
         if not needs_cuda:
             return "cpu"
@@ -381,15 +386,15 @@ def _device(ex: Exporter, spec: ExportSpec) -> str:
             cpu_ok = [e.name for e in EXPORTERS.values()
                       if spec.precision in e.precisions and spec.precision not in e.cuda_precisions
                       and not e.needs_gpu]
-            hint = f"; on a CPU use --format {' or '.join(cpu_ok)} --precision {spec.precision}" if cpu_ok else ""
+            hint = f"; on a CPU use format {' or '.join(cpu_ok)} at precision {spec.precision}" if cpu_ok else ""
             why = "" if ex.needs_gpu else f" ({spec.precision} tracing)"
-            raise ExportError(f"{what} needs a CUDA GPU{why} and none is available{hint}")
+            raise ExportError(f"{what} needs a CUDA GPU{why} and none is available{hint}", fields=fields)
         return "cuda:0"
     from ..runtime.device import pick_device
 
     dev = pick_device(spec.device)
     if needs_cuda and dev.type != "cuda":
-        raise ExportError(f"{what} needs a CUDA GPU, not --device {spec.device}")
+        raise ExportError(f"{what} needs a CUDA GPU, not device {spec.device}", fields=(*fields, "device"))
     return str(dev)
 
 
@@ -399,9 +404,9 @@ def _imgsz(imgsz, stride: int) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in imgsz)
     except (TypeError, ValueError):
-        raise ExportError(f"--imgsz {imgsz}: expected one size or two (H W)") from None
+        raise ExportError(f"imgsz {imgsz}: expected one size or two (H W)", fields=("imgsz",)) from None
     if h <= 0 or w <= 0:
-        raise ExportError(f"--imgsz {h}x{w}: sizes must be positive")
+        raise ExportError(f"imgsz {h}x{w}: sizes must be positive", fields=("imgsz",))
     return check_imgsz(h, stride), check_imgsz(w, stride)  # rounded up like every other command
 
 
