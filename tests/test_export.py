@@ -316,7 +316,7 @@ def test_registered_format_plugs_in_and_is_verified(registry, tmp_path, yolov5n,
 
     with pytest.raises(ExportError, match=r"^precision fp16: format onnx-plain exports fp32$"):
         export(yolov5n, ExportSpec("onnx-plain", precision="fp16", out=tmp_path / "q.onnx"))
-    with pytest.raises(ExportError, match="NMS in the graph is available for onnx and openvino exports, not onnx-plain"):
+    with pytest.raises(ExportError, match="NMS in the graph is available for onnx and openvino exports, not onnx-pl"):
         export(yolov5n, ExportSpec("onnx-plain", nms=True, out=tmp_path / "q.onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]
 
@@ -351,7 +351,8 @@ def test_in_memory_model_needs_an_output_path(yolov5n):
     ("openvino", "int8", 1, "precision int8 is not an export precision: quantization is a separate step"),
     ("onnx", "xyz", 2, "argument --precision: invalid choice: 'xyz'"),
     pytest.param("onnx", "fp16", 1, ("precision fp16, format onnx, needs a CUDA GPU (fp16 tracing) and none is "
-                                     "available; on a CPU use format openvino at precision fp16 (--precision, --format)"),
+                                     "available; on a CPU use format openvino at precision fp16 "
+                                     "(--precision, --format)"),
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
 ])
 def test_bad_precision_is_one_line(tmp_path, yolov5n_pt, fmt, precision, code, needle):

@@ -147,7 +147,8 @@ def reconstruct(student: nn.Module, teacher: nn.Module, images: torch.Tensor, fi
 
     ``images``: ``(N, 3, H, W)`` float in [0, 1] (or uint8 0-255), letterboxed like inference input;
     a few dozen unlabelled images of the target domain are enough. ``fit``: sampling and regularisation
-    of the fit (:class:`FitOptions`). Both models must be unfused and have the same module names (``prune`` keeps them). ``layers``:
+    of the fit (:class:`FitOptions`). Both models must be unfused and have the same module names (``prune``
+    keeps them). ``layers``:
     refit only these convs (names), e.g. the consumers of one pruned group. Returns the per-layer fit
     errors before and after. ``kept``: which output channels of each conv remain
     (:attr:`PruneResult.kept_outputs` / :attr:`ChannelPruner.kept_outputs`); without it they are

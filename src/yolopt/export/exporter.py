@@ -268,7 +268,8 @@ class _CastInput(torch.nn.Module):
         return self.model(x.to(self.dtype))
 
 
-@register_exporter("torchscript", ".torchscript", ExporterTraits(precisions=("fp32", "fp16"), cuda_precisions=("fp16",)))
+@register_exporter("torchscript", ".torchscript",
+                   ExporterTraits(precisions=("fp32", "fp16"), cuda_precisions=("fp16",)))
 def write_torchscript(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
     """TorchScript (traced, frozen); metadata in the extra file config.txt."""
     dtype = _DTYPES[spec.precision]

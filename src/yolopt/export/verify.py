@@ -217,7 +217,8 @@ def verify(backend, model, imgsz: tuple[int, int], precision: str = "fp32", opti
            images: list | None = None, raise_on_fail: bool = True) -> VerifyResult:
     """Run ``backend`` (a runtime Backend) and ``model`` (fp32 PyTorch) on the same inputs and compare.
 
-    The limits are ``TOLERANCE[precision]``, adjusted by ``options`` (:class:`VerifyOptions`). ``images``: real images to compare on (the export command passes the
+    The limits are ``TOLERANCE[precision]``, adjusted by ``options`` (:class:`VerifyOptions`).
+    ``images``: real images to compare on (the export command passes the
     shared sample images when it finds them); without them a synthetic scene, which for an artifact
     with NMS baked in is first made to produce detections above its threshold
     (:func:`scene_with_detections`). When neither side detects anything the result fails:
