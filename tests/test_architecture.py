@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "yolopt"
 
 BASE = {"errors", "fileio", "machine", "ops", "choices", "__init__"}  # importable from anywhere ("__init__": __version__)
 ALLOWED = {
-    "errors": set(), "choices": set(), "fileio": set(), "machine": {"__init__"}, "ops": {"errors"},
+    "errors": set(), "choices": set(), "fileio": {"errors"}, "machine": {"__init__"}, "ops": {"errors"},
     "models": BASE,
     "data": BASE | {"models"},
     "runtime": BASE | {"models", "data"},

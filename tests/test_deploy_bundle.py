@@ -112,7 +112,7 @@ def yolopt_rect(artifact, folder) -> dict[str, tuple]:
     """preprocess(mode="rect") at batch 1 -> backend -> postprocess, as yolopt evaluates a dynamic artifact."""
     from yolopt.data.images import list_images, read_image
     from yolopt.data.preprocess import preprocess
-    from yolopt.ops.postprocess import postprocess
+    from yolopt.ops.postprocess import NMSOptions, postprocess
     from yolopt.runtime import open as open_backend
 
     b = open_backend(artifact)
@@ -120,7 +120,7 @@ def yolopt_rect(artifact, folder) -> dict[str, tuple]:
     for p in list_images(folder):
         im = read_image(p)
         x, metas = preprocess([im], IMGSZ, mode="rect", stride=int(b.stride.max()), pixels=b.uint8_input)
-        d = postprocess(b(x), metas, conf=0.25, iou=0.45, max_det=300, end2end=b.end2end)[0].numpy()
+        d = postprocess(b(x), metas, NMSOptions(0.25, 0.45, 300), end2end=b.end2end)[0].numpy()
         out[p.name] = (d[:, :4], d[:, 4], d[:, 5].astype(int))
     return out
 
@@ -362,7 +362,7 @@ def test_template_decode_is_yolopts():
     max_det reached), and maps them back the same way."""
     import torch
 
-    from yolopt.ops.postprocess import ImageMeta, postprocess
+    from yolopt.ops.postprocess import ImageMeta, NMSOptions, postprocess
 
     t = _template()
     rng = np.random.default_rng(1)
@@ -374,7 +374,7 @@ def test_template_decode_is_yolopts():
     pred = pred.astype(np.float32)[None]
     meta = ImageMeta((700, 500), (320, 320), 320 / 700, ((320 - 500 * 320 / 700) / 2, 0.0))
     for conf, iou, max_det in [(0.25, 0.45, 300), (0.1, 0.6, 30), (0.5, 0.3, 300)]:
-        ref = postprocess(torch.from_numpy(pred), [meta], conf=conf, iou=iou, max_det=max_det)[0].numpy()
+        ref = postprocess(torch.from_numpy(pred), [meta], NMSOptions(conf, iou, max_det))[0].numpy()
         ours = t.to_original(t.decode(pred[0], conf, iou, max_det), meta.gain, meta.pad, meta.orig_hw)
         assert len(ref) > 20 and len(ours) == len(ref), (conf, len(ours), len(ref))
         assert np.allclose(ours, ref, atol=1e-3), (conf, iou)

@@ -191,7 +191,8 @@ def test_failed_verification_writes_nothing(tmp_path, yolov5n_pt):
 @pytest.mark.parametrize("args,needle", [
     (["--format", "caffe"], "unknown export format 'caffe'"),
     (["--format", "onnx", "--imgsz", "64", "64", "64"], "--imgsz takes one value or two"),
-    (["--format", "torchscript", "--nms"], "--nms is available for onnx and openvino exports, not torchscript"),
+    (["--format", "torchscript", "--nms"], "NMS in the graph is available for onnx and openvino exports, not "
+                                           "torchscript (--nms)"),
 ])
 def test_bad_export_options(tmp_path, yolov5n_pt, args, needle):
     r = run_cli("export", yolov5n_pt, *args, "--out", tmp_path / "x")
@@ -271,9 +272,9 @@ def test_registry_has_the_builtin_formats(registry):
 
 def _register_plain_onnx(name: str, corrupt: bool = False, **kwargs):
     """A format added from outside: a plain torch.onnx.export (no onnxslim), optionally with a corrupted head."""
-    from yolopt.export import register_exporter, traceable
+    from yolopt.export import ExporterTraits, register_exporter, traceable
 
-    @register_exporter(name, ".onnx", **kwargs)
+    @register_exporter(name, ".onnx", ExporterTraits(**kwargs))
     def write(model, out, spec, meta, workdir):
         """Plain torch.onnx.export, metadata_props."""
         m = traceable(model, spec.device)
@@ -313,9 +314,9 @@ def test_registered_format_plugs_in_and_is_verified(registry, tmp_path, yolov5n,
     # the registry's rules apply to it: precisions and --nms it does not declare are refused, nothing written
     from yolopt.errors import ExportError
 
-    with pytest.raises(ExportError, match=r"^--precision fp16: --format onnx-plain exports fp32$"):
+    with pytest.raises(ExportError, match=r"^precision fp16: format onnx-plain exports fp32$"):
         export(yolov5n, ExportSpec("onnx-plain", precision="fp16", out=tmp_path / "q.onnx"))
-    with pytest.raises(ExportError, match="--nms is available for onnx and openvino exports, not onnx-plain"):
+    with pytest.raises(ExportError, match="NMS in the graph is available for onnx and openvino exports, not onnx-pl"):
         export(yolov5n, ExportSpec("onnx-plain", nms=True, out=tmp_path / "q.onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]
 
@@ -345,12 +346,13 @@ def test_in_memory_model_needs_an_output_path(yolov5n):
 # --- precision -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt,precision,code,needle", [
-    ("onnx", "bf16", 1, ("--precision bf16 is not an export precision: it is a runtime precision; export fp32 and "
-                         "run the fp32 artifact with --precision bf16 on a CPU that has AVX-512 BF16")),
-    ("openvino", "int8", 1, "--precision int8 is not an export precision: quantization is a separate step"),
+    ("onnx", "bf16", 1, ("precision bf16 is not an export precision: it is a runtime precision; export fp32 and "
+                         "run the fp32 artifact at precision bf16 on a CPU that has AVX-512 BF16 (--precision)")),
+    ("openvino", "int8", 1, "precision int8 is not an export precision: quantization is a separate step"),
     ("onnx", "xyz", 2, "argument --precision: invalid choice: 'xyz'"),
-    pytest.param("onnx", "fp16", 1, ("--precision fp16 --format onnx needs a CUDA GPU (fp16 tracing) and none is "
-                                     "available; on a CPU use --format openvino --precision fp16"),
+    pytest.param("onnx", "fp16", 1, ("precision fp16, format onnx, needs a CUDA GPU (fp16 tracing) and none is "
+                                     "available; on a CPU use format openvino at precision fp16 "
+                                     "(--precision, --format)"),
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
 ])
 def test_bad_precision_is_one_line(tmp_path, yolov5n_pt, fmt, precision, code, needle):
@@ -383,7 +385,7 @@ def test_device_must_suit_the_precision(yolov5n_pt):
     from yolopt.errors import ExportError
     from yolopt.export import ExportSpec, export
 
-    with pytest.raises(ExportError, match="--precision fp16 --format torchscript needs a CUDA GPU, not --device cpu"):
+    with pytest.raises(ExportError, match="precision fp16, format torchscript, needs a CUDA GPU, not device cpu"):
         export(yolov5n_pt, ExportSpec("torchscript", precision="fp16", device="cpu"))
 
 
@@ -495,7 +497,7 @@ def test_new_precision_plugs_in_with_its_exporter(registry, tmp_path, yolov5n):
     with pytest.raises(ExportError, match="quantization is a separate step"):
         export(yolov5n, ExportSpec("onnx", precision="int8", out=tmp_path / "q.onnx"))
     _register_plain_onnx("onnx-int8", precisions=("int8",))
-    with pytest.raises(ExportError, match=r"^--precision int8: --format onnx exports fp32 and fp16$"):
+    with pytest.raises(ExportError, match=r"^precision int8: format onnx exports fp32 and fp16$"):
         export(yolov5n, ExportSpec("onnx", precision="int8", out=tmp_path / "q.onnx"))
     with pytest.raises(ExportError, match="no verification tolerance for precision 'int8'"):
         export(yolov5n, ExportSpec("onnx-int8", precision="int8", out=tmp_path / "q.onnx"))

@@ -178,7 +178,7 @@ def test_resolve_imgsz_fixed_and_dynamic(deploy_artifacts, yolov5n):
 def test_preprocess_postprocess_round_trip():
     """A box drawn on an image comes back in original pixels through both letterbox modes."""
     from yolopt.data.preprocess import preprocess
-    from yolopt.ops.postprocess import postprocess
+    from yolopt.ops.postprocess import NMSOptions, postprocess
 
     ims = [np.full((300, 500, 3), 30, np.uint8), np.full((480, 360, 3), 30, np.uint8)]
     box = np.array([100.0, 50.0, 220.0, 170.0])  # xyxy in original pixels of each image
@@ -198,21 +198,21 @@ def test_preprocess_postprocess_round_trip():
             row[0, :4] = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
             row[0, 4], row[0, 6] = 0.9, 1.0
             preds.append(row)
-        dets = postprocess(torch.stack(preds), metas, conf=0.25)
+        dets = postprocess(torch.stack(preds), metas, NMSOptions(conf=0.25))
         for d in dets:
             assert d.shape == (1, 6) and int(d[0, 5]) == 1
             np.testing.assert_allclose(d[0, :4].numpy(), box, atol=0.6)
 
 
 def test_end2end_rows_split_and_filter():
-    from yolopt.ops.postprocess import postprocess, split_end2end
+    from yolopt.ops.postprocess import NMSOptions, postprocess, split_end2end
     from yolopt.ops.postprocess import ImageMeta
 
     rows = torch.tensor([[0, 10, 10, 20, 20, 0.9, 2], [1, 5, 5, 9, 9, 0.3, 0], [0, 1, 1, 4, 4, 0.2, 1]])
     parts = split_end2end(rows, 2)
     assert [len(p) for p in parts] == [2, 1] and parts[0].shape[1] == 6
     meta = ImageMeta((64, 64), (64, 64), 1.0, (0.0, 0.0))
-    kept = postprocess(rows, [meta, meta], conf=0.25, end2end=True)
+    kept = postprocess(rows, [meta, meta], NMSOptions(conf=0.25), end2end=True)
     assert [len(k) for k in kept] == [1, 1]  # the 0.2 row is below --conf
 
 

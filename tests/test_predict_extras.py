@@ -102,6 +102,6 @@ def test_classes_filter(yolov5n_pt, bus_jpg):
     people = classes("person")
     assert people and set(people) == {0}
     assert sorted(set(classes("0", "bus"))) == [0, 5]
-    _one_line_error(run_cli("predict", yolov5n_pt, bus_jpg, "--classes", "80"), "--classes 80", "0-79")
-    _one_line_error(run_cli("predict", yolov5n_pt, bus_jpg, "--classes", "helmet"), "--classes helmet",
-                    "no class of that name")
+    _one_line_error(run_cli("predict", yolov5n_pt, bus_jpg, "--classes", "80"), "class 80", "0-79", "(--classes)")
+    _one_line_error(run_cli("predict", yolov5n_pt, bus_jpg, "--classes", "helmet"), "class helmet",
+                    "no class of that name", "(--classes)")

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from yolopt.errors import YoloptError
 from yolopt.models import DetectionModel, builtin_config
-from yolopt.profile import profile_model
+from yolopt.profile import ProfileSpec, profile_model
 from yolopt.profile.findings import find_bottlenecks
 from yolopt.profile.layers import analyse_layers, central_mean, time_layers
 from yolopt.profile.roofline import measure_machine
@@ -45,8 +45,9 @@ def machine():
 @pytest.fixture(scope="module")
 def report320(yolov5n, bus_jpg, machine):
     """A full profile of yolov5n at 320 on one thread, torch + ONNX Runtime + pipeline."""
-    return profile_model(yolov5n, imgsz=320, threads=1, repeats=30, warmup=5, deploy=("onnxruntime",),
-                         pipeline=True, pipeline_repeats=3, source=[str(bus_jpg)], machine=machine, children=True)
+    return profile_model(yolov5n, ProfileSpec(imgsz=320, threads=1, repeats=30, warmup=5, deploy=("onnxruntime",),
+                                              pipeline=True, pipeline_repeats=3, source=[str(bus_jpg)], children=True),
+                         machine=machine)
 
 
 def test_params_and_flops_yolov5n_640(yolov5n):
@@ -190,9 +191,9 @@ def test_nonstandard_widths_all_runtimes_and_sweep(bus_jpg, machine, tmp_path):
     fused = copy.deepcopy(model).fuse()
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         fused(torch.zeros(2, 3, 192, 192))
-    r = profile_model(model, imgsz=192, batch=2, threads=1, repeats=5, warmup=1, source=[str(bus_jpg)],
+    r = profile_model(model, ProfileSpec(imgsz=192, batch=2, threads=1, repeats=5, warmup=1, source=[str(bus_jpg)],
                       pipeline_repeats=1, sweep=True, sweep_sizes=(128, 160), sweep_batches=(1, 2), sweep_repeats=1,
-                      machine=machine, deploy=("onnxruntime", "openvino") if _has("openvino") else ("onnxruntime",))
+                      deploy=("onnxruntime", "openvino") if _has("openvino") else ("onnxruntime",)), machine=machine)
     assert r["params"] == fused.num_params() == sum(x["params"] for x in r["layers"])
     assert r["params_unfused"] == model.num_params()
     assert r["flops"] == fc.get_total_flops() == sum(x["flops"] for x in r["layers"])
@@ -218,8 +219,8 @@ def test_onnx_model_input(yolov5n, machine, tmp_path, bus_jpg):
     from yolopt.export import ExportSpec, export
 
     path = export(yolov5n, ExportSpec("onnx", imgsz=160, out=tmp_path / "m.onnx")).path
-    r = profile_model(str(path), imgsz=640, threads=1, repeats=5, warmup=1, deploy=("onnxruntime",),
-                      source=[str(bus_jpg)], pipeline_repeats=1, machine=machine)
+    r = profile_model(str(path), ProfileSpec(imgsz=640, threads=1, repeats=5, warmup=1, deploy=("onnxruntime",),
+                      source=[str(bus_jpg)], pipeline_repeats=1), machine=machine)
     assert r["imgsz"] == 160  # taken from the model's fixed input shape
     assert r["layers"] == [] and "per-layer torch table" in r["note"]
     assert r["backend"] == "onnxruntime" and r["flops"] is None
@@ -278,9 +279,9 @@ def test_cli_bad_input_subprocess(tmp_path):
 
 def test_bad_arguments_raise(yolov5n):
     with pytest.raises(YoloptError, match="backend"):
-        profile_model(yolov5n, backend="tensorrt")
+        profile_model(yolov5n, ProfileSpec(backend="tensorrt"))
     with pytest.raises(YoloptError, match="no such file"):
-        profile_model(yolov5n, imgsz=64, repeats=1, warmup=0, deploy=(), source=["/nonexistent/x.jpg"],
+        profile_model(yolov5n, ProfileSpec(imgsz=64, repeats=1, warmup=0, deploy=(), source=["/nonexistent/x.jpg"]),
                       machine={"peak_gflops": 1.0, "bandwidth_gbs": 1.0, "ridge_flops_per_byte": 1.0})
 
 
@@ -289,8 +290,8 @@ def test_runtime_backend_is_profiled_and_used(bus_jpg, machine):
     cfg["width_multiple"] = 0.2
     model = DetectionModel(cfg).eval()
     backend = "openvino" if _has("openvino") else "onnxruntime"
-    r = profile_model(model, imgsz=128, backend=backend, threads=1, repeats=4, warmup=1, deploy=(),
-                      source=[str(bus_jpg)], pipeline_repeats=1, machine=machine, children=False)
+    r = profile_model(model, ProfileSpec(imgsz=128, backend=backend, threads=1, repeats=4, warmup=1, deploy=(),
+                      source=[str(bus_jpg)], pipeline_repeats=1, children=False), machine=machine)
     assert list(r["deploy"]) == [backend]  # added even though no deployment runtimes were asked for
     d = r["deploy"][backend]
     assert r["latency_ms"] == d["latency_ms"] and r["latency_ms_torch"] > 0 and d["latency_ms_unprofiled"] > 0

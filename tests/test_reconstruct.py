@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from yolopt.compress import PruneSpec, prune, reconstruct
+from yolopt.compress import FitOptions, PruneSpec, prune, reconstruct
 from yolopt.errors import YoloptError
 from yolopt.models import DetectionModel, builtin_config
 
@@ -39,7 +39,7 @@ def test_reconstruct_brings_a_pruned_yolov5n_back_towards_the_original(yolov5n, 
     res = prune(yolov5n, PruneSpec(ratio=0.2, round_to=8, imgsz=160))
     pruned = res.model
     gap_pruned = _objectness_gap(pruned, yolov5n, held_out)
-    stats = reconstruct(pruned, yolov5n, fit, positions=256, progress=False, kept=res.kept_outputs)
+    stats = reconstruct(pruned, yolov5n, fit, FitOptions(positions=256), progress=False, kept=res.kept_outputs)
     gap_recon = _objectness_gap(pruned, yolov5n, held_out)
     assert gap_recon < 0.8 * gap_pruned, (gap_pruned, gap_recon)  # measured 0.65x (AMD EPYC, AVX2)
     assert len(stats.layers) == sum(isinstance(m, torch.nn.Conv2d) for m in pruned.modules())
@@ -66,7 +66,7 @@ def test_reconstructing_an_unpruned_copy_changes_nothing():
     teacher = _model()
     student = copy.deepcopy(teacher)
     x = torch.rand(4, 3, 64, 64)
-    reconstruct(student, teacher, x, positions=64, progress=False)
+    reconstruct(student, teacher, x, FitOptions(positions=64), progress=False)
     for (n, a), b in zip(student.state_dict().items(), teacher.state_dict().values()):
         assert torch.equal(a, b), n
 
@@ -76,8 +76,8 @@ def test_without_the_pruners_record_the_kept_channels_are_found_by_their_batchno
     x = torch.rand(4, 3, 64, 64)
     res = prune(teacher, PruneSpec(ratio=0.3, round_to=1, imgsz=64))
     a, b = copy.deepcopy(res.model), copy.deepcopy(res.model)
-    reconstruct(a, teacher, x, positions=64, progress=False, kept=res.kept_outputs)
-    reconstruct(b, teacher, x, positions=64, progress=False)
+    reconstruct(a, teacher, x, FitOptions(positions=64), progress=False, kept=res.kept_outputs)
+    reconstruct(b, teacher, x, FitOptions(positions=64), progress=False)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
 

@@ -45,7 +45,8 @@ def hardhat_small(tmp_path_factory, shared) -> Path:
 def test_class_count_mismatch_says_how_to_proceed(ppe_pt, hardhat_small):
     line = _one_line_error(run_cli("val", ppe_pt, "--data", hardhat_small), str(hardhat_small))
     assert "dataset has 1 classes (helmet) but the model predicts 2 (helmet, vest)" in line
-    assert "they share 1 by name (helmet): add --match-classes to evaluate only those" in line
+    assert "they share 1 by name (helmet): evaluate with match_classes to keep only those" in line
+    assert line.endswith("(--match-classes)")
 
 
 def test_match_classes_evaluates_the_shared_classes(ppe_pt, hardhat_small, tmp_path):
@@ -63,7 +64,7 @@ def test_match_classes_evaluates_the_shared_classes(ppe_pt, hardhat_small, tmp_p
 
 def test_match_classes_maps_model_ids_to_dataset_ids(ppe_pt, hardhat_small, tmp_path):
     """A dataset that names its classes in another order: the model's helmet (0) is the dataset's 1."""
-    from yolopt.evaluate import evaluate
+    from yolopt.evaluate import EvalSpec, evaluate
 
     root = tmp_path / "swapped"
     shutil.copytree(hardhat_small.parent, root)
@@ -72,8 +73,8 @@ def test_match_classes_maps_model_ids_to_dataset_ids(ppe_pt, hardhat_small, tmp_
         f.write_text("".join(" ".join(["1", *r[1:]]) + "\n" for r in rows))
     (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "val": "images/val",
                                                     "names": {0: "boots", 1: "helmet"}}))
-    a = evaluate(ppe_pt, hardhat_small, imgsz=int(IMGSZ), match_classes=True, progress=False)
-    b = evaluate(ppe_pt, root / "data.yaml", imgsz=int(IMGSZ), match_classes=True, progress=False)
+    a = evaluate(ppe_pt, hardhat_small, EvalSpec(imgsz=int(IMGSZ), match_classes=True, progress=False))
+    b = evaluate(ppe_pt, root / "data.yaml", EvalSpec(imgsz=int(IMGSZ), match_classes=True, progress=False))
     assert b.class_map == [{"model": 0, "dataset": 1, "name": "helmet"}]
     assert b.map50_95 == pytest.approx(a.map50_95, abs=1e-9) and b.map50 == pytest.approx(a.map50, abs=1e-9)
     assert {p["category_id"] for p in b.predictions} == {1}  # vest (model class 1) never reaches the dataset

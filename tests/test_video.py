@@ -98,12 +98,12 @@ def test_predict_video_annotated_video_and_per_frame_json(yolov5n_pt, clip, tmp_
 
 def test_predict_video_python_api(yolov5n, clip, tmp_path):
     import yolopt
-    from yolopt.detect import predict_video
+    from yolopt.detect import PredictOutputs, predict_video
 
     dets = yolopt.predict(yolov5n, clip, imgsz=320, max_frames=3)
     assert [d.frame for d in dets] == [0, 1, 2] and all(d.image == str(clip) for d in dets)
     assert 5 in dets[0].cls and 5 not in dets[1].cls  # bus, then zidane
-    run = predict_video(yolov5n, clip, imgsz=256, out_dir=tmp_path, labels_dir=tmp_path / "labels", max_frames=4)
+    run = predict_video(yolov5n, clip, imgsz=256, save=PredictOutputs(tmp_path, tmp_path / "labels"), max_frames=4)
     assert len(run.frames) == 4 and run.video == tmp_path / "clip.mp4" and len(_read_all(run.video)) == 4
     assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == [f"clip_{k}.txt" for k in range(4)]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind

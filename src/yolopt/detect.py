@@ -1,7 +1,7 @@
 """High-level prediction: images and videos in, detections out (and annotated images / videos, labels, JSON).
 
     >>> dets = yolopt.predict(model, ["bus.jpg", "clip.mp4"])   # one Detections per image and per video frame
-    >>> run = predict_video(backend, "clip.mp4", out_dir="runs/predict/exp")   # annotated video + per-frame timing
+    >>> run = predict_video(backend, "clip.mp4", save=PredictOutputs("runs/predict/exp"))   # annotated video + timing
 
 Every frame goes through the one path: ``data.preprocess`` -> backend -> ``ops.postprocess``.
 """
@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -25,6 +25,7 @@ from .data.preprocess import preprocess
 from .data.sources import VideoInput, VideoReader, expand_sources
 from .errors import YoloptError
 from .fileio import atomic_write
+from .ops.nms import PREDICT_NMS, NMSOptions
 from .ops.postprocess import postprocess
 
 log = logging.getLogger("yolopt")
@@ -146,11 +147,9 @@ def predict(
     model,
     source: str | Path | Iterable,
     imgsz: int | tuple[int, int] = 640,
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
-    agnostic: bool = False,
-    classes: list[int] | None = None,
+    nms: NMSOptions = PREDICT_NMS,
+    *,
+    conf: float | None = None,
     max_frames: int | None = None,
 ) -> list[Detections]:
     """Detect objects in image files and videos (paths, folders or globs; video frames come one by one).
@@ -159,21 +158,22 @@ def predict(
     Unreadable images are skipped with a warning. Each image is letterboxed to an ``imgsz``
     square (pad 114), exactly like upstream YOLOv5's detect.py at a fixed input size. A video gives
     one :class:`Detections` per frame (``frame`` set; at most ``max_frames`` of them); streams and
-    cameras need ``max_frames`` here (or :func:`predict_video`, which handles Ctrl-C).
+    cameras need ``max_frames`` here (or :func:`predict_video`, which handles Ctrl-C). ``nms``: the
+    NMS options; ``conf`` (convenience) replaces ``nms.conf``.
     """
     from .runtime import open as open_backend
 
+    if conf is not None:
+        nms = replace(nms, conf=conf)
     backend = open_backend(model)
-    _warn_end2end(backend, conf, iou)
+    _warn_end2end(backend, nms.conf, nms.iou)
     names = list(getattr(backend, "names", []))
-    kw = dict(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, end2end=backend.end2end)
     results = []
     for item in expand_sources(source):
         if isinstance(item, VideoInput):
             if item.kind != "video" and max_frames is None:
                 raise ValueError(f"{item}: a live {item.kind} never ends: give max_frames, or use predict_video")
-            run = predict_video(backend, item, imgsz, conf, iou, max_det, agnostic, classes, max_frames=max_frames,
-                                progress=False)
+            run = predict_video(backend, item, imgsz, nms, max_frames=max_frames, progress=False)
             results.extend(run.frames)
             continue
         im = read_image(item)
@@ -181,9 +181,45 @@ def predict(
             log.warning("%s: corrupt or unreadable image, skipped", item)
             continue
         x, metas = preprocess([im], imgsz, mode="square", pixels=backend.uint8_input)
-        det = postprocess(backend(x), metas, **kw)[0]
+        det = postprocess(backend(x), metas, nms, end2end=backend.end2end)[0]
         results.append(_detections(det, im, str(item), names))
     return results
+
+
+def class_ids(values: list[str] | None, names: list[str]) -> list[int] | None:
+    """Class ids or names -> sorted ids of the model's classes (None when no filter is given)."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        if str(v).lstrip("-").isdigit():
+            k = int(v)
+            if not 0 <= k < len(names):
+                raise YoloptError(f"class {v}: the model has class ids 0-{len(names) - 1}", fields=("classes",))
+        elif v in names:
+            k = names.index(v)
+        else:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise YoloptError(f"class {v}: no class of that name in the model ({shown})", fields=("classes",))
+        out.append(k)
+    return sorted(set(out))
+
+
+def predict_images(model, files: list, imgsz: int | tuple[int, int] = 640, nms: NMSOptions = PREDICT_NMS,
+                   workers: int = 1) -> list[Detections]:
+    """:func:`predict` on image files; with ``workers`` > 1 in contiguous chunks, one cloned backend per
+    worker thread (``model``: a :mod:`yolopt.runtime` backend), results in input order."""
+    if workers > 1 and len(files) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = min(workers, len(files))
+        step = -(-len(files) // n)
+        chunks = [files[i:i + step] for i in range(0, len(files), step)]
+        replicas = [model] + [model.clone() for _ in range(len(chunks) - 1)]
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda a: predict(a[0], a[1], imgsz, nms), zip(replicas, chunks)))
+        return [r for part in parts for r in part]
+    return predict(model, files, imgsz, nms)
 
 
 @dataclass
@@ -266,8 +302,6 @@ class _VideoSink:
             self.size = (im.shape[1], im.shape[0])
             self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, self.size)
             if not self.writer.isOpened():
-                from .errors import YoloptError
-
                 self.abort()
                 raise YoloptError(f"{self.path}: OpenCV cannot write this video format here")
         if (im.shape[1], im.shape[0]) != self.size:  # a stream that changed resolution
@@ -297,26 +331,30 @@ def write_labels(det: Detections, path: str | Path, save_conf: bool = False) -> 
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+@dataclass(frozen=True)
+class PredictOutputs:
+    """Where :func:`predict_video` writes. ``out_dir``: the annotated video (same fps and size; see
+    :func:`video_output_path`). ``labels_dir``: a YOLO label file ``<name>_<frame>.txt`` for every frame
+    with detections (as upstream), with the confidence on each line when ``save_conf``."""
+
+    out_dir: str | Path | None = None
+    labels_dir: str | Path | None = None
+    save_conf: bool = False
+
+
 def predict_video(
     model,
     source: VideoInput | str,
     imgsz: int | tuple[int, int] = 640,
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
-    agnostic: bool = False,
-    classes: list[int] | None = None,
-    out_dir: str | Path | None = None,
-    labels_dir: str | Path | None = None,
-    save_conf: bool = False,
+    nms: NMSOptions = PREDICT_NMS,
+    save: PredictOutputs | None = None,
     max_frames: int | None = None,
     progress: bool | None = None,
     on_frame: Callable[[Detections], None] | None = None,
 ) -> VideoRun:
     """Run a video file, stream or camera through the model frame by frame.
 
-    ``out_dir``: write the annotated video there (same fps and size; see :func:`video_output_path`).
-    ``labels_dir``: a YOLO label file ``<name>_<frame>.txt`` for every frame with detections (as upstream).
+    ``save``: the annotated video and per-frame label files to write (:class:`PredictOutputs`; none by default).
     Each frame's :class:`Detections` has ``frame`` and ``timing_ms`` (decode, preprocess, inference, nms,
     write). Ctrl-C stops a run cleanly: what was processed is kept and written (``interrupted``).
     """
@@ -324,10 +362,11 @@ def predict_video(
 
     from .runtime import open as open_backend
 
+    save = save or PredictOutputs()
+    out_dir, labels_dir = save.out_dir, save.labels_dir
     backend = open_backend(model)
-    _warn_end2end(backend, conf, iou)
+    _warn_end2end(backend, nms.conf, nms.iou)
     names = list(getattr(backend, "names", []))
-    kw = dict(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic, end2end=backend.end2end)
     reader = VideoReader(source)
     item = reader.source
     run = VideoRun(item.spec, item.kind, reader.width, reader.height, reader.fps)
@@ -347,13 +386,13 @@ def predict_video(
             t2 = time.perf_counter()
             pred = backend(x)
             t3 = time.perf_counter()
-            det = postprocess(pred, metas, **kw)[0]
+            det = postprocess(pred, metas, nms, end2end=backend.end2end)[0]
             t4 = time.perf_counter()
             d = _detections(det, im, item.spec, names, frame=reader.index - 1)
             if sink is not None:
                 sink.write(draw(im, d))
             if labels_dir is not None and len(d):
-                write_labels(d, Path(labels_dir) / f"{item.name}_{d.frame}.txt", save_conf)
+                write_labels(d, Path(labels_dir) / f"{item.name}_{d.frame}.txt", save.save_conf)
             t5 = time.perf_counter()
             d.timing_ms = {"decode": t_decode, "preprocess": (t2 - t1) * 1e3, "inference": (t3 - t2) * 1e3,
                            "nms": (t4 - t3) * 1e3, "write": (t5 - t4) * 1e3}
@@ -362,8 +401,6 @@ def predict_video(
                 on_frame(d)
             bar.update(1)
         if not run.frames:
-            from .errors import YoloptError
-
             raise YoloptError(f"{item.spec}: no frame could be decoded")
     except KeyboardInterrupt:
         run.interrupted = True
@@ -396,7 +433,7 @@ def write_outputs(results: list, out_dir: str | Path | None, json_path: str | Pa
             im = read_image(r.image)
             target = out_dir / Path(r.image).name
             if Path(r.image).resolve() == target.resolve():
-                raise YoloptError(f"{target}: writing it would overwrite the input image", fields=("out",))
+                raise YoloptError(f"{target}: the annotated image would overwrite the input image", fields=("out",))
             ext = target.suffix or ".jpg"
             ok, buf = cv2.imencode(ext, draw(im, r))
             if ok:

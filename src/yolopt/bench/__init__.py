@@ -31,7 +31,7 @@ from ..data.preprocess import preprocess
 from ..data.sources import FrameCycle
 from ..errors import YoloptError
 from ..machine import machine_info
-from ..ops.postprocess import select, to_original
+from ..ops.postprocess import NMSOptions, select, to_original
 
 STAGES = ("decode", "preprocess", "inference", "nms", "postprocess")
 
@@ -145,7 +145,7 @@ class EndToEnd:
         t2 = time.perf_counter()
         pred = self.backend(x)
         t3 = time.perf_counter()
-        dets = select(pred, self.conf, self.iou, self.max_det, end2end=self.backend.end2end, batch=len(ims))
+        dets = select(pred, NMSOptions(self.conf, self.iou, self.max_det), end2end=self.backend.end2end, batch=len(ims))
         t4 = time.perf_counter()
         self.last = to_original(dets, metas)
         t5 = time.perf_counter()

@@ -51,25 +51,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_classes(values: list[str] | None, names: list[str]) -> list[int] | None:
-    """``--classes`` ids or names -> ids of the model's classes (one-line error for an unknown one)."""
-    if not values:
-        return None
-    out = []
-    for v in values:
-        if v.lstrip("-").isdigit():
-            k = int(v)
-            if not 0 <= k < len(names):
-                raise YoloptError(f"--classes {v}: the model has class ids 0-{len(names) - 1}")
-        elif v in names:
-            k = names.index(v)
-        else:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise YoloptError(f"--classes {v}: no class of that name in the model ({shown})")
-        out.append(k)
-    return sorted(set(out))
-
-
 def _output_folder(args, needs_files: bool):
     """(folder, created): --out as given, else a new run folder when files are asked for, else None."""
     if args.out and (args.project or args.name):
@@ -91,7 +72,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..data.sources import VideoInput, check_sources, expand_sources
-    from ..detect import Detections, predict, predict_video, write_outputs
+    from ..detect import Detections, PredictOutputs, class_ids, predict_images, predict_video, write_outputs
+    from ..ops.nms import NMSOptions
     from ..runtime import default_threads, torch_threads
     from ..runtime import open as open_backend
 
@@ -106,15 +88,14 @@ def run(args) -> int:
         threads = args.threads or (default_threads(workers) if workers > 1 else None)
         model = open_backend(args.weights, device=args.device, threads=threads, precision=args.precision)
         imgsz = model.resolve_imgsz(args.imgsz)
-        kw = dict(imgsz=imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic,
-                  classes=resolve_classes(args.classes, list(model.names)))
+        nms = NMSOptions(args.conf, args.iou, args.max_det, class_ids(args.classes, list(model.names)), args.agnostic)
         results: list = []
         with torch_threads(threads):
             k = 0
             while k < len(items):
                 if isinstance(items[k], VideoInput):
-                    v = predict_video(model, items[k], **kw, out_dir=folder, labels_dir=labels,
-                                      save_conf=args.save_conf, max_frames=args.max_frames)
+                    v = predict_video(model, items[k], imgsz, nms, PredictOutputs(folder, labels, args.save_conf),
+                                      args.max_frames)
                     results.append(v)
                     log.info("%s", v.summary() + (f" -> {v.video}" if v.video else ""))
                     if v.interrupted:
@@ -125,7 +106,7 @@ def run(args) -> int:
                 j = k
                 while j < len(items) and not isinstance(items[j], VideoInput):
                     j += 1
-                results += _predict_images(model, items[k:j], kw, workers, predict)
+                results += predict_images(model, items[k:j], imgsz, nms, workers)
                 k = j
         images = [it for it in items if not isinstance(it, VideoInput)]
         if images and not any(isinstance(r, Detections) for r in results) and len(images) == len(items):
@@ -150,17 +131,3 @@ def run(args) -> int:
         log.info("results in %s%s", folder, " (labels in labels/)" if labels else "")
     return 0
 
-
-def _predict_images(model, files, kw, workers, predict):
-    if workers > 1 and len(files) > 1:
-        # contiguous chunks of images, one session per worker thread (order is kept)
-        from concurrent.futures import ThreadPoolExecutor
-
-        n = min(workers, len(files))
-        step = -(-len(files) // n)
-        chunks = [files[i:i + step] for i in range(0, len(files), step)]
-        replicas = [model] + [model.clone() for _ in range(len(chunks) - 1)]
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            parts = list(pool.map(lambda a: predict(a[0], a[1], **kw), zip(replicas, chunks)))
-        return [r for part in parts for r in part]
-    return predict(model, files, **kw)

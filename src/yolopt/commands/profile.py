@@ -44,7 +44,7 @@ def run(args) -> int:
     check_output(args.json, "--json")
     check_output(args.plot, "--plot", folder=True)
     from ..fileio import write_json
-    from ..profile import profile_model
+    from ..profile import ProfileSpec, profile_model
     from ..profile.report import print_report, write_plots
     from ._common import console
 
@@ -54,12 +54,11 @@ def run(args) -> int:
         raise YoloptError(f"--top {args.top}: must be at least 1")
     if args.warmup < 0:
         raise YoloptError(f"--warmup {args.warmup}: must be 0 or more")
-    rep = profile_model(
-        args.model, imgsz=args.imgsz, batch=args.batch, backend=args.backend, threads=args.threads,
+    rep = profile_model(args.model, ProfileSpec(
+        imgsz=args.imgsz, batch=args.batch, backend=args.backend, threads=args.threads,
         source=args.source, sweep=args.sweep, top=args.top, repeats=args.repeats, warmup=args.warmup,
         deploy=None if args.runtimes is None else tuple(args.runtimes), pipeline=not args.no_pipeline,
-        progress=lambda m: log.info("... %s", m),
-    )
+    ), progress=lambda m: log.info("... %s", m))
     print_report(rep, top=args.top, console=console())
     if args.json:
         write_json(args.json, rep)

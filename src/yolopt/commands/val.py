@@ -60,8 +60,9 @@ def _plots_folder(args):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..evaluate import evaluate
+    from ..evaluate import EvalSpec, evaluate
     from ..evaluate.confusion import plot_confusion
+    from ..ops.nms import NMSOptions
     from ..runtime import open as open_backend
     from ..runtime import torch_threads
 
@@ -72,8 +73,8 @@ def run(args) -> int:
     plots, created = _plots_folder(args)
     try:
         with torch_threads(args.threads):  # pre/post-processing runs in torch too
-            res = evaluate(model, args.data, split=args.split, imgsz=args.imgsz, batch=args.batch, conf=args.conf,
-                           iou=args.iou, max_det=args.max_det, match_classes=args.match_classes)
+            res = evaluate(model, args.data, EvalSpec(args.split, args.imgsz, args.batch, NMSOptions.val(
+                conf=args.conf, iou=args.iou, max_det=args.max_det), match_classes=args.match_classes))
     except BaseException:
         remove_if_empty(created)
         raise

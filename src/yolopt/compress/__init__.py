@@ -20,11 +20,11 @@ from .prune import (
     model_flops,
     prune,
 )
-from .reconstruct import ReconstructStats, reconstruct
+from .reconstruct import FitOptions, ReconstructStats, reconstruct
 from .sparsity import BNSparsity, safe_prune_ratio
 from .unstructured import magnitude_prune
 from .widen import widen_c3
 
 __all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
            "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
-           "measure_latency", "model_flops", "prune", "reconstruct", "ReconstructStats", "widen_c3"]
+           "measure_latency", "model_flops", "prune", "reconstruct", "FitOptions", "ReconstructStats", "widen_c3"]

@@ -126,17 +126,29 @@ def _run_to(model: nn.Module, module: nn.Module, x: torch.Tensor, *, output: boo
     return got["v"]
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """The least-squares fit of :func:`reconstruct`. ``positions``: output positions sampled per image and
+    conv. ``ridge``: Tikhonov term relative to the mean diagonal of X^T X. ``batch``: images per forward
+    pass. ``seed``: position sampling. ``head_floor``: added to the Detect convs' objectness weights."""
+
+    positions: int = 1024
+    ridge: float = 1e-3
+    batch: int = 8
+    seed: int = 0
+    head_floor: float = 0.01
+
+
 @torch.no_grad()
-def reconstruct(student: nn.Module, teacher: nn.Module, images: torch.Tensor, *, positions: int = 1024,
-                ridge: float = 1e-3, batch: int = 8, seed: int = 0, progress: bool = True,
-                layers: set[str] | None = None, head_floor: float = 0.01,
+def reconstruct(student: nn.Module, teacher: nn.Module, images: torch.Tensor, fit: FitOptions | None = None, *,
+                progress: bool = True, layers: set[str] | None = None,
                 kept: dict[str, torch.Tensor] | None = None) -> ReconstructStats:
     """Refit every conv of ``student`` (a pruned copy of ``teacher``) **in place**, in forward order.
 
     ``images``: ``(N, 3, H, W)`` float in [0, 1] (or uint8 0-255), letterboxed like inference input;
-    a few dozen unlabelled images of the target domain are enough. ``positions``: output positions
-    sampled per image and conv. ``ridge``: Tikhonov term relative to the mean diagonal of X^T X.
-    Both models must be unfused and have the same module names (``prune`` keeps them). ``layers``:
+    a few dozen unlabelled images of the target domain are enough. ``fit``: sampling and regularisation
+    of the fit (:class:`FitOptions`). Both models must be unfused and have the same module names (``prune``
+    keeps them). ``layers``:
     refit only these convs (names), e.g. the consumers of one pruned group. Returns the per-layer fit
     errors before and after. ``kept``: which output channels of each conv remain
     (:attr:`PruneResult.kept_outputs` / :attr:`ChannelPruner.kept_outputs`); without it they are
@@ -144,6 +156,8 @@ def reconstruct(student: nn.Module, teacher: nn.Module, images: torch.Tensor, *,
     (max over anchors) plus ``head_floor``: what matters there is the output where objects are, which a
     plain fit would trade for the background that covers most positions.
     """
+    fit = fit or FitOptions()
+    positions, ridge, batch, seed, head_floor = fit.positions, fit.ridge, fit.batch, fit.seed, fit.head_floor
     t0 = time.perf_counter()
     if getattr(student, "is_fused", False) or getattr(teacher, "is_fused", False):
         raise YoloptError("reconstruct needs unfused models (Conv and BatchNorm separate)")

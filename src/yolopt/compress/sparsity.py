@@ -174,14 +174,14 @@ class BNSparsity(Callback):
         row = {"epoch": epoch + 1, "sparsity": self.strength(trainer), "threshold": self.threshold,
                "safe_prune_ratio": round(ratio, 4), "gamma_median": float(gammas.median()) if gammas.numel() else 0.0}
         if self.eval_images and getattr(trainer, "has_val", False):
-            from ..evaluate import evaluate
+            from ..evaluate import EvalSpec, evaluate
 
-            kw = dict(split="val", imgsz=trainer.imgsz, max_images=self.eval_images, progress=False,
-                      device=trainer.device)
-            full = evaluate(model, trainer.cfg.data, **kw)
+            kw = EvalSpec(split="val", imgsz=trainer.imgsz, max_images=self.eval_images, progress=False,
+                          device=trainer.device)
+            full = evaluate(model, trainer.cfg.data, kw)
             without = switch_off_small_channels(model, self.threshold)
             self._recalibrate(trainer, without)  # as after pruning them (the layers after them re-normalise)
-            off = evaluate(without, trainer.cfg.data, **kw)
+            off = evaluate(without, trainer.cfg.data, kw)
             row.update({"map50_95": full.map50_95, "map50_95_without_them": off.map50_95,
                         "predicted_map_drop": round(full.map50_95 - off.map50_95, 4),
                         "eval_images": self.eval_images})

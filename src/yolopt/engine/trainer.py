@@ -813,10 +813,10 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         """mAP of the EMA model on the val split."""
-        from ..evaluate import evaluate
+        from ..evaluate import EvalSpec, evaluate
 
-        res = evaluate(self.ema.ema, self.cfg.val_data or self.cfg.data, split="val", imgsz=self.imgsz, batch=self.batch_rank * 2,
-                       device=self.device, progress=self.cfg.progress)
+        res = evaluate(self.ema.ema, self.cfg.val_data or self.cfg.data, EvalSpec(imgsz=self.imgsz, batch=self.batch_rank * 2,
+                       device=self.device, progress=self.cfg.progress))
         return {"metrics/precision": res.precision, "metrics/recall": res.recall, "metrics/mAP50": res.map50,
                 "metrics/mAP50-95": res.map50_95, "fitness": 0.1 * res.map50 + 0.9 * res.map50_95}
 

@@ -4,6 +4,6 @@
     >>> res = evaluate(model, "coco128.yaml", max_images=32)   # ValResult: map50_95, map50, mode, speed_ms...
 """
 
-from .validate import ValResult, evaluate
+from .validate import EvalSpec, ValResult, ValSummary, evaluate
 
-__all__ = ["ValResult", "evaluate"]
+__all__ = ["EvalSpec", "ValResult", "ValSummary", "evaluate"]

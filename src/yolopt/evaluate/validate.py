@@ -28,11 +28,46 @@ from ..data.images import read_image
 from ..data.preprocess import MODES, preprocess, rect_shape
 from ..errors import DatasetError
 from ..ops.boxes import box_iou, xywh2xyxy
+from ..ops.nms import VAL_NMS, NMSOptions
 from ..ops.postprocess import postprocess
 from .coco import ImageMatches, coco_map, precision_recall_per_class
 from .confusion import ConfusionMatrix
 
 log = logging.getLogger("yolopt")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How :func:`evaluate` runs. ``nms``: evaluation NMS (default conf 0.001, IoU 0.6, as upstream val.py;
+    multi-label). ``mode``: the letterbox, ``rect`` or ``square`` (None: follows the model).
+    ``max_images``: only the first N images. ``match_classes``: evaluate only the classes the model and
+    the dataset share by name. ``device`` / ``threads`` / ``workers`` / ``precision``: how a model file
+    is opened (:func:`yolopt.runtime.open`)."""
+
+    split: str = "val"
+    imgsz: int = 640
+    batch: int = 32
+    nms: NMSOptions = VAL_NMS
+    mode: str | None = None
+    max_images: int | None = None
+    progress: bool = True
+    match_classes: bool = False
+    device: object = None
+    threads: int | None = None
+    workers: int = 1
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
+class ValSummary:
+    """The few facts callers keep from an evaluation. ``detections``: boxes at the deployment operating point
+    (conf 0.25, IoU 0.45; from the confusion matrix), None when it was not computed."""
+
+    map50_95: float
+    map50: float
+    images: int
+    mode: str
+    detections: int | None = None
 
 
 @dataclass
@@ -54,6 +89,12 @@ class ValResult:
     class_map: list[dict] = field(default_factory=list)  # match_classes: {"model", "dataset", "name"} per shared class
     confusion: dict = field(default_factory=dict, repr=False)  # ConfusionMatrix.to_dict() at conf 0.25, IoU 0.45
     matches: ImageMatches | None = field(default=None, repr=False)  # per-image matches (paired bootstrap)
+
+    def summary(self) -> ValSummary:
+        """mAPs, image count, letterbox mode and the detection count at conf 0.25 (:class:`ValSummary`)."""
+        m = (self.confusion or {}).get("matrix")
+        dets = int(np.asarray(m)[:-1, :].sum()) if m else None
+        return ValSummary(self.map50_95, self.map50, self.images, self.mode, dets)
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         from ..machine import machine_info
@@ -124,28 +165,22 @@ def _match(pred: torch.Tensor, gt_xyxy: torch.Tensor, gt_cls: torch.Tensor, thr:
 def evaluate(
     model,
     data: str | Path,
-    split: str = "val",
-    imgsz: int = 640,
-    batch: int = 32,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    max_det: int = 300,
-    mode: str | None = None,
+    spec: EvalSpec | None = None,
+    *,
+    imgsz: int | None = None,
     max_images: int | None = None,
-    progress: bool = True,
-    device=None,
+    progress: bool | None = None,
     threads: int | None = None,
-    workers: int = 1,
-    precision: str | None = None,
-    match_classes: bool = False,
+    mode: str | None = None,
 ) -> ValResult:
     """COCO mAP of any model on a dataset split.
 
     ``model``: an in-memory ``DetectionModel`` (used as is, on its device), a model file, or a
-    :mod:`yolopt.runtime` backend. ``mode``: the letterbox, ``rect`` or ``square`` (see
-    :mod:`yolopt.data.preprocess`); by default it follows the model: rect for PyTorch and dynamic
-    artifacts, square at the artifact's size for fixed-shape ones. The two give slightly different
-    mAPs, so the result records which was used (``ValResult.mode``): compare like with like.
+    :mod:`yolopt.runtime` backend. ``spec``: how (:class:`EvalSpec`); ``imgsz``, ``max_images``,
+    ``progress``, ``threads`` and ``mode``, when given, replace the spec's. ``mode``: the letterbox,
+    ``rect`` or ``square`` (see :mod:`yolopt.data.preprocess`); by default it follows the model: rect for
+    PyTorch and dynamic artifacts, square at the artifact's size for fixed-shape ones. The two give slightly
+    different mAPs, so the result records which was used (``ValResult.mode``): compare like with like.
     ``max_images``: evaluate only the first N images (quick checks inside search loops).
     ``match_classes``: evaluate only the classes the model and the dataset share by name (model class
     ids are mapped to the dataset's, other detections and labels are left out): a model trained on
@@ -156,10 +191,13 @@ def evaluate(
     """
     from ..runtime import open as open_backend
 
+    given = {"imgsz": imgsz, "max_images": max_images, "progress": progress, "threads": threads, "mode": mode}
+    spec = replace(spec or EvalSpec(), **{k: v for k, v in given.items() if v is not None})
     was_training = isinstance(model, torch.nn.Module) and model.training
     try:
-        return _evaluate(open_backend(model, device=device, threads=threads, workers=workers, precision=precision),
-                         data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress, match_classes)
+        backend = open_backend(model, device=spec.device, threads=spec.threads, workers=spec.workers,
+                               precision=spec.precision)
+        return _evaluate(backend, data, spec)
     finally:
         if was_training:
             model.train()
@@ -181,39 +219,42 @@ def _check_classes(cfg, backend, match_classes: bool) -> dict[int, int] | None:
     shared = class_mapping(model_names, data_names)
     if match_classes:
         if not shared:
-            raise DatasetError(f"{cfg.yaml_path}: --match-classes: the model's classes ({_names(model_names)}) and the "
-                               f"dataset's ({_names(data_names)}) share no name, so there is nothing to evaluate")
+            raise DatasetError(f"{cfg.yaml_path}: match_classes: the model's classes ({_names(model_names)}) and the "
+                               f"dataset's ({_names(data_names)}) share no name, so there is nothing to evaluate",
+                               fields=("match_classes",))
         return shared
     if backend.nc != cfg.nc:
-        hint = (f"they share {len(shared)} by name ({_names([model_names[k] for k in shared])}): add --match-classes "
-                "to evaluate only those" if shared else "they share no class name, so this model cannot be "
-                "evaluated on this dataset")
+        hint = (f"they share {len(shared)} by name ({_names([model_names[k] for k in shared])}): evaluate with "
+                "match_classes to keep only those" if shared else "they share no class name, so this model cannot "
+                "be evaluated on this dataset")
         raise DatasetError(f"{cfg.yaml_path}: dataset has {cfg.nc} classes ({_names(data_names)}) but the model "
-                           f"predicts {backend.nc} ({_names(model_names)}); {hint}")
+                           f"predicts {backend.nc} ({_names(model_names)}); {hint}",
+                           fields=("match_classes",) if shared else ())
     return None
 
 
-def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_images, progress,
-              match_classes=False) -> ValResult:
+def _evaluate(backend, data, spec: EvalSpec) -> ValResult:
+    split, batch, max_images = spec.split, spec.batch, spec.max_images
     where = backend.path
     if backend.end2end:
-        raise DatasetError(f"{where}: exported with --nms (final detections at fixed thresholds); mAP needs the "
-                           "raw outputs, so export it without --nms")
-    size = backend.resolve_imgsz(imgsz)
+        raise DatasetError(f"{where}: exported with NMS in the graph (final detections at fixed thresholds); mAP "
+                           "needs the raw outputs, so export it without NMS")
+    size = backend.resolve_imgsz(spec.imgsz)
     if isinstance(size, tuple):
-        raise DatasetError(f"{where}: fixed non-square input {size[0]}x{size[1]} is not supported by val")
-    mode = mode or backend.letterbox_mode
+        raise DatasetError(f"{where}: fixed non-square input {size[0]}x{size[1]} cannot be evaluated")
+    mode = spec.mode or backend.letterbox_mode
     if mode not in MODES:
-        raise DatasetError(f"letterbox mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise DatasetError(f"letterbox mode {mode!r}: choose one of {', '.join(MODES)}", fields=("mode",))
     if mode == "rect" and not backend.dynamic:
-        raise DatasetError(f"{where}: a fixed {size}x{size} input cannot take rect batches; use mode square")
+        raise DatasetError(f"{where}: a fixed {size}x{size} input cannot take rect batches; use mode square",
+                           fields=("mode",))
     if max_images is not None and max_images < 1:
-        raise DatasetError(f"max_images {max_images}: must be at least 1")
+        raise DatasetError(f"max_images {max_images}: must be at least 1", fields=("max_images",))
 
     cfg = load_data_config(data)
     stride = max(int(backend.stride.max()), 32)
-    cmap = _check_classes(cfg, backend, match_classes)
-    keep_model = sorted(cmap) if cmap is not None else None  # model classes to keep (NMS filter)
+    cmap = _check_classes(cfg, backend, spec.match_classes)
+    nms = replace(spec.nms, classes=sorted(cmap)) if cmap is not None else spec.nms  # keep the shared classes
     lut = torch.full((max(backend.nc, 1),), -1, dtype=torch.float32)
     for mi, di in (cmap or {}).items():
         lut[mi] = di
@@ -238,7 +279,7 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
     img_cls = []  # the classes present in each image (per-class image counts)
     gt_images, gt_boxes, detections = [], [], []
     all_tp, all_conf, all_pcls, all_tcls = [], [], [], []
-    bar = tqdm(range(len(batch_shapes)), desc=f"evaluating {split}", unit="batch", disable=not progress, leave=False)
+    bar = tqdm(range(len(batch_shapes)), desc=f"evaluating {split}", unit="batch", disable=not spec.progress, leave=False)
     for b in bar:
         batch_items, ims = [], []
         for k in order[bi == b]:
@@ -260,7 +301,7 @@ def _evaluate(backend, data, split, imgsz, batch, conf, iou, max_det, mode, max_
         t2 = time.perf_counter()
         pred = backend(x)
         t3 = time.perf_counter()
-        out = postprocess(pred, metas, conf=conf, iou=iou, max_det=max_det, multi_label=True, classes=keep_model)
+        out = postprocess(pred, metas, nms, multi_label=True)
         if cmap is not None:  # model class ids -> the dataset's
             for det in out:
                 det[:, 5] = lut[det[:, 5].long()]

@@ -8,6 +8,7 @@ from .exporter import (
     EXPORTERS,
     PRECISIONS,
     Exporter,
+    ExporterTraits,
     ExportResult,
     ExportSpec,
     export,
@@ -16,10 +17,11 @@ from .exporter import (
     register_exporter,
     traceable,
 )
-from .verify import TOLERANCE, Tolerance, VerifyResult, tolerance, verify, verify_inputs
+from .verify import TOLERANCE, VERIFY_NMS, Tolerance, VerifyOptions, VerifyResult, tolerance, verify, verify_inputs
 
 __all__ = [
-    "EXPORTERS", "PRECISIONS", "TOLERANCE", "ExportResult", "ExportSpec", "Exporter", "Tolerance", "VerifyResult",
+    "EXPORTERS", "PRECISIONS", "TOLERANCE", "ExportResult", "ExportSpec", "Exporter", "ExporterTraits", "Tolerance",
+    "VERIFY_NMS", "VerifyOptions", "VerifyResult",
     "export", "export_metadata", "get_exporter", "register_exporter", "tolerance", "traceable", "verify",
     "verify_inputs",
 ]

@@ -29,7 +29,7 @@ from ..choices import PRECISIONS
 from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
 from ..ops.sizes import check_imgsz
-from .verify import VerifyResult, tolerance, verify
+from .verify import VerifyOptions, VerifyResult, tolerance, verify
 
 log = logging.getLogger("yolopt")
 
@@ -38,7 +38,7 @@ TRT_MAGIC = b"YOLOPT1\0"
 # Every precision name yolopt knows. Which of them a format exports is its exporter's business; the
 # others get one line saying why not and what to do instead (below, when no exporter takes them).
 NOT_EXPORTED = {
-    "bf16": "it is a runtime precision; export fp32 and run the fp32 artifact with --precision bf16 on a CPU that "
+    "bf16": "it is a runtime precision; export fp32 and run the fp32 artifact at precision bf16 on a CPU that "
             "has AVX-512 BF16",
     "int8": "quantization is a separate step; export fp32 (or fp16) and quantize the artifact",
 }
@@ -109,24 +109,38 @@ class Exporter:
 EXPORTERS: dict[str, Exporter] = {}
 
 
-def register_exporter(name: str, suffix: str, *, precisions=("fp32",), needs_gpu: bool = False,
-                      cuda_precisions=(), nms: bool = False, folder: bool = False, check=None,
-                      description: str = "", override: bool = False):
-    """Decorator: register ``write`` (see ``WriteFn``) as the exporter of ``--format name``.
+@dataclass(frozen=True)
+class ExporterTraits:
+    """What a registered format supports (see :class:`Exporter`); ``description`` defaults to the first
+    line of the write function's docstring."""
+
+    precisions: tuple[str, ...] = ("fp32",)
+    needs_gpu: bool = False
+    cuda_precisions: tuple[str, ...] = ()
+    nms: bool = False
+    folder: bool = False
+    check: Callable[[ExportSpec, str], None] | None = None
+    description: str = ""
+
+
+def register_exporter(name: str, suffix: str, traits: ExporterTraits | None = None, *, override: bool = False):
+    """Decorator: register ``write`` (see ``WriteFn``) as the exporter of format ``name``, with ``traits``.
 
     The new format needs nothing else: option checks, device choice, metadata, verification and the
     atomic move into place are :func:`export`'s. Its artifact must open with ``yolopt.runtime.open``
     (by suffix) and its precisions need a ``verify.TOLERANCE`` entry.
     """
-    bad = [p for p in (*precisions, *cuda_precisions) if p not in PRECISIONS]
+    t = traits or ExporterTraits()
+    bad = [p for p in (*t.precisions, *t.cuda_precisions) if p not in PRECISIONS]
     if bad:
         raise ValueError(f"exporter '{name}': unknown precision(s) {bad} (known: {', '.join(PRECISIONS)})")
 
     def deco(write: WriteFn) -> WriteFn:
         if name in EXPORTERS and not override:
             raise ValueError(f"export format '{name}' is already registered")
-        EXPORTERS[name] = Exporter(name, suffix.lower(), write, tuple(precisions), needs_gpu, tuple(cuda_precisions),
-                                   nms, folder, check, description or (write.__doc__ or "").strip().split("\n")[0])
+        EXPORTERS[name] = Exporter(name, suffix.lower(), write, tuple(t.precisions), t.needs_gpu,
+                                   tuple(t.cuda_precisions), t.nms, t.folder, t.check,
+                                   t.description or (write.__doc__ or "").strip().split("\n")[0])
         return write
 
     return deco
@@ -184,7 +198,7 @@ def _first_line(e: BaseException) -> str:
 
 # --- the built-in formats ----------------------------------------------------------------------------
 
-@register_exporter("onnx", ".onnx", precisions=("fp32", "fp16"), cuda_precisions=("fp16",), nms=True)
+@register_exporter("onnx", ".onnx", ExporterTraits(precisions=("fp32", "fp16"), cuda_precisions=("fp16",), nms=True))
 def write_onnx(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
     """ONNX: fused, onnxslim-cleaned, optional in-graph NMS, metadata in metadata_props."""
     import onnx
@@ -229,7 +243,7 @@ def _intermediate_onnx(model, spec: ExportSpec, meta: dict, workdir: Path) -> Pa
     return path
 
 
-@register_exporter("openvino", ".xml", precisions=("fp32", "fp16"), nms=True, folder=True)
+@register_exporter("openvino", ".xml", ExporterTraits(precisions=("fp32", "fp16"), nms=True, folder=True))
 def write_openvino(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
     """OpenVINO IR (.xml + .bin) converted from the ONNX; fp16 = FP16-compressed weights (runs on CPUs)."""
     try:
@@ -254,7 +268,8 @@ class _CastInput(torch.nn.Module):
         return self.model(x.to(self.dtype))
 
 
-@register_exporter("torchscript", ".torchscript", precisions=("fp32", "fp16"), cuda_precisions=("fp16",))
+@register_exporter("torchscript", ".torchscript",
+                   ExporterTraits(precisions=("fp32", "fp16"), cuda_precisions=("fp16",)))
 def write_torchscript(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | None = None) -> list[Path]:
     """TorchScript (traced, frozen); metadata in the extra file config.txt."""
     dtype = _DTYPES[spec.precision]
@@ -275,10 +290,11 @@ def _check_tensorrt(spec: ExportSpec, name: str) -> None:
     try:
         require_tensorrt(name)
     except YoloptError as e:
-        raise ExportError(str(e).replace(f"{name}: ", f"{name}: --format tensorrt: ", 1)) from None
+        raise ExportError(str(e).replace(f"{name}: ", f"{name}: format tensorrt: ", 1), fields=("format",)) from None
 
 
-@register_exporter("tensorrt", ".engine", precisions=("fp32", "fp16"), needs_gpu=True, check=_check_tensorrt)
+@register_exporter("tensorrt", ".engine", ExporterTraits(precisions=("fp32", "fp16"), needs_gpu=True,
+                                                          check=_check_tensorrt))
 def write_tensorrt(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path, workspace_gb: float = 4.0,
                    max_batch: int | None = None) -> list[Path]:
     """TensorRT engine built from the ONNX (fp16 = FP16 builder flag), behind a yolopt metadata header."""
@@ -337,28 +353,33 @@ def _check_precision(ex: Exporter, precision: str) -> None:
     if precision in ex.precisions:
         return
     if precision not in PRECISIONS:
-        raise ExportError(f"--precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})")
+        raise ExportError(f"precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})",
+                          fields=("precision",))
     if precision in NOT_EXPORTED and not any(precision in e.precisions for e in EXPORTERS.values()):
-        raise ExportError(f"--precision {precision} is not an export precision: {NOT_EXPORTED[precision]}")
-    raise ExportError(f"--precision {precision}: --format {ex.name} exports {_join(ex.precisions)}")
+        raise ExportError(f"precision {precision} is not an export precision: {NOT_EXPORTED[precision]}",
+                          fields=("precision",))
+    raise ExportError(f"precision {precision}: format {ex.name} exports {_join(ex.precisions)}",
+                      fields=("precision", "format"))
 
 
 def _check_options(ex: Exporter, spec: ExportSpec) -> None:
     if spec.nms and not ex.nms:
-        raise ExportError(f"--nms is available for {_join(e.name for e in EXPORTERS.values() if e.nms)} exports, "
-                          f"not {ex.name}")
+        raise ExportError(f"NMS in the graph is available for {_join(e.name for e in EXPORTERS.values() if e.nms)} "
+                          f"exports, not {ex.name}", fields=("nms",))
     if spec.nms and (not 0 <= spec.conf <= 1 or not 0 <= spec.iou <= 1):
-        raise ExportError(f"NMS thresholds must be in [0, 1], got conf={spec.conf} iou={spec.iou}")
+        raise ExportError(f"NMS thresholds must be in [0, 1], got conf={spec.conf} iou={spec.iou}",
+                          fields=("conf", "iou"))
     if spec.nms and spec.max_det < 1:
-        raise ExportError(f"--max-det {spec.max_det}: must be at least 1")
+        raise ExportError(f"max_det {spec.max_det}: must be at least 1", fields=("max_det",))
     if spec.batch < 1:
-        raise ExportError(f"--batch {spec.batch}: must be at least 1")
+        raise ExportError(f"batch {spec.batch}: must be at least 1", fields=("batch",))
 
 
 def _device(ex: Exporter, spec: ExportSpec) -> str:
     """The device to trace/build on: cuda when the format or precision needs it (checked), else cpu."""
     needs_cuda = ex.needs_gpu or spec.precision in ex.cuda_precisions
-    what = f"--format {ex.name}" if ex.needs_gpu else f"--precision {spec.precision} --format {ex.name}"
+    what = f"format {ex.name}" if ex.needs_gpu else f"precision {spec.precision}, format {ex.name},"
+    fields = ("format",) if ex.needs_gpu else ("precision", "format")
     if spec.device is None:
         if not needs_cuda:
             return "cpu"
@@ -366,15 +387,15 @@ def _device(ex: Exporter, spec: ExportSpec) -> str:
             cpu_ok = [e.name for e in EXPORTERS.values()
                       if spec.precision in e.precisions and spec.precision not in e.cuda_precisions
                       and not e.needs_gpu]
-            hint = f"; on a CPU use --format {' or '.join(cpu_ok)} --precision {spec.precision}" if cpu_ok else ""
+            hint = f"; on a CPU use format {' or '.join(cpu_ok)} at precision {spec.precision}" if cpu_ok else ""
             why = "" if ex.needs_gpu else f" ({spec.precision} tracing)"
-            raise ExportError(f"{what} needs a CUDA GPU{why} and none is available{hint}")
+            raise ExportError(f"{what} needs a CUDA GPU{why} and none is available{hint}", fields=fields)
         return "cuda:0"
     from ..runtime.device import pick_device
 
     dev = pick_device(spec.device)
     if needs_cuda and dev.type != "cuda":
-        raise ExportError(f"{what} needs a CUDA GPU, not --device {spec.device}")
+        raise ExportError(f"{what} needs a CUDA GPU, not device {spec.device}", fields=(*fields, "device"))
     return str(dev)
 
 
@@ -384,9 +405,9 @@ def _imgsz(imgsz, stride: int) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in imgsz)
     except (TypeError, ValueError):
-        raise ExportError(f"--imgsz {imgsz}: expected one size or two (H W)") from None
+        raise ExportError(f"imgsz {imgsz}: expected one size or two (H W)", fields=("imgsz",)) from None
     if h <= 0 or w <= 0:
-        raise ExportError(f"--imgsz {h}x{w}: sizes must be positive")
+        raise ExportError(f"imgsz {h}x{w}: sizes must be positive", fields=("imgsz",))
     return check_imgsz(h, stride), check_imgsz(w, stride)  # rounded up like every other command
 
 
@@ -465,14 +486,14 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
 
             backend = open_backend(tmp_out)
             images = spec.verify_images or sample_images()  # real images with objects, when there are any
-            vres = verify(backend, ref, imgsz, batch=spec.batch, dynamic=spec.dynamic, precision=spec.precision,
-                          atol=spec.atol, images=images, raise_on_fail=False)
+            opt = VerifyOptions(batch=spec.batch, dynamic=spec.dynamic, atol=spec.atol)
+            vres = verify(backend, ref, imgsz, spec.precision, opt, images=images, raise_on_fail=False)
             if vres.problem and images and not spec.verify_images:  # the samples hold none of this model's classes
-                vres = verify(backend, ref, imgsz, batch=spec.batch, dynamic=spec.dynamic, precision=spec.precision,
-                              atol=spec.atol, images=None, raise_on_fail=False)
+                vres = verify(backend, ref, imgsz, spec.precision, opt, images=None, raise_on_fail=False)
             del backend
             if not vres.passed:
-                raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}")
+                raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}",
+                                  fields=("verify_source",) if vres.problem else ())  # the images to verify on
         verify_seconds = time.perf_counter() - t1
         for f in [f for f in files if f != tmp_out] + [tmp_out]:  # the file that opens the artifact last
             dest = out.parent / f.name

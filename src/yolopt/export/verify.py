@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ExportError
 from ..ops.boxes import box_iou
-from ..ops.nms import non_max_suppression
+from ..ops.nms import NMSOptions, non_max_suppression
 from ..ops.postprocess import split_end2end
 
 log = logging.getLogger("yolopt")
@@ -196,21 +196,40 @@ def _agreement(ref_hi, ref_lo, exp_hi, exp_lo, tol: Tolerance) -> tuple[float, f
     return min(a1, a2), max(b1, b2), max(r1, r2), max(s1, s2)
 
 
-def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool = False, precision: str = "fp32",
-           conf: float = 0.01, iou: float = 0.45, max_det: int = 100, atol: float | None = None,
-           min_agreement: float | None = None, images: list | None = None, raise_on_fail: bool = True) -> VerifyResult:
+# NMS of the compared detections: a low threshold, so the agreement covers more than the confident boxes
+VERIFY_NMS = NMSOptions(conf=0.01, iou=0.45, max_det=100)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How :func:`verify` compares. ``batch``: images per call; ``dynamic``: also a larger batch and a
+    rectangular input. ``nms``: the NMS of the compared detections (an artifact with NMS baked in uses its
+    own). ``atol`` overrides the precision's limit on scores, ``min_agreement`` the detection agreement."""
+
+    batch: int = 1
+    dynamic: bool = False
+    nms: NMSOptions = VERIFY_NMS
+    atol: float | None = None
+    min_agreement: float | None = None
+
+
+def verify(backend, model, imgsz: tuple[int, int], precision: str = "fp32", options: VerifyOptions | None = None, *,
+           images: list | None = None, raise_on_fail: bool = True) -> VerifyResult:
     """Run ``backend`` (a runtime Backend) and ``model`` (fp32 PyTorch) on the same inputs and compare.
 
-    The limits are ``TOLERANCE[precision]``; ``atol`` overrides the one on scores and ``min_agreement``
-    the detection agreement. ``images``: real images to compare on (the export command passes the
+    The limits are ``TOLERANCE[precision]``, adjusted by ``options`` (:class:`VerifyOptions`).
+    ``images``: real images to compare on (the export command passes the
     shared sample images when it finds them); without them a synthetic scene, which for an artifact
     with NMS baked in is first made to produce detections above its threshold
     (:func:`scene_with_detections`). When neither side detects anything the result fails:
     0 = 0 proves nothing about the artifact's boxes.
     """
+    opt = options or VerifyOptions()
+    batch, dynamic = opt.batch, opt.dynamic
+    conf, iou, max_det = opt.nms.conf, opt.nms.iou, opt.nms.max_det
     tol = tolerance(precision)
-    atol = tol.score if atol is None else float(atol)
-    min_agreement = tol.agreement if min_agreement is None else float(min_agreement)
+    atol = tol.score if opt.atol is None else float(opt.atol)
+    min_agreement = tol.agreement if opt.min_agreement is None else float(opt.min_agreement)
     shapes = [(batch, *imgsz)]
     if dynamic:  # also a different batch and a rectangular shape
         s = int(model.stride.max())
@@ -266,7 +285,7 @@ def verify(backend, model, imgsz: tuple[int, int], batch: int = 1, dynamic: bool
         c = (backend.nms or {}).get("conf", conf) if backend.end2end else conf
         res.passed = False
         res.problem = (f"0 PyTorch / 0 exported detections at conf {c:g} on {', '.join(res.sources)}: nothing to "
-                       "compare: give --verify-source IMAGES with objects")
+                       "compare: give verification images with objects")
     if not res.passed and raise_on_fail:
         raise ExportError(f"{backend.path}: verification FAILED: {res.summary()}")
     return res

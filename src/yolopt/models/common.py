@@ -51,20 +51,17 @@ def make_activation(spec) -> nn.Module:
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> activation."""
+    """Conv2d (no bias) -> BatchNorm2d -> activation.
 
-    default_act: object = None  # set by the model builder from the yaml's `activation`
+    ``act``: True = SiLU (upstream's default), a module, or a yaml ``activation`` string
+    (:func:`make_activation`); False / None = no activation. The builder passes the yaml's.
+    """
 
     def __init__(self, c1, c2, k=1, s=1, p=None, g=1, d=1, act=True):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
-        if act is True:
-            self.act = make_activation(Conv.default_act)
-        elif isinstance(act, nn.Module):
-            self.act = act
-        else:
-            self.act = nn.Identity()
+        self.act = make_activation(act) if act is True or isinstance(act, (str, nn.Module)) else nn.Identity()
 
     def forward(self, x):
         # After fusion `bn` is an nn.Identity, so one forward serves both forms.
@@ -93,11 +90,11 @@ class Focus(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
+    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5, act=True):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.cv1 = Conv(c1, c_, 1, 1, act=act)
+        self.cv2 = Conv(c_, c2, 3, 1, g=g, act=act)
         self.add = shortcut and c1 == c2
 
     def forward(self, x):
@@ -108,16 +105,16 @@ class Bottleneck(nn.Module):
 class BottleneckCSP(nn.Module):
     """CSP bottleneck of YOLOv5 <= v3 (kept for old checkpoints)."""
 
-    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5, act=True):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, act=act)
         self.cv2 = nn.Conv2d(c1, c_, 1, 1, bias=False)
         self.cv3 = nn.Conv2d(c_, c_, 1, 1, bias=False)
-        self.cv4 = Conv(2 * c_, c2, 1, 1)
+        self.cv4 = Conv(2 * c_, c2, 1, 1, act=act)
         self.bn = nn.BatchNorm2d(2 * c_, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.SiLU()
-        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+        self.act = nn.SiLU()  # as upstream: SiLU whatever the yaml's activation
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, act=act) for _ in range(n)))
 
     def forward(self, x):
         y1 = self.cv3(self.m(self.cv1(x)))
@@ -128,13 +125,13 @@ class BottleneckCSP(nn.Module):
 class C3(nn.Module):
     """CSP bottleneck with three convolutions (YOLOv5 >= v4)."""
 
-    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5, act=True):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c1, c_, 1, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+        self.cv1 = Conv(c1, c_, 1, 1, act=act)
+        self.cv2 = Conv(c1, c_, 1, 1, act=act)
+        self.cv3 = Conv(2 * c_, c2, 1, act=act)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, act=act) for _ in range(n)))
 
     def forward(self, x):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
@@ -143,11 +140,11 @@ class C3(nn.Module):
 class SPP(nn.Module):
     """Spatial pyramid pooling with parallel max-pools (YOLOv3-SPP style)."""
 
-    def __init__(self, c1, c2, k=(5, 9, 13)):
+    def __init__(self, c1, c2, k=(5, 9, 13), act=True):
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, act=act)
+        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1, act=act)
         self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
 
     def forward(self, x):
@@ -158,11 +155,11 @@ class SPP(nn.Module):
 class SPPF(nn.Module):
     """Fast SPP: three chained max-pools, equivalent to SPP(k=(5, 9, 13))."""
 
-    def __init__(self, c1, c2, k=5):
+    def __init__(self, c1, c2, k=5, act=True):
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.cv1 = Conv(c1, c_, 1, 1, act=act)
+        self.cv2 = Conv(c_ * 4, c2, 1, 1, act=act)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
 
     def forward(self, x):

@@ -9,6 +9,7 @@ as upstream's.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any
 
@@ -128,16 +129,29 @@ def _resolve_arg(a: Any, nc: int, anchors: Any) -> Any:
     return a
 
 
+def _build(mod, args: list, act):
+    """``mod(*args)``, with the yaml's activation as ``act`` for the Conv-based modules (an ``act``
+    given positionally in the yaml row is kept, except True, which means the yaml's activation)."""
+    if mod not in _CHANNEL_MODULES.values():
+        return mod(*args)
+    names = list(inspect.signature(mod).parameters)
+    k = names.index("act")
+    if len(args) <= k:
+        return mod(*args, act=act)
+    return mod(*[act if j == k and a is True else a for j, a in enumerate(args)])
+
+
 def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
     """Build the layer list from a yaml dict; returns (layers, indices whose outputs are kept)."""
     nc, anchors = cfg["nc"], cfg["anchors"]
     gd, gw = cfg.get("depth_multiple", 1.0), cfg.get("width_multiple", 1.0)
     ch_mul = cfg.get("channel_multiple", 8)
-    Conv.default_act = cfg.get("activation")
+    act = cfg.get("activation")
     try:
-        make_activation(Conv.default_act)
+        make_activation(act)
     except ValueError as e:
         raise ValueError(f"model yaml: {e}") from None
+    act = True if act is None else act  # what every Conv-based module gets (True = SiLU)
     na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
     no = na * (nc + 5)
 
@@ -170,14 +184,13 @@ def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
         else:
             raise ValueError(f"model yaml: layer {i} uses module {name}, which yolopt does not support")
 
-        m = nn.Sequential(*(mod(*args) for _ in range(n))) if n > 1 else mod(*args)
+        m = nn.Sequential(*(_build(mod, args, act) for _ in range(n))) if n > 1 else _build(mod, args, act)
         m.i, m.f, m.type = i, f, name
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m)
         if i == 0:
             chs = []
         chs.append(c2)
-    Conv.default_act = None
     return nn.Sequential(*layers), sorted(set(save))
 
 

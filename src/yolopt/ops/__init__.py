@@ -4,8 +4,9 @@ Nothing here imports another yolopt package.
 """
 
 from .boxes import box_iou, clip_boxes, scale_boxes, xywh2xyxy, xyxy2xywh
-from .nms import greedy_nms, non_max_suppression
+from .nms import PREDICT_NMS, VAL_NMS, NMSOptions, greedy_nms, non_max_suppression
 from .sizes import check_imgsz
 
 __all__ = ["box_iou", "clip_boxes", "scale_boxes", "xywh2xyxy", "xyxy2xywh", "greedy_nms", "non_max_suppression",
+           "NMSOptions", "PREDICT_NMS", "VAL_NMS",
            "check_imgsz"]

@@ -7,6 +7,8 @@ the work even at the evaluation threshold (conf 0.001, thousands of candidates).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -14,6 +16,49 @@ from .boxes import xywh2xyxy
 
 MAX_WH = 7680  # class offset: boxes of different classes never overlap
 MAX_NMS = 30000  # candidates kept (by score) before NMS
+
+
+@dataclass(frozen=True)
+class NMSOptions:
+    """The NMS options every caller passes through: thresholds, per-image cap, class filter.
+
+    ``conf``: minimum objectness x class score. ``iou``: a box is dropped when its IoU with a kept,
+    higher-scoring box of its class is above this. ``max_det``: boxes kept per image. ``classes``:
+    keep only these class ids (None = all). ``agnostic``: boxes of different classes suppress each other.
+    The defaults are prediction's; :meth:`val` gives the evaluation thresholds (upstream val.py).
+    """
+
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+
+    def __post_init__(self):
+        if self.classes is not None and not isinstance(self.classes, tuple):
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+
+    @classmethod
+    def predict(cls, **changes) -> NMSOptions:
+        """Prediction defaults: conf 0.25, IoU 0.45, 300 boxes (upstream detect.py)."""
+        return cls(**changes)
+
+    @classmethod
+    def val(cls, **changes) -> NMSOptions:
+        """Evaluation defaults: conf 0.001, IoU 0.6, 300 boxes (upstream val.py)."""
+        return cls(**{"conf": 0.001, "iou": 0.6, **changes})
+
+    def check(self) -> NMSOptions:
+        """Raise ``ValueError`` for thresholds outside [0, 1] or ``max_det`` under 1; returns self."""
+        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+            raise ValueError(f"thresholds must be in [0, 1], got conf={self.conf} iou={self.iou}")
+        if int(self.max_det) < 1:
+            raise ValueError(f"max_det {self.max_det}: must be at least 1")
+        return self
+
+
+PREDICT_NMS = NMSOptions.predict()
+VAL_NMS = NMSOptions.val()
 
 
 def _torchvision_nms():

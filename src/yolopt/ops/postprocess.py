@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from .boxes import scale_boxes
-from .nms import non_max_suppression
+from .nms import PREDICT_NMS, NMSOptions, non_max_suppression
+
+__all__ = ["ImageMeta", "NMSOptions", "postprocess", "select", "split_end2end", "to_original"]
 
 
 @dataclass(frozen=True)
@@ -37,34 +39,25 @@ def split_end2end(pred: torch.Tensor, batch: int) -> list[torch.Tensor]:
     return [pred[pred[:, 0] == i][:, 1:] for i in range(batch)]
 
 
-def select(
-    pred: torch.Tensor,
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
-    classes: list[int] | None = None,
-    agnostic: bool = False,
-    multi_label: bool = False,
-    end2end: bool = False,
-    batch: int | None = None,
-) -> list[torch.Tensor]:
+def select(pred: torch.Tensor, nms: NMSOptions = PREDICT_NMS, *, multi_label: bool = False, end2end: bool = False,
+           batch: int | None = None) -> list[torch.Tensor]:
     """The NMS step: predictions -> per image ``(n, 6)`` [x1, y1, x2, y2, conf, cls] in input pixels.
 
     ``pred``: ``(B, N, 5+nc)`` decoded outputs (xywh in input pixels, objectness, class
     probabilities), or with ``end2end`` the ``(K, 7)`` rows of an artifact that ran NMS itself
-    (then ``conf``, ``classes`` and ``max_det`` only filter further; ``batch`` = images in the call).
+    (then ``nms.conf``, ``nms.classes`` and ``nms.max_det`` only filter further; ``batch`` = images in the call).
     """
     if not end2end:
-        return non_max_suppression(torch.as_tensor(pred).float().cpu(), conf, iou, classes, agnostic,
-                                   multi_label=multi_label, max_det=max_det)
+        return non_max_suppression(torch.as_tensor(pred).float().cpu(), nms.conf, nms.iou, nms.classes, nms.agnostic,
+                                   multi_label=multi_label, max_det=nms.max_det)
     if batch is None:
         batch = int(pred[:, 0].max().item()) + 1 if len(pred) else 0
     dets = []
     for d in split_end2end(pred, batch):
-        d = d[d[:, 4] > conf]
-        if classes is not None:
-            d = d[torch.isin(d[:, 5].long(), torch.tensor(classes))]
-        dets.append(d[:max_det])
+        d = d[d[:, 4] > nms.conf]
+        if nms.classes is not None:
+            d = d[torch.isin(d[:, 5].long(), torch.tensor(nms.classes))]
+        dets.append(d[:nms.max_det])
     return dets
 
 
@@ -78,10 +71,10 @@ def to_original(dets: list[torch.Tensor], metas: list[ImageMeta]) -> list[torch.
     return out
 
 
-def postprocess(pred: torch.Tensor, metas: list[ImageMeta], **options) -> list[torch.Tensor]:
+def postprocess(pred: torch.Tensor, metas: list[ImageMeta], nms: NMSOptions = PREDICT_NMS, *,
+                multi_label: bool = False, end2end: bool = False) -> list[torch.Tensor]:
     """Network output -> per image ``(n, 6)`` [x1, y1, x2, y2, conf, cls] in original pixels, by confidence.
 
-    :func:`select` (NMS, or the filter of an ``end2end`` artifact; ``options`` are its keyword
-    arguments: conf, iou, max_det, classes, agnostic, multi_label, end2end) then :func:`to_original`.
+    :func:`select` (NMS with ``nms``, or the filter of an ``end2end`` artifact) then :func:`to_original`.
     """
-    return to_original(select(pred, batch=len(metas), **options), metas)
+    return to_original(select(pred, nms, multi_label=multi_label, end2end=end2end, batch=len(metas)), metas)

@@ -156,10 +156,10 @@ def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec):
 
     Returns ``(row fields, ImageMatches)``: the matches let the drop against the baseline be bootstrapped.
     """
-    from ..evaluate import evaluate
+    from ..evaluate import EvalSpec, evaluate
 
-    r = evaluate(artifact, spec.data, imgsz=v.imgsz, batch=1, mode=v.letterbox, max_images=spec.val_images,
-                 progress=False, threads=spec.threads)
+    r = evaluate(artifact, spec.data, EvalSpec(imgsz=v.imgsz, batch=1, mode=v.letterbox, max_images=spec.val_images,
+                 progress=False, threads=spec.threads))
     return {"map50_95": r.map50_95, "map50": r.map50, "val_images": r.images, "val_mode": r.mode}, r.matches
 
 

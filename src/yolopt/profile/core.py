@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,50 +61,62 @@ def _say(progress, msg):
         progress(msg)
 
 
-def profile_model(
-    model,
-    imgsz: int = 640,
-    batch: int = 1,
-    backend: str = "torch",
-    threads: int | None = None,
-    source=None,
-    sweep: bool = False,
-    top: int = 10,
-    repeats: int = 30,
-    warmup: int = 5,
-    deploy: tuple[str, ...] | None = None,
-    pipeline: bool = True,
-    pipeline_repeats: int = 5,
-    children: bool = True,
-    sweep_sizes=(320, 416, 512, 640),
-    sweep_batches=(1, 2, 4, 8, 16),
-    sweep_repeats: int = 3,
-    machine: dict | None = None,
-    progress=None,
-) -> dict:
-    """Profile ``model`` (a DetectionModel, a .pt/.safetensors path, or a .onnx/.xml file).
+@dataclass(frozen=True)
+class ProfileSpec:
+    """What :func:`profile_model` measures.
 
-    ``deploy`` lists the runtimes for the per-layer deployment view (default: onnxruntime and
-    openvino when installed). Returns the report dict that ``--json`` writes.
+    ``backend``: whose latency is the headline (torch, onnxruntime, openvino). ``source``: images for the
+    pipeline stages (default: the sample images). ``deploy``: runtimes for the per-layer deployment view
+    (None: onnxruntime and openvino when installed). ``repeats`` / ``warmup``: timed passes per
+    measurement. ``children``: also time the sub-modules of each layer. ``sweep``: latency over
+    ``sweep_sizes`` x ``sweep_batches``. ``top``: findings reported.
     """
+
+    imgsz: int = 640
+    batch: int = 1
+    backend: str = "torch"
+    threads: int | None = None
+    source: object = None
+    sweep: bool = False
+    top: int = 10
+    repeats: int = 30
+    warmup: int = 5
+    deploy: tuple[str, ...] | None = None
+    pipeline: bool = True
+    pipeline_repeats: int = 5
+    children: bool = True
+    sweep_sizes: tuple[int, ...] = (320, 416, 512, 640)
+    sweep_batches: tuple[int, ...] = (1, 2, 4, 8, 16)
+    sweep_repeats: int = 3
+
+
+def profile_model(model, spec: ProfileSpec | None = None, *, machine: dict | None = None, progress=None) -> dict:
+    """Profile ``model`` (a DetectionModel, a .pt/.safetensors path, or a .onnx/.xml file) as ``spec`` says.
+
+    ``machine``: peak GFLOP/s and bandwidth measured before (default: measured here). ``progress``: called
+    with a line per step. Returns the report dict that ``--json`` writes.
+    """
+    spec = spec or ProfileSpec()
+    backend, deploy, threads = spec.backend, spec.deploy, spec.threads
     if backend not in BACKENDS:
-        raise YoloptError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
-    if batch < 1:
-        raise YoloptError(f"--batch {batch}: must be at least 1")
+        raise YoloptError(f"backend {backend}: choose one of {', '.join(BACKENDS)}", fields=("backend",))
+    if spec.batch < 1:
+        raise YoloptError(f"batch {spec.batch}: must be at least 1", fields=("batch",))
     if threads is not None and threads < 1:
-        raise YoloptError(f"--threads {threads}: must be at least 1")
-    if repeats < 1:
-        raise YoloptError(f"repeats {repeats}: must be at least 1")
+        raise YoloptError(f"threads {threads}: must be at least 1", fields=("threads",))
+    if spec.repeats < 1:
+        raise YoloptError(f"repeats {spec.repeats}: must be at least 1", fields=("repeats",))
     if deploy is None:
         deploy = tuple(rt for rt, mod in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")) if _have(mod))
     if backend != "torch" and backend not in deploy:
         deploy = (*deploy, backend)  # the chosen backend's whole-model latency comes from its profile
     for rt in deploy:
         if rt not in BACKENDS[1:]:
-            raise YoloptError(f"deployment runtime {rt}: choose onnxruntime or openvino")
+            raise YoloptError(f"deployment runtime {rt}: choose onnxruntime or openvino", fields=("runtimes",))
 
+    source = spec.source
     if source:
-        source = [str(p) for p in P.list_images(source)]  # fail fast on a bad --source, before any timing
+        source = [str(p) for p in P.list_images(source)]  # fail fast on a bad source, before any timing
     runtime_file = None
     if isinstance(model, (str, Path)):
         p = Path(model)
@@ -116,19 +129,18 @@ def profile_model(
 
             model = load_model(p)
 
+    spec = replace(spec, source=source, deploy=tuple(deploy))
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="yolopt-profile-") as tmp:
         if runtime_file is not None:
-            return _profile_runtime_file(runtime_file, imgsz, batch, backend, threads, source, sweep, top, repeats,
-                                         warmup, deploy, pipeline, pipeline_repeats, sweep_sizes, sweep_batches,
-                                         sweep_repeats, machine, progress)
-        return _profile_torch(model, Path(tmp), imgsz, batch, backend, threads, source, sweep, top, repeats, warmup,
-                              deploy, pipeline, pipeline_repeats, children, sweep_sizes, sweep_batches, sweep_repeats,
-                              machine, progress)
+            return _profile_runtime_file(runtime_file, spec, machine, progress)
+        return _profile_torch(model, Path(tmp), spec, machine, progress)
 
 
-def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, top, repeats, warmup, deploy, pipeline,
-                   pipeline_repeats, children, sweep_sizes, sweep_batches, sweep_repeats, machine, progress) -> dict:
+def _profile_torch(model, tmp: Path, spec: ProfileSpec, machine, progress) -> dict:
     from ..ops.sizes import check_imgsz
+
+    imgsz, batch, backend, threads, deploy = spec.imgsz, spec.batch, spec.backend, spec.threads, spec.deploy
+    repeats, warmup, children = spec.repeats, spec.warmup, spec.children
 
     model = model.float().cpu().eval()
     params_unfused = None if model.is_fused else model.num_params()
@@ -192,7 +204,7 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
     if need_onnx:
         _say(progress, "exporting ONNX (fused) for the deployment view")
         onnx_static = _export_onnx(fused, tmp / "model.onnx", batch, imgsz)
-        if pipeline or sweep:
+        if spec.pipeline or spec.sweep:
             onnx_dyn = _export_onnx(fused, tmp / "model_dynamic.onnx", 1, imgsz, dynamic=True)
     xn = x.numpy()
     for rt in deploy:
@@ -225,18 +237,19 @@ def _profile_torch(model, tmp, imgsz, batch, backend, threads, source, sweep, to
             cache[backend] = _runtime_backend(backend, path, threads)
         return cache[backend]
 
-    _finish(report, make_backend, imgsz, source, pipeline, pipeline_repeats, sweep, sweep_sizes, sweep_batches,
-            sweep_repeats, top, progress)
+    _finish(report, make_backend, replace(spec, imgsz=imgsz), progress)
     return report
 
 
-def _profile_runtime_file(path, imgsz, batch, backend, threads, source, sweep, top, repeats, warmup, deploy, pipeline,
-                          pipeline_repeats, sweep_sizes, sweep_batches, sweep_repeats, machine, progress) -> dict:
+def _profile_runtime_file(path, spec: ProfileSpec, machine, progress) -> dict:
+    imgsz, batch, backend, threads, deploy = spec.imgsz, spec.batch, spec.backend, spec.threads, spec.deploy
+    repeats, warmup = spec.repeats, spec.warmup
     kind = RUNTIME_SUFFIXES[path.suffix.lower()]
     if backend == "torch":
         backend = kind
     if kind == "openvino" and backend == "onnxruntime":
-        raise YoloptError(f"{path}: an OpenVINO .xml model cannot run in onnxruntime (use --backend openvino)")
+        raise YoloptError(f"{path}: an OpenVINO .xml model cannot run in onnxruntime (use backend openvino)",
+                          fields=("backend",))
     if not _have(backend):
         raise YoloptError(f"{path}: {backend} is not installed (pip install 'yolopt[deploy]')")
     main = _runtime_backend(backend, path, threads)
@@ -275,31 +288,33 @@ def _profile_runtime_file(path, imgsz, batch, backend, threads, source, sweep, t
 
     fixed_hw = bool(shape[2] and shape[3])
     fixed_b = bool(shape[0])
-    if sweep and (fixed_hw or fixed_b):
+    sweep_sizes, sweep_batches = spec.sweep_sizes, spec.sweep_batches
+    if spec.sweep and (fixed_hw or fixed_b):
         sweep_sizes = (imgsz,) if fixed_hw else sweep_sizes
         sweep_batches = (batch,) if fixed_b else sweep_batches
         report["sweep_note"] = (f"{path.name} has a fixed input shape {shape}; the sweep covers only the shapes it "
                                 "accepts (export with dynamic axes to sweep sizes and batches)")
-    _finish(report, make_backend, imgsz, source, pipeline and shape[0] in (None, 1), pipeline_repeats,
-            sweep, sweep_sizes, sweep_batches, sweep_repeats, top, progress)
+    _finish(report, make_backend, replace(spec, imgsz=imgsz, pipeline=spec.pipeline and shape[0] in (None, 1),
+                                          sweep_sizes=sweep_sizes, sweep_batches=sweep_batches), progress)
     return report
 
 
-def _finish(report, make_backend, imgsz, source, pipeline, pipeline_repeats, sweep, sizes, batches, sweep_repeats, top,
-            progress) -> None:
-    if pipeline:
+def _finish(report, make_backend, spec: ProfileSpec, progress) -> None:
+    imgsz = spec.imgsz
+    if spec.pipeline:
         _say(progress, "pipeline stages on real images")
-        srcs = source if source else P.default_sources()
-        pipe = P.pipeline_stages(make_backend(1, imgsz), srcs, imgsz, repeats=pipeline_repeats)
+        srcs = spec.source if spec.source else P.default_sources()
+        pipe = P.pipeline_stages(make_backend(1, imgsz), srcs, imgsz, repeats=spec.pipeline_repeats)
         report["pipeline"] = pipe
         report["stages_ms"] = pipe["deploy"]["stages_ms"]
         report["stages_ms_eval"] = pipe["eval"]["stages_ms"]
     else:
         report["pipeline"] = None
         report["stages_ms"] = None
-    if sweep:
+    if spec.sweep:
         _say(progress, "scaling sweep")
-        report["sweep"] = P.scaling_sweep(make_backend, sizes, batches, repeats=sweep_repeats)
+        report["sweep"] = P.scaling_sweep(make_backend, spec.sweep_sizes, spec.sweep_batches,
+                                          repeats=spec.sweep_repeats)
     else:
         report["sweep"] = None
-    report["findings"] = find_bottlenecks(report, top=top)
+    report["findings"] = find_bottlenecks(report, top=spec.top)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..bench import measure, time_calls
 from ..data.images import list_images, read_image, sample_images
 from ..data.preprocess import preprocess
 from ..errors import YoloptError
+from ..ops.nms import PREDICT_NMS, NMSOptions
 from ..ops.postprocess import select
 
 DEPLOY_CONF = 0.25
@@ -21,27 +23,28 @@ def default_sources(shared: Path | None = None) -> list[Path]:
     """The bundled sample images (shared/data/images), else a few coco128 images."""
     imgs = sample_images(shared)
     if not imgs:
-        raise YoloptError("no sample images found; pass --source IMAGES")
+        raise YoloptError("no sample images found: give source images", fields=("source",))
     return imgs
 
 
-def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int = 1, iou: float = 0.45,
-                    max_det: int = 300) -> dict:
+def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int = 1,
+                    nms: NMSOptions = PREDICT_NMS) -> dict:
     """Median ms per stage per image at conf 0.25 (deployment) and 0.001 (evaluation).
 
+    ``nms``: IoU, max_det, classes and agnostic of every NMS here (its ``conf`` is replaced by those).
     Both come from :func:`yolopt.bench.measure` end to end (decode -> letterbox -> inference -> NMS
     -> box scaling, batch 1, each image ``warmup + repeats`` times). The NMS-vs-candidates curve
     times NMS alone at several thresholds on each image's inference output.
     """
     paths = [p for p in list_images(sources) if read_image(p) is not None]
     if not paths:
-        raise YoloptError("none of the --source images could be decoded")
+        raise YoloptError("none of the source images could be decoded", fields=("source",))
     n = len(paths)
     out = {"images": [str(p) for p in paths], "imgsz": imgsz, "repeats": repeats, "backend": backend.name,
            "precision": backend.precision}
     for key, conf in (("deploy", DEPLOY_CONF), ("eval", EVAL_CONF)):
         rec = measure(backend, imgsz, batch=1, warmup=warmup * n, iters=repeats * n, source=paths, conf=conf,
-                      iou=iou)
+                      iou=nms.iou)
         med = rec.stages_ms
         total = sum(med.values())
         out[key] = {"conf": conf, "stages_ms": med, "total_ms": total,
@@ -52,11 +55,12 @@ def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int 
         x, _ = preprocess([read_image(path)], imgsz, mode="square")
         pred = backend(x).float()
         for conf in NMS_CONFS:
-            ms = time_calls(lambda c=conf: select(pred, c, iou, max_det), warmup=0, iters=repeats)
+            at = replace(nms, conf=conf)
+            ms = time_calls(lambda o=at: select(pred, o), warmup=0, iters=repeats)
             c = curve[conf]
             c["candidates"].append(int((pred[0, :, 4] > conf).sum()))
             c["ms"].append(statistics.median(ms))
-            c["kept"].append(len(select(pred, conf, iou, max_det)[0]))
+            c["kept"].append(len(select(pred, at)[0]))
     out["nms_vs_candidates"] = [
         {"conf": c, "candidates": int(statistics.median(v["candidates"])), "kept": int(statistics.median(v["kept"])),
          "nms_ms": statistics.median(v["ms"])} for c, v in curve.items()
