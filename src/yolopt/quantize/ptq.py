@@ -230,7 +230,8 @@ def _map_evaluator(job: Job):
 
     def run(proto) -> float:
         counter[0] += 1
-        p = write_model(copy.deepcopy(proto), job.work / f"sens_{counter[0] % 2}.onnx", {**job.meta, "precision": "int8"})
+        p = write_model(copy.deepcopy(proto), job.work / f"sens_{counter[0] % 2}.onnx",
+                        {**job.meta, "precision": "int8"})
         return evaluate(str(p), spec.data, imgsz=spec.imgsz, max_images=spec.sensitivity_map_images,
                         progress=False, threads=spec.threads).map50_95
 

@@ -109,7 +109,8 @@ def time_models(models: dict[str, Path], spec: QuantizeSpec) -> Timing:
 
 def sizes(fp32: Path, *int8_files: Path) -> Sizes:
     """Sizes (MB) of the fp32 ONNX and of the INT8 artifact's files."""
-    return Sizes(fp32=round(fp32.stat().st_size / 1e6, 3), int8=round(sum(f.stat().st_size for f in int8_files) / 1e6, 3))
+    return Sizes(fp32=round(fp32.stat().st_size / 1e6, 3),
+                 int8=round(sum(f.stat().st_size for f in int8_files) / 1e6, 3))
 
 
 def val_images(spec: QuantizeSpec) -> CalibrationSet:
