@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import IMAGE_SUFFIXES, read_image
 from ..errors import YoloptError
 
 MIN_SIDE = 8  # smaller images are not photographs of anything a detector is calibrated for
@@ -45,7 +44,7 @@ class CalibrationSet:
     def from_images(cls, images, imgsz, n: int | None = CALIB_IMAGES, seed: int = 0) -> "CalibrationSet":
         """Images from files, folders or glob patterns. A file that is not an image is an error (a
         calibration set silently missing files is worse than none); ``n`` picks a fixed random subset."""
-        from ..data.images import list_images
+        from ..data.images import IMAGE_SUFFIXES, list_images
 
         srcs = images if isinstance(images, (list, tuple)) else [images]
         for s in srcs:
@@ -97,6 +96,8 @@ class CalibrationSet:
         return len(self.paths)
 
     def read(self, path: Path) -> np.ndarray:
+        from ..data.images import read_image  # cv2: imported on first use, so importing this module stays light
+
         im = read_image(path)
         if im is None:
             raise CalibrationError(f"{path}: cannot be decoded as an image")
