@@ -46,16 +46,16 @@ def test_percentiles_and_time_calls():
 
 def test_benchmark_api_streams_and_end2end(onnx_dyn, bus_jpg):
     from yolopt import runtime
-    from yolopt.bench import measure
+    from yolopt.bench import BenchSpec, measure
 
     b = runtime.open(onnx_dyn, threads=1)
-    r = measure(b, 128, batch=2, warmup=1, iters=5, streams=2).to_dict()
+    r = measure(b, 128, BenchSpec(batch=2, warmup=1, iters=5, streams=2)).to_dict()
     _check(r, 2, 2)
     assert r["size_mb"] == pytest.approx(onnx_dyn.stat().st_size / 1e6)
     assert r["backend"] == "onnxruntime" and r["threads"] == 1 and not r["end2end"]
     assert r["extra"]["stream_latency_ms"]["p50"] > 0
     assert r["precision"] == "fp32" and r["machine"]["cpu"] and "avx2" in r["machine"]["isa"]
-    e = measure(b, 128, batch=1, warmup=1, iters=3, source=[bus_jpg])
+    e = measure(b, 128, BenchSpec(batch=1, warmup=1, iters=3, source=[bus_jpg]))
     assert e.end2end and e.latency_ms["p50"] > 0
     # per-stage medians of the same calls: each positive, together close to the whole step
     assert set(e.stages_ms) == {"decode", "preprocess", "inference", "nms", "postprocess"}

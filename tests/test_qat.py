@@ -153,24 +153,22 @@ def test_quantize_with_qat_writes_int8_and_compares_with_ptq(synth, tmp_path):
     assert open_backend(str(res.path)).precision == "int8"
     run = tmp_path / "q_qat"
     assert (run / "qat_ranges.json").is_file() and json.loads((run / "qat.json").read_text())["finished"]
-    assert rep["qat"]["epochs"] == 1 and rep["ptq"]["map50"] > 0.5 and rep["int8"]["map50"] > 0.5
-    assert rep["qat"]["map50_95_gain_over_ptq"] == pytest.approx(rep["int8"]["map50_95"] - rep["ptq"]["map50_95"],
-                                                                 abs=1e-4)
+    assert rep.qat.epochs == 1 and rep.ptq.map50 > 0.5 and rep.int8.map50 > 0.5
+    assert rep.qat.map50_95_gain_over_ptq == pytest.approx(rep.int8.map50_95 - rep.ptq.map50_95, abs=1e-4)
     # the tuned weights moved (QAT trained), and the float model stays the baseline
-    assert rep["fp32"]["map50_95"] > 0
+    assert rep.fp32.map50_95 > 0
     # the markdown report puts PTQ of the same graph beside QAT, with the gain
     md = res.path.with_suffix(".md").read_text()
-    assert "PTQ, same graph" in md and f"{rep['ptq']['map50_95']:.4f}" in md
-    assert f"mAP50-95 **{rep['qat']['map50_95_gain_over_ptq']:+.4f}**" in md
+    assert "PTQ, same graph" in md and f"{rep.ptq.map50_95:.4f}" in md
+    assert f"mAP50-95 **{rep.qat.map50_95_gain_over_ptq:+.4f}**" in md
     best = run / json.loads((run / "qat.json").read_text())["finished"]
     mtime = best.stat().st_mtime_ns
     # the same command again reuses the finished QAT run instead of training again
     res2 = quantize(str(SHIPPED_BASE), spec)
     assert best.stat().st_mtime_ns == mtime
-    assert res2.report["qat"]["fp32_tuned"]["map50_95"] == pytest.approx(rep["qat"]["fp32_tuned"]["map50_95"],
-                                                                        abs=1e-6)
-    assert res2.report["float_layers"] == rep["float_layers"]
-    assert res2.report["int8"]["map50_95"] == pytest.approx(rep["int8"]["map50_95"], abs=1e-6)
+    assert res2.report.qat.fp32_tuned.map50_95 == pytest.approx(rep.qat.fp32_tuned.map50_95, abs=1e-6)
+    assert res2.report.float_layers == rep.float_layers
+    assert res2.report.int8.map50_95 == pytest.approx(rep.int8.map50_95, abs=1e-6)
     # a run folder with other settings is refused, nothing overwritten
     with pytest.raises(Exception, match="other settings"):
         quantize(str(SHIPPED_BASE), QuantizeSpec(**{**spec.__dict__, "qat": 2, "out": tmp_path / "other.onnx",
@@ -179,9 +177,10 @@ def test_quantize_with_qat_writes_int8_and_compares_with_ptq(synth, tmp_path):
 
 
 def test_qat_bad_input(synth, tmp_path):
-    with pytest.raises(QuantizeError, match="--qat needs --data"):
+    with pytest.raises(QuantizeError, match="quantization-aware training needs a labelled dataset") as e:
         quantize(str(SHIPPED_BASE), QuantizeSpec(images=[str(synth.parent / "images")], imgsz=IMGSZ, qat=1,
                                                  out=tmp_path / "x.onnx"))
+    assert e.value.fields == ("qat", "data", "backend")  # the CLI names their flags
     r = run_cli("quantize", str(SHIPPED_BASE), "--data", str(synth), "--qat", "1", "--backend", "openvino",
                 "--out", str(tmp_path / "x.xml"))
     assert r.returncode != 0 and "--qat" in r.stderr and not (tmp_path / "x.xml").exists()

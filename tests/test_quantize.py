@@ -56,8 +56,8 @@ def test_int8_artifact_reloads_as_int8_takes_pixels_and_keeps_its_map(quantized)
     rep = quantized.report
     b = open_backend(str(quantized.path))
     assert b.precision == "int8" and b.artifact_precision == "int8" and b.uint8_input
-    assert rep["fp32"]["map50"] > 0.5  # a model that detects, so "kept its mAP" means something
-    assert rep["int8"]["map50"] >= rep["fp32"]["map50"] - 0.05, rep["int8"]
+    assert rep.fp32.map50 > 0.5  # a model that detects, so "kept its mAP" means something
+    assert rep.int8.map50 >= rep.fp32.map50 - 0.05, rep.int8
     proto = onnx.load(str(quantized.path))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("DequantizeLinear") > 50  # really quantized
@@ -70,7 +70,9 @@ def test_int8_artifact_reloads_as_int8_takes_pixels_and_keeps_its_map(quantized)
     x = _random_input()
     assert np.array_equal(b(x).numpy(), b((x * 255).round().astype(np.uint8)).numpy())
     md = quantized.path.with_suffix(".md").read_text()
-    assert "mAP50-95" in md and json.loads(quantized.path.with_suffix(".json").read_text())["int8"]
+    saved = json.loads(quantized.path.with_suffix(".json").read_text())
+    assert "mAP50-95" in md and saved["int8"] and saved["schema_version"] == 1
+    assert list(saved) == list(rep.to_dict()) and saved["int8"] == rep.int8.to_dict()  # the JSON is the typed report
 
 
 def _random_input() -> np.ndarray:
@@ -116,7 +118,7 @@ def test_cli_refuses_artifacts_and_budgets_without_data(fp32_onnx, synth, tmp_pa
     assert r.returncode != 0 and "not an exported artifact" in r.stderr
     r = run_cli("quantize", str(SHIPPED_BASE), "--images", str(synth.parent / "images" / "val"),
                 "--max-map-drop", "0.01")
-    assert r.returncode != 0 and "--max-map-drop needs --data" in r.stderr
+    assert r.returncode != 0 and "needs a labelled dataset" in r.stderr and "(--max-map-drop, --data)" in r.stderr
 
 
 def test_sensitivity_ranking_is_deterministic(synth, fp32_onnx):
@@ -167,7 +169,7 @@ def test_quantizing_a_pruned_model_works(synth, tmp_path):
     q = quantize(str(pruned), QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=16, latency=False, out=out,
                                            progress=False))
     assert q.path == out and out.exists()
-    assert q.report["int8"]["map50"] > 0.5 * q.report["fp32"]["map50"] > 0
+    assert q.report.int8.map50 > 0.5 * q.report.fp32.map50 > 0
     from yolopt.runtime import open as open_backend
 
     assert open_backend(str(out)).precision == "int8"
@@ -185,7 +187,7 @@ def test_openvino_int8_ir_through_nncf_reloads_as_int8(synth, tmp_path):
     b = open_backend(str(out))
     assert b.name == "openvino" and b.precision == "int8" and b.artifact_precision == "int8"
     rep = res.report
-    assert rep["int8"]["map50"] >= rep["fp32"]["map50"] - 0.05, rep["int8"]
+    assert rep.int8.map50 >= rep.fp32.map50 - 0.05, rep.int8
     import openvino as ov
 
     ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
@@ -208,9 +210,9 @@ def test_openvino_accuracy_control_wiring(synth, tmp_path):
                                                    val_images=8, max_map_drop=0.5, latency=False, out=out,
                                                    progress=False))
     rep = res.report
-    assert out.exists() and rep["int8"]["images"] == 8 and rep["map50_95_drop"] <= 0.5
-    assert rep["float_layers"] == [] and rep["layers"] >= 60
-    assert "accuracy control" in rep["calibration"]["method"]
+    assert out.exists() and rep.int8.images == 8 and rep.map50_95_drop <= 0.5
+    assert rep.float_layers == [] and rep.layers >= 60
+    assert "accuracy control" in rep.calibration.method
     assert json.loads(out.with_suffix(".json").read_text())["spec"]["max_map_drop"] == 0.5
 
 

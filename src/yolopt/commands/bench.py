@@ -52,7 +52,7 @@ def _batches(spec: str) -> list[int]:
 def run(args) -> int:
     from rich.table import Table
 
-    from ..bench import measure
+    from ..bench import BenchSpec, measure
     from ..machine import describe
     from ..runtime import open as open_backend
     from ..runtime import torch_threads
@@ -78,10 +78,9 @@ def run(args) -> int:
     records = []
     with torch_threads(args.threads):  # --end2end pre/post-processing runs in torch too
         for b in batches:
-            records.append(measure(model, imgsz, batch=b, warmup=args.warmup,
-                                   iters=None if args.duration else args.iters, duration=args.duration,
-                                   streams=args.streams, source=args.source if args.end2end else None,
-                                   model_name=args.weights))
+            spec = BenchSpec(batch=b, warmup=args.warmup, iters=None if args.duration else args.iters,
+                             duration=args.duration, streams=args.streams, source=args.source if args.end2end else None)
+            records.append(measure(model, imgsz, spec, model_name=args.weights))
     t = Table(title=f"{args.weights} ({model.name}, {model.precision}) {'end-to-end' if args.end2end else 'model only'}"
               f" on {describe()}")
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "FPS", f"thru x{args.streams} FPS", "peak RSS MB",

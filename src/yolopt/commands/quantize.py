@@ -12,6 +12,8 @@ log = logging.getLogger("yolopt")
 
 
 def register(sub) -> None:
+    from ..quantize.calib import CALIB_IMAGES  # imported when the parser is built, not at module import
+
     p = sub.add_parser(
         "quantize",
         help="INT8 artifact (ONNX Runtime QDQ), calibrated, validated and timed against fp32 before it is written",
@@ -28,8 +30,8 @@ def register(sub) -> None:
     src.add_argument("--data", help="dataset yaml: calibrate on its train split, measure mAP on val")
     src.add_argument("--images", action="append", metavar="DIR",
                      help="calibrate on these images instead (folder, glob or .txt list; repeatable)")
-    src.add_argument("--calib", type=positive_int_arg, default=256,
-                     help="calibration images (a fixed random subset when there are more; default 256)")
+    src.add_argument("--calib", type=positive_int_arg, default=CALIB_IMAGES,
+                     help=f"calibration images (a fixed random subset when there are more; default {CALIB_IMAGES})")
     src.add_argument("--val-images", type=positive_int_arg, help="measure mAP on the first N val images (default all)")
     p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
                    help="runtime the INT8 artifact is built for: onnxruntime (QDQ ONNX, default) or openvino (IR "
@@ -94,24 +96,22 @@ def run(args) -> int:
     res = quantize(args.model, spec)
     rep = res.report
     if args.json:
-        print(json.dumps(rep, indent=1, default=str))
+        print(json.dumps(rep.to_dict(), indent=1, default=str))
         return 0
-    fp, q = rep.get("fp32"), rep.get("int8")
-    print(f"INT8 {artifact_kind(args.backend)}: {res.path} ({rep['size_mb']['int8']:.2f} MB, fp32 {rep['size_mb']['fp32']:.2f} MB)")
+    fp, q, t = rep.fp32, rep.int8, rep.timing
+    print(f"INT8 {artifact_kind(args.backend)}: {res.path} ({rep.size_mb.int8:.2f} MB, fp32 {rep.size_mb.fp32:.2f} MB)")
     if fp and q:
-        print(f"  mAP50-95 {fp['map50_95']:.4f} -> {q['map50_95']:.4f} (drop {rep['map50_95_drop']:.4f}), "
-              f"mAP50 {fp['map50']:.4f} -> {q['map50']:.4f} ({q['images']} val images)")
-    if rep.get("qat") and rep.get("ptq"):
-        qa, pt = rep["qat"], rep["ptq"]
-        print(f"  QAT {qa['epochs']} epoch(s) ({qa['seconds'] / 60:.1f} min): mAP50-95 {q['map50_95']:.4f} vs PTQ "
-              f"{pt['map50_95']:.4f} on the same graph ({qa['map50_95_gain_over_ptq']:+.4f}); mAP50 {q['map50']:.4f} "
-              f"vs {pt['map50']:.4f}")
-    if "latency_ratio" in rep:
-        lat = rep["latency"]
-        print(f"  latency p50 {lat['fp32']['p50_ms']:.2f} -> {lat['int8']['p50_ms']:.2f} ms "
-              f"({rep['latency_ratio']:.3f}x fp32; {rep['machine'].get('cpu')}, VNNI {rep['machine'].get('vnni')})")
-    fl = rep.get("float_layers") or []
-    if rep.get("layers"):
-        print(f"  layers kept float: {len(fl)} of {rep['layers']}")
+        print(f"  mAP50-95 {fp.map50_95:.4f} -> {q.map50_95:.4f} (drop {rep.map50_95_drop:.4f}), "
+              f"mAP50 {fp.map50:.4f} -> {q.map50:.4f} ({q.images} val images)")
+    if rep.qat and rep.ptq:
+        qa, pt = rep.qat, rep.ptq
+        print(f"  QAT {qa.epochs} epoch(s) ({qa.seconds / 60:.1f} min): mAP50-95 {q.map50_95:.4f} vs PTQ "
+              f"{pt.map50_95:.4f} on the same graph ({qa.map50_95_gain_over_ptq:+.4f}); mAP50 {q.map50:.4f} "
+              f"vs {pt.map50:.4f}")
+    if t:
+        print(f"  latency p50 {t.latency['fp32']['p50_ms']:.2f} -> {t.latency['int8']['p50_ms']:.2f} ms "
+              f"({t.latency_ratio:.3f}x fp32; {t.machine.get('cpu')}, VNNI {t.machine.get('vnni')})")
+    if rep.layers:
+        print(f"  layers kept float: {len(rep.float_layers)} of {rep.layers}")
     print(f"  report: {res.path.with_suffix('.md')} / .json")
     return 0

@@ -470,8 +470,8 @@ def measure_latency(model: nn.Module, imgsz: int, backend: str = "onnxruntime", 
     from .. import bench, runtime
 
     if backend == "torch":
-        rec = bench.measure(runtime.open(copy.deepcopy(model).eval(), threads=threads), imgsz, iters=iters,
-                            warmup=warmup, model_name="in-memory model")
+        rec = bench.measure(runtime.open(copy.deepcopy(model).eval(), threads=threads), imgsz,
+                            bench.BenchSpec(iters=iters, warmup=warmup), model_name="in-memory model")
         return rec.to_dict()
     from ..export import ExportSpec, export
 
@@ -480,7 +480,8 @@ def measure_latency(model: nn.Module, imgsz: int, backend: str = "onnxruntime", 
         out = Path(tmp) / ("m.onnx" if fmt == "onnx" else "m_openvino/m.xml")
         res = export(copy.deepcopy(model).eval(), ExportSpec(format=fmt, imgsz=imgsz, out=out, verify=False))
         b = runtime.open(res.path, threads=threads)
-        rec = bench.measure(b, imgsz, iters=iters, warmup=warmup, model_name=f"pruned candidate ({fmt})")
+        rec = bench.measure(b, imgsz, bench.BenchSpec(iters=iters, warmup=warmup),
+                            model_name=f"pruned candidate ({fmt})")
         del b
     return rec.to_dict()
 

@@ -111,20 +111,20 @@ class Builder:
                   ) -> tuple[Path, dict]:
         """PTQ (``yolopt quantize``), with accuracy control (``mixed``) or after ``qat`` epochs of QAT. The QAT
         run is kept outside the build folder (``qat_dir``), so a killed build resumes its training."""
-        from ..quantize import QuantizeSpec, quantize
+        from ..quantize import OPTIMIZE_CALIB_IMAGES, QuantizeSpec, quantize
 
         spec = self.spec
-        q = QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=128,
+        q = QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=OPTIMIZE_CALIB_IMAGES,
                          max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
                          latency=False, threads=spec.threads, out=out, progress=spec.progress, qat=qat,
                          qat_unlabeled=list(spec.unlabeled), qat_dir=qat_dir)
         res = quantize(self.model, q)
         rep = res.report
-        details = {"float_layers": len(rep.get("float_layers", [])), "layers": rep.get("layers"),
-                   "calibration": rep.get("calibration")}
+        details = {"float_layers": len(rep.float_layers), "layers": rep.layers,
+                   "calibration": rep.calibration.to_dict()}
         if qat:
-            details["qat"] = {k: rep["qat"].get(k) for k in ("epochs", "seconds", "map50_95_gain_over_ptq",
-                                                              "map50_gain_over_ptq")}
+            details["qat"] = {k: getattr(rep.qat, k) for k in ("epochs", "seconds", "map50_95_gain_over_ptq",
+                                                                "map50_gain_over_ptq")}
         return res.path, details
 
     def _prune(self, folder: Path, out: Path, imgsz: int, dynamic: bool, flops: float) -> tuple[Path, dict]:

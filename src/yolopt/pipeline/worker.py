@@ -36,9 +36,9 @@ def measure_request(req: dict) -> dict:
         torch.set_num_threads(1)
         kwargs["spin"] = False
     backend = open_backend(req["artifact"], threads=int(req["threads"]), **kwargs)
-    rec = bench.measure(backend, req["imgsz"], batch=1, warmup=max(3, len(req["images"]) // 2), iters=None,
-                        duration=float(req["seconds"]), streams=streams, source=req["images"], conf=req["conf"],
-                        iou=req["iou"], mode=req["letterbox"])
+    rec = bench.measure(backend, req["imgsz"], bench.BenchSpec(
+        warmup=max(3, len(req["images"]) // 2), iters=None, duration=float(req["seconds"]), streams=streams,
+        source=req["images"], conf=req["conf"], iou=req["iou"], mode=req["letterbox"]))
     out = rec.to_dict()
     out["model_mem_mb"] = max(0.0, rec.peak_rss_mb - before)  # the record's peak is the process's (ru_maxrss)
     return out

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..bench import measure
+from ..bench import BenchSpec, measure
 from ..errors import YoloptError
 from ..runtime import TorchBackend, torch_threads
 from . import layers as L
@@ -218,7 +218,8 @@ def _profile_torch(model, tmp: Path, spec: ProfileSpec, machine, progress) -> di
             continue
         RT.attach_torch_names(d, rows)
         plain = _runtime_backend(rt, onnx_static, threads)
-        d["latency_ms_unprofiled"] = measure(plain, imgsz, batch, warmup=warmup, iters=repeats).latency_ms["p50"]
+        rec = measure(plain, imgsz, BenchSpec(batch=batch, warmup=warmup, iters=repeats))
+        d["latency_ms_unprofiled"] = rec.latency_ms["p50"]
         report["deploy"][rt] = d
 
     report["latency_ms"] = whole

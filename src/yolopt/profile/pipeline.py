@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..bench import measure, time_calls
+from ..bench import BenchSpec, measure, time_calls
 from ..data.images import list_images, read_image, sample_images
 from ..data.preprocess import preprocess
 from ..errors import YoloptError
@@ -43,8 +43,8 @@ def pipeline_stages(backend, sources, imgsz: int, repeats: int = 5, warmup: int 
     out = {"images": [str(p) for p in paths], "imgsz": imgsz, "repeats": repeats, "backend": backend.name,
            "precision": backend.precision}
     for key, conf in (("deploy", DEPLOY_CONF), ("eval", EVAL_CONF)):
-        rec = measure(backend, imgsz, batch=1, warmup=warmup * n, iters=repeats * n, source=paths, conf=conf,
-                      iou=nms.iou)
+        rec = measure(backend, imgsz, BenchSpec(warmup=warmup * n, iters=repeats * n, source=paths, conf=conf,
+                                                iou=nms.iou))
         med = rec.stages_ms
         total = sum(med.values())
         out[key] = {"conf": conf, "stages_ms": med, "total_ms": total,
@@ -83,7 +83,7 @@ def scaling_sweep(make_backend, sizes=(320, 416, 512, 640), batches=(1, 2, 4, 8,
                 rows.append({"imgsz": s, "batch": b, "skipped": True})
                 continue
             try:
-                ms = measure(make_backend(b, s), s, batch=b, warmup=warmup, iters=repeats).latency_ms["p50"]
+                ms = measure(make_backend(b, s), s, BenchSpec(batch=b, warmup=warmup, iters=repeats)).latency_ms["p50"]
             except Exception as e:  # noqa: BLE001 - e.g. a fixed-shape model refuses another size
                 rows.append({"imgsz": s, "batch": b, "error": str(e).splitlines()[0][:200]})
                 continue

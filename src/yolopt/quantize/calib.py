@@ -4,7 +4,7 @@ The images go through exactly the inference pre-processing (:func:`yolopt.data.p
 square letterbox at the artifact's fixed size), so the ranges the calibrator sees are the ranges the
 deployed model sees.
 
-    >>> calib = CalibrationSet.from_data("coco128.yaml", imgsz=640, n=256)   # or .from_images("imgs/")
+    >>> calib = CalibrationSet.from_data("coco128.yaml", imgsz=640)   # or .from_images("imgs/")
     >>> for x in calib.batches():   # (1, 3, 640, 640) float32 in [0, 1]
     ...     ...
 """
@@ -18,10 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import IMAGE_SUFFIXES, read_image
 from ..errors import YoloptError
 
 MIN_SIDE = 8  # smaller images are not photographs of anything a detector is calibrated for
+CALIB_IMAGES = 256  # the default calibration set: a fixed random subset of this many images
+# ``yolopt optimize`` quantizes several variants inside one time budget, and calibration time grows with the
+# image count: it calibrates on half the default (128: coco128's whole train split, the size behind the
+# coco128 rows of docs/quantize.md).
+OPTIMIZE_CALIB_IMAGES = CALIB_IMAGES // 2
 
 
 class CalibrationError(YoloptError):
@@ -37,10 +41,10 @@ class CalibrationSet:
     source: str = ""
 
     @classmethod
-    def from_images(cls, images, imgsz, n: int | None = 256, seed: int = 0) -> "CalibrationSet":
+    def from_images(cls, images, imgsz, n: int | None = CALIB_IMAGES, seed: int = 0) -> "CalibrationSet":
         """Images from files, folders or glob patterns. A file that is not an image is an error (a
         calibration set silently missing files is worse than none); ``n`` picks a fixed random subset."""
-        from ..data.images import list_images
+        from ..data.images import IMAGE_SUFFIXES, list_images
 
         srcs = images if isinstance(images, (list, tuple)) else [images]
         for s in srcs:
@@ -63,7 +67,7 @@ class CalibrationSet:
         return cls._pick(paths, imgsz, n, seed, ", ".join(str(s) for s in srcs))
 
     @classmethod
-    def from_data(cls, data, imgsz, n: int | None = 256, split: str = "train", seed: int = 0) -> "CalibrationSet":
+    def from_data(cls, data, imgsz, n: int | None = CALIB_IMAGES, split: str = "train", seed: int = 0) -> "CalibrationSet":
         """Images of a dataset yaml's ``split`` (the train split by default: calibrate on training data,
         measure on val)."""
         from ..data.dataset import image_files, load_data_config
@@ -83,7 +87,7 @@ class CalibrationSet:
             raise CalibrationError(f"{source}: no calibration images")
         if n is not None:
             if n < 1:
-                raise CalibrationError(f"--calib {n}: need at least 1 calibration image")
+                raise CalibrationError(f"calibration needs at least 1 image (got {n})", fields=("calib",))
             if len(paths) > n:
                 paths = sorted(random.Random(seed).sample(list(paths), n))
         return cls(list(paths), (int(imgsz[0]), int(imgsz[1])), source)
@@ -92,6 +96,8 @@ class CalibrationSet:
         return len(self.paths)
 
     def read(self, path: Path) -> np.ndarray:
+        from ..data.images import read_image  # cv2: imported on first use, so importing this module stays light
+
         im = read_image(path)
         if im is None:
             raise CalibrationError(f"{path}: cannot be decoded as an image")

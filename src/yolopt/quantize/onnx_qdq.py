@@ -22,6 +22,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,15 @@ METHODS = ("minmax", "entropy", "percentile")
 # (QLinearConv, QLinearSigmoid (a table), QLinearMul/Add/Concat, uint8 MaxPool and Resize)
 OP_TYPES = ("Conv", "Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize")
 _HEAD_CONV = re.compile(r"^/model\.(\d+)/m\.\d+/Conv$")
+
+
+@dataclass(frozen=True)
+class QDQAblation:
+    """Settings only the ablation rows of docs/quantize.md change: the op types put in QDQ form, and
+    uint8 (asymmetric) instead of int8 (symmetric) weights."""
+
+    op_types: Sequence[str] = OP_TYPES
+    weight_uint8: bool = False
 
 
 def _ort_quant():
@@ -99,7 +109,7 @@ def calibrate(fp32: str | Path, arrays: Iterable[np.ndarray], method: str = "min
     ``arrays``: ``(1, 3, H, W)`` float32 inputs. ``method``: minmax | entropy | percentile."""
     q = _ort_quant()
     if method not in METHODS:
-        raise YoloptError(f"--method {method}: choose one of {', '.join(METHODS)} (or auto)")
+        raise YoloptError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}", fields=("method",))
     cm = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
           "percentile": q.CalibrationMethod.Percentile}[method]
     extra = {"percentile": percentile} if method == "percentile" else {}
@@ -132,15 +142,19 @@ def _set_input_range(ranges, name: str) -> None:
 
 
 def build_qdq(proto, ranges, float_layers: Iterable[str] = (), *, only_layers: Iterable[str] | None = None,
-              per_channel: bool = True, reduce_range: bool = False, op_types: Sequence[str] = OP_TYPES,
-              input_uint8: bool = True, weight_uint8: bool = False):
+              per_channel: bool = True, reduce_range: bool = False, input_uint8: bool = True,
+              ablation: QDQAblation | None = None):
     """The QDQ ModelProto of the fp32 ``proto``: every layer of :func:`layer_groups` in INT8 except
     ``float_layers`` (or only ``only_layers``, for per-layer sensitivity); the decode stays float.
 
     Weights: signed INT8, per output channel (``per_channel``). Activations: uint8, asymmetric.
-    ``input_uint8``: the graph takes uint8 pixels (see :func:`uint8_input`)."""
+    ``input_uint8``: the graph takes uint8 pixels (see :func:`uint8_input`). ``ablation``: see
+    :class:`QDQAblation`."""
     q = _ort_quant()
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    ablation = ablation or QDQAblation()
+    op_types, weight_uint8 = ablation.op_types, ablation.weight_uint8
 
     groups = layer_groups(proto, op_types)
     unknown = [g for g in (*float_layers, *(only_layers or ())) if g not in groups]

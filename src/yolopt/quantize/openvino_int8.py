@@ -33,7 +33,7 @@ def _nncf():
     try:
         import nncf
     except ImportError:
-        raise YoloptError("--backend openvino needs nncf (pip install 'yolopt[deploy]')") from None
+        raise YoloptError("INT8 for OpenVINO needs nncf (pip install 'yolopt[deploy]')", fields=("backend",)) from None
     import logging
 
     nncf.set_log_level(logging.WARNING)  # its per-op INFO lines drown the command's output

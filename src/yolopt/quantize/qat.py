@@ -275,7 +275,7 @@ def qat_finetune(model: nn.Module, spec: QATSpec, calib) -> nn.Module:
     from ..engine.trainer import LAST
 
     if spec.epochs < 1:
-        raise YoloptError(f"--qat {spec.epochs}: give at least 1 epoch")
+        raise YoloptError(f"QAT needs at least 1 epoch (got {spec.epochs})", fields=("epochs",))
     out = Path(spec.out)
     settings = run_settings(spec, calib)
     teacher = copy.deepcopy(model).float().eval()

@@ -118,7 +118,7 @@ def analyse(proto, ranges, inputs: list[np.ndarray], *, input_uint8: bool = True
 
     ``inputs``: ``(1, 3, H, W)`` float inputs to compare outputs on. ``map_eval(proto) -> mAP50-95``:
     optional, evaluates a QDQ model (the caller decides data and image count). ``build_kw`` go to
-    :func:`onnx_qdq.build_qdq` (per_channel, reduce_range, op_types...)."""
+    :func:`onnx_qdq.build_qdq` (per_channel, reduce_range, ablation)."""
     ref_sess = Q.session(proto, threads)
     in_name = ref_sess.get_inputs()[0].name
     refs = [ref_sess.run(None, {in_name: x})[0] for x in inputs]
@@ -126,7 +126,7 @@ def analyse(proto, ranges, inputs: list[np.ndarray], *, input_uint8: bool = True
     imgsz = max(inputs[0].shape[2:])
     refs = [_detection_view(r, k, imgsz) for r, k in zip(refs, keep)]
     feeds = [to_pixels(x) if input_uint8 else x for x in inputs]
-    groups = Q.layer_groups(proto, build_kw.get("op_types", Q.OP_TYPES))
+    groups = Q.layer_groups(proto, (build_kw.get("ablation") or Q.QDQAblation()).op_types)
     node_out = {n.name: n.output[0] for n in proto.graph.node}
     weights = _weights_by_node(proto)
 

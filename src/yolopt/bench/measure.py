@@ -1,0 +1,163 @@
+"""The one timing path: :func:`measure` (one backend, one batch size) and :func:`interleaved` (several
+artifacts, alternating rounds)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..data.letterbox import to_pixels
+from ..errors import YoloptError
+from ..machine import machine_info
+from .end2end import EndToEnd
+from .timing import artifact_size_mb, median, peak_rss_mb, percentiles, time_calls
+
+
+@dataclass
+class BenchRecord:
+    backend: str
+    model: str
+    imgsz: list
+    batch: int
+    threads: int | None
+    streams: int
+    latency_ms: dict
+    fps: float
+    throughput_fps: float
+    peak_rss_mb: float
+    size_mb: float
+    end2end: bool = False
+    iters: int = 0
+    warmup: int = 0
+    precision: str = "fp32"
+    stages_ms: dict | None = None  # end-to-end only: median ms per call of each stage
+    machine: dict = field(default_factory=machine_info)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        if d["stages_ms"] is None:
+            d.pop("stages_ms")
+        return d
+
+
+def _input(imgsz, batch: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.random((batch, 3, *imgsz), dtype=np.float32)
+
+
+@dataclass
+class BenchSpec:
+    """How :func:`measure` times a backend.
+
+    ``iters`` timed calls after ``warmup`` (or as many as fit in ``duration`` seconds), at ``batch``;
+    ``streams > 1`` adds a throughput figure with that many sessions in threads. ``source``: images / videos
+    for the end-to-end pipeline (else model-only on a fixed random input), with its ``conf`` / ``iou`` NMS
+    thresholds and letterbox ``mode``: ``square`` or ``rect`` (dynamic artifacts: each frame padded to its own
+    minimal stride-multiple rectangle).
+    """
+
+    batch: int = 1
+    warmup: int = 10
+    iters: int | None = 100
+    duration: float | None = None
+    streams: int = 1
+    source: list | None = None
+    conf: float = 0.25
+    iou: float = 0.45
+    mode: str = "square"
+
+
+def measure(backend, imgsz, spec: BenchSpec | None = None, model_name: str | None = None) -> BenchRecord:
+    """Time ``backend`` (a :mod:`yolopt.runtime` Backend) as ``spec`` says (default :class:`BenchSpec`);
+    the one timing path. ``imgsz``: int or (h, w). ``model_name``: the record's model (default the backend's path).
+    """
+    spec = spec or BenchSpec()
+    batch, warmup, iters, duration, streams, source = (spec.batch, spec.warmup, spec.iters, spec.duration,
+                                                       spec.streams, spec.source)
+    if isinstance(imgsz, int):
+        imgsz = (imgsz, imgsz)
+    if batch < 1 or streams < 1:
+        raise YoloptError(f"batch size and streams must be >= 1 (got {batch}, {streams})", fields=("batch", "streams"))
+    if iters is not None and iters < 1 and not duration:
+        raise YoloptError(f"timed calls must be >= 1 (got {iters})", fields=("iters",))
+
+    def make_step(b):
+        if source is not None:
+            return EndToEnd(b, source, imgsz, batch, spec.conf, spec.iou, mode=spec.mode)
+        x = _input(imgsz, batch)
+        if b.uint8_input:  # a quantized graph that takes pixels gets pixels
+            x = to_pixels(x)
+        return lambda: b(x)
+
+    step = make_step(backend)
+    lat = time_calls(step, warmup, iters, duration)
+    extra: dict = {}
+    stages = None
+    if source is not None:  # the warm-up calls' stage times are dropped
+        stages = {k: float(np.median(v[-len(lat):])) for k, v in step.stage_samples.items()}
+        extra["detections_per_image"] = step.counts[-len(lat) * batch:][:step.cycle_frames]
+        if step.frames.videos:
+            extra["videos"] = step.frames.videos  # source fps, size and frame count of each video
+    p = percentiles(lat)
+    fps = batch * 1e3 / p["mean"]
+    throughput = fps
+    if streams > 1:
+        throughput, extra["stream_latency_ms"] = _streams(backend, make_step, spec, len(lat))
+    return BenchRecord(
+        backend=backend.name, model=str(model_name or backend.path), imgsz=list(imgsz), batch=batch,
+        threads=backend.threads, streams=streams, latency_ms=p, fps=fps, throughput_fps=throughput,
+        peak_rss_mb=peak_rss_mb(), size_mb=artifact_size_mb(backend.path), end2end=source is not None,
+        iters=len(lat), warmup=warmup, precision=getattr(backend, "precision", "fp32"), stages_ms=stages, extra=extra)
+
+
+def _streams(backend, make_step, spec: BenchSpec, n_calls: int) -> tuple[float, dict]:
+    """Throughput (images / s) of ``spec.streams`` sessions driven by as many threads at once, and the
+    percentiles of all their calls."""
+    streams = spec.streams
+    replicas = [backend] + [backend.clone() for _ in range(streams - 1)]
+    steps = [make_step(r) for r in replicas]
+    for s in steps:  # warm every session
+        for _ in range(max(1, min(spec.warmup, 3))):
+            s()
+    barrier = threading.Barrier(streams)
+    stream_lat: list[list[float]] = [[] for _ in range(streams)]
+
+    def drive(k):
+        barrier.wait()
+        stream_lat[k] = time_calls(steps[k], 0, n_calls if not spec.duration else None, spec.duration)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(drive, range(streams)))
+    wall = time.perf_counter() - t0
+    total = sum(len(s) for s in stream_lat) * spec.batch
+    return total / wall, percentiles([v for s in stream_lat for v in s])
+
+
+def interleaved(artifacts: dict, imgsz, threads: int | None = None, rounds: int = 5, iters: int = 20,
+                warmup: int = 3) -> dict[str, dict]:
+    """Model-only latency (batch 1) of several artifacts timed in interleaved rounds, the order reversed
+    every other round, so a machine that slows down slows them all. ``artifacts``: ``{name: path or
+    Backend}``. Per name: ``p50_ms`` (the median of its rounds' p50), ``rounds_p50_ms``, ``runtime``,
+    ``precision``, ``threads``, ``size_mb`` and the ``machine`` block."""
+    from ..runtime import Backend
+    from ..runtime import open as open_backend
+
+    backends = {k: a if isinstance(a, Backend) else open_backend(str(a), threads=threads) for k, a in artifacts.items()}
+    p50: dict[str, list[float]] = {k: [] for k in backends}
+    recs: dict[str, BenchRecord] = {}
+    for r in range(rounds):
+        for k in (list(backends) if r % 2 == 0 else list(backends)[::-1]):
+            recs[k] = measure(backends[k], imgsz, BenchSpec(warmup=warmup, iters=iters))
+            p50[k].append(recs[k].latency_ms["p50"])
+    return {k: {"p50_ms": median(v), "rounds_p50_ms": v, "runtime": backends[k].name,
+                "precision": backends[k].precision, "threads": backends[k].threads, "size_mb": recs[k].size_mb,
+                "machine": recs[k].machine} for k, v in p50.items()}
+
