@@ -735,3 +735,24 @@ def test_widen_c3_refusals_leave_the_model_as_it_was():
     fused = copy.deepcopy(m).fuse()
     with pytest.raises(YoloptError, match="fused"):
         widen_c3(fused, 17, out=128)
+
+
+def test_run_prune_from_python_returns_a_typed_report(tmp_path):
+    """The prune workflow as a library call, on the shipped synthetic model: a typed report whose dict is the
+    JSON written next to the model."""
+    from yolopt.compress import PruneReport, PruneWorkflowSpec, run_prune
+    from yolopt.pipeline.demo import SHIPPED_BASE
+
+    out = tmp_path / "p.safetensors"
+    spec = PruneWorkflowSpec(SHIPPED_BASE, ratio=0.3, imgsz=160, latency=False, force=True, out=out)
+    rep = run_prune(spec)
+    assert isinstance(rep, PruneReport) and rep.method == "group" and rep.out == str(out)
+    g = rep.summary.gflops
+    assert g.pruned < 0.7 * g.before and g.finetuned is None and rep.summary.map50.before is None
+    assert [s.step for s in rep.steps_log] == [1] and rep.steps_log[0].params == rep.summary.params.pruned
+    d = rep.to_dict()
+    assert d["schema_version"] == 1 and json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(d))
+    assert yolopt.load(out).num_params() == rep.summary.params.pruned
+    with pytest.raises(YoloptError, match="fine-tuning needs a dataset") as e:
+        run_prune(PruneWorkflowSpec(SHIPPED_BASE, ratio=0.2, finetune=1, out=tmp_path / "x.safetensors"))
+    assert e.value.fields == ("finetune", "data")

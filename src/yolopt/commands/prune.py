@@ -33,7 +33,8 @@ def register(sub) -> None:
                    "(default 8; 1 = exact ratio)")
     p.add_argument("--ignore", default="", metavar="LAYERS",
                    help="comma-separated layers left untouched: indices (0,9) or module names (model.9.cv2)")
-    p.add_argument("--layer-ratio", dest="layer_ratios", action="append", default=[], metavar="CONV=R", type=_layer_ratio_arg,
+    p.add_argument("--layer-ratio", dest="layer_ratios", action="append", default=[], metavar="CONV=R",
+                   type=_layer_ratio_arg,
                    help="prune the channel group of this conv at its own ratio R (repeatable), e.g. "
                         "model.6.m.0.cv1.conv=0.5; without --ratio / --target-* only these groups are pruned. "
                         "benchmarks/prune_sensitivity.py ranks the groups by what they cost per FLOP saved")

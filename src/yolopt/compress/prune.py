@@ -91,7 +91,8 @@ class PruneSpec:
             raise YoloptError(f"target_flops {self.target_flops:g}: must be between 0 and 1 (exclusive), the "
                               f"fraction of the original FLOPs to keep", fields=("target_flops",))
         if self.target_latency_ms is not None and not self.target_latency_ms > 0:
-            raise YoloptError(f"target_latency_ms {self.target_latency_ms:g}: must be > 0", fields=("target_latency_ms",))
+            raise YoloptError(f"target_latency_ms {self.target_latency_ms:g}: must be > 0",
+                              fields=("target_latency_ms",))
         if self.method not in METHODS:
             raise YoloptError(f"method {self.method!r}: unknown pruning method; choose one of "
                               f"{', '.join(METHODS)} (or magnitude for unstructured pruning)", fields=("method",))

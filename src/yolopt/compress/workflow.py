@@ -83,7 +83,8 @@ class PruneWorkflowSpec:
         ignore = self.ignore.split(",") if isinstance(self.ignore, str) else self.ignore
         return PruneSpec(ratio=self.ratio, target_flops=self.target_flops, target_latency_ms=self.target_latency_ms,
                          method=self.method, global_=self.global_, round_to=self.round_to,
-                         ignore=tuple(str(x).strip() for x in ignore if str(x).strip()), steps=self.steps, imgsz=self.imgsz,
+                         ignore=tuple(str(x).strip() for x in ignore if str(x).strip()), steps=self.steps,
+                         imgsz=self.imgsz,
                          layer_ratios=tuple(self.layer_ratios), backend=self.backend, threads=self.threads).check()
 
     def check(self) -> "PruneWorkflowSpec":
