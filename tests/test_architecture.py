@@ -83,3 +83,77 @@ def test_layering_catches_a_violation(tmp_path, monkeypatch):
         assert "models/x.py:1 imports commands" in str(e)
     else:
         raise AssertionError("a models -> commands import was not caught")
+
+
+# ----------------------------------------------------------------------------- no `python -m yolopt` from the library
+
+PROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output", "system", "popen", "create_subprocess_exec",
+                 "create_subprocess_shell", *(f"exec{s}" for s in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")),
+                 *(f"spawn{s}" for s in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe"))}
+CLI_MODULES = {"yolopt", "yolopt.__main__", "yolopt.cli"}  # worker modules (yolopt.pipeline.worker) are fine
+
+
+def _cli_in_text(text: str) -> bool:
+    words = text.split()
+    return any(a == "-m" and b in CLI_MODULES for a, b in zip(words, words[1:]))
+
+
+def _cli_processes(path: Path) -> list[int]:
+    """Lines of ``path`` that start the yolopt CLI as a process: an argv literal with ``"-m", "yolopt"``, or a
+    process call (subprocess.*, os.system, os.exec*, ...) whose arguments hold ``-m yolopt`` in a string."""
+    tree = ast.parse(path.read_text())
+    hits = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            vals = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            if any(a == "-m" and b in CLI_MODULES for a, b in zip(vals, vals[1:])):
+                hits.add(node.lineno)
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in PROCESS_CALLS:
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and _cli_in_text(sub.value):
+                        hits.add(node.lineno)
+    return sorted(hits)
+
+
+def test_the_library_starts_no_yolopt_cli_process():
+    """The library calls the library: no `python -m yolopt COMMAND` child processes (worker modules with a
+    JSON request, such as `python -m yolopt.pipeline.worker`, are allowed)."""
+    bad = [f"{f.relative_to(SRC)}:{line}" for f in sorted(SRC.rglob("*.py")) for line in _cli_processes(f)]
+    assert not bad, "`python -m yolopt` started as a process:\n" + "\n".join(bad)
+
+
+def test_cli_process_check_catches_a_violation(tmp_path, monkeypatch):
+    import test_architecture as me
+
+    fake = tmp_path / "yolopt"
+    (fake / "pipeline").mkdir(parents=True)
+    (fake / "pipeline" / "a.py").write_text(
+        "import os, subprocess, sys\n"
+        "subprocess.run([sys.executable, '-m', 'yolopt', 'prune', 'x.pt'])\n"
+        "os.system(f'{sys.executable} -m yolopt export x.pt')\n"
+        "subprocess.run([sys.executable, '-m', 'yolopt.pipeline.worker', 'rq.json', 'out.json'])\n"
+        "msg = 'run it as `torchrun -m yolopt train ...`'\n")
+    monkeypatch.setattr(me, "SRC", fake)
+    try:
+        me.test_the_library_starts_no_yolopt_cli_process()
+    except AssertionError as e:
+        assert "pipeline/a.py:2" in str(e) and "pipeline/a.py:3" in str(e)
+        assert "a.py:4" not in str(e) and "a.py:5" not in str(e)  # a worker module; a message
+    else:
+        raise AssertionError("a `python -m yolopt` process was not caught")
+
+
+# ----------------------------------------------------------------------------- thin commands
+
+MAX_COMMAND_LINES = 150
+
+
+def test_command_modules_are_thin():
+    """A command parses, calls the library and prints: each src/yolopt/commands/*.py stays within
+    MAX_COMMAND_LINES lines."""
+    long = {f.name: n for f in sorted((SRC / "commands").glob("*.py"))
+            if (n := len(f.read_text().splitlines())) > MAX_COMMAND_LINES}
+    assert not long, f"command modules over {MAX_COMMAND_LINES} lines (move their logic into the library): {long}"

@@ -188,7 +188,7 @@ def test_target_flops():
     (dict(ratio=0.0), "between 0 and 1"), (dict(ratio=1.0), "between 0 and 1"), (dict(ratio=-0.2), "between 0 and 1"),
     (dict(ratio=0.3, method="nope"), "unknown pruning method"), (dict(), "exactly one"),
     (dict(ratio=0.3, target_flops=0.5), "exactly one"), (dict(target_flops=1.5), "between 0 and 1"),
-    (dict(ratio=0.3, round_to=0), "round-to"), (dict(ratio=0.2, ignore=("99",)), "layers 0-24"),
+    (dict(ratio=0.3, round_to=0), "round_to"), (dict(ratio=0.2, ignore=("99",)), "layers 0-24"),
     (dict(ratio=0.2, ignore=("model.77.cv1",)), "no such layer"),
 ])
 def test_bad_specs_are_one_line_errors(kwargs, match):
@@ -283,9 +283,9 @@ def test_cli_prune_writes_model_and_reports(tiny_weights, tmp_path):
     (["--ratio", "0"], "between 0 and 1", 2),
     (["--ratio", "0.3", "--method", "bogus"], "invalid choice", 2),
     (["--ratio", "0.5"], "refusing to prune without fine-tuning", 1),
-    (["--ratio", "0.3", "--finetune", "2"], "needs --data", 1),
+    (["--ratio", "0.3", "--finetune", "2"], "needs a dataset (the images to fine-tune on) (--finetune, --data)", 1),
     (["--ratio", "0.3", "--distill"], "while fine-tuning", 1),
-    (["--method", "magnitude"], "needs --sparsity", 1),
+    (["--method", "magnitude"], "needs a sparsity", 1),
 ])
 def test_cli_bad_input_is_one_line(tiny_weights, tmp_path, args, match, code):
     r = run_cli("prune", tiny_weights, *args, "--imgsz", "64", "--no-latency", "--out", tmp_path / "x.safetensors")
@@ -589,7 +589,8 @@ def test_cli_unlabeled_needs_distill(tiny_weights, tiny_data, tmp_path):
     out = tmp_path / "p.safetensors"
     r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--out", out,
                 "--data", tiny_data.parent / "images" / "train", "--finetune", "1")
-    assert r.returncode == 1 and "add --distill" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 1 and "fine-tune with distillation" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "--distill" in r.stderr
     r = run_cli("prune", tiny_weights, "--ratio", "0.2", "--imgsz", "64", "--no-latency", "--out", out,
                 "--data", tiny_data, "--unlabeled", tiny_data.parent / "images" / "val")
     assert r.returncode == 1 and "--unlabeled" in r.stderr and not out.exists()
@@ -647,7 +648,7 @@ def test_cli_prune_reconstructs_each_step_on_images(tiny_weights, tiny_data, tmp
     assert not all(torch.equal(a[k], b[k]) for k in a)
     r = run_cli("prune", tiny_weights, "--ratio", "0.3", "--force", "--no-latency", "--reconstruct", "4",
                 "--out", tmp_path / "x.safetensors")
-    assert r.returncode == 1 and "--reconstruct needs images" in r.stderr
+    assert r.returncode == 1 and "reconstruction needs images" in r.stderr and "(--reconstruct, --data" in r.stderr
 
 
 def test_cli_layer_ratio_prunes_one_group_and_refuses_bad_values(tiny_weights, tmp_path):
@@ -734,3 +735,24 @@ def test_widen_c3_refusals_leave_the_model_as_it_was():
     fused = copy.deepcopy(m).fuse()
     with pytest.raises(YoloptError, match="fused"):
         widen_c3(fused, 17, out=128)
+
+
+def test_run_prune_from_python_returns_a_typed_report(tmp_path):
+    """The prune workflow as a library call, on the shipped synthetic model: a typed report whose dict is the
+    JSON written next to the model."""
+    from yolopt.compress import PruneReport, PruneWorkflowSpec, run_prune
+    from yolopt.pipeline.demo import SHIPPED_BASE
+
+    out = tmp_path / "p.safetensors"
+    spec = PruneWorkflowSpec(SHIPPED_BASE, ratio=0.3, imgsz=160, latency=False, force=True, out=out)
+    rep = run_prune(spec)
+    assert isinstance(rep, PruneReport) and rep.method == "group" and rep.out == str(out)
+    g = rep.summary.gflops
+    assert g.pruned < 0.7 * g.before and g.finetuned is None and rep.summary.map50.before is None
+    assert [s.step for s in rep.steps_log] == [1] and rep.steps_log[0].params == rep.summary.params.pruned
+    d = rep.to_dict()
+    assert d["schema_version"] == 1 and json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(d))
+    assert yolopt.load(out).num_params() == rep.summary.params.pruned
+    with pytest.raises(YoloptError, match="fine-tuning needs a dataset") as e:
+        run_prune(PruneWorkflowSpec(SHIPPED_BASE, ratio=0.2, finetune=1, out=tmp_path / "x.safetensors"))
+    assert e.value.fields == ("finetune", "data")

@@ -6,6 +6,10 @@ lacks them), unstructured magnitude pruning (for comparison). See docs/compress.
     >>> from yolopt.compress import PruneSpec, prune
     >>> res = prune(model, PruneSpec(ratio=0.3, method="slim", round_to=8))
     >>> yolopt.save(res.model, "pruned.safetensors")
+
+The whole ``yolopt prune`` workflow (measure, prune, reconstruct, fine-tune, save, report):
+
+    >>> rep = run_prune(PruneWorkflowSpec("yolov5n.pt", target_flops=0.5, data="coco128.yaml", finetune=4))
 """
 
 from ..engine.distill import OutputDistillation, check_teacher, output_distillation_loss
@@ -24,7 +28,9 @@ from .reconstruct import FitOptions, ReconstructStats, reconstruct
 from .sparsity import BNSparsity, safe_prune_ratio
 from .unstructured import magnitude_prune
 from .widen import widen_c3
+from .workflow import PruneReport, PruneStep, PruneSummary, PruneWorkflowSpec, run_prune
 
 __all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
            "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
-           "measure_latency", "model_flops", "prune", "reconstruct", "FitOptions", "ReconstructStats", "widen_c3"]
+           "measure_latency", "model_flops", "prune", "reconstruct", "FitOptions", "ReconstructStats", "widen_c3",
+           "PruneReport", "PruneStep", "PruneSummary", "PruneWorkflowSpec", "run_prune"]

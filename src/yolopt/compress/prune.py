@@ -78,27 +78,30 @@ class PruneSpec:
         given = [k for k in ("ratio", "target_flops", "target_latency_ms") if getattr(self, k) is not None]
         for name, r in self.layer_ratios:
             if not 0.0 < float(r) < 1.0:
-                raise YoloptError(f"--layer-ratio {name}={r}: the ratio must be between 0 and 1 (exclusive)")
+                raise YoloptError(f"layer ratio {name}={r}: the ratio must be between 0 and 1 (exclusive)",
+                                  fields=("layer_ratios",))
         if len(given) > 1 or (not given and not self.layer_ratios):
-            raise YoloptError("give exactly one of --ratio, --target-flops, --target-latency-ms"
-                              + (f" (got {', '.join(given)})" if given else ""))
+            raise YoloptError("give exactly one of ratio, target_flops, target_latency_ms (or layer ratios)"
+                              + (f" (got {', '.join(given)})" if given else ""),
+                              fields=("ratio", "target_flops", "target_latency_ms"))
         if self.ratio is not None and not 0.0 < self.ratio < 1.0:
-            raise YoloptError(f"--ratio {self.ratio:g}: must be between 0 and 1 (exclusive), the fraction of "
-                              f"channels removed")
+            raise YoloptError(f"ratio {self.ratio:g}: must be between 0 and 1 (exclusive), the fraction of "
+                              f"channels removed", fields=("ratio",))
         if self.target_flops is not None and not 0.0 < self.target_flops < 1.0:
-            raise YoloptError(f"--target-flops {self.target_flops:g}: must be between 0 and 1 (exclusive), the "
-                              f"fraction of the original FLOPs to keep")
+            raise YoloptError(f"target_flops {self.target_flops:g}: must be between 0 and 1 (exclusive), the "
+                              f"fraction of the original FLOPs to keep", fields=("target_flops",))
         if self.target_latency_ms is not None and not self.target_latency_ms > 0:
-            raise YoloptError(f"--target-latency-ms {self.target_latency_ms:g}: must be > 0")
+            raise YoloptError(f"target_latency_ms {self.target_latency_ms:g}: must be > 0",
+                              fields=("target_latency_ms",))
         if self.method not in METHODS:
-            raise YoloptError(f"--method {self.method!r}: unknown pruning method; choose one of "
-                              f"{', '.join(METHODS)} (or magnitude for unstructured pruning)")
+            raise YoloptError(f"method {self.method!r}: unknown pruning method; choose one of "
+                              f"{', '.join(METHODS)} (or magnitude for unstructured pruning)", fields=("method",))
         if self.round_to < 1:
-            raise YoloptError(f"--round-to {self.round_to}: must be at least 1")
+            raise YoloptError(f"round_to {self.round_to}: must be at least 1", fields=("round_to",))
         if self.steps < 1:
-            raise YoloptError(f"--steps {self.steps}: must be at least 1")
+            raise YoloptError(f"steps {self.steps}: must be at least 1", fields=("steps",))
         if self.backend not in BACKENDS:
-            raise YoloptError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise YoloptError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}", fields=("backend",))
         if not 0.0 < self.max_ratio < 1.0:
             raise YoloptError(f"max_ratio {self.max_ratio:g}: must be between 0 and 1")
         return self
@@ -205,8 +208,9 @@ def _base_pruner_class():
     return _RoundingPruner
 
 
-def resolve_layers(model: DetectionModel, names) -> list[nn.Module]:
-    """``ignore`` entries -> modules: a layer index (``"9"``, 9) or a module name (``"model.9.cv2"``)."""
+def resolve_layers(model: DetectionModel, names, field: str = "ignore") -> list[nn.Module]:
+    """``ignore`` entries -> modules: a layer index (``"9"``, 9) or a module name (``"model.9.cv2"``).
+    ``field``: the spec field the names come from (named by the errors)."""
     out = []
     for spec in names:
         text = str(spec).strip()
@@ -214,15 +218,15 @@ def resolve_layers(model: DetectionModel, names) -> list[nn.Module]:
             continue
         name = f"model.{text}" if text.lstrip("-").isdigit() else text
         if text.lstrip("-").isdigit() and not -len(model.model) <= int(text) < len(model.model):
-            raise YoloptError(f"--ignore {text}: the model has layers 0-{len(model.model) - 1}")
+            raise YoloptError(f"{field} {text}: the model has layers 0-{len(model.model) - 1}", fields=(field,))
         if text.lstrip("-").isdigit():
             out.append(model.model[int(text)])
             continue
         try:
             out.append(model.get_submodule(name))
         except AttributeError:
-            raise YoloptError(f"--ignore {text}: no such layer (use an index such as 9 or a module name such as "
-                              f"model.9.cv2)") from None
+            raise YoloptError(f"{field} {text}: no such layer (use an index such as 9 or a module name such as "
+                              f"model.9.cv2)", fields=(field,)) from None
     return out
 
 
@@ -270,7 +274,8 @@ class ChannelPruner:
         if ratio is None or not 0.0 <= ratio < 1.0:
             raise YoloptError(f"pruning ratio {ratio}: must be in [0, 1)")
         if spec.method == "taylor" and calib is None:
-            raise YoloptError("--method taylor needs a calibration batch with labels: give --data DATA.yaml")
+            raise YoloptError("method taylor needs a calibration batch with labels (a labelled dataset)",
+                              fields=("method", "data"))
         self.model, self.spec, self.ratio, self.calib = model, spec, ratio, calib
         self.steps_done = 0
         self._names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -280,10 +285,11 @@ class ChannelPruner:
         ignored = [*model.detect.m, *resolve_layers(model, spec.ignore)]
         per_layer = {}  # --layer-ratio: the groups rooted at these convs get their own ratio
         for name, r in spec.layer_ratios:
-            mod = resolve_layers(model, [name])[0]
+            mod = resolve_layers(model, [name], field="layer_ratios")[0]
             convs = [mod] if isinstance(mod, nn.Conv2d) else [m for m in mod.modules() if isinstance(m, nn.Conv2d)]
             if not convs or any(c in ignored for c in convs):
-                raise YoloptError(f"--layer-ratio {name}: not a prunable conv layer (Detect outputs are never pruned)")
+                raise YoloptError(f"layer ratio {name}: not a prunable conv layer (Detect outputs are never pruned)",
+                                  fields=("layer_ratios",))
             per_layer.update({c: float(r) for c in convs})
         example = example_input(model) if example is None else example
         with torch.enable_grad(), _grads_on(model):
@@ -454,8 +460,9 @@ def search_ratio_flops(model: DetectionModel, spec: PruneSpec, calib=None, iters
     floor = frac(spec.max_ratio)
     record.append({"ratio": spec.max_ratio, "value": floor})
     if floor > spec.target_flops:
-        raise YoloptError(f"--target-flops {spec.target_flops:g} is not reachable: pruning {spec.max_ratio:.0%} of "
-                          f"the channels still keeps {floor:.3f} of the FLOPs (--ignore and --round-to limit it)")
+        raise YoloptError(f"target_flops {spec.target_flops:g} is not reachable: pruning {spec.max_ratio:.0%} of "
+                          f"the channels still keeps {floor:.3f} of the FLOPs (ignore and round_to limit it)",
+                          fields=("target_flops", "ignore", "round_to"))
     return _bisect(frac, spec.target_flops, spec.max_ratio, iters, record)
 
 
@@ -503,14 +510,14 @@ def search_ratio_latency(model: DetectionModel, spec: PruneSpec, calib=None, ite
     record.append({"ratio": 0.0, "value": base})
     target = spec.target_latency_ms
     if base <= target:
-        raise YoloptError(f"--target-latency-ms {target:g}: the unpruned model already measures {base:.2f} ms on "
-                          f"{spec.backend} at {spec.imgsz}; nothing to prune for it")
+        raise YoloptError(f"target_latency_ms {target:g}: the unpruned model already measures {base:.2f} ms on "
+                          f"{spec.backend} at {spec.imgsz}; nothing to prune for it", fields=("target_latency_ms",))
     floor = lat(spec.max_ratio)
     record.append({"ratio": spec.max_ratio, "value": floor})
     if floor > target:
-        raise YoloptError(f"--target-latency-ms {target:g} is not reachable on {spec.backend} at {spec.imgsz}: "
+        raise YoloptError(f"target_latency_ms {target:g} is not reachable on {spec.backend} at {spec.imgsz}: "
                           f"unpruned {base:.2f} ms, pruning {spec.max_ratio:.0%} of the channels still measures "
-                          f"{floor:.2f} ms")
+                          f"{floor:.2f} ms", fields=("target_latency_ms", "backend", "imgsz"))
     return _bisect(lat, target, spec.max_ratio, iters, record)
 
 

@@ -104,11 +104,11 @@ class BNSparsity(Callback):
         if s <= 0:
             from ..errors import YoloptError
 
-            raise YoloptError(f"--sparsity {s:g}: must be > 0 (typical 1e-4 .. 1e-3)")
+            raise YoloptError(f"BN sparsity {s:g}: must be > 0 (typical 1e-4 .. 1e-3)", fields=("sparsity",))
         if decay not in ("none", "linear"):
             from ..errors import YoloptError
 
-            raise YoloptError(f"--sparsity-decay {decay!r}: choose none or linear")
+            raise YoloptError(f"sparsity decay {decay!r}: choose none or linear", fields=("sparsity_decay",))
         self.s, self.decay, self.final_fraction = s, decay, final_fraction
         self.threshold, self.eval_images, self.plots = threshold, eval_images, plots
         self.recal_images = recal_images

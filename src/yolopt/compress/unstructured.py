@@ -43,7 +43,7 @@ def magnitude_prune(model: DetectionModel, sparsity: float) -> UnstructuredResul
     import torch.nn.utils.prune as tprune
 
     if not 0.0 < sparsity < 1.0:
-        raise YoloptError(f"--sparsity {sparsity:g}: must be between 0 and 1 (exclusive)")
+        raise YoloptError(f"sparsity {sparsity:g}: must be between 0 and 1 (exclusive)", fields=("sparsity",))
     m = copy.deepcopy(model).eval()
     det = set(m.detect.m)
     convs = [(mod, "weight") for mod in m.modules() if isinstance(mod, nn.Conv2d) and mod not in det]

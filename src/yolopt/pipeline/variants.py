@@ -128,27 +128,20 @@ class Builder:
         return res.path, details
 
     def _prune(self, folder: Path, out: Path, imgsz: int, dynamic: bool, flops: float) -> tuple[Path, dict]:
-        """``yolopt prune --target-flops F --finetune E --distill`` in a child process, then export."""
+        """``compress.run_prune`` to ``flops`` of the FLOPs with a distilled fine-tune (CPU), then export."""
+        from ..compress.workflow import PruneWorkflowSpec, run_prune
+        from ..models.checkpoint import load_model
+
         spec = self.spec
         pruned = folder / "pruned.safetensors"
         epochs = spec.finetune_epochs or 4
-        data_args = ["--data", spec.data]
-        if spec.unlabeled:
-            data_args += ["--unlabeled", *spec.unlabeled]
-        cmd = [sys.executable, "-m", "yolopt", "prune", str(spec.model), *data_args, "--target-flops", f"{flops}",
-               "--finetune", str(epochs), "--distill", "--imgsz", str(imgsz), "--out", str(pruned),
-               "--device", "cpu", "--no-progress"]
-        log.info("pruning: %s", " ".join(cmd[2:]))
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0 or not pruned.exists():
-            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise YoloptError(f"yolopt prune failed: {tail}")
-        from ..models.checkpoint import load_model
-
-        model = load_model(pruned)
-        rep = json.loads(pruned.with_suffix(".json").read_text()) if pruned.with_suffix(".json").exists() else {}
-        artifact = self._export(model, out, imgsz, dynamic)
-        return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.get("summary")}
+        log.info("pruning: %s to %g of the FLOPs, %d distilled fine-tuning epoch(s) at %d", spec.model, flops, epochs,
+                 imgsz)
+        rep = run_prune(PruneWorkflowSpec(model=str(spec.model), data=spec.data, unlabeled=tuple(spec.unlabeled),
+                                          target_flops=flops, finetune=epochs, distill=True, imgsz=imgsz,
+                                          out=pruned, device="cpu", progress=False))
+        artifact = self._export(load_model(pruned), out, imgsz, dynamic)
+        return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.summary.to_dict()}
 
 
 def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec):
