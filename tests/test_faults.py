@@ -54,3 +54,34 @@ def test_folder_lock_refuses_a_second_run_and_dies_with_its_holder(tmp_path):
         p.wait()
     with FolderLock(tmp_path / "k"):
         assert (tmp_path / "k" / FolderLock.NAME).exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    from yolopt.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("faults") / "d", images=12, classes=2, imgsz=64, seed=3)
+
+
+def test_two_trainings_into_one_folder_the_second_is_refused(tiny_set, tmp_path):
+    """Two real processes: the second `yolopt train` into the same --out stops at once, naming the first."""
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "yolopt", "train", "--data", str(tiny_set), "--cfg", "yolov5n", "--imgsz", "64",
+            "--batch", "4", "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(out)]
+    first = subprocess.Popen([*args, "--epochs", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        lock = out / FolderLock.NAME
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip()) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, first.stderr.read().decode()[-1000:]
+        second = subprocess.run([*args, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=300)
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another training run is writing into this folder (pid {first.pid}" in lines[0]
+    finally:
+        first.kill()
+        first.wait()

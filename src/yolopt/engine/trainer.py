@@ -34,7 +34,7 @@ import yaml
 from torch import nn
 
 from ..errors import YoloptError
-from ..fileio import atomic_write
+from ..fileio import FolderLock, atomic_write
 from ..models.checkpoint import load_model, model_from_tensors, save_model
 from ..models.configs import load_config
 from ..models.yolo import DetectionModel
@@ -285,6 +285,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.best_fitness = -1.0
+        self._lock: FolderLock | None = None  # held on the run folder while this run writes into it
 
     @property
     def resuming(self) -> bool:
@@ -388,6 +389,8 @@ class Trainer:
                     out = Path(box[0])
             cfg.out = str(out)
         self.out = Path(cfg.out)
+        if self.main:  # one run per folder: a second train / resume into it is refused while this one lives
+            self._lock = FolderLock(self.out, "training run").__enter__()
 
     def _build_data(self) -> None:
         """Class names and the train index (labels checked once; the cache is shared by all ranks).
@@ -637,6 +640,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
+        try:
+            return self._train()
+        finally:
+            if self._lock is not None:
+                self._lock.__exit__(None, None, None)
+                self._lock = None
+
+    def _train(self) -> TrainResult:
         t_start = time.time()
         self._setup()
         self._callback("on_train_start")
