@@ -85,3 +85,65 @@ def test_two_trainings_into_one_folder_the_second_is_refused(tiny_set, tmp_path)
     finally:
         first.kill()
         first.wait()
+
+
+# ----------------------------------------------------------------------------- classes and blind models
+
+SYNTH_MODEL = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "yolopt" / "assets" / \
+    "synth_yolov5n.safetensors"
+
+
+def _renamed(data_yaml, tmp_path, names):
+    import yaml
+
+    cfg = yaml.safe_load(data_yaml.read_text())
+    cfg["path"] = str(data_yaml.parent)
+    cfg["names"] = names
+    cfg["nc"] = len(names)
+    out = tmp_path / "renamed.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def test_val_warns_when_no_class_name_is_shared(tiny_set, tmp_path):
+    from conftest import run_cli
+
+    data = _renamed(tiny_set, tmp_path, ["face", "hand"])
+    r = run_cli("val", SYNTH_MODEL, "--data", data, "--imgsz", "64")
+    assert r.returncode == 0, r.stderr
+    assert "share no name" in r.stderr and "face" in r.stderr and "circle" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def one_class_set(tmp_path_factory):
+    from yolopt.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("faults1") / "d", images=8, classes=1, imgsz=64, seed=4)  # "circle"
+
+
+def test_quantize_refuses_a_blind_model_before_calibration_and_takes_match_classes(one_class_set, tmp_path):
+    """A model that detects nothing on val is refused before calibration, nothing written (issue: a 0.0000-mAP
+    model quantized with 'drop 0.0000'); quantize and prune accept --match-classes, which their advice names."""
+    import torch
+
+    import yolopt
+    from conftest import run_cli
+
+    m = yolopt.load(SYNTH_MODEL)
+    with torch.no_grad():
+        for conv in m.model[-1].m:  # objectness logits -> -30: no box ever passes conf 0.001
+            conv.bias.view(3, -1)[:, 4] = -30.0
+    blind = tmp_path / "blind.safetensors"
+    yolopt.save(m, blind, imgsz=64)
+    data = one_class_set  # one class, "circle", shared by name with the 2-class model
+    out = tmp_path / "q" / "blind_int8.onnx"
+    r = run_cli("quantize", blind, "--data", data, "--imgsz", "64", "--calib", "4", "--no-latency", "--out", out)
+    assert r.returncode == 1 and "--match-classes" in r.stderr and "share 1 by name" in r.stderr, r.stderr
+    r = run_cli("quantize", blind, "--data", data, "--imgsz", "64", "--calib", "4", "--no-latency", "--out", out,
+                "--match-classes")
+    assert r.returncode == 1 and "finds nothing on the val split" in r.stderr, r.stderr
+    assert "calibrating" not in r.stderr and not out.exists() and not list(out.parent.glob("*"))
+    from yolopt.cli import build_parser
+
+    a = build_parser().parse_args(["prune", str(blind), "--ratio", "0.2", "--match-classes"])
+    assert a.match_classes is True

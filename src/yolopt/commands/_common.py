@@ -19,6 +19,13 @@ def add_common_model_args(p, imgsz: int = 640) -> None:
     add_precision_arg(p)
 
 
+def add_match_classes_arg(p) -> None:
+    """``--match-classes``, for every command that measures mAP."""
+    p.add_argument("--match-classes", action="store_true",
+                   help="evaluate only the classes the model and the dataset share by name (e.g. a helmet+vest model "
+                   "on a helmet dataset); needed when their class counts differ")
+
+
 def add_precision_arg(p) -> None:
     p.add_argument("--precision", choices=PRECISIONS, metavar="{" + ",".join(PRECISIONS) + "}",
                    help="compute precision (default: the artifact's own, fp32 for PyTorch and FP32 artifacts on "

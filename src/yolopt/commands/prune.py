@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._common import add_match_classes_arg
 from ._options import check_output, imgsz_arg, nonneg_int_arg, open_fraction_arg, positive_float_arg, positive_int_arg
 
 STRUCTURED = ["slim", "l1", "lamp", "taylor", "group"]
@@ -62,6 +63,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int_arg, help="threads for the latency measurement")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     p.add_argument("--val-images", type=positive_int_arg, help="evaluate mAP on the first N val images only")
+    add_match_classes_arg(p)
     p.add_argument("--batch", type=positive_int_arg, default=16, help="fine-tuning batch (default 16)")
     p.add_argument("--workers", type=nonneg_int_arg, default=2, help="fine-tuning data workers (default 2)")
     p.add_argument("--device", default="auto", help="fine-tuning device (default auto)")
@@ -86,7 +88,7 @@ def run(args) -> int:
         steps=args.steps, data=args.data, unlabeled=tuple(args.unlabeled), val_data=args.val_data,
         val_every=args.val_every, reconstruct=args.reconstruct, finetune=args.finetune, distill=args.distill,
         teacher=args.teacher, feature_distill=args.feature_distill, backend=args.backend, imgsz=args.imgsz,
-        threads=args.threads, latency=not args.no_latency, val_images=args.val_images, batch=args.batch,
+        threads=args.threads, latency=not args.no_latency, val_images=args.val_images, match_classes=args.match_classes, batch=args.batch,
         workers=args.workers, device=args.device, lr0=args.lr0, safe_threshold=args.safe_threshold, force=args.force,
         out=args.out, progress=not args.no_progress)
     spec.check()

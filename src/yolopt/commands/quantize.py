@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from ._common import add_match_classes_arg
 from ._options import check_output, fraction_arg, imgsz_arg, positive_int_arg
 
 log = logging.getLogger("yolopt")
@@ -33,6 +34,7 @@ def register(sub) -> None:
     src.add_argument("--calib", type=positive_int_arg, default=CALIB_IMAGES,
                      help=f"calibration images (a fixed random subset when there are more; default {CALIB_IMAGES})")
     src.add_argument("--val-images", type=positive_int_arg, help="measure mAP on the first N val images (default all)")
+    add_match_classes_arg(p)
     p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
                    help="runtime the INT8 artifact is built for: onnxruntime (QDQ ONNX, default) or openvino (IR "
                         "quantized by nncf)")
@@ -88,6 +90,7 @@ def run(args) -> int:
     spec = QuantizeSpec(data=args.data, images=args.images, backend=args.backend, imgsz=args.imgsz,
                         calib=args.calib, method=args.method, per_channel=not args.per_tensor,
                         reduce_range=not args.full_range, max_map_drop=args.max_map_drop, val_images=args.val_images,
+                        match_classes=args.match_classes,
                         sensitivity=args.sensitivity, speed_aware=not args.no_speed_aware, sensitivity_map_images=args.sensitivity_map_images,
                         latency=not args.no_latency, threads=args.threads, out=args.out, qat=args.qat,
                         qat_data=args.qat_data,

@@ -7,7 +7,7 @@ import logging
 from rich.table import Table
 
 from ..fileio import write_json
-from ._common import add_common_model_args
+from ._common import add_common_model_args, add_match_classes_arg
 from ._common import console as make_console
 from ._options import check_output, fraction_arg, positive_int_arg
 from ._rundir import add_run_dir_args, new_run_dir, remove_if_empty
@@ -33,9 +33,7 @@ def register(sub) -> None:
     p.add_argument("--conf", type=fraction_arg, default=0.001, help="confidence threshold (default 0.001)")
     p.add_argument("--iou", type=fraction_arg, default=0.6, help="NMS IoU threshold (default 0.6)")
     p.add_argument("--max-det", type=positive_int_arg, default=300, help="maximum detections per image (default 300)")
-    p.add_argument("--match-classes", action="store_true",
-                   help="evaluate only the classes the model and the dataset share by name (e.g. a helmet+vest model "
-                   "on a helmet dataset); needed when their class counts differ")
+    add_match_classes_arg(p)
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--save-predictions", metavar="PATH", help="write predictions in COCO results format")
     p.add_argument("--verbose", action="store_true", help="per-class table: images, instances, P, R, mAP50, mAP50-95")

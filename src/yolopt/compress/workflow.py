@@ -56,6 +56,7 @@ class PruneWorkflowSpec:
     threads: int | None = None
     latency: bool = True
     val_images: int | None = None
+    match_classes: bool = False  # evaluate only the classes the model and the dataset share by name
     batch: int = 16
     workers: int = 2
     device: str = "auto"
@@ -321,8 +322,8 @@ def _run_structured(model, spec: PruneWorkflowSpec, rep: PruneReport, t_start: f
     log.info("before pruning: %s", src)
     before = {"params": model.num_params(), "gflops": model_flops(model, spec.imgsz)}
     log.info("  %s params, %.2f GFLOPs at %d", f"{before['params']:,}", before["gflops"], spec.imgsz)
+    map_before = _evaluate(model, spec)  # first: a class mismatch is refused before any timing
     lat_before = _latency(model, spec)
-    map_before = _evaluate(model, spec)
 
     search: list = []
     if pspec.target_flops is not None:
@@ -397,8 +398,8 @@ def _run_unstructured(model, spec: PruneWorkflowSpec, rep: PruneReport) -> Prune
 
     out = spec.out_path()
     log.info("before pruning: %s", spec.model)
+    map_before = _evaluate(model, spec)  # first: a class mismatch is refused before any timing
     lat_before = _latency(model, spec)
-    map_before = _evaluate(model, spec)
     res = magnitude_prune(model, spec.sparsity)
     log.info("zeroed %.1f%% of the conv weights (they stay in dense tensors)", 100 * res.sparsity)
     lat_after = _latency(res.model, spec)
@@ -423,10 +424,11 @@ def _evaluate(model, spec: PruneWorkflowSpec) -> MapScore | None:
     data = spec.map_data()
     if not data:
         return None
-    from ..evaluate import evaluate
+    from ..evaluate import EvalSpec, evaluate
 
     t0 = time.perf_counter()
-    r = evaluate(model, data, imgsz=spec.imgsz, max_images=spec.val_images, progress=False)
+    r = evaluate(model, data, EvalSpec(match_classes=spec.match_classes), imgsz=spec.imgsz, max_images=spec.val_images,
+                 progress=False)
     log.info("  mAP50-95 %.4f, mAP50 %.4f (%d images, %.0f s)", r.map50_95, r.map50, r.images, time.perf_counter() - t0)
     return MapScore(r.map50_95, r.map50, r.images, r.mode)
 

@@ -9,6 +9,7 @@ evaluation thresholds. mAP comes from pycocotools on the original-pixel boxes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -213,6 +214,11 @@ def class_mapping(model_names: list[str], data_names: list[str]) -> dict[int, in
     return {mi: index[n] for mi, n in enumerate(model_names) if n in index}
 
 
+def _named(names: list) -> bool:
+    """Real class names, not the placeholders of a model or yaml without names (``0``, ``class0``)."""
+    return any(not re.fullmatch(r"(class)?_?\d+", str(n).strip().lower()) for n in names)
+
+
 def _check_classes(cfg, backend, match_classes: bool) -> dict[int, int] | None:
     """The model -> dataset class map with ``match_classes`` (None without it); one-line errors."""
     model_names, data_names = list(backend.names), list(cfg.names)
@@ -223,6 +229,10 @@ def _check_classes(cfg, backend, match_classes: bool) -> dict[int, int] | None:
                                f"dataset's ({_names(data_names)}) share no name, so there is nothing to evaluate",
                                fields=("match_classes",))
         return shared
+    if not shared and backend.nc == cfg.nc and _named(model_names) and _named(data_names):
+        log.warning("%s: the model's classes (%s) and the dataset's (%s) share no name, so this mAP pairs unrelated "
+                    "classes by index; check that the model was trained on this dataset, or name its classes alike in "
+                    "the yaml", cfg.yaml_path, _names(model_names), _names(data_names))
     if backend.nc != cfg.nc:
         hint = (f"they share {len(shared)} by name ({_names([model_names[k] for k in shared])}): evaluate with "
                 "match_classes to keep only those" if shared else "they share no class name, so this model cannot "

@@ -14,7 +14,7 @@ from pathlib import Path
 from .calib import CalibrationSet
 from .result import Calibration, QATInfo, QuantizeReport, QuantizeResult, Score, Trial
 from .spec import QuantizeError, QuantizeSpec, check_spec
-from .steps import Job, load_input, score, sizes, time_models, validate, write_model
+from .steps import Job, load_input, refuse_blind_source, score, sizes, time_models, validate, write_model
 
 log = logging.getLogger("yolopt")
 
@@ -48,7 +48,9 @@ def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
         fp32 = export(model, ExportSpec(format="onnx", imgsz=spec.imgsz, dynamic=True, verify=False,
                                         out=work / "fp32.onnx")).path
         meta = {k: json.loads(v) for k, v in Q.read_metadata(onnx.load(str(fp32))).items()}
-        job = Job(spec=spec, calib=calib, out=out, work=work, fp32=fp32, meta=meta)
+        base = score(fp32, spec) if spec.data else None
+        refuse_blind_source(base, spec)
+        job = Job(spec=spec, calib=calib, out=out, work=work, fp32=fp32, meta=meta, base=base)
         if spec.backend == "openvino":
             _openvino(job, report)
         else:
@@ -75,7 +77,7 @@ def _out_path(spec: QuantizeSpec, stem: str) -> Path:
 def _openvino(job: Job, report: QuantizeReport) -> None:
     from .openvino_ptq import quantize_openvino
 
-    report.fp32 = base = score(job.fp32, job.spec) if job.spec.data else None
+    report.fp32 = base = job.base
     _log_fp32(base)
     ov = quantize_openvino(job, base, report.calibration)
     report.calibration, report.int8, (report.map50_95_drop, report.map50_drop) = ov.calibration, ov.int8, ov.drops
@@ -123,7 +125,7 @@ def _onnxruntime(job: Job, model, report: QuantizeReport, t0: float) -> Path:
     def write_with_float(float_layers, name: str) -> Path:
         return write(build_model(float_layers), name)
 
-    report.fp32 = base = score(fp32, spec) if spec.data else None
+    report.fp32 = base = job.base
     _log_fp32(base)
     ptq = None
     if spec.qat:  # the rest runs on the QAT-tuned weights; PTQ's graph is kept for the comparison
@@ -223,8 +225,6 @@ def _naive(proto, ranges, build: dict):
 
 def _map_evaluator(job: Job):
     """``proto -> mAP50-95`` on the first ``sensitivity_map_images`` val images (per-layer mAP deltas)."""
-    from ..evaluate import evaluate
-
     spec = job.spec
     counter = [0]
 
@@ -232,7 +232,6 @@ def _map_evaluator(job: Job):
         counter[0] += 1
         p = write_model(copy.deepcopy(proto), job.work / f"sens_{counter[0] % 2}.onnx",
                         {**job.meta, "precision": "int8"})
-        return evaluate(str(p), spec.data, imgsz=spec.imgsz, max_images=spec.sensitivity_map_images,
-                        progress=False, threads=spec.threads).map50_95
+        return score(p, spec, max_images=spec.sensitivity_map_images).map50_95
 
     return run

@@ -30,6 +30,7 @@ class QuantizeSpec:
     reduce_range: bool = True  # 7-bit weights: no int16 overflow in the u8 x s8 kernels of CPUs without VNNI
     max_map_drop: float | None = None  # accuracy control: keep sensitive layers float until within budget
     val_images: int | None = None  # validate on the first N val images (None: all)
+    match_classes: bool = False  # evaluate only the classes the model and the dataset share by name
     sensitivity: bool = False  # per-layer analysis (table + PNG) in the report
     sensitivity_images: int = 8
     sensitivity_map_images: int = 0  # also the mAP delta of each layer alone, on this many val images

@@ -25,6 +25,7 @@ class Job:
     work: Path
     fp32: Path
     meta: dict
+    base: Score | None = None  # the fp32 model's score on the val split (None without labels)
 
 
 def load_input(model_or_path):
@@ -47,11 +48,23 @@ def score(path, spec: QuantizeSpec, max_images: int | None = None) -> Score:
     ``max_images``, default ``spec.val_images``), with the detection count at the deployment operating point."""
     from ..evaluate import evaluate
 
-    r = evaluate(str(path) if isinstance(path, Path) else path, spec.data, imgsz=spec.imgsz,
-                 max_images=max_images or spec.val_images, progress=False, threads=spec.threads)
+    from ..evaluate import EvalSpec
+
+    r = evaluate(str(path) if isinstance(path, Path) else path, spec.data, EvalSpec(match_classes=spec.match_classes),
+                 imgsz=spec.imgsz, max_images=max_images or spec.val_images, progress=False, threads=spec.threads)
     m = (r.confusion or {}).get("matrix")
     dets = int(np.asarray(m)[:-1, :].sum()) if m else None  # detections at conf 0.25 (the deployment point)
     return Score(map50_95=r.map50_95, map50=r.map50, images=r.images, mode=r.mode, detections=dets)
+
+
+def refuse_blind_source(base: Score | None, spec: QuantizeSpec) -> None:
+    """Refuse, before any calibration, a source model that detects nothing on the val split: its INT8 graph
+    would detect nothing too, and the drop against it (0) would say nothing."""
+    if base is not None and (base.map50 <= 0 or base.detections == 0):
+        raise QuantizeError(f"{spec.data}: the fp32 model finds nothing on the val split (mAP50 {base.map50:.4f}, "
+                            f"{base.detections} detections at conf 0.25 on {base.images} images); an INT8 copy would "
+                            f"detect nothing either, so nothing is quantized. Check that the model was trained for "
+                            f"these classes", fields=("model", "data"))
 
 
 def write_model(proto, path: Path, meta: dict) -> Path:
