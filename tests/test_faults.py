@@ -147,3 +147,59 @@ def test_quantize_refuses_a_blind_model_before_calibration_and_takes_match_class
 
     a = build_parser().parse_args(["prune", str(blind), "--ratio", "0.2", "--match-classes"])
     assert a.match_classes is True
+
+
+# ----------------------------------------------------------------------------- dataset files
+
+def _copy_set(src_yaml, dst):
+    import shutil
+
+    shutil.copytree(src_yaml.parent, dst)
+    for cache in dst.rglob("*.yolopt.cache"):
+        cache.unlink()
+    return dst / src_yaml.name
+
+
+def test_train_skips_a_truncated_jpeg_as_val_does(tiny_set, tmp_path):
+    """A JPEG cut short keeps a valid header: the pre-scan decodes it in full and skips it with val's warning,
+    instead of training stopping when a batch reaches it."""
+    import cv2
+
+    from conftest import run_cli
+
+    data = _copy_set(tiny_set, tmp_path / "d")
+    img = sorted((data.parent / "images" / "train").iterdir())[1]
+    jpg = img.with_suffix(".jpg")
+    ok, buf = cv2.imencode(".jpg", cv2.imread(str(img)))
+    jpg.write_bytes(buf.tobytes()[: len(buf) // 3])  # header intact, scan data cut
+    if jpg != img:
+        img.unlink()
+        lab = data.parent / "labels" / "train" / f"{img.stem}.txt"
+        assert lab.exists()
+    r = run_cli("train", "--data", data, "--cfg", "yolov5n", "--epochs", "1", "--imgsz", "64", "--batch", "4",
+                "--workers", "0", "--device", "cpu", "--no-progress", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert f"{jpg}: corrupt or unreadable image, skipped" in r.stderr
+
+
+def test_images_without_labels_and_labels_without_images_are_reported(tiny_set, tmp_path):
+    """One summary line (val and train), and --strict makes it an error."""
+    from conftest import run_cli
+
+    data = _copy_set(tiny_set, tmp_path / "d")
+    root = data.parent
+    val_img = sorted((root / "images" / "val").iterdir())[0]
+    (root / "labels" / "val" / f"{val_img.stem}.txt").unlink()  # an image without a label file
+    (root / "labels" / "val" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # a label file without an image
+    r = run_cli("val", SYNTH_MODEL, "--data", data, "--imgsz", "64")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stderr.splitlines() if "without a label file" in x)
+    assert "`val`" in line and "1 without a label file, counted as background" in line and \
+        "1 label files without an image" in line and "orphan.txt" in line
+    r = run_cli("val", SYNTH_MODEL, "--data", data, "--imgsz", "64", "--strict")
+    assert r.returncode == 1 and "refused in strict mode (--strict)" in r.stderr
+    train_img = sorted((root / "images" / "train").iterdir())[0]
+    (root / "labels" / "train" / f"{train_img.stem}.txt").unlink()
+    r = run_cli("train", "--data", data, "--cfg", "yolov5n", "--epochs", "1", "--imgsz", "64", "--strict",
+                "--out", tmp_path / "run", "--workers", "0", "--no-progress")
+    assert r.returncode == 1 and "`train`: " in r.stderr and "refused in strict mode" in r.stderr, r.stderr

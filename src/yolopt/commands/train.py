@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--hyp", help="hyperparameter yaml overriding hyp.scratch-low values")
     p.add_argument("--freeze", type=nonneg_int_arg, default=0, help="freeze the first N layers (10 = backbone)")
     p.add_argument("--out", help="run folder (default runs/train/exp, exp2, ...)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a split with images that have no label file, or label files without an image "
+                   "(default: one warning line; such images count as background)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
                    help="continue the run in DIR (default: newest under runs/train) exactly where it stopped")
     p.add_argument("--val-every", type=positive_int_arg, default=1, help="validate every N epochs (and always the last)")
@@ -118,6 +121,7 @@ def run(args) -> int:
                     batch=args.batch, hyp=hyp, freeze=args.freeze, out=args.out, val_every=args.val_every,
                     seed=args.seed, cos_lr=args.cos_lr, close_mosaic=args.close_mosaic, sync_bn=args.sync_bn,
                     nbs=args.nbs, optimizer=args.optimizer, unlabeled=list(args.unlabeled), val_data=args.val_data,
+                    strict=args.strict,
                     **common)
     if res is not None and res.out is not None:
         best = f", best fitness {res.best_fitness:.4f} -> {res.best}" if res.best else ""

@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--iou", type=fraction_arg, default=0.6, help="NMS IoU threshold (default 0.6)")
     p.add_argument("--max-det", type=positive_int_arg, default=300, help="maximum detections per image (default 300)")
     add_match_classes_arg(p)
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a split with images that have no label file, or label files without an image "
+                   "(default: one warning line; such images count as background)")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--save-predictions", metavar="PATH", help="write predictions in COCO results format")
     p.add_argument("--verbose", action="store_true", help="per-class table: images, instances, P, R, mAP50, mAP50-95")
@@ -72,7 +75,8 @@ def run(args) -> int:
     try:
         with torch_threads(args.threads):  # pre/post-processing runs in torch too
             res = evaluate(model, args.data, EvalSpec(args.split, args.imgsz, args.batch, NMSOptions.val(
-                conf=args.conf, iou=args.iou, max_det=args.max_det), match_classes=args.match_classes))
+                conf=args.conf, iou=args.iou, max_det=args.max_det), match_classes=args.match_classes,
+                strict=args.strict))
     except BaseException:
         remove_if_empty(created)
         raise

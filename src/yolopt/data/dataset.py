@@ -8,6 +8,7 @@ A data yaml has ``path`` (relative to the yaml's folder when relative), ``train`
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 
 from ..errors import DatasetError
 from .images import IMAGE_SUFFIXES, is_image
+
+log = logging.getLogger("yolopt")
 
 COORD_TOL = 1e-6
 
@@ -130,6 +133,37 @@ def label_path(image: Path) -> Path:
     if i >= 0:
         s = s[:i] + f"{sep}labels{sep}" + s[i + len(key) :]
     return Path(s).with_suffix(".txt")
+
+
+_REPORTED: set = set()  # (yaml, split, counts) already warned about in this process (evaluate runs in loops)
+
+
+def check_label_files(cfg: DataConfig, split: str, files: list[Path], strict: bool = False) -> tuple[int, int]:
+    """Images of a split without a label file (they count as background) and label files without an image
+    (ignored), as one summary line like upstream's, or a ``DatasetError`` with ``strict``.
+
+    Returns ``(images without a label file, label files without an image)``. An empty label file is an
+    explicit background and is not reported.
+    """
+    labels = {label_path(f) for f in files}
+    missing = [f for f in files if not label_path(f).is_file()]
+    folders = {p.parent for p in labels}
+    orphans = sorted(t for d in folders if d.is_dir() for t in d.glob("*.txt") if t not in labels)
+    if not missing and not orphans:
+        return 0, 0
+    parts = [f"{len(files)} images"]
+    if missing:
+        parts.append(f"{len(missing)} without a label file, counted as background (e.g. {missing[0].name})")
+    if orphans:
+        parts.append(f"{len(orphans)} label files without an image, ignored (e.g. {orphans[0]})")
+    msg = f"{cfg.yaml_path} `{split}`: " + ", ".join(parts)
+    if strict:
+        raise DatasetError(msg + "; refused in strict mode", fields=("strict",))
+    key = (str(cfg.yaml_path), split, len(missing), len(orphans))
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        log.warning(msg)
+    return len(missing), len(orphans)
 
 
 def read_labels(path: Path, nc: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.dataset import (
+    check_label_files,
     image_files,
     image_size,
     label_path,
@@ -33,7 +34,7 @@ from ..machine import usable_cpus
 from .augment import augment_hsv, mosaic4, random_affine, xywhn_to_xyxy, xyxy_to_xywhn
 
 log = logging.getLogger("yolopt")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images decoded in full by the pre-scan
 
 
 @dataclass
@@ -69,10 +70,14 @@ def _fingerprint(files: list[Path], nc: int) -> str:
 
 
 def _readable(files: list[Path]) -> tuple[list[Path], list[tuple[int, int]]]:
-    """The files that decode as images and their (h, w); the others are skipped with a warning."""
+    """The files that decode as images and their (h, w); the others are skipped with a warning, as ``evaluate``
+    skips them. Every image is decoded in full once (the result is cached with the labels): a truncated JPEG
+    has a valid header, and would otherwise stop training when a batch reaches it."""
     keep, shapes = [], []
     for f in files:
         shp = image_size(f)
+        if shp is not None and read_image(f) is None:
+            shp = None
         if shp is None:
             log.warning("%s: corrupt or unreadable image, skipped", f)
             continue
@@ -81,7 +86,8 @@ def _readable(files: list[Path]) -> tuple[list[Path], list[tuple[int, int]]]:
     return keep, shapes
 
 
-def index_split(data_yaml: str | Path, split: str, nc: int | None = None) -> tuple[SplitIndex, list[str]]:
+def index_split(data_yaml: str | Path, split: str, nc: int | None = None, strict: bool = False
+                ) -> tuple[SplitIndex, list[str]]:
     """Check every label file of a split once; results are cached next to the labels.
 
     The cache (``<labels folder>.yolopt.cache``, JSON) is reused while no image or label file
@@ -91,6 +97,7 @@ def index_split(data_yaml: str | Path, split: str, nc: int | None = None) -> tup
     if nc is not None and nc != cfg.nc:
         raise DatasetError(f"{cfg.yaml_path}: dataset has {cfg.nc} classes but the model has {nc}")
     files = image_files(cfg, split)
+    check_label_files(cfg, split, files, strict)
     fp = _fingerprint(files, cfg.nc)
     cache = label_path(files[0]).parent.with_suffix(".yolopt.cache")
     try:

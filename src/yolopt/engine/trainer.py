@@ -133,6 +133,7 @@ class TrainConfig:
     progress: bool = True
     plots: bool = True
     exist_ok: bool = False
+    strict: bool = False  # images without a label file / label files without an image: an error, not a warning
     unlabeled: list[str] = field(default_factory=list)  # extra image folders / globs without labels (distillation)
     val_data: str | None = None  # data yaml to validate on (default: data, when it is a yaml)
 
@@ -405,7 +406,7 @@ class Trainer:
         labeled_data = not is_image_source(cfg.data)
         if labeled_data:
             dcfg = load_data_config(cfg.data)
-            self.train_index, self.names = index_split(cfg.data, "train")
+            self.train_index, self.names = index_split(cfg.data, "train", strict=cfg.strict)
             self.has_val = "val" in dcfg.splits
         else:
             self.train_index, self.names, self.has_val = index_unlabeled([cfg.data]), None, False

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.dataset import (
+    check_label_files,
     image_files,
     image_size,
     label_path,
@@ -53,6 +54,7 @@ class EvalSpec:
     max_images: int | None = None
     progress: bool = True
     match_classes: bool = False
+    strict: bool = False  # images without a label file / label files without an image: an error, not a warning
     device: object = None
     threads: int | None = None
     workers: int = 1
@@ -272,6 +274,8 @@ def _evaluate(backend, data, spec: EvalSpec) -> ValResult:
     files = image_files(cfg, split)
     if max_images is not None:
         files = files[:max_images]
+    else:
+        check_label_files(cfg, split, files, spec.strict)
     items, skipped = _load_items(files, cfg.nc)
     if not items:
         raise DatasetError(f"{cfg.yaml_path}: no readable images in the `{split}` split")
