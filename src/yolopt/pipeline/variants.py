@@ -44,6 +44,35 @@ class Variant:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict, **changes) -> "Variant":
+        """A variant as ``to_dict`` wrote it; fields added later take their defaults. ``changes`` override."""
+        return cls(**{**d, **changes})
+
+
+@dataclass
+class Accuracy:
+    """A variant's mAP on the val split (:func:`evaluate_variant`)."""
+
+    map50_95: float
+    map50: float
+    val_images: int
+    val_mode: str
+
+
+@dataclass
+class BenchResult:
+    """A variant's end-to-end benchmark (:func:`bench_variant`): throughput of all pipelines together,
+    latency as each pipeline saw it."""
+
+    fps: float
+    latency_ms: dict  # p50, p99, mean, ... of one image end to end (ms)
+    stages_ms: dict | None  # decode, preprocess, inference, nms, postprocess (ms per image)
+    peak_mem_mb: float  # the runtime's peak resident memory in the benchmark process
+    size_mb: float  # the artifact on disk
+    threads_per_stream: int
+    machine: dict  # the benchmark process's machine block
+
 
 def _suffix(target: str) -> str:
     return ".xml" if target == "openvino" else ".onnx"
@@ -151,19 +180,20 @@ class Builder:
         return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.get("summary")}
 
 
-def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec):
+def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> tuple[Accuracy, object]:
     """mAP of the artifact deployed as ``v`` says (same letterbox as deployment, batch 1).
 
-    Returns ``(row fields, ImageMatches)``: the matches let the drop against the baseline be bootstrapped.
+    Returns ``(Accuracy, ImageMatches or None)``: the matches let the drop against the baseline be bootstrapped.
     """
     from ..evaluate import evaluate
 
     r = evaluate(artifact, spec.data, imgsz=v.imgsz, batch=1, mode=v.letterbox, max_images=spec.val_images,
                  progress=False, threads=spec.threads)
-    return {"map50_95": r.map50_95, "map50": r.map50, "val_images": r.images, "val_mode": r.mode}, r.matches
+    return Accuracy(map50_95=r.map50_95, map50=r.map50, val_images=r.images, val_mode=r.mode), r.matches
 
 
-def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str], seconds: float | None = None) -> dict:
+def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str],
+                  seconds: float | None = None) -> BenchResult:
     """End-to-end latency and throughput in a child process (:mod:`yolopt.pipeline.worker`)."""
     threads = max(1, spec.threads // v.streams)
     req = {"artifact": artifact, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": threads, "streams": v.streams,
@@ -183,5 +213,5 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
         fps, lat = rec["throughput_fps"], rec["extra"]["stream_latency_ms"]
     else:
         fps, lat = rec["fps"], rec["latency_ms"]
-    return {"fps": fps, "latency_ms": lat, "stages_ms": rec.get("stages_ms"), "peak_mem_mb": rec["model_mem_mb"],
-            "size_mb": rec["size_mb"], "threads_per_stream": threads, "machine": rec["machine"]}
+    return BenchResult(fps=fps, latency_ms=lat, stages_ms=rec.get("stages_ms"), peak_mem_mb=rec["model_mem_mb"],
+                       size_mb=rec["size_mb"], threads_per_stream=threads, machine=rec["machine"])
