@@ -14,9 +14,11 @@ from yolopt.pipeline.variants import Variant
 
 # a variant row as the code before schema_version wrote it (OUT/variants/fp32-96.json)
 OLD_ROW = {
-    "name": "fp32-96", "kind": "imgsz", "description": "FP32, 96 square letterbox",
+    "name": "fp32-96", "kind": "imgsz",
+    "description": "FP32, 96 square letterbox",
     "variant": {"name": "fp32-96", "kind": "imgsz", "description": "FP32, 96 square letterbox",
-                "build": "fp32-96-fixed", "imgsz": 96, "letterbox": "square", "streams": 1, "spin": True, "estimate_s": 12.5},
+                "build": "fp32-96-fixed", "imgsz": 96, "letterbox": "square", "streams": 1, "spin": True,
+                "estimate_s": 12.5},
     "runtime": "onnxruntime", "imgsz": 96, "letterbox": "square", "threads": 1, "streams": 1, "status": "done",
     "reason": None, "artifact": "o/artifacts/fp32-96-fixed/model.onnx", "build_seconds": 1.2, "artifact_seconds": 1.2,
     "build": {"key": "fp32-96-fixed"}, "map50_95": 0.41, "map50": 0.7, "val_images": 24, "val_mode": "square",

@@ -119,7 +119,8 @@ def print_summary(res) -> None:
         name = f"[bold green]{r.name}[/]" if r.name == rec else r.name
         t.add_row(name, r.status if r.status == "done" else f"{r.status}: {r.reason or ''}"[:60],
                   f(r.map50_95, ".4f"), f(r.map50, ".4f"),
-                  "—" if r.drop is None else f"{r.drop * 100:+.2f}" + (f" ± {r.drop_se * 100:.2f}" if r.drop_se else ""),
+                  "—" if r.drop is None else f"{r.drop * 100:+.2f}"
+                  + (f" ± {r.drop_se * 100:.2f}" if r.drop_se else ""),
                   f(r.fps, ".1f"), "—" if r.speedup is None else f"{r.speedup:.2f}x",
                   f((r.latency_ms or {}).get("p50"), ".1f"), f(r.size_mb, ".1f"))
     con.print(t)

@@ -97,7 +97,8 @@ def mixed_s(c0: float, base_imgsz: int) -> float:
 
 def qat_s(epochs: int, n_train: int, c0: float, scale: float) -> float:
     """QAT for ``epochs`` on ``n_train`` images; ``scale``: the input area relative to the baseline's."""
-    return epochs * (n_train * scale * QAT_S_PER_TRAIN_IMAGE + c0) + (QAT_PTQ_MEASURES * c0 + QAT_FIXED_S_AT_REF) * scale
+    return (epochs * (n_train * scale * QAT_S_PER_TRAIN_IMAGE + c0)
+            + (QAT_PTQ_MEASURES * c0 + QAT_FIXED_S_AT_REF) * scale)
 
 
 def prune_s(epochs: int, n_train: int, c0: float, imgsz: int) -> float:

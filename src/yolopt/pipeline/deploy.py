@@ -311,8 +311,8 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | N
     it was unless the new bundle was complete.
     """
     spec = replace(spec or BundleSpec(), **options)  # an unknown option is a TypeError, as for any call
-    letterbox, conf, iou, max_det, name, report = spec.letterbox, spec.conf, spec.iou, spec.max_det, spec.name, spec.report
-    threads, spin = spec.threads, spec.spin
+    letterbox, conf, iou, max_det, name = spec.letterbox, spec.conf, spec.iou, spec.max_det, spec.name
+    report, threads, spin = spec.report, spec.threads, spec.spin
     artifact, out = Path(artifact), Path(out_dir)
     if letterbox not in LETTERBOXES:
         raise YoloptError(f"letterbox {letterbox!r}: choose one of {', '.join(LETTERBOXES)}")

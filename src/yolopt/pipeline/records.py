@@ -113,7 +113,8 @@ class VariantResult:
         return {"map50_95": self.map50_95, "map50": self.map50}[metric]
 
     def set_accuracy(self, acc: Accuracy, map_from: str | None = None) -> None:
-        self.map50_95, self.map50, self.val_images, self.val_mode = acc.map50_95, acc.map50, acc.val_images, acc.val_mode
+        self.map50_95, self.map50 = acc.map50_95, acc.map50
+        self.val_images, self.val_mode = acc.val_images, acc.val_mode
         self.map_from = map_from
 
     def accuracy(self) -> Accuracy:

@@ -1,7 +1,8 @@
 """The report of ``yolopt optimize``: ``results.json``, ``pareto.png``, ``report.md`` and ``report.html``.
 
 :func:`write_report` takes the results of one optimize run (:class:`~yolopt.pipeline.records.OptimizeResults`,
-or a dict of its JSON) and writes, atomically, the JSON (a dict: as given), the Pareto plot (FPS vs mAP50-95, point size = MB),
+or a dict of its JSON) and writes, atomically, the JSON (a dict: as given), the Pareto plot (FPS vs mAP50-95,
+point size = MB),
 the per-stage bottleneck chart, and the same report twice: markdown (links the PNGs) and one self-contained
 HTML page (inline CSS, PNGs as base64 data URIs, no script, nothing fetched). Every optional field may be
 ``None`` or missing (a failed or skipped variant): it is shown as "—".

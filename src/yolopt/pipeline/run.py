@@ -181,20 +181,20 @@ class Optimizer:
         t0 = time.perf_counter()
         try:
             b = self.builder.get(v.build)
-            rec.artifact = b["artifact"]
-            rec.build_seconds = 0.0 if b.get("cached") else b["seconds"]
-            rec.artifact_seconds = b["seconds"]  # what building the artifact cost, whichever variant paid it
-            rec.build = {"key": v.build, **(b.get("details") or {})}
+            rec.artifact = b.artifact
+            rec.build_seconds = 0.0 if b.cached else b.seconds
+            rec.artifact_seconds = b.seconds  # what building the artifact cost, whichever variant paid it
+            rec.build = {"key": v.build, **(b.details or {})}
             src = self.results.get(same_map_as) if same_map_as else None
             if src is not None and src.done:
                 rec.set_accuracy(src.accuracy(), map_from=same_map_as)  # same artifact, same letterbox: same boxes
             else:
-                acc, matches = evaluate_variant(b["artifact"], v, self.spec)
+                acc, matches = evaluate_variant(b.artifact, v, self.spec)
                 rec.set_accuracy(acc)
                 if matches is not None:
                     matches.save(self._matches_file(v.name))
-            rec.set_bench(bench_variant(b["artifact"], v, self.spec, self.bench_images))
-            rec.params, rec.gflops = self._size_info(b["artifact"], v)
+            rec.set_bench(bench_variant(b.artifact, v, self.spec, self.bench_images))
+            rec.params, rec.gflops = self._size_info(b.artifact, v)
             rec.status = "done"
         except YoloptError as e:
             rec.status, rec.reason = "failed", str(e).splitlines()[0]

@@ -71,7 +71,8 @@ class OptimizeSpec:
     def check(self, model_imgsz: int | None = None) -> "OptimizeSpec":
         """Validate, fill the scenario defaults; raises :class:`OptimizeError` with one line."""
         if self.scenario not in SCENARIOS:
-            raise OptimizeError(f"scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}", fields=("scenario",))
+            raise OptimizeError(f"scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}",
+                                fields=("scenario",))
         if self.target not in TARGETS:
             raise OptimizeError(f"target {self.target!r}: choose one of {', '.join(TARGETS)}", fields=("target",))
         if self.metric not in METRICS:
@@ -87,7 +88,8 @@ class OptimizeSpec:
             if v is not None and v <= 0:
                 raise OptimizeError(f"{name} {v}: must be > 0", fields=(name,))
         if self.time_budget_s <= 0:
-            raise OptimizeError(f"time budget {self.time_budget_s:g}s: must be > 0", fields=("time_budget_s", "time_budget"))
+            raise OptimizeError(f"time budget {self.time_budget_s:g}s: must be > 0",
+                                fields=("time_budget_s", "time_budget"))
         if self.threads is None:
             import os
 
@@ -97,7 +99,8 @@ class OptimizeSpec:
         sizes = [int(s) for s in self.imgsz] or default_sizes(model_imgsz or 640)
         bad = [s for s in sizes if s < 32 or s % 32]
         if bad:
-            raise OptimizeError(f"imgsz {','.join(map(str, bad))}: sizes must be multiples of 32 (>= 32)", fields=("imgsz",))
+            raise OptimizeError(f"imgsz {','.join(map(str, bad))}: sizes must be multiples of 32 (>= 32)",
+                                fields=("imgsz",))
         self.imgsz = list(dict.fromkeys(sizes))
         if self.val_images is not None and self.val_images < 1:
             raise OptimizeError(f"val_images {self.val_images}: must be >= 1", fields=("val_images",))

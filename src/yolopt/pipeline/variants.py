@@ -74,6 +74,21 @@ class BenchResult:
     machine: dict  # the benchmark process's machine block
 
 
+@dataclass
+class Build:
+    """A built artifact (``OUT/artifacts/<key>/build.json``): ``seconds`` it took, ``details`` of the build
+    (float layers, QAT gains, prune summary); ``cached``: it was there before this call."""
+
+    key: str
+    artifact: str
+    seconds: float
+    details: dict
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "artifact": self.artifact, "seconds": self.seconds, "details": self.details}
+
+
 def _suffix(target: str) -> str:
     return ".xml" if target == "openvino" else ".onnx"
 
@@ -90,22 +105,23 @@ class Builder:
         self.root = root
         self.model = model  # the fp32 DetectionModel (unfused, eval)
 
-    def info(self, key: str) -> dict | None:
+    def info(self, key: str) -> Build | None:
         f = self.root / key / "build.json"
         if f.exists():
             try:
                 d = json.loads(f.read_text())
                 if Path(d["artifact"]).exists():
-                    return d
-            except (ValueError, KeyError):
+                    return Build(key=d.get("key", key), artifact=d["artifact"], seconds=float(d["seconds"]),
+                                 details=d.get("details") or {}, cached=True)
+            except (ValueError, KeyError, TypeError):
                 pass
         return None
 
-    def get(self, key: str) -> dict:
-        """The build's record (``artifact``, ``seconds``, ``details``), building it when not cached."""
+    def get(self, key: str) -> Build:
+        """The build (artifact, seconds, details), building it when not cached."""
         done = self.info(key)
         if done is not None:
-            return {**done, "cached": True}
+            return done
         folder = self.root / key
         shutil.rmtree(folder, ignore_errors=True)  # what a killed build left
         folder.mkdir(parents=True)
@@ -124,9 +140,9 @@ class Builder:
             artifact, details = self._prune(folder, out, int(imgsz), dynamic, float(kind[len("prune"):]))
         else:  # pragma: no cover - keys come from plan()
             raise YoloptError(f"unknown build {key}")
-        rec = {"key": key, "artifact": str(artifact), "seconds": time.perf_counter() - t0, "details": details}
-        write_json(folder / "build.json", rec, quiet=True)
-        return {**rec, "cached": False}
+        rec = Build(key=key, artifact=str(artifact), seconds=time.perf_counter() - t0, details=details)
+        write_json(folder / "build.json", rec.to_dict(), quiet=True)
+        return rec
 
     def _export(self, model, out: Path, imgsz: int, dynamic: bool) -> Path:
         from ..export import ExportSpec, export
