@@ -129,25 +129,26 @@ def test_missing_runtime_and_gpu_are_one_clear_line(monkeypatch):
 
 
 def test_selection_rules_per_scenario():
+    from yolopt.pipeline.records import VariantResult
     from yolopt.pipeline.select import choose
     from yolopt.pipeline.spec import OptimizeSpec
 
     def row(name, kind, drop, fps, size, threads=2, mem=50.0):
-        return {"name": name, "kind": kind, "status": "done", "drop": drop, "fps": fps, "speedup": fps / 10,
-                "size_mb": size, "peak_mem_mb": mem, "threads": threads, "latency_ms": {"p50": 1000 / fps}}
+        return VariantResult(name=name, kind=kind, status="done", drop=drop, fps=fps, speedup=fps / 10, size_mb=size,
+                             peak_mem_mb=mem, threads=threads, latency_ms={"p50": 1000 / fps})
 
     rows = [row("fp32", "baseline", 0.0, 10, 8), row("int8", "int8", 0.004, 14, 2), row("small", "imgsz", 0.02, 30, 8),
             row("rect", "rect", 0.001, 12, 8)]
     spec = OptimizeSpec("m.pt", "d.yaml", max_map_drop=0.01, threads=2, imgsz=[640])
-    assert choose(rows, spec, "realtime")["variant"] == "int8"  # fastest within 1 point; "small" loses 2
-    assert choose(rows, spec, "accuracy")["variant"] == "rect"  # smallest drop that is faster
+    assert choose(rows, spec, "realtime").variant == "int8"  # fastest within 1 point; "small" loses 2
+    assert choose(rows, spec, "accuracy").variant == "rect"  # smallest drop that is faster
     spec.max_latency_ms = 50.0
-    assert choose(rows, spec, "realtime")["variant"] is None  # nothing runs at <= 50 ms... except
+    assert choose(rows, spec, "realtime").variant is None  # nothing runs at <= 50 ms... except
     c = choose(rows, spec, "realtime")
-    assert c["closest"] == "small" or c["closest"] == "int8"
+    assert c.closest == "small" or c.closest == "int8"
     edge = [row("a", "baseline", 0.0, 10, 8, threads=1), row("b", "int8", 0.005, 9, 2, threads=1)]
     spec = OptimizeSpec("m.pt", "d.yaml", scenario="edge", max_map_drop=0.01, threads=1, imgsz=[640])
-    assert choose(edge, spec, "edge")["variant"] == "b"  # the smallest artifact within budget
+    assert choose(edge, spec, "edge").variant == "b"  # the smallest artifact within budget
 
 
 def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path):

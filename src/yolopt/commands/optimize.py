@@ -89,45 +89,45 @@ def run(args) -> int:
                         progress=not args.no_progress, map_noise=args.map_noise)
     res = optimize(spec)
     if args.json:
-        print(json.dumps(res, indent=1, default=str))
+        print(json.dumps(res.to_dict(), indent=1, default=str))
     else:
         print_summary(res)
-    rec = res["recommendation"]
-    if not rec["met"]:
-        print(f"yolopt optimize: no variant meets the budget ({rec.get('why')}); closest: {rec.get('closest')} "
-              f"(see {res['files']['md']})", file=sys.stderr)
+    rec = res.recommendation
+    if not rec.met:
+        print(f"yolopt optimize: no variant meets the budget ({rec.why}); closest: {rec.closest} "
+              f"(see {res.files['md']})", file=sys.stderr)
         return 1
     return 0
 
 
-def print_summary(res: dict) -> None:
+def print_summary(res) -> None:
+    """The run's table and recommendation (``res``: :class:`~yolopt.pipeline.records.OptimizeResults`)."""
     from ._common import console as make_console
 
     from rich.table import Table
 
     con = make_console()
-    t = Table(title=f"yolopt optimize: {res['scenario']} on {res['target']}, {res['threads']} thread(s)")
+    t = Table(title=f"yolopt optimize: {res.scenario} on {res.target}, {res.threads} thread(s)")
     for c in ("variant", "status", "mAP50-95", "mAP50", "drop ± SE (pt)", "img/s", "speed-up", "p50 ms", "MB"):
         t.add_column(c, justify="left" if c in ("variant", "status") else "right")
-    rec = res["recommendation"]["variant"]
+    rec = res.recommendation.variant
 
     def f(v, fmt):
         return "—" if v is None else format(v, fmt)
 
-    for r in res["variants"]:
-        name = f"[bold green]{r['name']}[/]" if r["name"] == rec else r["name"]
-        t.add_row(name, r["status"] if r["status"] == "done" else f"{r['status']}: {r.get('reason') or ''}"[:60],
-                  f(r.get("map50_95"), ".4f"), f(r.get("map50"), ".4f"),
-                  "—" if r.get("drop") is None else f"{r['drop'] * 100:+.2f}"
-                  + (f" ± {r['drop_se'] * 100:.2f}" if r.get("drop_se") else ""), f(r.get("fps"), ".1f"),
-                  "—" if r.get("speedup") is None else f"{r['speedup']:.2f}x",
-                  f((r.get("latency_ms") or {}).get("p50"), ".1f"), f(r.get("size_mb"), ".1f"))
+    for r in res.variants:
+        name = f"[bold green]{r.name}[/]" if r.name == rec else r.name
+        t.add_row(name, r.status if r.status == "done" else f"{r.status}: {r.reason or ''}"[:60],
+                  f(r.map50_95, ".4f"), f(r.map50, ".4f"),
+                  "—" if r.drop is None else f"{r.drop * 100:+.2f}"
+                  + (f" ± {r.drop_se * 100:.2f}" if r.drop_se else ""),
+                  f(r.fps, ".1f"), "—" if r.speedup is None else f"{r.speedup:.2f}x",
+                  f((r.latency_ms or {}).get("p50"), ".1f"), f(r.size_mb, ".1f"))
     con.print(t)
-    con.print(f"[bold]recommendation ({res['scenario']}):[/] {res['recommendation']['summary']}")
-    if res.get("confirm"):
-        c = res["confirm"]
-        con.print(f"confirmed in interleaved rounds: {c['speedup']:.2f}x the baseline's end-to-end throughput")
-    con.print(f"report: {res['files'].get('html')}  (also report.md, results.json)")
-    if res.get("deploy"):
-        con.print(f"deploy bundle: {res['deploy']}")
-    con.print(f"compute time: {res['time_spent_s'] / 60:.1f} min of {res['budget']['time_budget_s'] / 60:.0f} min")
+    con.print(f"[bold]recommendation ({res.scenario}):[/] {res.recommendation.summary}")
+    if res.confirm is not None:
+        con.print(f"confirmed in interleaved rounds: {res.confirm.speedup:.2f}x the baseline's end-to-end throughput")
+    con.print(f"report: {(res.files or {}).get('html')}  (also report.md, results.json)")
+    if res.deploy:
+        con.print(f"deploy bundle: {res.deploy}")
+    con.print(f"compute time: {res.time_spent_s / 60:.1f} min of {res.budget.time_budget_s / 60:.0f} min")

@@ -3,9 +3,10 @@ end to end, recommend one per scenario, and write a report and a deploy bundle.
 
     >>> from yolopt.pipeline import OptimizeSpec, optimize
     >>> res = optimize(OptimizeSpec("yolov5n.pt", "coco128.yaml", scenario="realtime", time_budget_s=3600))
-    >>> res["recommendation"]["variant"], res["files"]["html"]
+    >>> res.recommendation.variant, res.files["html"]
 """
 
+from .records import OptimizeResults, VariantResult
 from .spec import SCENARIOS, TARGETS, OptimizeError, OptimizeSpec, parse_duration
 
 
@@ -17,4 +18,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["OptimizeError", "OptimizeSpec", "SCENARIOS", "TARGETS", "optimize", "parse_duration"]
+__all__ = ["OptimizeError", "OptimizeResults", "OptimizeSpec", "SCENARIOS", "TARGETS", "VariantResult", "optimize",
+           "parse_duration"]

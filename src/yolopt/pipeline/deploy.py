@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import YoloptError
@@ -279,10 +280,9 @@ def _build(tmp: Path, files: list[Path], cfg: dict, name: str) -> None:
                                             encoding="utf-8")
 
 
-def write_bundle(artifact: str | Path, out_dir: str | Path, *, letterbox: str = "square", conf: float = 0.25,
-                 iou: float = 0.45, max_det: int = 300, name: str = "yolov5", report: dict | None = None,
-                 threads: int | None = None, spin: bool = True) -> Path:
-    """Write the deploy bundle of ``artifact`` (``.onnx``, or OpenVINO ``.xml`` with its ``.bin``) to ``out_dir``.
+@dataclass
+class BundleSpec:
+    """How a deploy bundle runs its artifact (infer.py's defaults) and what it reports.
 
     ``letterbox``: ``square`` (every image letterboxed to the model's fixed input, as ``yolopt predict``)
     or ``rect`` (a dynamic-shape model: long side to imgsz, padded to the smallest stride multiple, as
@@ -290,9 +290,29 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, *, letterbox: str = 
     ``name``: the Triton model name. ``report``: measured numbers, stored in deploy.json and the README.
     ``threads`` / ``spin``: the runtime settings the numbers were measured with (infer.py's defaults;
     ``spin=False``: ONNX Runtime's idle threads sleep instead of spin-waiting).
+    """
+
+    letterbox: str = "square"
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    name: str = "yolov5"
+    report: dict | None = None
+    threads: int | None = None
+    spin: bool = True
+
+
+def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | None = None, **options) -> Path:
+    """Write the deploy bundle of ``artifact`` (``.onnx``, or OpenVINO ``.xml`` with its ``.bin``) to ``out_dir``.
+
+    ``spec``: a :class:`BundleSpec`; ``options``: any of its fields, set on top of it
+    (``write_bundle(a, out, conf=0.3)`` is ``write_bundle(a, out, BundleSpec(conf=0.3))``).
     Returns ``out_dir``. Any problem is one :class:`YoloptError` line; an existing ``out_dir`` is left as
     it was unless the new bundle was complete.
     """
+    spec = replace(spec or BundleSpec(), **options)  # an unknown option is a TypeError, as for any call
+    letterbox, conf, iou, max_det, name = spec.letterbox, spec.conf, spec.iou, spec.max_det, spec.name
+    report, threads, spin = spec.report, spec.threads, spec.spin
     artifact, out = Path(artifact), Path(out_dir)
     if letterbox not in LETTERBOXES:
         raise YoloptError(f"letterbox {letterbox!r}: choose one of {', '.join(LETTERBOXES)}")
@@ -316,7 +336,7 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, *, letterbox: str = 
             raise YoloptError(f"{f}: missing (an OpenVINO artifact is an .xml and its .bin)")
     if letterbox == "rect" and not backend.dynamic:
         raise YoloptError(f"{path}: has a fixed {backend.imgsz[0]}x{backend.imgsz[1]} input, so it takes the square "
-                          "letterbox only (export with --dynamic for rect)")
+                          "letterbox only (export it with a dynamic input shape for rect)")
     inputs, outputs = (_tensors_onnx if backend.name == "onnxruntime" else _tensors_openvino)(backend)
     if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][1] not in (3, -1):
         raise YoloptError(f"{path}: expected one (B, 3, H, W) image input, got "

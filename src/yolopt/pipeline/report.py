@@ -1,7 +1,8 @@
 """The report of ``yolopt optimize``: ``results.json``, ``pareto.png``, ``report.md`` and ``report.html``.
 
-:func:`write_report` takes the results dict of one optimize run (schema in ``docs/optimize.md`` / the
-pipeline) and writes, atomically, the JSON as given, the Pareto plot (FPS vs mAP50-95, point size = MB),
+:func:`write_report` takes the results of one optimize run (:class:`~yolopt.pipeline.records.OptimizeResults`,
+or a dict of its JSON) and writes, atomically, the JSON (a dict: as given), the Pareto plot (FPS vs mAP50-95,
+point size = MB),
 the per-stage bottleneck chart, and the same report twice: markdown (links the PNGs) and one self-contained
 HTML page (inline CSS, PNGs as base64 data URIs, no script, nothing fetched). Every optional field may be
 ``None`` or missing (a failed or skipped variant): it is shown as "—".
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..bench import STAGES
 from ..fileio import atomic_write, write_json
+from .records import Budget, OptimizeResults, Recommendation, StageProfile, VariantResult
 
 DASH = "—"
 STAGE_COLORS = {"decode": "#8c9bb0", "preprocess": "#f2b134", "inference": "#2f7ebc", "nms": "#6bb26b",
@@ -70,24 +72,25 @@ def _dur(v) -> str:
     return f"{x / 3600:.1f} h"
 
 
-def _lat(v: dict, key: str) -> str:
-    lat = v.get("latency_ms") if isinstance(v.get("latency_ms"), dict) else {}
+def _lat(v: VariantResult, key: str) -> str:
+    lat = v.latency_ms if isinstance(v.latency_ms, dict) else {}
     return _f(lat.get(key), ".2f")
 
 
-def _row(v: dict) -> dict[str, str]:
+def _row(v: VariantResult) -> dict[str, str]:
     """One variant as display strings (same cells in md and html)."""
-    rt = " / ".join(x for x in (v.get("runtime"), v.get("precision")) if x) or DASH
-    size = " / ".join(x for x in (str(v["imgsz"]) if v.get("imgsz") else "", v.get("letterbox") or "") if x) or DASH
-    ts = f"{_s(v.get('threads'))}×{_s(v.get('streams'))}" if v.get("threads") or v.get("streams") else DASH
-    meets = v.get("meets")
-    return {"name": _s(v.get("name")), "status": _s(v.get("status")), "meets": DASH if meets is None else
-            ("yes" if meets else "no"), "runtime": rt, "imgsz": size, "ts": ts, "params": _params(v.get("params")),
-            "gflops": _f(v.get("gflops"), ".2f"), "size": _f(v.get("size_mb"), ".2f"),
-            "p50": _lat(v, "p50"), "p99": _lat(v, "p99"), "fps": _f(v.get("fps"), ".1f"),
-            "speedup": _f(v.get("speedup"), ".2f", "×"), "map": _f(v.get("map50_95")), "map50": _f(v.get("map50")),
-            "drop": _f(v.get("drop"), "+.4f") + (f" ± {v['drop_se']:.4f}" if _num(v.get("drop_se")) else ""), "seconds": _dur(v.get("seconds")),
-            "reason": _s(v.get("reason")) if v.get("status") in ("failed", "skipped") or v.get("reason") else ""}
+    rt = " / ".join(x for x in (v.runtime, v.precision) if x) or DASH
+    size = " / ".join(x for x in (str(v.imgsz) if v.imgsz else "", v.letterbox or "") if x) or DASH
+    ts = f"{_s(v.threads)}×{_s(v.streams)}" if v.threads or v.streams else DASH
+    meets = v.meets
+    return {"name": _s(v.name), "status": _s(v.status), "meets": DASH if meets is None else
+            ("yes" if meets else "no"), "runtime": rt, "imgsz": size, "ts": ts, "params": _params(v.params),
+            "gflops": _f(v.gflops, ".2f"), "size": _f(v.size_mb, ".2f"),
+            "p50": _lat(v, "p50"), "p99": _lat(v, "p99"), "fps": _f(v.fps, ".1f"),
+            "speedup": _f(v.speedup, ".2f", "×"), "map": _f(v.map50_95), "map50": _f(v.map50),
+            "drop": _f(v.drop, "+.4f") + (f" ± {v.drop_se:.4f}" if _num(v.drop_se) else ""),
+            "seconds": _dur(v.seconds),
+            "reason": _s(v.reason) if v.status in ("failed", "skipped") or v.reason else ""}
 
 
 COLUMNS = (("name", "variant"), ("status", "status"), ("meets", "meets budget"), ("runtime", "runtime / precision"),
@@ -99,87 +102,90 @@ COLUMNS = (("name", "variant"), ("status", "status"), ("meets", "meets budget"),
 
 # ---------------------------------------------------------------------------------------------- content
 
-def _variants(results: dict) -> list[dict]:
-    return [v for v in results.get("variants") or [] if isinstance(v, dict)]
+def _variants(results: OptimizeResults) -> list[VariantResult]:
+    return list(results.variants)
 
 
-def _by_name(results: dict, name) -> dict | None:
-    return next((v for v in _variants(results) if name is not None and v.get("name") == name), None)
+def _by_name(results: OptimizeResults, name) -> VariantResult | None:
+    return results.variant(name)
 
 
-def _budget_text(results: dict) -> str:
-    b = results.get("budget") or {}
-    parts = [f"time {_dur(b.get('time_budget_s'))}"]
-    if _num(b.get("max_map_drop")) is not None:
-        parts.append(f"mAP50-95 drop ≤ {b['max_map_drop']:.4f}")
-    if _num(b.get("max_latency_ms")) is not None:
-        parts.append(f"p50 latency ≤ {b['max_latency_ms']:g} ms")
-    if _num(b.get("max_size_mb")) is not None:
-        parts.append(f"size ≤ {b['max_size_mb']:g} MB")
+def _budget(results: OptimizeResults) -> Budget:
+    return results.budget or Budget()
+
+
+def _budget_text(results: OptimizeResults) -> str:
+    b = _budget(results)
+    parts = [f"time {_dur(b.time_budget_s)}"]
+    if _num(b.max_map_drop) is not None:
+        parts.append(f"mAP50-95 drop ≤ {b.max_map_drop:.4f}")
+    if _num(b.max_latency_ms) is not None:
+        parts.append(f"p50 latency ≤ {b.max_latency_ms:g} ms")
+    if _num(b.max_size_mb) is not None:
+        parts.append(f"size ≤ {b.max_size_mb:g} MB")
     return ", ".join(parts)
 
 
-def _time_text(results: dict) -> str:
-    spent, budget = _num(results.get("time_spent_s")), _num((results.get("budget") or {}).get("time_budget_s"))
+def _time_text(results: OptimizeResults) -> str:
+    spent, budget = _num(results.time_spent_s), _num(_budget(results).time_budget_s)
     text = f"{_dur(spent)} of {_dur(budget)}"
     if spent is not None and budget:
         text += f" ({100 * spent / budget:.0f} % of the time budget)"
     return text
 
 
-def _shortfall(v: dict | None, budget: dict) -> list[str]:
+def _shortfall(v: VariantResult | None, budget: Budget) -> list[str]:
     """How far ``v`` is from each budget limit it misses."""
     if v is None:
         return []
     out = []
-    drop, lim = _num(v.get("drop")), _num(budget.get("max_map_drop"))
+    drop, lim = _num(v.drop), _num(budget.max_map_drop)
     if drop is not None and lim is not None and drop > lim:
         out.append(f"mAP50-95 drop {drop:.4f} vs {lim:.4f} allowed ({drop - lim:.4f} over)")
-    p50 = _num((v.get("latency_ms") or {}).get("p50")) if isinstance(v.get("latency_ms"), dict) else None
-    lim = _num(budget.get("max_latency_ms"))
+    p50 = _num(v.latency_ms.get("p50")) if isinstance(v.latency_ms, dict) else None
+    lim = _num(budget.max_latency_ms)
     if p50 is not None and lim is not None and p50 > lim:
         out.append(f"p50 latency {p50:.2f} ms vs {lim:g} ms allowed ({p50 - lim:.2f} ms, "
                    f"{100 * (p50 / lim - 1):.0f} % over)")
-    size, lim = _num(v.get("size_mb")), _num(budget.get("max_size_mb"))
+    size, lim = _num(v.size_mb), _num(budget.max_size_mb)
     if size is not None and lim is not None and size > lim:
         out.append(f"size {size:.2f} MB vs {lim:g} MB allowed ({size - lim:.2f} MB over)")
     return out
 
 
-def _headline(v: dict | None) -> str:
+def _headline(v: VariantResult | None) -> str:
     """The key numbers of one variant in one line."""
     if v is None:
         return ""
     bits = []
-    if _num(v.get("fps")) is not None:
-        bits.append(f"{v['fps']:.1f} FPS")
-    if _num(v.get("speedup")) is not None:
-        bits.append(f"{v['speedup']:.2f}× the baseline")
-    if _num(v.get("map50_95")) is not None:
-        bits.append(f"mAP50-95 {v['map50_95']:.4f}" + (f" (drop {v['drop']:+.4f})" if _num(v.get("drop")) is not None
-                                                       else ""))
-    if _num(v.get("size_mb")) is not None:
-        bits.append(f"{v['size_mb']:.2f} MB")
+    if _num(v.fps) is not None:
+        bits.append(f"{v.fps:.1f} FPS")
+    if _num(v.speedup) is not None:
+        bits.append(f"{v.speedup:.2f}× the baseline")
+    if _num(v.map50_95) is not None:
+        bits.append(f"mAP50-95 {v.map50_95:.4f}" + (f" (drop {v.drop:+.4f})" if _num(v.drop) is not None else ""))
+    if _num(v.size_mb) is not None:
+        bits.append(f"{v.size_mb:.2f} MB")
     return ", ".join(bits)
 
 
-def _recommendation(results: dict) -> dict:
+def _recommendation(results: OptimizeResults) -> dict:
     """The recommendation box as plain strings (rendered by md and html alike)."""
-    rec = results.get("recommendation") or {}
-    budget = results.get("budget") or {}
-    name = rec.get("variant")
-    met = bool(rec.get("met"))
+    rec = results.recommendation or Recommendation()
+    budget = _budget(results)
+    name = rec.variant
+    met = bool(rec.met)
     lines = []
     if name and met:
         title = f"Recommended: {name}"
-        scenario = rec.get("scenario") or results.get("scenario")
+        scenario = rec.scenario or results.scenario
         lines.append(f"Meets the {scenario + ' ' if scenario else ''}budget ({_budget_text(results)}).")
     elif name:
         title = f"Recommended: {name} (budget not met)"
     else:
         title = "No variant meets the budget"
     if not met:
-        closest = rec.get("closest")
+        closest = rec.closest
         cv = _by_name(results, closest)
         if closest:
             miss = _shortfall(cv, budget)
@@ -188,30 +194,34 @@ def _recommendation(results: dict) -> dict:
         else:
             lines.append("No variant came close enough to name one.")
     head = _headline(_by_name(results, name))
-    conf = results.get("confirm") or {}
-    if name and conf.get("variant") == name and _num(conf.get("speedup")) is not None:
-        med = conf.get("median_fps") or {}
-        lines.append(f"Confirmed in {conf.get('rounds', '?')} interleaved rounds against the baseline: "
-                     f"{conf['speedup']:.2f}x the end-to-end throughput (medians "
+    conf = results.confirm
+    if name and conf is not None and conf.variant == name and _num(conf.speedup) is not None:
+        med = conf.median_fps or {}
+        lines.append(f"Confirmed in {_s(conf.rounds)} interleaved rounds against the baseline: "
+                     f"{conf.speedup:.2f}x the end-to-end throughput (medians "
                      + " vs ".join(f"{_num(v):.1f}" for v in med.values() if _num(v) is not None)
                      + " images/s, baseline first).")
     return {"title": title, "met": met, "variant": name, "numbers": head, "lines": lines,
-            "summary": rec.get("summary") or "", "next": [str(x) for x in rec.get("next") or []]}
+            "summary": rec.summary or "", "next": [str(x) for x in rec.next or []]}
 
 
-def _per_scenario(results: dict) -> list[tuple[str, str, str]]:
-    ps = results.get("per_scenario") or {}
-    return [(sc, _s((d or {}).get("variant")), (d or {}).get("text") or "") for sc, d in ps.items()]
+def _per_scenario(results: OptimizeResults) -> list[tuple[str, str, str]]:
+    ps = results.per_scenario or {}
+    return [(sc, _s(d.variant), d.text or "") for sc, d in ps.items()]
 
 
-def _stage_rows(prof: dict | None) -> list[tuple[str, float | None, float | None]]:
-    st = (prof or {}).get("stages_ms") or {}
+def _profiles(results: OptimizeResults) -> dict[str, StageProfile | None]:
+    return results.profile or {}
+
+
+def _stage_rows(prof: StageProfile | None) -> list[tuple[str, float | None, float | None]]:
+    st = (prof.stages_ms if prof is not None else None) or {}
     keys = [k for k in STAGES if k in st] + [k for k in st if k not in STAGES]
     total = sum(x for x in (_num(st[k]) for k in keys) if x is not None)
     return [(k, _num(st[k]), (_num(st[k]) / total if total and _num(st[k]) is not None else None)) for k in keys]
 
 
-def _dominant(prof: dict | None) -> str | None:
+def _dominant(prof: StageProfile | None) -> str | None:
     rows = [(k, ms, sh) for k, ms, sh in _stage_rows(prof) if ms is not None]
     if not rows:
         return None
@@ -219,22 +229,22 @@ def _dominant(prof: dict | None) -> str | None:
     return f"{k} ({ms:.2f} ms, {100 * sh:.0f} % of the end-to-end time)" if sh is not None else k
 
 
-def _profile_sentence(results: dict) -> str:
-    prof = results.get("profile") or {}
+def _profile_sentence(results: OptimizeResults) -> str:
+    prof = _profiles(results)
     before, after = prof.get("before"), prof.get("after")
     if after and _dominant(after):
-        text = f"After optimization ({_s(after.get('variant'))}) the dominant stage is {_dominant(after)}"
+        text = f"After optimization ({_s(after.variant)}) the dominant stage is {_dominant(after)}"
         if _dominant(before):
-            text += f"; before ({_s(before.get('variant'))}) it was {_dominant(before)}"
+            text += f"; before ({_s(before.variant)}) it was {_dominant(before)}"
         return text + "."
     if _dominant(before):
-        return (f"No profile after optimization; before ({_s(before.get('variant'))}) the dominant stage is "
+        return (f"No profile after optimization; before ({_s(before.variant)}) the dominant stage is "
                 f"{_dominant(before)}.")
     return "No bottleneck profile was recorded."
 
 
-def _machine(results: dict) -> list[tuple[str, str]]:
-    m = results.get("machine") or {}
+def _machine(results: OptimizeResults) -> list[tuple[str, str]]:
+    m = results.machine or {}
     isa = m.get("isa") or {}
     flags = [k for k in SHOWN_ISA if isa.get(k)] + [k for k, on in isa.items() if on and k not in SHOWN_ISA]
     cores = m.get("cores") or m.get("logical_cpus")
@@ -254,8 +264,8 @@ def _yn(v) -> str:
     return DASH if v is None else ("yes" if v else "no")
 
 
-def _deploy_text(results: dict) -> tuple[str, str | None]:
-    d = results.get("deploy")
+def _deploy_text(results: OptimizeResults) -> tuple[str, str | None]:
+    d = results.deploy
     return ("Deploy bundle: ", str(d)) if d else ("No deploy bundle was written.", None)
 
 
@@ -282,8 +292,8 @@ def _label_points(fig, ax, done, xs, ys, area, base, rec) -> None:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     taken = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
-    for v, x, y, a in sorted(zip(done, xs, ys, area), key=lambda t: t[0].get("name") not in (base, rec)):
-        name = v.get("name")
+    for v, x, y, a in sorted(zip(done, xs, ys, area), key=lambda t: t[0].name not in (base, rec)):
+        name = v.name
         tag = " (baseline)" if name == base else " (recommended)" if name == rec else ""
         r = math.sqrt(a * (1.9 if name in (base, rec) else 1.0)) / 2 + 2  # marker (or ring) radius, points
         for dx, dy, ha, va in ((r, r * 0.5, "left", "bottom"), (r, -r * 0.5, "left", "top"),
@@ -304,7 +314,7 @@ def _label_points(fig, ax, done, xs, ys, area, base, rec) -> None:
         taken.append(box)
 
 
-def pareto_png(results: dict) -> bytes:
+def pareto_png(results: OptimizeResults) -> bytes:
     """The Pareto plot as PNG bytes: x = end-to-end FPS, y = mAP50-95, size = MB."""
     import matplotlib
 
@@ -312,9 +322,8 @@ def pareto_png(results: dict) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    done = [v for v in _variants(results) if v.get("status") == "done" and _num(v.get("fps")) is not None
-            and _num(v.get("map50_95")) is not None]
-    base, rec = results.get("baseline"), (results.get("recommendation") or {}).get("variant")
+    done = [v for v in _variants(results) if v.done and _num(v.fps) is not None and _num(v.map50_95) is not None]
+    base, rec = results.baseline, (results.recommendation or Recommendation()).variant
     fig, ax = plt.subplots(figsize=(9, 5.2))
     if not done:
         ax.text(0.5, 0.5, "no variant was measured (FPS and mAP)", ha="center", va="center", transform=ax.transAxes)
@@ -322,19 +331,19 @@ def pareto_png(results: dict) -> bytes:
         data = _fig_png(fig)
         plt.close(fig)
         return data
-    sizes = [_num(v.get("size_mb")) for v in done]
+    sizes = [_num(v.size_mb) for v in done]
     smax = max((s for s in sizes if s is not None), default=None)
     area = [60 + 540 * s / smax if s is not None and smax else 60 for s in sizes]
-    xs, ys = [float(v["fps"]) for v in done], [float(v["map50_95"]) for v in done]
+    xs, ys = [float(v.fps) for v in done], [float(v.map50_95) for v in done]
     front = _pareto_front(list(zip(xs, ys)))
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="pre", color="#555", lw=1.3, zorder=1)
     ax.scatter(xs, ys, s=area, color=POINT_COLOR, edgecolors="white", linewidths=0.8, zorder=3)
     for v, x, y, a in zip(done, xs, ys, area):
         ring = {"s": a * 1.9, "facecolors": "none", "zorder": 4}
-        if v.get("name") == base:
+        if v.name == base:
             ax.scatter([x], [y], edgecolors="black", linewidths=2, **ring)
-        if v.get("name") == rec:
+        if v.name == rec:
             ax.scatter([x], [y], edgecolors=REC_COLOR, linewidths=2.6, **ring)
     handles = [Line2D([], [], ls="", marker="o", color=POINT_COLOR, markersize=8, label="variant (area ∝ size MB)"),
                Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="black", markeredgewidth=2,
@@ -343,9 +352,9 @@ def pareto_png(results: dict) -> bytes:
                       markeredgewidth=2.6, markersize=11, label="recommended")]
     if len(front) > 1:
         handles.append(Line2D([], [], color="#555", lw=1.3, label="Pareto front"))
-    bv, lim = _by_name(results, base), _num((results.get("budget") or {}).get("max_map_drop"))
-    if bv is not None and _num(bv.get("map50_95")) is not None and lim is not None:
-        floor = float(bv["map50_95"]) - lim
+    bv, lim = _by_name(results, base), _num(_budget(results).max_map_drop)
+    if bv is not None and _num(bv.map50_95) is not None and lim is not None:
+        floor = float(bv.map50_95) - lim
         ax.axhline(floor, color="#c0392b", ls="--", lw=1.2, zorder=2)
         handles.append(Line2D([], [], color="#c0392b", ls="--", lw=1.2, label=f"baseline − max drop ({floor:.4f})"))
         ys = ys + [floor]
@@ -355,8 +364,8 @@ def pareto_png(results: dict) -> bytes:
     ax.set_xlim(max(0.0, min(xs) - 0.15 * xpad), max(xs) + 0.3 * xpad)
     ax.set_xlabel("end-to-end throughput (images / s)")
     ax.set_ylabel("mAP50-95")
-    ax.set_title(f"{results.get('model', '')}: accuracy vs speed ({results.get('target', '')}, "
-                 f"{results.get('threads', '?')} threads)", fontsize=10)
+    ax.set_title(f"{results.model or ''}: accuracy vs speed ({results.target or ''}, "
+                 f"{'?' if results.threads is None else results.threads} threads)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="lower left")
     _label_points(fig, ax, done, xs, ys, area, base, rec)
@@ -365,10 +374,10 @@ def pareto_png(results: dict) -> bytes:
     return data
 
 
-def stages_png(results: dict) -> bytes | None:
+def stages_png(results: OptimizeResults) -> bytes | None:
     """Per-stage ms before / after as horizontal stacked bars (None without a profile)."""
-    prof = results.get("profile") or {}
-    bars = [(f"{lbl}\n{_s(p.get('variant'))}", {k: ms for k, ms, _ in _stage_rows(p) if ms is not None})
+    prof = _profiles(results)
+    bars = [(f"{lbl}\n{_s(p.variant)}", {k: ms for k, ms, _ in _stage_rows(p) if ms is not None})
             for lbl, p in (("before", prof.get("before")), ("after", prof.get("after"))) if p]
     bars = [b for b in bars if b[1]]
     if not bars:
@@ -405,12 +414,12 @@ def _md_cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(results: dict, pareto: str = "pareto.png", stages: str | None = "stages.png") -> str:
+def render_markdown(results: OptimizeResults, pareto: str = "pareto.png", stages: str | None = "stages.png") -> str:
     r = results
     rec = _recommendation(r)
-    lines = [f"# yolopt optimize: {r.get('model', DASH)}", "",
-             (f"data **{_s(r.get('data'))}**, scenario **{_s(r.get('scenario'))}**, target "
-              f"**{_s(r.get('target'))}**, {_s(r.get('threads'))} threads, conf {_f(r.get('conf'), 'g')}"), "",
+    lines = [f"# yolopt optimize: {_s(r.model)}", "",
+             (f"data **{_s(r.data)}**, scenario **{_s(r.scenario)}**, target "
+              f"**{_s(r.target)}**, {_s(r.threads)} threads, conf {_f(r.conf, 'g')}"), "",
              f"Budget: {_budget_text(r)}. Time spent: {_time_text(r)}.", "",
              f"## {rec['title']}", ""]
     if rec["numbers"]:
@@ -423,31 +432,31 @@ def render_markdown(results: dict, pareto: str = "pareto.png", stages: str | Non
     ps = _per_scenario(r)
     if ps:
         lines += ["", "### Per scenario", "", "| scenario | variant | why |", "|---|---|---|"]
-        lines += [f"| {_md_cell(sc)}{' (this run)' if sc == r.get('scenario') else ''} | {_md_cell(v)} | "
+        lines += [f"| {_md_cell(sc)}{' (this run)' if sc == r.scenario else ''} | {_md_cell(v)} | "
                   f"{_md_cell(t or DASH)} |" for sc, v, t in ps]
     lines += ["", "## Pareto front", "", f"![Pareto plot: FPS vs mAP50-95]({pareto})", "",
               "## Variants", "", "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for v in _variants(r):
         cells = _row(v)
-        tag = " (baseline)" if v.get("name") == r.get("baseline") else ""
-        tag += " **(recommended)**" if v.get("name") == rec["variant"] else ""
+        tag = " (baseline)" if v.name == r.baseline else ""
+        tag += " **(recommended)**" if v.name == rec["variant"] else ""
         cells["name"] = cells["name"] + tag
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k, _ in COLUMNS) + " |")
-    descs = [(v.get("name"), v.get("description")) for v in _variants(r) if v.get("description")]
+    descs = [(v.name, v.description) for v in _variants(r) if v.description]
     if descs:
         lines += [""] + [f"- **{_md_cell(n)}**: {d}" for n, d in descs]
     lines += ["", "## Bottleneck profile", "", _profile_sentence(r)]
     if stages:
         lines += ["", f"![per-stage time]({stages})"]
-    prof = r.get("profile") or {}
+    prof = _profiles(r)
     for lbl in ("before", "after"):
         p = prof.get(lbl)
         if not p:
             continue
-        lines += ["", f"### {lbl.capitalize()}: {_s(p.get('variant'))}", "", "| stage | ms | share |", "|---|---|---|"]
+        lines += ["", f"### {lbl.capitalize()}: {_s(p.variant)}", "", "| stage | ms | share |", "|---|---|---|"]
         lines += [f"| {k} | {_f(ms, '.2f')} | {_f(None if sh is None else 100 * sh, '.0f', ' %')} |"
                   for k, ms, sh in _stage_rows(p)]
-        layers = p.get("layers") or []
+        layers = p.layers or []
         if layers:
             lines += ["", "| layer | type | ms | share |", "|---|---|---|---|"]
             lines += [f"| {_md_cell(_s(x.get('name')))} | {_md_cell(_s(x.get('type')))} | {_f(x.get('ms'), '.3f')} | "
@@ -499,16 +508,16 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def render_html(results: dict, pareto: bytes, stages: bytes | None = None) -> str:
+def render_html(results: OptimizeResults, pareto: bytes, stages: bytes | None = None) -> str:
     r = results
     rec = _recommendation(r)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>yolopt optimize: {_e(r.get('model', ''))}</title>", f"<style>{CSS}</style></head><body><main>",
-           f"<h1>yolopt optimize: {_e(r.get('model', DASH))}</h1>",
+           f"<title>yolopt optimize: {_e(r.model or '')}</title>", f"<style>{CSS}</style></head><body><main>",
+           f"<h1>yolopt optimize: {_e(_s(r.model))}</h1>",
            ('<div class="meta">'
-            f"data <b>{_e(_s(r.get('data')))}</b> · scenario <b>{_e(_s(r.get('scenario')))}</b> · target "
-            f"<b>{_e(_s(r.get('target')))}</b> · {_e(_s(r.get('threads')))} threads · "
-            f"conf {_e(_f(r.get('conf'), 'g'))}"
+            f"data <b>{_e(_s(r.data))}</b> · scenario <b>{_e(_s(r.scenario))}</b> · target "
+            f"<b>{_e(_s(r.target))}</b> · {_e(_s(r.threads))} threads · "
+            f"conf {_e(_f(r.conf, 'g'))}"
             f"<br>budget: {_e(_budget_text(r))}<br>time spent: {_e(_time_text(r))}</div>"),
            f'<section class="rec{"" if rec["met"] else " miss"}" id="recommendation"><h2>{_e(rec["title"])}</h2>']
     if rec["numbers"]:
@@ -523,7 +532,7 @@ def render_html(results: dict, pareto: bytes, stages: bytes | None = None) -> st
     if ps:
         out.append('<h3>Per scenario</h3><table class="left"><thead><tr><th>scenario</th><th>variant</th><th>why</th>'
                    "</tr></thead><tbody>")
-        out += [f"<tr><td>{_e(sc)}{' <b>(this run)</b>' if sc == r.get('scenario') else ''}</td><td>{_e(v)}</td>"
+        out += [f"<tr><td>{_e(sc)}{' <b>(this run)</b>' if sc == r.scenario else ''}</td><td>{_e(v)}</td>"
                 f"<td>{_e(t or DASH)}</td></tr>" for sc, v, t in ps]
         out.append("</tbody></table>")
     out += ["<h2>Pareto front</h2>",
@@ -533,14 +542,14 @@ def render_html(results: dict, pareto: bytes, stages: bytes | None = None) -> st
             + "".join(f'<th class="{k}">{_e(h)}</th>' for k, h in COLUMNS) + "</tr></thead><tbody>"]
     for v in _variants(r):
         cells = _row(v)
-        cls = [c for c, on in (("base", v.get("name") == r.get("baseline")), ("rec", v.get("name") == rec["variant"]),
-                               (str(v.get("status")), v.get("status") in ("failed", "skipped"))) if on]
+        cls = [c for c, on in (("base", v.name == r.baseline), ("rec", v.name == rec["variant"]),
+                               (str(v.status), v.status in ("failed", "skipped"))) if on]
         tds = []
         for k, _ in COLUMNS:
             if k == "name":
                 tag = " (baseline)" if "base" in cls else ""
                 tag += " ★ recommended" if "rec" in cls else ""
-                desc = f'<span class="desc">{_e(v["description"])}</span>' if v.get("description") else ""
+                desc = f'<span class="desc">{_e(v.description)}</span>' if v.description else ""
                 tds.append(f"<td>{_e(cells[k] + tag)}{desc}</td>")
             else:
                 tds.append(f'<td class="{k}">{_e(cells[k])}</td>')
@@ -548,18 +557,18 @@ def render_html(results: dict, pareto: bytes, stages: bytes | None = None) -> st
     out += ["</tbody></table></div>", "<h2>Bottleneck profile</h2>", f"<p>{_e(_profile_sentence(r))}</p>"]
     if stages:
         out.append(f'<img id="stages" alt="per-stage time before and after" src="{_data_uri(stages)}">')
-    prof = r.get("profile") or {}
+    prof = _profiles(r)
     for lbl in ("before", "after"):
         p = prof.get(lbl)
         if not p:
             continue
-        out.append(f"<h3>{lbl.capitalize()}: {_e(_s(p.get('variant')))}</h3>"
+        out.append(f"<h3>{lbl.capitalize()}: {_e(_s(p.variant))}</h3>"
                    '<div style="display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start">'
                    "<table><thead><tr><th>stage</th><th>ms</th><th>share</th></tr></thead><tbody>")
         out += [f"<tr><td>{_e(k)}</td><td>{_f(ms, '.2f')}</td><td>{_f(None if sh is None else 100 * sh, '.0f', ' %')}"
                 "</td></tr>" for k, ms, sh in _stage_rows(p)]
         out.append("</tbody></table>")
-        layers = p.get("layers") or []
+        layers = p.layers or []
         if layers:
             out.append("<table><thead><tr><th>top layer</th><th>type</th><th>ms</th><th>share</th></tr></thead><tbody>")
             out += [f"<tr><td>{_e(_s(x.get('name')))}</td><td>{_e(_s(x.get('type')))}</td>"
@@ -587,14 +596,19 @@ def _write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_report(results: OptimizeResults | dict, out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.json``, ``pareto.png`` (+ ``stages.png`` with a profile), ``report.md``, ``report.html``.
 
+    ``results``: the run (its ``to_dict()`` is the JSON), or a dict as results.json holds it (written as given).
     Returns ``{"json", "png", "md", "html"}`` (and ``"stages"`` when that chart was drawn) -> paths.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(out / "results.json", results, quiet=True)}
+    if isinstance(results, dict):
+        data, results = results, OptimizeResults.from_dict(results)
+    else:
+        data = results.to_dict()
+    paths = {"json": write_json(out / "results.json", data, quiet=True)}
     pareto = pareto_png(results)
     paths["png"] = _write_bytes(out / "pareto.png", pareto)
     stages = stages_png(results)

@@ -22,6 +22,9 @@ from ..data.dataset import image_files, load_data_config
 from ..errors import YoloptError
 from ..fileio import write_json
 from ..machine import machine_info
+from . import costs
+from .records import (SCHEMA_VERSION, Budget, Confirm, OptimizeResults, Recommendation, ScenarioPick, StageProfile,
+                      VariantResult)
 from .select import choose, describe, next_steps, violations
 from .spec import OptimizeError, OptimizeSpec
 from .variants import Builder, Variant, bench_variant, build_key, evaluate_variant
@@ -45,7 +48,7 @@ class _Budget:
             diff = sorted(k for k in key if st.get("key") and st["key"].get(k) != key[k])
             if diff:
                 raise OptimizeError(f"{out}: holds an optimize run with other settings (differs in {', '.join(diff)});"
-                                    f" use another --out or remove it")
+                                    " use another output folder or remove it", fields=("out",))
             self.before = float(st.get("spent_s", 0.0))
         self.key = key
         self.t0 = time.perf_counter()
@@ -128,25 +131,36 @@ class Optimizer:
         self.builder = Builder(spec, self.out / "artifacts", self.model)
         self.bench_images = [str(p) for p in self.val[:spec.bench_images]]
         self.shapes = _aspect_shapes(self.val)  # the val images' aspect ratios (rect letterbox sizes)
-        self.results: dict[str, dict] = {}
+        self.results: dict[str, VariantResult] = {}
         self.order: list[str] = []
         self.machine = machine_info()
 
     # --- one variant ---------------------------------------------------------------------------------
-    def _cached(self, v: Variant) -> dict | None:
-        f = self.out / "variants" / f"{v.name}.json"
+    def _variant_file(self, name: str) -> Path:
+        return self.out / "variants" / f"{name}.json"
+
+    def _cached(self, v: Variant) -> VariantResult | None:
+        """The variant's row from an earlier run, when it was measured with this same configuration. A file
+        of another schema version is refused (:class:`YoloptError`); an unreadable one is measured again."""
+        f = self._variant_file(v.name)
         if f.exists():
             try:
-                r = json.loads(f.read_text())
-                old = Variant(**{**r["variant"], "estimate_s": v.estimate_s})  # fields added later take defaults
+                d = json.loads(f.read_text())
+            except ValueError:
+                return None
+            if isinstance(d, dict) and d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+                VariantResult.load(f)  # raises the one-line error naming the file
+            try:
+                r = VariantResult.from_dict(d)
+                old = Variant.from_dict(d["variant"], estimate_s=v.estimate_s)  # fields added later take defaults
                 if old == v:
-                    r["variant"] = v.to_dict()
+                    r.variant = v
                     return r
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError, AttributeError):
                 pass
         return None
 
-    def run_variant(self, v: Variant, same_map_as: str | None = None) -> dict:
+    def run_variant(self, v: Variant, same_map_as: str | None = None) -> VariantResult:
         if v.name in self.results:
             return self.results[v.name]
         self.order.append(v.name)
@@ -156,11 +170,10 @@ class Optimizer:
             self.results[v.name] = cached
             return cached
         rec = self._record(v)
-        built = self.builder.info(v.build)
-        need = v.estimate_s if built is None else v.estimate_s * 0.5
+        need = costs.still_to_pay(v.estimate_s, built=self.builder.info(v.build) is not None)
         if need > self.budget.left:
-            rec["reason"] = f"time budget: needs about {need / 60:.1f} min, {max(0, self.budget.left) / 60:.1f} min left"
-            _say(self.spec, f"[yellow]skip[/] {v.name}: {rec['reason']}")
+            rec.reason = f"time budget: needs about {need / 60:.1f} min, {max(0, self.budget.left) / 60:.1f} min left"
+            _say(self.spec, f"[yellow]skip[/] {v.name}: {rec.reason}")
             self.results[v.name] = rec  # not cached: a rerun with more budget tries it
             return rec
         _say(self.spec, f"[bold]{v.name}[/]: {v.description} (about {need / 60:.1f} min; "
@@ -168,69 +181,69 @@ class Optimizer:
         t0 = time.perf_counter()
         try:
             b = self.builder.get(v.build)
-            rec["artifact"] = b["artifact"]
-            rec["build_seconds"] = 0.0 if b.get("cached") else b["seconds"]
-            rec["artifact_seconds"] = b["seconds"]  # what building the artifact cost, whichever variant paid it
-            rec["build"] = {"key": v.build, **(b.get("details") or {})}
-            if same_map_as and same_map_as in self.results and self.results[same_map_as].get("status") == "done":
-                src = self.results[same_map_as]
-                m = {k: src[k] for k in ("map50_95", "map50", "val_images", "val_mode")}
-                m["map_from"] = same_map_as  # same artifact, same letterbox: the same detections
+            rec.artifact = b.artifact
+            rec.build_seconds = 0.0 if b.cached else b.seconds
+            rec.artifact_seconds = b.seconds  # what building the artifact cost, whichever variant paid it
+            rec.build = {"key": v.build, **(b.details or {})}
+            src = self.results.get(same_map_as) if same_map_as else None
+            if src is not None and src.done:
+                rec.set_accuracy(src.accuracy(), map_from=same_map_as)  # same artifact, same letterbox: same boxes
             else:
-                m, matches = evaluate_variant(b["artifact"], v, self.spec)
+                acc, matches = evaluate_variant(b.artifact, v, self.spec)
+                rec.set_accuracy(acc)
                 if matches is not None:
                     matches.save(self._matches_file(v.name))
-            rec.update(m)
-            rec.update(bench_variant(b["artifact"], v, self.spec, self.bench_images))
-            rec.update(self._size_info(b["artifact"], v))
-            rec["status"] = "done"
+            rec.set_bench(bench_variant(b.artifact, v, self.spec, self.bench_images))
+            rec.params, rec.gflops = self._size_info(b.artifact, v)
+            rec.status = "done"
         except YoloptError as e:
-            rec["status"], rec["reason"] = "failed", str(e).splitlines()[0]
-            _say(self.spec, f"[red]failed[/] {v.name}: {rec['reason']}")
-        rec["seconds"] = time.perf_counter() - t0
+            rec.status, rec.reason = "failed", str(e).splitlines()[0]
+            _say(self.spec, f"[red]failed[/] {v.name}: {rec.reason}")
+        rec.seconds = time.perf_counter() - t0
         self._finish(rec)
         self.results[v.name] = rec
-        write_json(self.out / "variants" / f"{v.name}.json", rec, quiet=True)  # done or failed
+        rec.save(self._variant_file(v.name))  # done or failed
         self.budget.save()
-        if rec["status"] == "done":
-            drop = "" if rec.get("drop") is None else f" (drop {rec['drop'] * 100:+.2f} pt)"
-            _say(self.spec, f"  {v.name}: {self.spec.metric} {rec[self.spec.metric]:.4f}{drop}, "
-                            f"{rec['fps']:.1f} img/s end to end, p50 {rec['latency_ms']['p50']:.1f} ms")
+        if rec.done:
+            drop = "" if rec.drop is None else f" (drop {rec.drop * 100:+.2f} pt)"
+            _say(self.spec, f"  {v.name}: {self.spec.metric} {rec.score(self.spec.metric):.4f}{drop}, "
+                            f"{rec.fps:.1f} img/s end to end, p50 {rec.latency_ms['p50']:.1f} ms")
         return rec
 
-    def _record(self, v: Variant, reason: str | None = None) -> dict:
+    def _record(self, v: Variant, reason: str | None = None) -> VariantResult:
         """A variant's result row before it is measured (status ``skipped`` until it is)."""
-        return {"name": v.name, "kind": v.kind, "description": v.description, "variant": v.to_dict(),
-                "runtime": self.spec.target, "imgsz": v.imgsz, "letterbox": v.letterbox,
-                "threads": max(1, self.spec.threads // v.streams),  # per pipeline: threads x streams = --threads
-                "streams": v.streams, "status": "skipped", "reason": reason}
+        return VariantResult(name=v.name, kind=v.kind, description=v.description, variant=v, runtime=self.spec.target,
+                             imgsz=v.imgsz, letterbox=v.letterbox,
+                             threads=max(1, self.spec.threads // v.streams),  # per pipeline: x streams = spec.threads
+                             streams=v.streams, status="skipped", reason=reason)
 
-    def _finish(self, rec: dict) -> None:
+    def _finish(self, rec: VariantResult) -> None:
         """Drop and speed-up against the baseline (once it is measured)."""
-        base = self.results.get("fp32") if rec["name"] != "fp32" else rec
-        if rec.get("status") != "done" or not base or base.get("status") != "done":
+        base = self.results.get("fp32") if rec.name != "fp32" else rec
+        if not rec.done or not base or not base.done:
             return
-        rec["drop"] = base[self.spec.metric] - rec[self.spec.metric]
-        rec["drop50"] = base["map50"] - rec["map50"]
-        rec["drop50_95"] = base["map50_95"] - rec["map50_95"]
-        rec["speedup"] = rec["fps"] / base["fps"]
-        what = f"{self.spec.metric}/{self.spec.bootstrap}"
-        if rec.get("drop_se_of") != what:
+        metric = self.spec.metric
+        rec.drop = base.score(metric) - rec.score(metric)
+        rec.drop50 = base.map50 - rec.map50
+        rec.drop50_95 = base.map50_95 - rec.map50_95
+        rec.speedup = rec.fps / base.fps
+        what = f"{metric}/{self.spec.bootstrap}"
+        if rec.drop_se_of != what:
             se = self._drop_se(base, rec)
-            rec.pop("drop_se", None)
+            rec.drop_se = None
             if se is not None:
-                rec["drop_se"], rec["drop_se_of"] = se, what
+                rec.drop_se, rec.drop_se_of = se, what
 
     def _matches_file(self, name: str) -> Path:
         return self.out / "variants" / f"{name}.matches.npz"
 
-    def _drop_se(self, base: dict, rec: dict) -> float | None:
+    def _drop_se(self, base: VariantResult, rec: VariantResult) -> float | None:
         """Standard error of ``rec``'s mAP drop: a paired bootstrap over the val images (the same resampled
         images score both models), so how much of the drop the choice of val images could explain.
         None when either model's per-image matches are missing (results cached by an older version)."""
         from ..evaluate.coco import ImageMatches, paired_bootstrap
 
-        src_b, src_r = base.get("map_from") or base["name"], rec.get("map_from") or rec["name"]
+        src_b, src_r = base.map_from or base.name, rec.map_from or rec.name
         if src_b == src_r:
             return 0.0  # the same detections
         fb, fr = self._matches_file(src_b), self._matches_file(src_r)
@@ -240,18 +253,19 @@ class Optimizer:
             a, b = ImageMatches.load(fb), ImageMatches.load(fr)
             diffs = paired_bootstrap(a, b, self.spec.metric, n=self.spec.bootstrap, seed=0)
         except (ValueError, OSError, KeyError) as e:
-            log.warning("no bootstrap of %s's mAP drop: %s", rec["name"], e)
+            log.warning("no bootstrap of %s's mAP drop: %s", rec.name, e)
             return None
         return float(np.std(diffs, ddof=1))
 
-    def _size_info(self, artifact: str, v: Variant) -> dict:
+    def _size_info(self, artifact: str, v: Variant) -> tuple[int, float]:
+        """(parameters, GFLOPs at the variant's input; rect: scaled by the data's mean rect area)."""
         from ..compress.prune import model_flops
         from ..profile.runtime_layers import onnx_params
 
-        out: dict = {}
+        params = None
         try:
             if artifact.endswith(".onnx"):
-                out["params"] = onnx_params(Path(artifact))
+                params = onnx_params(Path(artifact))
         except Exception:  # noqa: BLE001 - informative only
             pass
         model = self.model
@@ -264,9 +278,7 @@ class Optimizer:
         g = model_flops(model, v.imgsz)
         if v.letterbox == "rect":
             g *= _rect_gain(self.shapes, v.imgsz)
-        out["gflops"] = g
-        out.setdefault("params", model.num_params())
-        return out
+        return (model.num_params() if params is None else params), g
 
     # --- the search ------------------------------------------------------------------------------------
     def plan_and_run(self) -> None:
@@ -275,20 +287,19 @@ class Optimizer:
         t = spec.threads
         tgt = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}[spec.target]
         n = len(self.val)
-        area = (s0 / 640) ** 2
-        c_val = 6 + n * area * 0.06  # rough seconds for val at batch 1 (measured later, below)
-        c_bench = spec.bench_seconds + 8
-        base_est = 12 + c_val + c_bench
+        c_bench = costs.bench_s(spec.bench_seconds)
+        base_est = costs.baseline_s(n, s0, spec.bench_seconds)  # rough (val measured below)
         if self._cached(Variant("fp32", "baseline", "", build_key("fp32", s0), s0)) is None and \
                 base_est > self.budget.left:
-            raise OptimizeError(f"--time-budget {spec.time_budget_s:g}s is too small to measure the baseline: it needs "
-                                f"about {base_est:.0f} s (export, val on {n} images, end-to-end benchmark)")
+            raise OptimizeError(f"a time budget of {spec.time_budget_s:g}s is too small to measure the baseline: it "
+                                f"needs about {base_est:.0f} s (export, val on {n} images, end-to-end benchmark)",
+                                fields=("time_budget_s", "time_budget"))
         base = self.run_variant(Variant("fp32", "baseline", f"FP32 {tgt}, {s0} square letterbox, {t} thread(s)",
                                         build_key("fp32", s0), s0, estimate_s=base_est))
-        if base["status"] != "done":
-            raise OptimizeError(f"the baseline could not be measured: {base.get('reason')}")
-        c0 = max(10.0, base["seconds"] - base.get("build_seconds", 0.0))  # val + bench of one variant, measured
-        c_exp = max(5.0, base.get("build_seconds") or 10.0)
+        if not base.done:
+            raise OptimizeError(f"the baseline could not be measured: {base.reason}")
+        c0 = costs.measure_s(base.seconds, base.build_seconds)  # val + bench of one variant, measured
+        c_exp = costs.export_s(base.build_seconds)
 
         # 1) pipeline setting: two pipelines with half the threads each (decode of one overlaps inference of the other)
         if t >= 2:
@@ -316,12 +327,12 @@ class Optimizer:
                                          "rect", estimate_s=c0 * (s / s0) ** 2 + c_exp))
         # 4) INT8 (the quantized graph is dynamic: square and rect variants share it)
         if spec.quantize:
-            q_est = 3 * c0 + 90 * area + 30
+            q_est = costs.ptq_s(c0, s0)
             for s in self._sizes_within_budget(spec.imgsz):
                 int8 = self.run_variant(Variant(f"int8-{s}", "int8", f"INT8 PTQ ({spec.target}), {s} square"
                                                 + (", uint8 input" if spec.target == "onnxruntime" else ""),
                                                 build_key("int8", s, True), s, estimate_s=q_est * (s / s0) ** 2))
-                if rect_ok and int8["status"] == "done":
+                if rect_ok and int8.done:
                     self.run_variant(Variant(f"int8-rect{s}", "int8", f"INT8 PTQ, {s} rect letterbox",
                                              build_key("int8", s, True), s, "rect", estimate_s=c0 * (s / s0) ** 2))
         # 5) the best so far, with two pipelines
@@ -330,12 +341,12 @@ class Optimizer:
         if spec.quantize and spec.target == "onnxruntime":
             for s in self._sizes_within_budget(spec.imgsz):
                 q = self.results.get(f"int8-{s}")
-                if not q or q.get("status") != "done" or q["drop"] <= spec.max_map_drop:
+                if not q or not q.done or q.drop <= spec.max_map_drop:
                     continue
                 f = (s / s0) ** 2
                 self.run_variant(Variant(f"mixed-{s}", "mixed", f"INT8 with the most sensitive layers float (accuracy "
                                          f"control at half the budget), {s} square", build_key("mixed", s, True), s,
-                                         estimate_s=(12 * c0 + 120 * area + 60) * f))
+                                         estimate_s=costs.mixed_s(c0, s0) * f))
                 if rect_ok:
                     self.run_variant(Variant(f"mixed-rect{s}", "mixed", f"mixed INT8, {s} rect letterbox",
                                              build_key("mixed", s, True), s, "rect", estimate_s=c0 * f))
@@ -352,28 +363,28 @@ class Optimizer:
         out = []
         for s in sizes:
             rs = [self.results.get("fp32" if s == sizes[0] else f"fp32-{s}"), self.results.get(f"rect{s}")]
-            if any(r and r.get("status") == "done" and r.get("drop", 0) <= self.spec.max_map_drop for r in rs):
+            if any(r and r.done and (r.drop or 0) <= self.spec.max_map_drop for r in rs):
                 out.append(s)
         return out or sizes[:1]
 
     def _stack_streams(self, c_bench: float) -> None:
         """The pipeline settings that helped the baseline (two pipelines, no spin-wait), on the fastest model
         variant within budget."""
-        ok = [r for r in self.results.values() if r.get("status") == "done" and r["streams"] == 1 and
-              r["variant"].get("spin", True) and r["kind"] not in ("baseline", "streams", "threads", "combined") and
+        ok = [r for r in self.results.values() if r.done and r.streams == 1 and r.spin and
+              r.kind not in ("baseline", "streams", "threads", "combined") and
               not violations(r, self.spec, self.spec.max_map_drop)]
         if self.spec.threads < 2 or not ok:
             return
-        best = max(ok, key=lambda r: r["fps"])
+        best = max(ok, key=lambda r: r.fps)
         settings = (("fp32-2streams", "-2streams", {"streams": 2}, f", 2 pipelines x {self.spec.threads // 2} thread(s)"),
                     ("fp32-nospin", "-nospin", {"spin": False}, ", threads sleep when idle"))
         for ref, suffix, change, words in settings:
             st = self.results.get(ref)
-            if not st or st.get("status") != "done" or st.get("speedup", 0) < 1.03:
+            if not st or not st.done or (st.speedup or 0) < 1.03:
                 continue
-            v = Variant(**{**best["variant"], **change, "name": best["name"] + suffix, "kind": "combined",
-                           "description": best["description"] + words, "estimate_s": c_bench * 2})
-            self.run_variant(v, same_map_as=best["name"])
+            v = Variant.from_dict(best.variant.to_dict(), **change, name=best.name + suffix, kind="combined",
+                                  description=best.description + words, estimate_s=c_bench * 2)
+            self.run_variant(v, same_map_as=best.name)
 
     @functools.cached_property
     def _train_split(self) -> tuple[float, int]:
@@ -393,7 +404,7 @@ class Optimizer:
         spec = self.spec
         for s in self._sizes_within_budget(spec.imgsz):
             q = self.results.get(f"int8-{s}")
-            if not q or q.get("status") != "done" or q["drop"] <= spec.max_map_drop:
+            if not q or not q.done or q.drop <= spec.max_map_drop:
                 continue
             f = (s / s0) ** 2
             v = Variant(f"qat-{s}", "qat", f"INT8 after {spec.qat_epochs} epochs of QAT (float model as teacher), "
@@ -403,9 +414,9 @@ class Optimizer:
                 self.order.append(v.name)
                 self.results[v.name] = self._record(v, reason)
                 return
-            v.estimate_s = spec.qat_epochs * (n_train * f * 0.8 + c0) + (3 * c0 + 120) * f
+            v.estimate_s = costs.qat_s(spec.qat_epochs, n_train, c0, f)
             done = self.run_variant(v)
-            if rect_ok and done.get("status") == "done":
+            if rect_ok and done.done:
                 self.run_variant(Variant(f"qat-rect{s}", "qat", f"QAT INT8, {s} rect letterbox", v.build, s, "rect",
                                          estimate_s=c0 * f))
 
@@ -418,66 +429,62 @@ class Optimizer:
             self.order.append(v.name)
             self.results[v.name] = self._record(v, reason)
             return
-        epochs = spec.finetune_epochs or 4
-        epoch_s = n_train * (s0 / 640) ** 2 * 0.35 + c0
-        v.estimate_s = epochs * epoch_s + 60 + c0
+        v.estimate_s = costs.prune_s(spec.finetune_epochs or costs.PRUNE_DEFAULT_EPOCHS, n_train, c0, s0)
         self.run_variant(v)
 
     # --- selection, confirmation, outputs ------------------------------------------------------------
-    def confirm(self, name: str, rounds: int = 5) -> dict:
+    def confirm(self, name: str, rounds: int = 5) -> Confirm:
         """Baseline and ``name`` timed again end to end, interleaved; medians and their ratio."""
         fps: dict[str, list[float]] = {"fp32": [], name: []}
         order = ["fp32", name]
         for k in range(rounds):
             for n in (order if k % 2 == 0 else order[::-1]):
-                v = Variant(**self.results[n]["variant"])
-                fps[n].append(bench_variant(self.results[n]["artifact"], v, self.spec, self.bench_images)["fps"])
+                r = self.results[n]
+                fps[n].append(bench_variant(r.artifact, r.variant, self.spec, self.bench_images).fps)
         med = {k: float(np.median(v)) for k, v in fps.items()}
-        return {"variant": name, "rounds": rounds, "fps": fps, "median_fps": med,
-                "speedup": med[name] / med["fp32"]}
+        return Confirm(variant=name, rounds=rounds, fps=fps, median_fps=med, speedup=med[name] / med["fp32"])
 
-    def results_dict(self) -> dict:
+    def summarize(self) -> OptimizeResults:
+        """The run so far as :class:`OptimizeResults` (drops, budget checks, recommendation per scenario)."""
         spec = self.spec
         rows = [self.results[n] for n in self.order]
         for r in rows:
             self._finish(r)
-            if r.get("status") == "done":
-                r["meets"] = not violations(r, spec, spec.max_map_drop)
+            if r.done:
+                r.meets = not violations(r, spec, spec.max_map_drop)
         rec = choose(rows, spec, spec.scenario)
         per = {}
         for sc in ("realtime", "accuracy", "edge"):
             c = choose(rows, spec, sc)
-            per[sc] = {"variant": c["variant"], "text": describe(c, rows, spec) if (c["variant"] or c.get("closest"))
-                       else c["why"]}
-        return {
-            "version": 1, "model": str(spec.model), "data": str(spec.data), "scenario": spec.scenario,
-            "target": spec.target, "threads": spec.threads, "conf": spec.conf, "metric": spec.metric,
-            "budget": {"time_budget_s": spec.time_budget_s, "max_map_drop": spec.max_map_drop,
-                       "max_latency_ms": spec.max_latency_ms, "max_size_mb": spec.max_size_mb},
-            "machine": self.machine, "baseline": "fp32", "variants": rows,
-            "recommendation": {"scenario": spec.scenario, "variant": rec["variant"], "met": rec["met"],
-                               "closest": rec.get("closest"), "why": rec.get("why"),
-                               "summary": describe(rec, rows, spec), "next": next_steps(rec, rows, spec, self.machine)},
-            "per_scenario": per, "time_spent_s": self.budget.spent, "deploy": None,
-        }
+            per[sc] = ScenarioPick(c.variant, describe(c, rows, spec) if (c.variant or c.closest) else c.why)
+        return OptimizeResults(
+            model=str(spec.model), data=str(spec.data), scenario=spec.scenario, target=spec.target,
+            threads=spec.threads, conf=spec.conf, metric=spec.metric,
+            budget=Budget(time_budget_s=spec.time_budget_s, max_map_drop=spec.max_map_drop,
+                          max_latency_ms=spec.max_latency_ms, max_size_mb=spec.max_size_mb),
+            machine=self.machine, baseline="fp32", variants=rows,
+            recommendation=Recommendation(scenario=spec.scenario, variant=rec.variant, met=rec.met, closest=rec.closest,
+                                          why=rec.why, summary=describe(rec, rows, spec),
+                                          next=next_steps(rec, rows, spec, self.machine)),
+            per_scenario=per, time_spent_s=self.budget.spent, deploy=None)
 
-    def layer_profile(self, name: str) -> dict | None:
+    def layer_profile(self, name: str) -> StageProfile | None:
         """Per-stage and top per-layer times of a variant's artifact (the runtime's own profiler)."""
         r = self.results.get(name)
-        if not r or r.get("status") != "done":
+        if not r or not r.done:
             return None
-        out = {"variant": name, "stages_ms": r.get("stages_ms"), "layers": []}
+        out = StageProfile(variant=name, stages_ms=r.stages_ms, layers=[])
         try:
             from ..profile.runtime_layers import profile_onnxruntime, profile_openvino
             from ..runtime import open as open_backend
 
-            art = Path(r["artifact"])
+            art = Path(r.artifact)
             b = open_backend(str(art), threads=self.spec.threads)
-            h = w = r["imgsz"]
-            if r["letterbox"] == "rect" and self.shapes:
+            h = w = r.imgsz
+            if r.letterbox == "rect" and self.shapes:
                 from ..data.preprocess import rect_shape
 
-                h, w = rect_shape(self.shapes[:1], r["imgsz"], 32)
+                h, w = rect_shape(self.shapes[:1], r.imgsz, 32)
             x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
             if b.uint8_input:
                 x = (x * 255).astype(np.uint8)
@@ -485,11 +492,11 @@ class Optimizer:
                                                                                          repeats=10)
             layers = sorted(prof["layers"], key=lambda d: -d["latency_ms"])[:10]
             for d in layers:
-                out["layers"].append({"name": d["name"], "type": self._layer_type(d["name"]), "ms": d["latency_ms"],
-                                      "share": d["share"]})
-            out["model_ms"] = prof["latency_ms"]
+                out.layers.append({"name": d["name"], "type": self._layer_type(d["name"]), "ms": d["latency_ms"],
+                                   "share": d["share"]})
+            out.model_ms = prof["latency_ms"]
         except Exception as e:  # noqa: BLE001 - the profile is extra information; say why it is missing
-            out["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            out.error = str(e).splitlines()[0] if str(e) else type(e).__name__
         return out
 
     def _layer_type(self, name: str) -> str:
@@ -499,34 +506,34 @@ class Optimizer:
         return ""
 
 
-def optimize(spec: OptimizeSpec) -> dict:
-    """Run the search (see the module doc); returns the results dict also written to ``OUT/results.json``."""
+def optimize(spec: OptimizeSpec) -> OptimizeResults:
+    """Run the search (see the module doc); returns the results also written to ``OUT/results.json``."""
     opt = Optimizer(spec)
     spec = opt.spec
     opt.plan_and_run()
-    res = opt.results_dict()
-    name = res["recommendation"]["variant"]
+    res = opt.summarize()
+    name = res.recommendation.variant
     if name and name != "fp32":
         _say(spec, f"confirming {name} against the baseline (interleaved end-to-end rounds)")
-        res["confirm"] = opt.confirm(name)
-    res["profile"] = {"before": opt.layer_profile("fp32"), "after": opt.layer_profile(name) if name else None}
+        res.confirm = opt.confirm(name)
+    res.profile = {"before": opt.layer_profile("fp32"), "after": opt.layer_profile(name) if name else None}
     if name:
-        from .deploy import write_bundle
+        from .deploy import BundleSpec, write_bundle
 
         r = opt.results[name]
-        summary = {k: r.get(k) for k in ("name", "description", "map50_95", "map50", "drop", "fps", "speedup",
-                                         "latency_ms", "size_mb", "threads", "streams")}
-        if res.get("confirm"):
-            summary["speedup_confirmed"] = res["confirm"]["speedup"]
+        summary = {k: getattr(r, k) for k in ("name", "description", "map50_95", "map50", "drop", "fps", "speedup",
+                                               "latency_ms", "size_mb", "threads", "streams")}
+        if res.confirm is not None:
+            summary["speedup_confirmed"] = res.confirm.speedup
+        bundle = BundleSpec(letterbox=r.letterbox, conf=spec.conf, iou=spec.iou, report=summary, threads=r.threads,
+                            spin=r.spin)
         try:
-            res["deploy"] = str(write_bundle(r["artifact"], opt.out / "deploy", letterbox=r["letterbox"], conf=spec.conf,
-                                             iou=spec.iou, report=summary, threads=r["threads"],
-                                             spin=r["variant"].get("spin", True)))
+            res.deploy = str(write_bundle(r.artifact, opt.out / "deploy", bundle))
         except YoloptError as e:
-            res["deploy_error"] = str(e).splitlines()[0]
-    res["time_spent_s"] = opt.budget.spent
+            res.deploy_error = str(e).splitlines()[0]
+    res.time_spent_s = opt.budget.spent
     opt.budget.save()
     from .report import write_report
 
-    res["files"] = {k: str(v) for k, v in write_report(res, opt.out).items()}
+    res.files = {k: str(v) for k, v in write_report(res, opt.out).items()}
     return res

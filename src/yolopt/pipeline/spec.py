@@ -30,7 +30,8 @@ def parse_duration(text: str | float | int) -> float:
         return float(s)
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
     if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", s).strip():
-        raise OptimizeError(f"--time-budget {text!r}: give a duration like 90s, 15m, 1h or 1h30m")
+        raise OptimizeError(f"time budget {text!r}: give a duration like 90s, 15m, 1h or 1h30m",
+                            fields=("time_budget_s", "time_budget"))
     return sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
 
 
@@ -70,43 +71,48 @@ class OptimizeSpec:
     def check(self, model_imgsz: int | None = None) -> "OptimizeSpec":
         """Validate, fill the scenario defaults; raises :class:`OptimizeError` with one line."""
         if self.scenario not in SCENARIOS:
-            raise OptimizeError(f"--scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}")
+            raise OptimizeError(f"scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}",
+                                fields=("scenario",))
         if self.target not in TARGETS:
-            raise OptimizeError(f"--target {self.target!r}: choose one of {', '.join(TARGETS)}")
+            raise OptimizeError(f"target {self.target!r}: choose one of {', '.join(TARGETS)}", fields=("target",))
         if self.metric not in METRICS:
-            raise OptimizeError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+            raise OptimizeError(f"metric {self.metric!r}: choose one of {', '.join(METRICS)}", fields=("metric",))
         check_target_installed(self.target)
         if self.max_map_drop is None:
             self.max_map_drop = DEFAULT_DROP[self.scenario]
         if not 0 <= self.max_map_drop < 1:
-            raise OptimizeError(f"--max-map-drop {self.max_map_drop}: give a fraction in [0, 1) (0.01 = 1 mAP point)")
+            raise OptimizeError(f"max_map_drop {self.max_map_drop}: give a fraction in [0, 1) (0.01 = 1 mAP point)",
+                                fields=("max_map_drop",))
         for name in ("max_latency_ms", "max_size_mb"):
             v = getattr(self, name)
             if v is not None and v <= 0:
-                raise OptimizeError(f"--{name.replace('_', '-')} {v}: must be > 0")
+                raise OptimizeError(f"{name} {v}: must be > 0", fields=(name,))
         if self.time_budget_s <= 0:
-            raise OptimizeError(f"--time-budget {self.time_budget_s:g}s: must be > 0")
+            raise OptimizeError(f"time budget {self.time_budget_s:g}s: must be > 0",
+                                fields=("time_budget_s", "time_budget"))
         if self.threads is None:
             import os
 
             self.threads = 1 if self.scenario == "edge" else max(1, os.cpu_count() or 1)
         if self.threads < 1:
-            raise OptimizeError(f"--threads {self.threads}: must be >= 1")
+            raise OptimizeError(f"threads {self.threads}: must be >= 1", fields=("threads",))
         sizes = [int(s) for s in self.imgsz] or default_sizes(model_imgsz or 640)
         bad = [s for s in sizes if s < 32 or s % 32]
         if bad:
-            raise OptimizeError(f"--imgsz {','.join(map(str, bad))}: sizes must be multiples of 32 (>= 32)")
+            raise OptimizeError(f"imgsz {','.join(map(str, bad))}: sizes must be multiples of 32 (>= 32)",
+                                fields=("imgsz",))
         self.imgsz = list(dict.fromkeys(sizes))
         if self.val_images is not None and self.val_images < 1:
-            raise OptimizeError(f"--val-images {self.val_images}: must be >= 1")
+            raise OptimizeError(f"val_images {self.val_images}: must be >= 1", fields=("val_images",))
         if self.qat_epochs < 0:
-            raise OptimizeError(f"--qat-epochs {self.qat_epochs}: must be >= 0")
+            raise OptimizeError(f"qat_epochs {self.qat_epochs}: must be >= 0", fields=("qat_epochs",))
         if not 0 <= self.map_noise <= 5:
-            raise OptimizeError(f"--map-noise {self.map_noise}: give a number of standard errors in [0, 5]")
+            raise OptimizeError(f"map_noise {self.map_noise}: give a number of standard errors in [0, 5]",
+                                fields=("map_noise",))
         if self.bootstrap < 20:
-            raise OptimizeError(f"--bootstrap {self.bootstrap}: use at least 20 resamples")
+            raise OptimizeError(f"bootstrap {self.bootstrap}: use at least 20 resamples", fields=("bootstrap",))
         if not 0 < self.conf < 1:
-            raise OptimizeError(f"--conf {self.conf}: must be in (0, 1)")
+            raise OptimizeError(f"conf {self.conf}: must be in (0, 1)", fields=("conf",))
         return self
 
     def key(self) -> dict:
@@ -137,9 +143,10 @@ def check_target_installed(target: str) -> None:
     mod = _RUNTIME_MODULE[target]
     if importlib.util.find_spec(mod) is None:
         extra = "pip install 'yolopt[deploy]'" if target != "tensorrt" else "install TensorRT (needs a CUDA GPU)"
-        raise OptimizeError(f"--target {target}: the {mod} runtime is not installed ({extra})")
+        raise OptimizeError(f"target {target}: the {mod} runtime is not installed ({extra})", fields=("target",))
     if target == "tensorrt":
         import torch
 
         if not torch.cuda.is_available():
-            raise OptimizeError("--target tensorrt: TensorRT engines need a CUDA GPU and none is available here")
+            raise OptimizeError("target tensorrt: TensorRT engines need a CUDA GPU and none is available here",
+                                fields=("target",))

@@ -44,6 +44,50 @@ class Variant:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict, **changes) -> "Variant":
+        """A variant as ``to_dict`` wrote it; fields added later take their defaults. ``changes`` override."""
+        return cls(**{**d, **changes})
+
+
+@dataclass
+class Accuracy:
+    """A variant's mAP on the val split (:func:`evaluate_variant`)."""
+
+    map50_95: float
+    map50: float
+    val_images: int
+    val_mode: str
+
+
+@dataclass
+class BenchResult:
+    """A variant's end-to-end benchmark (:func:`bench_variant`): throughput of all pipelines together,
+    latency as each pipeline saw it."""
+
+    fps: float
+    latency_ms: dict  # p50, p99, mean, ... of one image end to end (ms)
+    stages_ms: dict | None  # decode, preprocess, inference, nms, postprocess (ms per image)
+    peak_mem_mb: float  # the runtime's peak resident memory in the benchmark process
+    size_mb: float  # the artifact on disk
+    threads_per_stream: int
+    machine: dict  # the benchmark process's machine block
+
+
+@dataclass
+class Build:
+    """A built artifact (``OUT/artifacts/<key>/build.json``): ``seconds`` it took, ``details`` of the build
+    (float layers, QAT gains, prune summary); ``cached``: it was there before this call."""
+
+    key: str
+    artifact: str
+    seconds: float
+    details: dict
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "artifact": self.artifact, "seconds": self.seconds, "details": self.details}
+
 
 def _suffix(target: str) -> str:
     return ".xml" if target == "openvino" else ".onnx"
@@ -61,22 +105,23 @@ class Builder:
         self.root = root
         self.model = model  # the fp32 DetectionModel (unfused, eval)
 
-    def info(self, key: str) -> dict | None:
+    def info(self, key: str) -> Build | None:
         f = self.root / key / "build.json"
         if f.exists():
             try:
                 d = json.loads(f.read_text())
                 if Path(d["artifact"]).exists():
-                    return d
-            except (ValueError, KeyError):
+                    return Build(key=d.get("key", key), artifact=d["artifact"], seconds=float(d["seconds"]),
+                                 details=d.get("details") or {}, cached=True)
+            except (ValueError, KeyError, TypeError):
                 pass
         return None
 
-    def get(self, key: str) -> dict:
-        """The build's record (``artifact``, ``seconds``, ``details``), building it when not cached."""
+    def get(self, key: str) -> Build:
+        """The build (artifact, seconds, details), building it when not cached."""
         done = self.info(key)
         if done is not None:
-            return {**done, "cached": True}
+            return done
         folder = self.root / key
         shutil.rmtree(folder, ignore_errors=True)  # what a killed build left
         folder.mkdir(parents=True)
@@ -95,9 +140,9 @@ class Builder:
             artifact, details = self._prune(folder, out, int(imgsz), dynamic, float(kind[len("prune"):]))
         else:  # pragma: no cover - keys come from plan()
             raise YoloptError(f"unknown build {key}")
-        rec = {"key": key, "artifact": str(artifact), "seconds": time.perf_counter() - t0, "details": details}
-        write_json(folder / "build.json", rec, quiet=True)
-        return {**rec, "cached": False}
+        rec = Build(key=key, artifact=str(artifact), seconds=time.perf_counter() - t0, details=details)
+        write_json(folder / "build.json", rec.to_dict(), quiet=True)
+        return rec
 
     def _export(self, model, out: Path, imgsz: int, dynamic: bool) -> Path:
         from ..export import ExportSpec, export
@@ -144,19 +189,20 @@ class Builder:
         return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.summary.to_dict()}
 
 
-def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec):
+def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> tuple[Accuracy, object]:
     """mAP of the artifact deployed as ``v`` says (same letterbox as deployment, batch 1).
 
-    Returns ``(row fields, ImageMatches)``: the matches let the drop against the baseline be bootstrapped.
+    Returns ``(Accuracy, ImageMatches or None)``: the matches let the drop against the baseline be bootstrapped.
     """
     from ..evaluate import EvalSpec, evaluate
 
     r = evaluate(artifact, spec.data, EvalSpec(imgsz=v.imgsz, batch=1, mode=v.letterbox, max_images=spec.val_images,
                  progress=False, threads=spec.threads))
-    return {"map50_95": r.map50_95, "map50": r.map50, "val_images": r.images, "val_mode": r.mode}, r.matches
+    return Accuracy(map50_95=r.map50_95, map50=r.map50, val_images=r.images, val_mode=r.mode), r.matches
 
 
-def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str], seconds: float | None = None) -> dict:
+def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str],
+                  seconds: float | None = None) -> BenchResult:
     """End-to-end latency and throughput in a child process (:mod:`yolopt.pipeline.worker`)."""
     threads = max(1, spec.threads // v.streams)
     req = {"artifact": artifact, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": threads, "streams": v.streams,
@@ -176,5 +222,5 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
         fps, lat = rec["throughput_fps"], rec["extra"]["stream_latency_ms"]
     else:
         fps, lat = rec["fps"], rec["latency_ms"]
-    return {"fps": fps, "latency_ms": lat, "stages_ms": rec.get("stages_ms"), "peak_mem_mb": rec["model_mem_mb"],
-            "size_mb": rec["size_mb"], "threads_per_stream": threads, "machine": rec["machine"]}
+    return BenchResult(fps=fps, latency_ms=lat, stages_ms=rec.get("stages_ms"), peak_mem_mb=rec["model_mem_mb"],
+                       size_mb=rec["size_mb"], threads_per_stream=threads, machine=rec["machine"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
