@@ -18,10 +18,11 @@ def test_usable_cpus_follows_the_affinity():
         pytest.skip("no sched_setaffinity on this platform")
     code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
             "from yolopt.machine import usable_cpus, machine_info; from yolopt.runtime import default_threads; "
-            "print(usable_cpus(), machine_info()['usable_cpus'], default_threads(), default_threads(2))")
+            "from yolopt.pipeline import OptimizeSpec; s = OptimizeSpec('m.pt', 'd.yaml', imgsz=[640]); s.check(); "
+            "print(usable_cpus(), machine_info()['usable_cpus'], default_threads(), default_threads(2), s.threads)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["1", "1", "1", "1"]
+    assert r.stdout.split() == ["1", "1", "1", "1", "1"]  # optimize's pipeline threads follow the usable cores
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
 
 
@@ -203,3 +204,15 @@ def test_images_without_labels_and_labels_without_images_are_reported(tiny_set, 
     r = run_cli("train", "--data", data, "--cfg", "yolov5n", "--epochs", "1", "--imgsz", "64", "--strict",
                 "--out", tmp_path / "run", "--workers", "0", "--no-progress")
     assert r.returncode == 1 and "`train`: " in r.stderr and "refused in strict mode" in r.stderr, r.stderr
+
+
+def test_optimize_into_a_folder_another_run_holds_is_refused(tiny_set, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "opt"
+    with FolderLock(out, "optimize run"):
+        r = run_cli("optimize", SYNTH_MODEL, "--data", tiny_set, "--out", out, "--imgsz", "64", "--time-budget", "2m",
+                    "--no-progress")
+    assert r.returncode == 1 and f"{out}: another optimize run is writing into this folder (pid {os.getpid()}" in \
+        r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [FolderLock.NAME]  # nothing else written

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.dataset import image_files, load_data_config
 from ..errors import YoloptError
-from ..fileio import write_json
+from ..fileio import FolderLock, write_json
 from ..machine import machine_info
 from . import costs
 from .records import (SCHEMA_VERSION, Budget, Confirm, OptimizeResults, Recommendation, ScenarioPick, StageProfile,
@@ -126,14 +126,22 @@ class Optimizer:
         if self.model.nc != self.cfg.nc:
             raise OptimizeError(f"{spec.model}: the model has {self.model.nc} classes but {spec.data} has "
                                 f"{self.cfg.nc}; optimize needs the model's own dataset")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.budget = _Budget(self.out, spec)
+        self.lock = FolderLock(self.out, "optimize run").__enter__()  # one run per folder, released on any exit
+        try:
+            self.budget = _Budget(self.out, spec)
+        except BaseException:
+            self.release()
+            raise
         self.builder = Builder(spec, self.out / "artifacts", self.model)
         self.bench_images = [str(p) for p in self.val[:spec.bench_images]]
         self.shapes = _aspect_shapes(self.val)  # the val images' aspect ratios (rect letterbox sizes)
         self.results: dict[str, VariantResult] = {}
         self.order: list[str] = []
         self.machine = machine_info()
+
+    def release(self) -> None:
+        """Let another run use the output folder (the lock also goes when this process ends, however it ends)."""
+        self.lock.__exit__(None, None, None)
 
     # --- one variant ---------------------------------------------------------------------------------
     def _variant_file(self, name: str) -> Path:
@@ -509,6 +517,13 @@ class Optimizer:
 def optimize(spec: OptimizeSpec) -> OptimizeResults:
     """Run the search (see the module doc); returns the results also written to ``OUT/results.json``."""
     opt = Optimizer(spec)
+    try:
+        return _optimize(opt)
+    finally:
+        opt.release()
+
+
+def _optimize(opt: Optimizer) -> OptimizeResults:
     spec = opt.spec
     opt.plan_and_run()
     res = opt.summarize()

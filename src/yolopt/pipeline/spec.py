@@ -90,12 +90,18 @@ class OptimizeSpec:
         if self.time_budget_s <= 0:
             raise OptimizeError(f"time budget {self.time_budget_s:g}s: must be > 0",
                                 fields=("time_budget_s", "time_budget"))
-        if self.threads is None:
-            import os
+        from ..machine import usable_cpus
 
-            self.threads = 1 if self.scenario == "edge" else max(1, os.cpu_count() or 1)
+        if self.threads is None:
+            self.threads = 1 if self.scenario == "edge" else usable_cpus()
         if self.threads < 1:
             raise OptimizeError(f"threads {self.threads}: must be >= 1", fields=("threads",))
+        if self.threads > usable_cpus():
+            import logging
+
+            logging.getLogger("yolopt").warning(
+                "threads %d: more than the %d core(s) this process may use; every variant, the baseline included, "
+                "runs oversubscribed and its timings stall", self.threads, usable_cpus())
         sizes = [int(s) for s in self.imgsz] or default_sizes(model_imgsz or 640)
         bad = [s for s in sizes if s < 32 or s % 32]
         if bad:
