@@ -216,3 +216,46 @@ def test_optimize_into_a_folder_another_run_holds_is_refused(tiny_set, tmp_path)
     assert r.returncode == 1 and f"{out}: another optimize run is writing into this folder (pid {os.getpid()}" in \
         r.stderr, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [FolderLock.NAME]  # nothing else written
+
+
+# ----------------------------------------------------------------------------- failures worth retrying
+
+def test_a_full_disk_is_a_transient_failure(tmp_path):
+    """An export onto a full filesystem (a 1 MB tmpfs) fails with an error classed as transient: optimize retries
+    such failures on the next run instead of replaying them from its cache."""
+    import shutil
+
+    from yolopt.errors import is_transient
+    from yolopt.export import ExportSpec, export
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine does not let root mount a tmpfs (container without CAP_SYS_ADMIN)")
+    try:
+        with pytest.raises(YoloptError) as e:
+            export(SYNTH_MODEL, ExportSpec("onnx", imgsz=64, verify=False, out=disk / "m.onnx"))
+        assert is_transient(e.value), repr(e.value)
+        assert list(disk.iterdir()) == []  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert not is_transient(YoloptError("the INT8 model lost its detections"))
+
+
+def test_optimize_remembers_only_a_variants_own_failures(tiny_set, tmp_path):
+    from yolopt.pipeline import OptimizeSpec
+    from yolopt.pipeline.records import VariantResult
+    from yolopt.pipeline.run import Optimizer
+    from yolopt.pipeline.variants import Variant, build_key
+
+    opt = Optimizer(OptimizeSpec(str(SYNTH_MODEL), str(tiny_set), imgsz=[64], out=str(tmp_path / "o")))
+    try:
+        v = Variant("fp32", "baseline", "FP32", build_key("fp32", 64), 64)
+        for failure, reused in (("environment", False), (None, False), ("variant", True)):
+            VariantResult(name="fp32", kind="baseline", variant=v, status="failed", reason="x",
+                          failure=failure).save(opt._variant_file("fp32"))
+            assert (opt._cached(v) is not None) == reused, failure
+    finally:
+        opt.release()

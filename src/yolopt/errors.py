@@ -23,6 +23,28 @@ class YoloptError(Exception):
         self.fields = tuple(fields)
 
 
+class TransientError(YoloptError):
+    """A failure whose cause lies outside the input: the disk, a killed worker process, a time-out. Whoever
+    caches results (``optimize``) must try again next time instead of remembering it."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """True when ``e`` or an exception it was raised from or while handling (``__cause__`` / ``__context__``, kept
+    even under ``raise ... from None``) is a :class:`TransientError`, an ``OSError`` (full disk, permissions, I/O)
+    or a time-out; a message that carries an ``[Errno N]`` counts too (an error relayed from a child process)."""
+    import subprocess
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (TransientError, OSError, subprocess.TimeoutExpired, TimeoutError)):
+            return True
+        if "[Errno " in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class CheckpointError(YoloptError):
     """A weights file that cannot be read or is not supported."""
 

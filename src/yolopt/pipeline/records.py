@@ -68,6 +68,7 @@ class VariantResult:
     streams: int | None = None
     status: str = "skipped"  # skipped | done | failed
     reason: str | None = None  # why it failed, or was skipped (time budget, train/val overlap)
+    failure: str | None = None  # failed: "variant" (its own property, remembered) or "environment" (retried)
     # the build
     artifact: str | None = None
     build_seconds: float | None = None  # what this variant paid for its artifact (0: built before)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import image_files, load_data_config
-from ..errors import YoloptError
+from ..errors import YoloptError, is_transient
 from ..fileio import FolderLock, write_json
 from ..machine import machine_info
 from . import costs
@@ -161,6 +161,8 @@ class Optimizer:
             try:
                 r = VariantResult.from_dict(d)
                 old = Variant.from_dict(d["variant"], estimate_s=v.estimate_s)  # fields added later take defaults
+                if r.status == "failed" and r.failure != "variant":
+                    return None  # a full disk, a killed worker: try again (only the variant's own failures stay)
                 if old == v:
                     r.variant = v
                     return r
@@ -206,6 +208,9 @@ class Optimizer:
             rec.status = "done"
         except YoloptError as e:
             rec.status, rec.reason = "failed", str(e).splitlines()[0]
+            rec.failure = "environment" if is_transient(e) else "variant"
+            if rec.failure == "environment":
+                rec.reason += " (a cause outside the variant: tried again on the next run)"
             _say(self.spec, f"[red]failed[/] {v.name}: {rec.reason}")
         rec.seconds = time.perf_counter() - t0
         self._finish(rec)

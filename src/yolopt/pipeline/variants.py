@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import YoloptError
+from ..errors import TransientError, YoloptError
 from ..fileio import write_json
 from .spec import OptimizeSpec
 
@@ -216,6 +216,8 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
                            text=True, env=env)
         if r.returncode != 0 or not out.exists():
             tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            if r.returncode < 0:  # the worker was killed (a signal: out of memory, a user), not the variant's doing
+                raise TransientError(f"benchmark of {v.name} failed: its worker was killed by signal {-r.returncode}")
             raise YoloptError(f"benchmark of {v.name} failed: {tail}")
         rec = json.loads(out.read_text())
     if v.streams > 1:  # throughput of all pipelines together; latency as each pipeline saw it
