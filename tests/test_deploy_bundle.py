@@ -133,10 +133,10 @@ def assert_same(ours: list[dict], ref: dict[str, tuple]) -> int:
         xyxy, conf, cls = ref[Path(rec["image"]).name]
         dets = rec["detections"]
         assert len(dets) == len(conf), (rec["image"], len(dets), len(conf))
-        assert sorted(d["cls"] for d in dets) == sorted(int(c) for c in cls)
+        assert sorted(d["class"] for d in dets) == sorted(int(c) for c in cls)
         used: set[int] = set()
         for box, c, k in zip(np.asarray(xyxy, float), np.asarray(conf, float), cls):
-            cands = [i for i, d in enumerate(dets) if i not in used and d["cls"] == int(k)]
+            cands = [i for i, d in enumerate(dets) if i not in used and d["class"] == int(k)]
             i = min(cands, key=lambda j: np.abs(np.array(dets[j]["xyxy"]) - box).max())
             assert np.abs(np.array(dets[i]["xyxy"]) - box).max() <= 1.0, (rec["image"], dets[i], box)
             assert abs(dets[i]["conf"] - c) <= 1e-3, (rec["image"], dets[i]["conf"], c)

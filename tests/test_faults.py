@@ -259,3 +259,39 @@ def test_optimize_remembers_only_a_variants_own_failures(tiny_set, tmp_path):
             assert (opt._cached(v) is not None) == reused, failure
     finally:
         opt.release()
+
+
+# ----------------------------------------------------------------------------- a bundle's artifact, reproduced
+
+def test_predict_and_val_use_the_artifacts_own_size_and_letterbox_like_the_bundle(tiny_set, tmp_path):
+    """A dynamic artifact exported at 96 px: predict and val default to 96 and its rect letterbox; the bundle's
+    infer.py and `yolopt predict` agree within 1 px, under one key ("class")."""
+    import json
+
+    import numpy as np
+
+    from conftest import run_cli
+    from yolopt.export import ExportSpec, export
+    from yolopt.pipeline.deploy import write_bundle
+
+    art = export(SYNTH_MODEL, ExportSpec("onnx", imgsz=96, dynamic=True, verify=False, out=tmp_path / "m.onnx")).path
+    bundle = write_bundle(art, tmp_path / "deploy", letterbox="rect")
+    images = sorted((tiny_set.parent / "images" / "val").iterdir())[:2]
+    r = subprocess.run([sys.executable, str(bundle / "infer.py"), *map(str, images), "--json", str(tmp_path / "i.json"),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    theirs = {Path(x["image"]).name: x["detections"] for x in json.loads((tmp_path / "i.json").read_text())}
+    r = run_cli("predict", art, *images, "--json", "--conf", "0.25")
+    assert r.returncode == 0, r.stderr
+    ours = {Path(x["image"]).name: x["detections"] for x in json.loads(r.stdout)}
+    assert ours.keys() == theirs.keys() and sum(len(v) for v in ours.values()) > 0
+    for name, dets in ours.items():
+        assert [d["class"] for d in dets] == [d["class"] for d in theirs[name]], name
+        assert np.abs(np.array([d["xyxy"] for d in dets]) - np.array([d["xyxy"] for d in theirs[name]])).max() <= 1
+    r = run_cli("val", art, "--data", tiny_set, "--json", tmp_path / "v.json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["imgsz"] == 96 and v["mode"] == "rect"
+
+
+Path = __import__("pathlib").Path

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -146,11 +146,12 @@ def _detections(det, im: np.ndarray, image: str, names: list[str], frame: int | 
 def predict(
     model,
     source: str | Path | Iterable,
-    imgsz: int | tuple[int, int] = 640,
+    imgsz: int | tuple[int, int] | None = None,
     nms: NMSOptions = PREDICT_NMS,
     *,
     conf: float | None = None,
     max_frames: int | None = None,
+    letterbox: str | None = None,
 ) -> list[Detections]:
     """Detect objects in image files and videos (paths, folders or globs; video frames come one by one).
 
@@ -159,7 +160,8 @@ def predict(
     square (pad 114), exactly like upstream YOLOv5's detect.py at a fixed input size. A video gives
     one :class:`Detections` per frame (``frame`` set; at most ``max_frames`` of them); streams and
     cameras need ``max_frames`` here (or :func:`predict_video`, which handles Ctrl-C). ``nms``: the
-    NMS options; ``conf`` (convenience) replaces ``nms.conf``.
+    NMS options; ``conf`` (convenience) replaces ``nms.conf``. ``imgsz`` / ``letterbox`` (``square`` or
+    ``rect``): None takes the model's own (:func:`input_of`).
     """
     from .runtime import open as open_backend
 
@@ -167,20 +169,21 @@ def predict(
         nms = replace(nms, conf=conf)
     backend = open_backend(model)
     _warn_end2end(backend, nms.conf, nms.iou)
+    imgsz, mode = input_of(backend, imgsz, letterbox)
     names = list(getattr(backend, "names", []))
     results = []
     for item in expand_sources(source):
         if isinstance(item, VideoInput):
             if item.kind != "video" and max_frames is None:
                 raise ValueError(f"{item}: a live {item.kind} never ends: give max_frames, or use predict_video")
-            run = predict_video(backend, item, imgsz, nms, max_frames=max_frames, progress=False)
+            run = predict_video(backend, item, imgsz, nms, max_frames=max_frames, progress=False, letterbox=mode)
             results.extend(run.frames)
             continue
         im = read_image(item)
         if im is None:
             log.warning("%s: corrupt or unreadable image, skipped", item)
             continue
-        x, metas = preprocess([im], imgsz, mode="square", pixels=backend.uint8_input)
+        x, metas = preprocess([im], imgsz, mode=mode, pixels=backend.uint8_input)
         det = postprocess(backend(x), metas, nms, end2end=backend.end2end)[0]
         results.append(_detections(det, im, str(item), names))
     return results
@@ -205,8 +208,20 @@ def class_ids(values: list[str] | None, names: list[str]) -> list[int] | None:
     return sorted(set(out))
 
 
-def predict_images(model, files: list, imgsz: int | tuple[int, int] = 640, nms: NMSOptions = PREDICT_NMS,
-                   workers: int = 1) -> list[Detections]:
+def input_of(backend, imgsz=None, letterbox: str | None = None) -> tuple[int | tuple[int, int], str]:
+    """``(imgsz, letterbox)`` to feed ``backend``: what is given, else the model's own (an exported artifact's size
+    from its metadata, else 640; rect for a dynamic artifact, square for a fixed one and for PyTorch), the size
+    rounded to the stride (a fixed-shape artifact always gets its own)."""
+    if letterbox not in (None, "square", "rect"):
+        raise YoloptError(f"letterbox {letterbox!r}: choose square or rect", fields=("letterbox",))
+    if letterbox == "rect" and backend.letterbox_mode == "square":
+        raise YoloptError(f"{backend.path}: a fixed-shape artifact takes only a square letterbox", fields=("letterbox",))
+    size = backend.resolve_imgsz(backend.default_imgsz if imgsz is None else imgsz)
+    return size, letterbox or backend.default_letterbox()
+
+
+def predict_images(model, files: list, imgsz: int | tuple[int, int] | None = None, nms: NMSOptions = PREDICT_NMS,
+                   workers: int = 1, letterbox: str | None = None) -> list[Detections]:
     """:func:`predict` on image files; with ``workers`` > 1 in contiguous chunks, one cloned backend per
     worker thread (``model``: a :mod:`yolopt.runtime` backend), results in input order."""
     if workers > 1 and len(files) > 1:
@@ -217,9 +232,10 @@ def predict_images(model, files: list, imgsz: int | tuple[int, int] = 640, nms: 
         chunks = [files[i:i + step] for i in range(0, len(files), step)]
         replicas = [model] + [model.clone() for _ in range(len(chunks) - 1)]
         with ThreadPoolExecutor(len(chunks)) as pool:
-            parts = list(pool.map(lambda a: predict(a[0], a[1], imgsz, nms), zip(replicas, chunks)))
+            parts = list(pool.map(lambda a: predict(a[0], a[1], imgsz, nms, letterbox=letterbox),
+                                  zip(replicas, chunks)))
         return [r for part in parts for r in part]
-    return predict(model, files, imgsz, nms)
+    return predict(model, files, imgsz, nms, letterbox=letterbox)
 
 
 @dataclass
@@ -345,12 +361,12 @@ class PredictOutputs:
 def predict_video(
     model,
     source: VideoInput | str,
-    imgsz: int | tuple[int, int] = 640,
+    imgsz: int | tuple[int, int] | None = None,
     nms: NMSOptions = PREDICT_NMS,
     save: PredictOutputs | None = None,
     max_frames: int | None = None,
     progress: bool | None = None,
-    on_frame: Callable[[Detections], None] | None = None,
+    letterbox: str | None = None,
 ) -> VideoRun:
     """Run a video file, stream or camera through the model frame by frame.
 
@@ -366,6 +382,7 @@ def predict_video(
     out_dir, labels_dir = save.out_dir, save.labels_dir
     backend = open_backend(model)
     _warn_end2end(backend, nms.conf, nms.iou)
+    imgsz, mode = input_of(backend, imgsz, letterbox)
     names = list(getattr(backend, "names", []))
     reader = VideoReader(source)
     item = reader.source
@@ -382,7 +399,7 @@ def predict_video(
                 break
             t_decode = reader.read_ms
             t1 = time.perf_counter()
-            x, metas = preprocess([im], imgsz, mode="square", pixels=backend.uint8_input)
+            x, metas = preprocess([im], imgsz, mode=mode, pixels=backend.uint8_input)
             t2 = time.perf_counter()
             pred = backend(x)
             t3 = time.perf_counter()
@@ -397,8 +414,6 @@ def predict_video(
             d.timing_ms = {"decode": t_decode, "preprocess": (t2 - t1) * 1e3, "inference": (t3 - t2) * 1e3,
                            "nms": (t4 - t3) * 1e3, "write": (t5 - t4) * 1e3}
             run.frames.append(d)
-            if on_frame is not None:
-                on_frame(d)
             bar.update(1)
         if not run.frames:
             raise YoloptError(f"{item.spec}: no frame could be decoded")

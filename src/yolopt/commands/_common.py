@@ -10,8 +10,9 @@ from ._options import imgsz_arg, positive_int_arg
 log = logging.getLogger("yolopt")
 
 
-def add_common_model_args(p, imgsz: int = 640) -> None:
-    p.add_argument("--imgsz", type=imgsz_arg, default=imgsz, help=f"inference size in pixels (default {imgsz}); rounded up to the model stride")
+def add_common_model_args(p) -> None:
+    p.add_argument("--imgsz", type=imgsz_arg, help="inference size in pixels, rounded up to the model stride (default: "
+                   "an exported model's own size from its metadata, else 640)")
     p.add_argument("--workers", type=positive_int_arg, default=1,
                    help="parallel inference streams (separate sessions in threads; default 1)")
     p.add_argument("--threads", type=positive_int_arg, help="intra-op threads per session (default: the runtime's choice)")

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("source", nargs="+", help="image or video files, folders, glob patterns, rtsp:// / http(s):// "
                    "stream URLs, or camera indices (0)")
     add_common_model_args(p)
+    p.add_argument("--letterbox", choices=["square", "rect"],
+                   help="square pads every image to imgsz x imgsz; rect pads only to the stride (dynamic models). "
+                   "Default: the model's own (a deploy bundle's dynamic artifact: rect; fixed-shape and PyTorch: square)")
     p.add_argument("--conf", type=fraction_arg, default=0.25, help="confidence threshold (default 0.25)")
     p.add_argument("--iou", type=fraction_arg, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=positive_int_arg, default=300, help="maximum detections per image (default 300)")
@@ -72,7 +75,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..data.sources import VideoInput, check_sources, expand_sources
-    from ..detect import Detections, PredictOutputs, class_ids, predict_images, predict_video, write_outputs
+    from ..detect import Detections, PredictOutputs, class_ids, input_of, predict_images, predict_video, write_outputs
     from ..ops.nms import NMSOptions
     from ..runtime import default_threads, torch_threads
     from ..runtime import open as open_backend
@@ -87,7 +90,7 @@ def run(args) -> int:
         workers = max(1, args.workers)
         threads = args.threads or (default_threads(workers) if workers > 1 else None)
         model = open_backend(args.weights, device=args.device, threads=threads, precision=args.precision)
-        imgsz = model.resolve_imgsz(args.imgsz)
+        imgsz, mode = input_of(model, args.imgsz, args.letterbox)
         nms = NMSOptions(args.conf, args.iou, args.max_det, class_ids(args.classes, list(model.names)), args.agnostic)
         results: list = []
         with torch_threads(threads):
@@ -95,7 +98,7 @@ def run(args) -> int:
             while k < len(items):
                 if isinstance(items[k], VideoInput):
                     v = predict_video(model, items[k], imgsz, nms, PredictOutputs(folder, labels, args.save_conf),
-                                      args.max_frames)
+                                      args.max_frames, letterbox=mode)
                     results.append(v)
                     log.info("%s", v.summary() + (f" -> {v.video}" if v.video else ""))
                     if v.interrupted:
@@ -106,7 +109,7 @@ def run(args) -> int:
                 j = k
                 while j < len(items) and not isinstance(items[j], VideoInput):
                     j += 1
-                results += predict_images(model, items[k:j], imgsz, nms, workers)
+                results += predict_images(model, items[k:j], imgsz, nms, workers, mode)
                 k = j
         images = [it for it in items if not isinstance(it, VideoInput)]
         if images and not any(isinstance(r, Detections) for r in results) and len(images) == len(items):

@@ -47,7 +47,7 @@ class EvalSpec:
     is opened (:func:`yolopt.runtime.open`)."""
 
     split: str = "val"
-    imgsz: int = 640
+    imgsz: int | None = None  # None: an exported artifact's own size (its metadata), else 640
     batch: int = 32
     nms: NMSOptions = VAL_NMS
     mode: str | None = None
@@ -200,6 +200,9 @@ def evaluate(
     try:
         backend = open_backend(model, device=spec.device, threads=spec.threads, workers=spec.workers,
                                precision=spec.precision)
+        if spec.imgsz is None:  # the artifact's own size (its metadata), else 640
+            d = backend.default_imgsz
+            spec = replace(spec, imgsz=d if isinstance(d, int) else max(d))
         return _evaluate(backend, data, spec)
     finally:
         if was_training:

@@ -271,6 +271,20 @@ class Backend:
         return tuple(check_imgsz(int(v), s) for v in imgsz)
 
     @property
+    def default_imgsz(self) -> int | tuple[int, int]:
+        """The input size an exported artifact was made for (its metadata), else 640 (PyTorch weights too): the
+        default of predict and val."""
+        if not self.imgsz or self.name.startswith("torch"):
+            return 640
+        h, w = self.imgsz
+        return h if h == w else (h, w)
+
+    def default_letterbox(self) -> str:
+        """The letterbox an image gets by default: an artifact's own (rect for a dynamic one, square for a fixed
+        one); square for PyTorch, like upstream's detect.py at a fixed size."""
+        return "square" if self.name.startswith("torch") else self.letterbox_mode
+
+    @property
     def letterbox_mode(self) -> str:
         """How images must be letterboxed for this artifact: ``rect`` (any shape) or ``square`` (fixed input)."""
         return "rect" if self.dynamic else "square"

@@ -296,7 +296,7 @@ def run(args):
         det = decode_end2end(y, conf, max_det) if cfg.get("end2end") else decode(y[0], conf, iou, max_det)
         det = to_original(det, gain, pad, im.shape[:2])
         ms = (time.perf_counter() - t0) * 1e3
-        dets = [{"xyxy": [float(v) for v in d[:4]], "conf": float(d[4]), "cls": int(d[5]),
+        dets = [{"xyxy": [float(v) for v in d[:4]], "conf": float(d[4]), "class": int(d[5]),
                  "name": names[int(d[5])] if int(d[5]) < len(names) else str(int(d[5]))} for d in det]
         records.append({"image": path, "width": int(im.shape[1]), "height": int(im.shape[0]), "detections": dets})
         counts = {}
