@@ -235,7 +235,7 @@ def test_evaluate_in_memory_quick_and_mode_follows_artifact(yolov5n, coco128_yam
 
 
 def test_info_reports_precision_for_weights_and_artifacts(yolov5n_pt, deploy_artifacts):
-    r = run_cli("info", yolov5n_pt)
+    r = run_cli("info", yolov5n_pt, "--json")
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # no library warnings leak into the output
     d = json.loads(r.stdout)
@@ -243,7 +243,7 @@ def test_info_reports_precision_for_weights_and_artifacts(yolov5n_pt, deploy_art
     for key, backend in (("onnx", "onnxruntime"), ("openvino", "openvino"), ("torchscript", "torchscript")):
         if key == "openvino":
             pytest.importorskip("openvino")
-        r = run_cli("info", deploy_artifacts[key].path)
+        r = run_cli("info", deploy_artifacts[key].path, "--json")
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)
         assert d["backend"] == backend and d["precision"] == "fp32" and d["input_shape"] == [1, 3, 256, 256]

@@ -41,6 +41,17 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, _value):
         pass
 
+    def emit(self, record):
+        """Above a live progress bar, through tqdm's own write (a plain write would land inside the bar's line)."""
+        tqdm = sys.modules.get("tqdm")
+        if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):
+            try:
+                tqdm.tqdm.write(self.format(record), file=sys.stderr)
+                return
+            except Exception:  # noqa: BLE001 - fall back to a plain write
+                pass
+        super().emit(record)
+
 
 def setup_logging(verbose: bool = False) -> None:
     log = logging.getLogger("yolopt")

@@ -8,10 +8,12 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="describe a model file (architecture, classes, params, precision)",
-                       description="Load a model safely and print what it is as JSON: for PyTorch weights the "
-                       "architecture summary; for exported artifacts the runtime, input shape, precision and "
-                       "metadata. `precision` is what it computes in (fp32 unless the artifact says otherwise).")
+                       description="Load a model safely and print what it is, as a table (--json: everything, as "
+                       "JSON): for PyTorch weights the architecture summary; for exported artifacts the runtime, input "
+                       "shape, precision and metadata. `precision` is what it computes in (fp32 unless the artifact "
+                       "says otherwise).")
     p.add_argument("weights", help="model: .pt / .safetensors, or an exported .onnx / .xml / .torchscript / .engine")
+    p.add_argument("--json", action="store_true", help="print every field as JSON (per-layer rows included)")
     p.set_defaults(func=run)
 
 
@@ -52,8 +54,32 @@ def run(args) -> int:
         info = {"weights": args.weights, **b.describe(), "names": b.names, "stride": [int(s) for s in b.stride],
                 "input_shape": list(b.input_shape), "nms": b.nms, "yolopt_version": getattr(b, "version", None),
                 "size_mb": round(sum(f.stat().st_size for f in _files(Path(args.weights))) / 1e6, 3)}
-    print(json.dumps(info, indent=1, default=str))
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        _print_table(info)
     return 0
+
+
+def _print_table(info: dict) -> None:
+    from rich.table import Table
+
+    from ._common import console
+
+    t = Table(title=str(info["weights"]), show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in info.items():
+        if k in ("weights", "layers") or v is None or v == {}:
+            continue
+        if k == "names":
+            v = f"{len(v)}: " + ", ".join(map(str, v[:8])) + (", ..." if len(v) > 8 else "")
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v, default=str)
+        t.add_row(k, str(v))
+    if info.get("layers"):
+        t.add_row("layers", f"{len(info['layers'])} (--json lists them)")
+    console().print(t)
 
 
 def _files(p: Path) -> list[Path]:

@@ -46,10 +46,10 @@ def register(sub) -> None:
                         "over the val images: how much of a drop the choice of val images could explain), so a drop "
                         "just under the budget on a small val set is not taken as safe (default 1; 0: the measured "
                         "drop alone)")
-    p.add_argument("--threads", type=positive_int_arg, help="CPU threads of the pipeline (default: all cores; edge: 1)")
+    p.add_argument("--threads", type=positive_int_arg, help="CPU threads of the pipeline (default: the cores this process may use; edge: 1)")
     p.add_argument("--imgsz", type=_sizes, default=[],
-                   help="input sizes to try, the first is the baseline's (default: the model's size and two smaller, "
-                   "e.g. 640,512,416)")
+                   help="input sizes to try, the first is the baseline's (default: the model's size and three smaller, "
+                   "640 -> 640,576,512,416; 416 -> 416,384,320,256)")
     p.add_argument("--time-budget", default="1h", help="compute time for the whole search, e.g. 90s, 15m, 1h (default 1h)")
     p.add_argument("--val-images", type=positive_int_arg, help="measure mAP on the first N val images (default all)")
     p.add_argument("--conf", type=float, default=0.25, help="deployment confidence threshold (default 0.25)")

@@ -475,7 +475,13 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
         tmp_out = tmpdir / out.name
         workdir = tmpdir / ".work"
         workdir.mkdir()
-        files = [Path(f) for f in ex.write(ref, tmp_out, spec, meta, workdir)]
+        try:
+            files = [Path(f) for f in ex.write(ref, tmp_out, spec, meta, workdir)]
+        except ExportError as e:  # writers name their temporary file: name the destination, folder included
+            msg = str(e)
+            if msg.startswith(f"{tmp_out.name}: "):
+                raise type(e)(f"{out}: " + msg[len(tmp_out.name) + 2:], fields=e.fields) from e
+            raise
         if tmp_out not in files or any(f.parent != tmpdir or not f.is_file() for f in files):
             raise ExportError(f"{out}: exporter '{ex.name}' returned {[str(f) for f in files]}, expected files "
                               f"next to {tmp_out} including it")

@@ -285,7 +285,8 @@ def verify(backend, model, imgsz: tuple[int, int], precision: str = "fp32", opti
         c = (backend.nms or {}).get("conf", conf) if backend.end2end else conf
         res.passed = False
         res.problem = (f"0 PyTorch / 0 exported detections at conf {c:g} on {', '.join(res.sources)}: nothing to "
-                       "compare: give verification images with objects")
+                       "compare. The PyTorch model itself found nothing: if these images hold its classes, the "
+                       "model is the problem (check it with val); otherwise give verification images with objects")
     if not res.passed and raise_on_fail:
         raise ExportError(f"{backend.path}: verification FAILED: {res.summary()}")
     return res

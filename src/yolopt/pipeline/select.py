@@ -113,7 +113,9 @@ def describe(rec: Choice, results: list[VariantResult], spec: OptimizeSpec) -> s
                      f"images/s as {p.name} ({p.fps / base.fps:.2f}x); the variant is {r.fps / p.fps:.2f}x "
                      f"that.")
     se = f", ±{r.drop_se * 100:.2f} standard error by bootstrap" if r.drop_se else ""
-    parts.append(f"It costs {r.drop * 100:+.2f} {metric} points ({r.score(spec.metric):.4f} vs "
+    change = (f"It costs {r.drop * 100:.2f} {metric} points" if r.drop > 0 else
+              f"It gains {-r.drop * 100:.2f} {metric} points" if r.drop < 0 else f"It keeps the {metric}")
+    parts.append(f"{change} ({r.score(spec.metric):.4f} vs "
                  f"{base.score(spec.metric):.4f} on {'?' if r.val_images is None else r.val_images} val images{se}).")
     if r.size_mb and base.size_mb:
         parts.append(f"The artifact is {r.size_mb:.1f} MB (baseline {base.size_mb:.1f} MB); the runtime held "
