@@ -295,3 +295,16 @@ def test_predict_and_val_use_the_artifacts_own_size_and_letterbox_like_the_bundl
 
 
 Path = __import__("pathlib").Path
+
+
+def test_optimize_keeps_time_for_its_finish_inside_the_budget():
+    """Variants are planned within the budget less the confirmation rounds, profiles, report and bundle; the
+    rounds shrink to what is left (none when not even one fits) instead of running past the budget."""
+    from yolopt.pipeline import costs
+
+    per_round = 2 * costs.bench_s(4.0)
+    assert costs.finish_s(4.0) == costs.CONFIRM_ROUNDS * per_round + costs.FINISH_FIXED_S
+    assert costs.confirm_rounds(costs.finish_s(4.0), 4.0) == costs.CONFIRM_ROUNDS
+    assert costs.confirm_rounds(costs.FINISH_FIXED_S + 2.5 * per_round, 4.0) == 2
+    assert costs.confirm_rounds(costs.FINISH_FIXED_S + 0.5 * per_round, 4.0) == 0
+    assert costs.confirm_rounds(1e6, 4.0) == costs.CONFIRM_ROUNDS

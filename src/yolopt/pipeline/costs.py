@@ -50,6 +50,25 @@ PRUNE_FIXED_S = 60.0  # pruning itself (channel ranking, surgery) and the child 
 PRUNE_DEFAULT_EPOCHS = 4  # fine-tune epochs when none are given (the same default as the build)
 
 
+# --- after the search: confirmation, profiles, report, bundle ---------------------------------------------------
+CONFIRM_ROUNDS = 5  # interleaved rounds of baseline + recommendation, each one end-to-end benchmark
+FINISH_FIXED_S = 20.0  # the two per-layer runtime profiles, the report (plot, html) and the deploy bundle;
+#                        estimated, not measured
+
+
+def finish_s(bench_seconds: float, rounds: int = CONFIRM_ROUNDS) -> float:
+    """What the run needs after its last variant: ``rounds`` confirmation rounds (2 benchmarks each) and the rest.
+    Variants are planned within the budget less this, so the whole run stays within its budget."""
+    return 2 * rounds * bench_s(bench_seconds) + FINISH_FIXED_S
+
+
+def confirm_rounds(left_s: float, bench_seconds: float, most: int = CONFIRM_ROUNDS) -> int:
+    """As many confirmation rounds as ``left_s`` seconds pay for (after the fixed finish), at most ``most``; 0 when
+    not even one fits."""
+    per = 2 * bench_s(bench_seconds)
+    return max(0, min(most, int((left_s - FINISH_FIXED_S) // per)))
+
+
 def area(imgsz: int, ref: int = REF_IMGSZ) -> float:
     """Input area relative to ``ref`` x ``ref``."""
     return (imgsz / ref) ** 2

@@ -181,8 +181,11 @@ class Optimizer:
             return cached
         rec = self._record(v)
         need = costs.still_to_pay(v.estimate_s, built=self.builder.info(v.build) is not None)
-        if need > self.budget.left:
-            rec.reason = f"time budget: needs about {need / 60:.1f} min, {max(0, self.budget.left) / 60:.1f} min left"
+        # the baseline is always measured; any other variant must leave time to confirm, profile and report
+        left = self.budget.left - (0.0 if v.kind == "baseline" else costs.finish_s(self.spec.bench_seconds))
+        if need > left:
+            rec.reason = (f"time budget: needs about {need / 60:.1f} min, {max(0, left) / 60:.1f} min left after "
+                          f"the time kept for confirming and reporting")
             _say(self.spec, f"[yellow]skip[/] {v.name}: {rec.reason}")
             self.results[v.name] = rec  # not cached: a rerun with more budget tries it
             return rec
@@ -533,9 +536,12 @@ def _optimize(opt: Optimizer) -> OptimizeResults:
     opt.plan_and_run()
     res = opt.summarize()
     name = res.recommendation.variant
-    if name and name != "fp32":
-        _say(spec, f"confirming {name} against the baseline (interleaved end-to-end rounds)")
-        res.confirm = opt.confirm(name)
+    rounds = costs.confirm_rounds(opt.budget.left, spec.bench_seconds)
+    if name and name != "fp32" and rounds:
+        _say(spec, f"confirming {name} against the baseline ({rounds} interleaved end-to-end rounds)")
+        res.confirm = opt.confirm(name, rounds)
+    elif name and name != "fp32":
+        _say(spec, "[yellow]not confirmed[/]: the time budget has no room left for a confirmation round")
     res.profile = {"before": opt.layer_profile("fp32"), "after": opt.layer_profile(name) if name else None}
     if name:
         from .deploy import BundleSpec, write_bundle
