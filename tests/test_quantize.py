@@ -83,8 +83,8 @@ def _random_input() -> np.ndarray:
 def test_quantizing_the_decode_loses_the_detections_and_nothing_is_written(synth, tmp_path):
     out = tmp_path / "naive.onnx"
     with pytest.raises(QuantizeError, match="lost its detections"):
-        quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=4, val_images=4, latency=False,
-                                                 out=out, quantize_decode=True, progress=False))
+        quantize(str(SHIPPED_BASE), QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=16, latency=False, out=out,
+                                                 quantize_decode=True, progress=False))
     assert list(tmp_path.iterdir()) == []  # no artifact, no report, no temp folder
 
 
