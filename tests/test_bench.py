@@ -15,11 +15,9 @@ KEYS = {"backend", "model", "imgsz", "batch", "threads", "streams", "latency_ms"
 
 
 @pytest.fixture(scope="module")
-def onnx_dyn(tmp_path_factory, yolov5n_pt):
-    from yolopt.export import ExportSpec, export
-
-    return export(yolov5n_pt, ExportSpec("onnx", imgsz=128, dynamic=True,
-                                         out=tmp_path_factory.mktemp("bench") / "m.onnx")).path
+def onnx_dyn(deploy_artifacts):
+    """The session's dynamic yolov5n ONNX (exported once for every test file); benched at 128 px."""
+    return deploy_artifacts["onnx_dyn"].path
 
 
 def _check(rec, batch, streams=1):

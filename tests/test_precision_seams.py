@@ -123,9 +123,26 @@ def test_machine_block_names_cpu_isa_and_versions():
     assert {"torch", "onnxruntime", "numpy", "yolopt"} <= set(m["versions"])
 
 
+def _coco_subset(coco128_yaml, root, n: int = 8):
+    """The first ``n`` coco128 images and labels in a dataset of their own (the record, not the mAP, is tested)."""
+    import shutil
+
+    src = coco128_yaml.parent
+    for kind in ("images", "labels"):
+        (root / kind / "train2017").mkdir(parents=True)
+    for im in sorted((src / "images" / "train2017").glob("*.jpg"))[:n]:
+        shutil.copy(im, root / "images" / "train2017")
+        lb = src / "labels" / "train2017" / (im.stem + ".txt")
+        if lb.exists():
+            shutil.copy(lb, root / "labels" / "train2017")
+    (root / "d.yaml").write_text(coco128_yaml.read_text())
+    return root / "d.yaml"
+
+
 def test_val_json_records_machine_mode_and_precision(yolov5n_pt, coco128_yaml, tmp_path):
     out = tmp_path / "v.json"
-    r = run_cli("val", yolov5n_pt, "--data", coco128_yaml, "--imgsz", "160", "--batch", "16", "--json", out)
+    data = _coco_subset(coco128_yaml, tmp_path / "mini")
+    r = run_cli("val", yolov5n_pt, "--data", data, "--imgsz", "160", "--batch", "16", "--json", out)
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d["machine"]["cpu"] and "avx512_bf16" in d["machine"]["isa"]

@@ -30,7 +30,7 @@ IMGSZ = SYNTH["imgsz"]
 def synth(tmp_path_factory):
     from yolopt.data.synth import generate
 
-    return generate(tmp_path_factory.mktemp("qatsynth") / "d", images=60, classes=SYNTH["classes"], imgsz=IMGSZ,
+    return generate(tmp_path_factory.mktemp("qatsynth") / "d", images=30, classes=SYNTH["classes"], imgsz=IMGSZ,
                     seed=SYNTH["seed"])
 
 
@@ -146,8 +146,8 @@ def test_quantize_with_qat_writes_int8_and_compares_with_ptq(synth, tmp_path):
     out = tmp_path / "q.onnx"
     # speed_aware off: it keeps float the layers it *measures* no slower, so two runs on a noisy machine
     # may pick different graphs; this test compares two runs
-    spec = QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=16, latency=False, out=out, progress=False, qat=1,
-                        qat_batch=16, speed_aware=False)
+    spec = QuantizeSpec(data=str(synth), imgsz=IMGSZ, calib=8, val_images=4, latency=False, out=out,
+                        progress=False, qat=1, qat_batch=16, speed_aware=False)
     res = quantize(str(SHIPPED_BASE), spec)
     rep = res.report
     assert open_backend(str(res.path)).precision == "int8"
@@ -217,8 +217,8 @@ def test_a_qat_run_killed_before_its_first_checkpoint_starts_again(fused, synth,
     holds nothing worth keeping, so the run starts again instead of refusing."""
     from yolopt.quantize.qat import RANGES, QATSpec, qat_finetune, run_settings
 
-    cal = CalibrationSet.from_data(synth, IMGSZ, n=4)
-    spec = QATSpec(data=str(synth), epochs=1, imgsz=IMGSZ, batch=16, out=tmp_path / "run", progress=False)
+    cal = CalibrationSet.from_data(synth, 64, n=4)  # the run folder's life is the point: 64 px, not 160
+    spec = QATSpec(data=str(synth), epochs=1, imgsz=64, batch=16, out=tmp_path / "run", progress=False)
     spec.out.mkdir()
     (spec.out / "qat.json").write_text(json.dumps(run_settings(spec, cal)))  # what a killed start leaves
     (spec.out / RANGES).write_text("{}")
