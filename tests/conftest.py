@@ -136,3 +136,20 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = omp
+
+
+# ---- tests3 fixtures
+
+@pytest.fixture(scope="session")
+def nms_onnx(tmp_path_factory, yolov5n_pt):
+    """yolov5n exported once per session with ``--nms`` at 256 px through the CLI (conf 0.25 baked in, verified on
+    the default images: the shared samples). Returns (path, the CLI's CompletedProcess, its ``--json`` report);
+    tests must not modify the file."""
+    import json
+
+    pytest.importorskip("onnxruntime")
+    d = tmp_path_factory.mktemp("nms")
+    out, report = d / "nms.onnx", d / "export.json"
+    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--imgsz", "256", "--out", out, "--json", report)
+    assert r.returncode == 0, r.stderr
+    return out, r, json.loads(report.read_text())
