@@ -34,6 +34,12 @@ NETWORK_HINTS = ("Could not find a version", "No matching distribution", "Failed
 
 # --- artifacts, exported once per session (conftest) ----------------------------------------------
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @pytest.fixture(scope="module")
 def arts(tmp_path_factory, deploy_artifacts):
     """conftest's session exports (256 px), copied under the names a user would give them."""

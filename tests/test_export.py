@@ -18,6 +18,12 @@ ort = pytest.importorskip("onnxruntime")
 IMGSZ = 256
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @pytest.fixture(scope="module")
 def fused(yolov5n):
     import copy

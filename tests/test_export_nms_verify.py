@@ -17,6 +17,12 @@ pytest.importorskip("onnxruntime")
 IMGSZ = "256"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 def _counts(text: str) -> tuple[int, int]:
     m = re.search(r"(\d+) PyTorch / (\d+) exported detections", text)
     assert m, text

@@ -33,6 +33,12 @@ from conftest import run_cli
 # ----------------------------------------------------------------------------- training runs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @pytest.fixture(scope="module")
 def warm_data(tmp_path_factory) -> Path:
     """8 train images (+2 val): at batch 1 an epoch is 8 optimizer-loop iterations."""

@@ -20,6 +20,13 @@ from yolopt.profile.layers import analyse_layers, central_mean, time_layers
 from yolopt.profile.roofline import measure_machine
 from yolopt.profile.runtime_layers import map_node_name
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @contextlib.contextmanager
 def _one_thread():
     n = torch.get_num_threads()

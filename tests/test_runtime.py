@@ -15,6 +15,12 @@ pytest.importorskip("onnxruntime")
 IMGSZ = 256
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, yolov5n_pt, yolov5n, deploy_artifacts):
     import yolopt
