@@ -99,15 +99,17 @@ def deploy_artifacts(tmp_path_factory, yolov5n_pt, bus_jpg):
     """yolov5n exported once per test session at 256 px (verified): onnx, onnx_dyn, openvino, torchscript."""
     pytest.importorskip("onnxruntime")
     from yolopt.export import ExportSpec, export
+    from yolopt.runtime.backends import torch_threads
 
     d = tmp_path_factory.mktemp("deploy")
-    return {
-        "onnx": export(yolov5n_pt, ExportSpec("onnx", imgsz=256, out=d / "static.onnx", verify_images=[bus_jpg])),
-        "onnx_dyn": export(yolov5n_pt, ExportSpec("onnx", imgsz=256, dynamic=True, out=d / "dyn.onnx")),
-        "openvino": export(yolov5n_pt, ExportSpec("openvino", imgsz=256, out=d / "ov" / "m.xml",
-                                                  verify_images=[bus_jpg])),
-        "torchscript": export(yolov5n_pt, ExportSpec("torchscript", imgsz=256, out=d / "m.torchscript")),
-    }
+    with torch_threads(1):  # session fixtures run before any module's thread setting; one thread is fastest here
+        return {
+            "onnx": export(yolov5n_pt, ExportSpec("onnx", imgsz=256, out=d / "static.onnx", verify_images=[bus_jpg])),
+            "onnx_dyn": export(yolov5n_pt, ExportSpec("onnx", imgsz=256, dynamic=True, out=d / "dyn.onnx")),
+            "openvino": export(yolov5n_pt, ExportSpec("openvino", imgsz=256, out=d / "ov" / "m.xml",
+                                                      verify_images=[bus_jpg])),
+            "torchscript": export(yolov5n_pt, ExportSpec("torchscript", imgsz=256, out=d / "m.torchscript")),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,24 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = omp
+
+
+# ---- tests3 fixtures
+
+@pytest.fixture(scope="session")
+def nms_onnx(tmp_path_factory, yolov5n_pt):
+    """yolov5n exported once per session with ``--nms`` at 256 px through the CLI (conf 0.25 baked in, verified on
+    the default images: the shared samples). Returns (path, the CLI's CompletedProcess, its ``--json`` report);
+    tests must not modify the file."""
+    import json
+
+    pytest.importorskip("onnxruntime")
+    from yolopt.runtime.backends import torch_threads
+
+    d = tmp_path_factory.mktemp("nms")
+    out, report = d / "nms.onnx", d / "export.json"
+    with torch_threads(1):
+        r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--imgsz", "256", "--out", out, "--json",
+                    report)
+    assert r.returncode == 0, r.stderr
+    return out, r, json.loads(report.read_text())

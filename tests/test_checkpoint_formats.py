@@ -15,6 +15,12 @@ from yolopt.models import common as yc
 from yolopt.models import yolo as yy
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 def _pickle_as_upstream(model: nn.Module, path, top_name: str, key: str = "model") -> None:
     """torch.save `model` so the pickle names upstream's modules (models.yolo.X, models.common.X)."""
     fake_yolo, fake_common = types.ModuleType("models.yolo"), types.ModuleType("models.common")

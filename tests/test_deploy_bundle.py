@@ -25,25 +25,29 @@ pytest.importorskip("onnxruntime")
 from yolopt.pipeline import deploy
 from yolopt.pipeline.deploy import write_bundle
 
-IMGSZ = 320
+IMGSZ = 256  # the size of conftest's deploy_artifacts
 ALLOWED_IMPORTS = {"argparse", "glob", "json", "math", "os", "sys", "time", "__future__", "cv2", "numpy",
                    "onnxruntime", "openvino"}
 NETWORK_HINTS = ("Could not find a version", "No matching distribution", "Failed to establish", "Temporary failure",
                  "Network is unreachable", "ConnectionError", "ProxyError", "timed out", "Name or service not known")
 
 
-# --- artifacts, exported once per module ----------------------------------------------------------
+# --- artifacts, exported once per session (conftest) ----------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
 
 @pytest.fixture(scope="module")
-def arts(tmp_path_factory, yolov5n_pt):
-    from yolopt.export import ExportSpec, export
-
+def arts(tmp_path_factory, deploy_artifacts):
+    """conftest's session exports (256 px), copied under the names a user would give them."""
     d = tmp_path_factory.mktemp("bundle_artifacts")
-    return {
-        "static": export(yolov5n_pt, ExportSpec("onnx", imgsz=IMGSZ, out=d / "yolov5n.onnx", verify=False)).path,
-        "dynamic": export(yolov5n_pt, ExportSpec("onnx", imgsz=IMGSZ, dynamic=True, out=d / "yolov5n_dyn.onnx",
-                                                 verify=False)).path,
-    }
+    static, dynamic = d / "yolov5n.onnx", d / "yolov5n_dyn.onnx"
+    shutil.copyfile(deploy_artifacts["onnx"].path, static)
+    shutil.copyfile(deploy_artifacts["onnx_dyn"].path, dynamic)
+    return {"static": static, "dynamic": dynamic}
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +220,7 @@ def test_square_bundle_contents(arts, tmp_path):
     assert cfg["format"] == "yolopt-deploy" and cfg["artifact"] == "yolov5n.onnx" and cfg["runtime"] == "onnxruntime"
     assert cfg["input"]["name"] == "images" and cfg["input"]["shape"] == [1, 3, IMGSZ, IMGSZ]
     assert cfg["input"]["dtype"] == "float32" and cfg["uint8_input"] is False
-    assert cfg["outputs"] == [{"name": "output0", "shape": [1, 6300, 85], "dtype": "float32"}]
+    assert cfg["outputs"] == [{"name": "output0", "shape": [1, 4032, 85], "dtype": "float32"}]  # 3 x 1344 cells
     assert cfg["imgsz"] == [IMGSZ, IMGSZ] and cfg["dynamic"] is False and cfg["letterbox"] == "square"
     assert cfg["names"] == b.names and len(cfg["names"]) == 80 and cfg["names"][5] == "bus"
     assert (cfg["conf"], cfg["iou"], cfg["max_det"], cfg["stride"]) == (0.3, 0.45, 100, 32)
@@ -225,7 +229,7 @@ def test_square_bundle_contents(arts, tmp_path):
                                                               "onnxruntime>=1.18"]
     readme = (out / "README.md").read_text()
     for needle in ("pip install -r requirements.txt", "python infer.py", "tritonserver", "| fps | 18.25 |",
-                   "| latency_ms.p50 | 54.8 |", "| map50_95 | 0.2712 |", "320x320"):
+                   "| latency_ms.p50 | 54.8 |", "| map50_95 | 0.2712 |", "256x256"):
         assert needle in readme, needle
     # infer.py is standalone: it imports nothing but the stdlib, numpy, OpenCV and the runtimes
     infer = out / "infer.py"
@@ -287,11 +291,10 @@ def test_infer_uint8_input_graph(arts, tmp_path, fresh_python, bus_jpg):
     assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(art, bus_jpg)) >= 4
 
 
-def test_infer_end2end_artifact(yolov5n_pt, tmp_path, fresh_python, bus_jpg):
-    """An artifact exported with --nms: output rows are final detections; Triton output dims [-1, 7]."""
-    from yolopt.export import ExportSpec, export
-
-    art = export(yolov5n_pt, ExportSpec("onnx", imgsz=IMGSZ, nms=True, out=tmp_path / "e2e.onnx", verify=False)).path
+def test_infer_end2end_artifact(nms_onnx, tmp_path, fresh_python, bus_jpg):
+    """An artifact exported with --nms (conftest, 256 px): output rows are final detections; Triton output
+    dims [-1, 7]."""
+    art = nms_onnx[0]
     out = write_bundle(art, tmp_path / "b")
     cfg = json.loads((out / "deploy.json").read_text())
     assert cfg["end2end"] is True and cfg["baked_nms"]["conf"] == 0.25
@@ -302,13 +305,12 @@ def test_infer_end2end_artifact(yolov5n_pt, tmp_path, fresh_python, bus_jpg):
     assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(art, bus_jpg)) >= 4
 
 
-def test_openvino_bundle(yolov5n_pt, tmp_path, bus_jpg):
+def test_openvino_bundle(deploy_artifacts, tmp_path, bus_jpg):
     """OpenVINO IR: .xml + .bin copied, Triton backend "openvino" with 1/model.xml + 1/model.bin, dims from the
     IR; infer.py (run here with this interpreter, which has openvino) matches yolopt on the IR."""
     ov = pytest.importorskip("openvino")
-    from yolopt.export import ExportSpec, export
-
-    art = export(yolov5n_pt, ExportSpec("openvino", imgsz=IMGSZ, out=tmp_path / "ov" / "m.xml", verify=False)).path
+    art = deploy_artifacts["openvino"].path  # conftest: .../ov/m.xml, 256 px
+    assert art.name == "m.xml"
     out = write_bundle(art, tmp_path / "b", name="yolov5n_ov")
     assert {"m.xml", "m.bin"} <= {p.name for p in out.iterdir()}
     assert (out / "m.bin").read_bytes() == art.with_suffix(".bin").read_bytes()

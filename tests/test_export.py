@@ -18,6 +18,12 @@ ort = pytest.importorskip("onnxruntime")
 IMGSZ = 256
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @pytest.fixture(scope="module")
 def fused(yolov5n):
     import copy
@@ -123,25 +129,25 @@ def test_torchscript_extra_files(artifacts, fused):
         assert (mod(x) - fused(x)).abs().max() < 1e-3
 
 
-def test_nms_onnx_matches_predict_on_bus(tmp_path, yolov5n_pt, yolov5n, bus_jpg):
-    """Acceptance: the --nms ONNX (640) returns the same detections as `yolopt predict`."""
+def test_nms_onnx_matches_predict_on_bus(nms_onnx, yolov5n, bus_jpg):
+    """Acceptance: the --nms ONNX (conftest: exported once per session by the CLI, 256 px, verified on the sample
+    images, bus.jpg among them) returns the same detections as `yolopt predict` at its size."""
     from yolopt import runtime
     from yolopt.detect import predict
 
-    out = tmp_path / "nms.onnx"
-    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--out", out, "--verify-source", bus_jpg)
+    out, r, report = nms_onnx
     assert r.returncode == 0, r.stderr
-    assert "PASS" in r.stdout
+    assert "PASS" in r.stdout and any(s.endswith("bus.jpg") for s in report["verify"]["sources"])
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert "NonMaxSuppression" in ops
     b = runtime.open(out)
     assert b.end2end and b.nms == {"conf": 0.25, "iou": 0.45, "max_det": 300}
     # raw artifact output: rows [batch, x1, y1, x2, y2, conf, cls] in input pixels
-    raw = b(_bus_input(bus_jpg, 640))
+    raw = b(_bus_input(bus_jpg, IMGSZ))
     assert raw.shape[1] == 7 and (raw[:, 0] == 0).all()
     assert (raw[:-1, 5] >= raw[1:, 5]).all()  # sorted by confidence
-    ref = predict(yolov5n, bus_jpg)[0]
-    got = predict(b, bus_jpg)[0]
+    ref = predict(yolov5n, bus_jpg, imgsz=IMGSZ)[0]
+    got = predict(b, bus_jpg, imgsz=IMGSZ)[0]
     assert len(ref) >= 4 and len(got) == len(ref)
     np.testing.assert_array_equal(got.cls, ref.cls)
     np.testing.assert_allclose(got.xyxy, ref.xyxy, atol=0.1)

@@ -17,6 +17,12 @@ pytest.importorskip("onnxruntime")
 IMGSZ = "256"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 def _counts(text: str) -> tuple[int, int]:
     m = re.search(r"(\d+) PyTorch / (\d+) exported detections", text)
     assert m, text
@@ -24,13 +30,9 @@ def _counts(text: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def nms_export(tmp_path_factory, yolov5n_pt):
-    """yolov5n exported with --nms (conf 0.25 baked in) and no --verify-source."""
-    d = tmp_path_factory.mktemp("nms")
-    out, report = d / "nms.onnx", d / "export.json"
-    r = run_cli("export", yolov5n_pt, "--format", "onnx", "--nms", "--imgsz", IMGSZ, "--out", out, "--json", report)
-    assert r.returncode == 0, r.stderr
-    return out, r, json.loads(report.read_text())
+def nms_export(nms_onnx):
+    """yolov5n exported with --nms (conf 0.25 baked in) and no --verify-source (conftest: once per session)."""
+    return nms_onnx
 
 
 def test_nms_export_verifies_on_images_with_objects(nms_export, shared):
@@ -59,33 +61,58 @@ def test_nms_export_with_nothing_to_compare_fails(yolov5n_pt, tmp_path):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["blank.png"]
 
 
-def test_generated_scene_made_to_produce_detections(yolov5n_pt, tmp_path, monkeypatch):
-    """No shared images (a user's machine): the synthetic scene is pushed until the model finds objects."""
+@pytest.fixture(scope="module")
+def generated_export(yolov5n_pt, tmp_path_factory):
+    """An --nms export with no shared images (a user's machine), the synthetic scene it was verified on recorded:
+    (ExportResult, [(scene given, scene made)] from ``scene_with_detections``)."""
+    import sys
+
     import yolopt.export.exporter as exporter
+    import yolopt.export.verify  # noqa: F401 - the module (yolopt.export.verify is also the function's name)
     from yolopt.export import ExportSpec, export
+
+    vmod = sys.modules["yolopt.export.verify"]
+    real, calls = vmod.scene_with_detections, []
+
+    def recorded(model, x, *args, **kwargs):
+        y = real(model, x, *args, **kwargs)
+        calls.append((x.clone(), y.clone()))
+        return y
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exporter, "sample_images", lambda: [])
+        mp.setattr(vmod, "scene_with_detections", recorded)
+        res = export(yolov5n_pt, ExportSpec("onnx", imgsz=128, nms=True, out=tmp_path_factory.mktemp("g") / "g.onnx"))
+    return res, calls
+
+
+def test_generated_scene_made_to_produce_detections(generated_export):
+    """No shared images (a user's machine): the synthetic scene is pushed until the model finds objects."""
     from yolopt.export.verify import GENERATED
 
-    monkeypatch.setattr(exporter, "sample_images", lambda: [])
-    res = export(yolov5n_pt, ExportSpec("onnx", imgsz=128, nms=True, out=tmp_path / "g.onnx"))
+    res, calls = generated_export
     v = res.verify
     assert v.sources == [GENERATED] and v.passed
     assert v.detections_torch >= 1 and v.detections_export == v.detections_torch
+    assert len(calls) == 1
 
 
-def test_synthetic_scene_alone_has_nothing_at_deploy_conf(yolov5n):
-    """Why the scene must be made to produce detections: as it is, nothing scores 0.25."""
+def test_synthetic_scene_alone_has_nothing_at_deploy_conf(yolov5n, generated_export):
+    """Why the scene must be made to produce detections: as it is, nothing scores 0.25. (The scene
+    ``scene_with_detections(model, x, 0.25)`` made of it is the one the export above was verified on.)"""
     import copy
 
     import torch
 
-    from yolopt.export.verify import scene_with_detections, verify_inputs
+    from yolopt.export.verify import verify_inputs
     from yolopt.ops.nms import non_max_suppression
 
     m = copy.deepcopy(yolov5n).fuse().eval()
     x = verify_inputs((128, 128), 1)
+    given, y = generated_export[1][0]
+    assert torch.equal(given, x)
     with torch.no_grad():
         assert len(non_max_suppression(m(x), 0.25, 0.45)[0]) == 0
-        y = scene_with_detections(m, x, 0.25)
         assert len(non_max_suppression(m(y), 0.25 * 1.2, 0.45)[0]) >= 1
     assert float(y.min()) >= 0 and float(y.max()) <= 1
 

@@ -10,8 +10,6 @@ import random
 import shutil
 import signal
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -30,7 +28,15 @@ from yolopt.evaluate import evaluate
 from yolopt.models import DetectionModel, builtin_config
 from yolopt.models.checkpoint import content_hash, write_safetensors
 
+from conftest import run_cli
+
 # ----------------------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
 
 
 @pytest.fixture(scope="module")
@@ -255,12 +261,12 @@ def _fuzz(src: Path, ref, spans, tmp: Path, seeds: int) -> dict[str, list]:
 
 
 def _cli_refusals(files: list[Path]) -> None:
-    """`yolopt info FILE` on each: exit 1, one `yolopt: error: FILE: ...` line, no traceback."""
+    """`yolopt info FILE` on each (in process: conftest's run_cli): exit 1, one `yolopt: error: FILE: ...` line,
+    no traceback."""
 
-    procs = [(f, subprocess.Popen([sys.executable, "-m", "yolopt", "info", str(f)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)) for f in files]
-    for f, p in procs:
-        out, err = p.communicate(timeout=300)
+    for f in files:
+        p = run_cli("info", f)
+        err = p.stderr
         lines = err.strip().splitlines()
         assert p.returncode == 1 and "Traceback" not in err, err
         assert len(lines) == 1 and lines[0].startswith(f"yolopt: error: {f}:"), err
@@ -391,8 +397,7 @@ def test_training_checkpoint_hash_is_checked_on_load_and_resume(warm_data, tmp_p
         with pytest.raises(yolopt.errors.CheckpointError, match="SHA-256") as e:
             call()
         _one_line_refusal(e.value, last)
-    r = subprocess.run([sys.executable, "-m", "yolopt", "train", "--resume", str(run)], capture_output=True,
-                       text=True, timeout=300)
+    r = run_cli("train", "--resume", run)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert len(lines) == 1 and lines[0].startswith(f"yolopt: error: {last}:") and "SHA-256" in lines[0], r.stderr
@@ -412,13 +417,11 @@ def _set_onnx_metadata(src: Path, out: Path, props: dict[str, str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def upstream_onnx(tmp_path_factory, yolov5n_pt, yolov5n) -> Path:
-    """A yolov5n ONNX whose metadata is what upstream's export.py writes: ``str()`` of each value."""
-    pytest.importorskip("onnxruntime")
-    from yolopt.export import ExportSpec, export
-
+def upstream_onnx(tmp_path_factory, deploy_artifacts, yolov5n) -> Path:
+    """A yolov5n ONNX whose metadata is what upstream's export.py writes: ``str()`` of each value (made from
+    conftest's 256 px export)."""
     d = tmp_path_factory.mktemp("upstream")
-    res = export(yolov5n_pt, ExportSpec("onnx", imgsz=320, out=d / "ours.onnx", verify=False))
+    res = deploy_artifacts["onnx"]
     names = dict(enumerate(yolov5n.names))
     assert str(names).startswith("{0: 'person', 1: 'bicycle'")
     return _set_onnx_metadata(res.path, d / "upstream_yolov5n.onnx", {"stride": str(32), "names": str(names)})
@@ -427,14 +430,13 @@ def upstream_onnx(tmp_path_factory, yolov5n_pt, yolov5n) -> Path:
 def test_upstream_onnx_metadata_is_read_as_upstream_writes_it(upstream_onnx, yolov5n, bus_jpg, coco128_yaml):
     b = runtime.open(upstream_onnx)
     assert b.names == list(yolov5n.names) and b.nc == 80
-    assert b.stride.tolist() == [32.0] and b.imgsz == (320, 320)
-    r = subprocess.run([sys.executable, "-m", "yolopt", "predict", str(upstream_onnx), str(bus_jpg), "--json", "-"],
-                       capture_output=True, text=True, timeout=300)
+    assert b.stride.tolist() == [32.0] and b.imgsz == (256, 256)
+    r = run_cli("predict", upstream_onnx, bus_jpg, "--json", "-")
     assert r.returncode == 0, r.stderr
     dets = json.loads(r.stdout)[0]["detections"]
     assert {d["name"] for d in dets} >= {"bus", "person"}
     assert all(d["name"] == yolov5n.names[d["class"]] for d in dets)
-    res = evaluate(b, coco128_yaml, max_images=2, imgsz=320, progress=False)  # 80 classes, like the data
+    res = evaluate(b, coco128_yaml, max_images=2, imgsz=256, progress=False)  # 80 classes, like the data
     assert 0 <= res.map50 <= 1
 
 

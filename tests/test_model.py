@@ -18,6 +18,12 @@ from yolopt.models import DetectionModel, builtin_config, builtin_names
 BOX_ATOL, BOX_RTOL, SCORE_ATOL = 1e-2, 1e-4, 1e-3
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 def _raw_diff(model, shared, ref_name):
     """(max box excess over the abs+rel limit, max score diff); the box value is <= 0 when within limits."""
     x = torch.from_numpy(np.load(shared / "reference" / "bus_input_640.npy"))

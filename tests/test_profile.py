@@ -20,6 +20,13 @@ from yolopt.profile.layers import analyse_layers, central_mean, time_layers
 from yolopt.profile.roofline import measure_machine
 from yolopt.profile.runtime_layers import map_node_name
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @contextlib.contextmanager
 def _one_thread():
     n = torch.get_num_threads()
@@ -43,11 +50,22 @@ def machine():
 
 
 @pytest.fixture(scope="module")
-def report320(yolov5n, bus_jpg, machine):
-    """A full profile of yolov5n at 320 on one thread, torch + ONNX Runtime + pipeline."""
-    return profile_model(yolov5n, ProfileSpec(imgsz=320, threads=1, repeats=30, warmup=5, deploy=("onnxruntime",),
-                                              pipeline=True, pipeline_repeats=3, source=[str(bus_jpg)], children=True),
-                         machine=machine)
+def cli320(yolov5n_pt, bus_jpg, tmp_path_factory):
+    """A full profile of yolov5n at 320 on one thread (torch with children, ONNX Runtime, pipeline on bus.jpg),
+    run once through `yolopt profile --json --plot`: (CompletedProcess, JSON path, plots folder)."""
+    d = tmp_path_factory.mktemp("profile")
+    out, plots = d / "p.json", d / "plots"
+    res = run_cli("profile", yolov5n_pt, "--imgsz", "320", "--threads", "1", "--repeats", "30", "--warmup", "5",
+                  "--runtimes", "onnxruntime", "--source", bus_jpg, "--json", out, "--plot", plots)
+    return res, out, plots
+
+
+@pytest.fixture(scope="module")
+def report320(cli320):
+    """The report of that profile, as its --json wrote it."""
+    res, out, _ = cli320
+    assert res.returncode == 0, res.stderr
+    return json.loads(out.read_text())
 
 
 def test_params_and_flops_yolov5n_640(yolov5n):
@@ -215,13 +233,11 @@ def _has(mod):
     return importlib.util.find_spec(mod) is not None
 
 
-def test_onnx_model_input(yolov5n, machine, tmp_path, bus_jpg):
-    from yolopt.export import ExportSpec, export
-
-    path = export(yolov5n, ExportSpec("onnx", imgsz=160, out=tmp_path / "m.onnx")).path
+def test_onnx_model_input(deploy_artifacts, machine, bus_jpg):
+    path = deploy_artifacts["onnx"].path  # conftest: yolov5n at 256
     r = profile_model(str(path), ProfileSpec(imgsz=640, threads=1, repeats=5, warmup=1, deploy=("onnxruntime",),
                       source=[str(bus_jpg)], pipeline_repeats=1), machine=machine)
-    assert r["imgsz"] == 160  # taken from the model's fixed input shape
+    assert r["imgsz"] == 256  # taken from the model's fixed input shape
     assert r["layers"] == [] and "per-layer torch table" in r["note"]
     assert r["backend"] == "onnxruntime" and r["flops"] is None
     assert r["params"] >= 1_867_405
@@ -229,15 +245,13 @@ def test_onnx_model_input(yolov5n, machine, tmp_path, bus_jpg):
     assert set(r["stages_ms"]) == STAGES
 
 
-def test_cli_json_and_plots(yolov5n_pt, tmp_path):
-    out, plots = tmp_path / "p.json", tmp_path / "plots"
-    res = run_cli("profile", yolov5n_pt, "--imgsz", "256", "--threads", "1", "--repeats", "5", "--warmup", "1",
-                  "--runtimes", "onnxruntime", "--json", out, "--plot", plots)
+def test_cli_json_and_plots(cli320):
+    res, out, plots = cli320
     assert res.returncode == 0, res.stderr
     assert "per-layer (torch)" in res.stdout and "findings" in res.stdout
     rep = json.loads(out.read_text())
     assert REQUIRED_KEYS <= set(rep)
-    assert rep["params"] == 1_867_405 and rep["imgsz"] == 256
+    assert rep["params"] == 1_867_405 and rep["imgsz"] == 320
     assert rep["flops"] == sum(x["flops"] for x in rep["layers"])
     assert set(rep["machine"]) >= {"peak_gflops", "bandwidth_gbs"}
     assert set(rep["stages_ms"]) == STAGES

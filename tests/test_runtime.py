@@ -15,6 +15,12 @@ pytest.importorskip("onnxruntime")
 IMGSZ = 256
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread for this module (conftest): the models here are small, and two cores shared with other
+    work lose more to spinning threads than they gain."""
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, yolov5n_pt, yolov5n, deploy_artifacts):
     import yolopt
@@ -168,12 +174,10 @@ def test_val_on_artifacts_matches_torch(files, small_data, tmp_path):
     assert abs(static["map50_95"] - torch_rect["map50_95"]) < 0.05
 
 
-def test_val_refuses_nms_artifact(tmp_path, yolov5n_pt, small_data):
-    from yolopt.export import ExportSpec, export
-
-    p = export(yolov5n_pt, ExportSpec("onnx", imgsz=128, nms=True, out=tmp_path / "nms.onnx")).path
-    r = run_cli("val", p, "--data", small_data, "--imgsz", 128)
-    assert r.returncode == 1 and "exported with --nms" in r.stderr
+def test_val_refuses_nms_artifact(nms_onnx, small_data):
+    p = nms_onnx[0]  # conftest: exported once per session with --nms
+    r = run_cli("val", p, "--data", small_data, "--imgsz", IMGSZ)
+    assert r.returncode == 1 and "exported with NMS in the graph" in r.stderr
 
 
 _ALTSTACK_SCRIPT = """
