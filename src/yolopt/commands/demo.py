@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--only", choices=["predict", "optimize", "compress"], help="run one part only")
     p.add_argument("--workers", type=nonneg_int_arg, default=2, help="data loading processes while training (default 2)")
+    p.add_argument("--time-budget", default=OPTIMIZE["time_budget"],
+                   help=f"compute time of the optimize part, e.g. 90s, 15m (default {OPTIMIZE['time_budget']})")
     p.add_argument("--retrain", action="store_true",
                    help="train the synthetic base model (~10 min) instead of using the one shipped with yolopt")
     p.set_defaults(func=run)
@@ -34,7 +36,7 @@ def run(args) -> int:
     if args.only in (None, "predict"):
         _predict_demo(out, console)
     if args.only in (None, "optimize"):
-        return optimize_demo(out, console, workers=args.workers, retrain=args.retrain)
+        return optimize_demo(out, console, workers=args.workers, retrain=args.retrain, time_budget=args.time_budget)
     if args.only == "compress":
         compress_demo(out / "compress", console, workers=args.workers, retrain=args.retrain)
     return 0
@@ -57,15 +59,16 @@ def _synthetic_base(out: Path, console, workers: int, retrain: bool) -> tuple[Pa
     return data, base
 
 
-def optimize_demo(out: Path, console, workers: int = 2, retrain: bool = False) -> int:
+def optimize_demo(out: Path, console, workers: int = 2, retrain: bool = False, time_budget: str | None = None) -> int:
     """Synthetic set + its model -> ``yolopt optimize --scenario realtime`` with a short budget -> report."""
     from ..pipeline import OptimizeSpec, optimize, parse_duration
     from .optimize import print_summary
 
     data, base = _synthetic_base(out / "compress", console, workers, retrain)
-    console.rule(f"yolopt optimize --scenario {OPTIMIZE['scenario']} --time-budget {OPTIMIZE['time_budget']}")
+    budget = time_budget or OPTIMIZE["time_budget"]
+    console.rule(f"yolopt optimize --scenario {OPTIMIZE['scenario']} --time-budget {budget}")
     spec = OptimizeSpec(model=str(base), data=str(data), scenario=OPTIMIZE["scenario"],
-                        time_budget_s=parse_duration(OPTIMIZE["time_budget"]), finetune_epochs=OPTIMIZE["finetune"],
+                        time_budget_s=parse_duration(budget), finetune_epochs=OPTIMIZE["finetune"],
                         out=str(out / "optimize"))
     res = optimize(spec)
     print_summary(res)

@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--time-budget", default="1h", help="compute time for the whole search, e.g. 90s, 15m, 1h (default 1h)")
     p.add_argument("--val-images", type=positive_int_arg, help="measure mAP on the first N val images (default all)")
     p.add_argument("--conf", type=float, default=0.25, help="deployment confidence threshold (default 0.25)")
+    p.add_argument("--bench-seconds", type=positive_float_arg, default=4.0, metavar="S",
+                   help="timed seconds of each end-to-end measurement (default 4)")
     p.add_argument("--finetune", type=positive_int_arg, metavar="EPOCHS",
                    help="fine-tuning epochs of the pruning candidate (default 4)")
     p.add_argument("--unlabeled", nargs="+", default=[], metavar="IMAGES",
@@ -84,7 +86,7 @@ def run(args) -> int:
                         max_latency_ms=args.max_latency_ms, max_map_drop=args.max_map_drop, max_size_mb=args.max_size_mb,
                         metric=args.metric, threads=args.threads, imgsz=args.imgsz,
                         time_budget_s=parse_duration(args.time_budget), out=args.out, resume=args.resume, conf=args.conf,
-                        val_images=args.val_images, finetune_epochs=args.finetune, unlabeled=list(args.unlabeled),
+                        val_images=args.val_images, bench_seconds=args.bench_seconds, finetune_epochs=args.finetune, unlabeled=list(args.unlabeled),
                         prune=not args.no_prune, quantize=not args.no_quantize, qat_epochs=args.qat_epochs,
                         progress=not args.no_progress, map_noise=args.map_noise)
     res = optimize(spec)
