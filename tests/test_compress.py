@@ -22,7 +22,8 @@ from yolopt.models import DetectionModel, builtin_config
 from conftest import run_cli
 
 
-pytestmark = pytest.mark.usefixtures("two_threads")
+# one thread: small models, and two threads on two busy cores cost 10-40x in barrier waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name: str, nc: int = 3, seed: int = 0) -> DetectionModel:
@@ -599,9 +600,13 @@ def test_cli_unlabeled_needs_distill(tiny_weights, tiny_data, tmp_path):
 # ----------------------------------------------------------------------------- the synthetic acceptance (demo path)
 
 
-def test_synthetic_model_pruned_to_half_the_flops_keeps_map50(tmp_path):
+def test_synthetic_model_pruned_to_half_the_flops_keeps_map50(tmp_path, monkeypatch):
     """`yolopt demo --only compress`: a yolov5n trained by yolopt on its synthetic set, pruned to <= 50% of
-    its FLOPs, loses <= 0.01 mAP50 after a short distilled fine-tune; the result reloads and is smaller."""
+    its FLOPs, loses <= 0.01 mAP50 after a short distilled fine-tune; the result reloads and is smaller.
+    Latency is not asserted here: not measured (two ONNX exports and benchmarks less)."""
+    from yolopt.pipeline import demo
+
+    monkeypatch.setitem(demo.PRUNE, "latency", False)
     r = run_cli("demo", "--only", "compress", "--out", tmp_path, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "compress" / "pruned.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -13,13 +14,11 @@ from yolopt.engine.loss import DEFAULT_HYP, YoloLoss, bbox_ciou, scaled_loss_hyp
 from yolopt.models import DetectionModel, builtin_config
 
 
-def test_loss_matches_upstream_reference_batch(shared, yolov5n_pt):
-    import yolopt
-
+def test_loss_matches_upstream_reference_batch(shared, yolov5n, one_thread):
     ref = json.loads((shared / "reference" / "upstream_loss_batch.json").read_text())
     x = torch.from_numpy(np.load(shared / "reference" / "loss_batch_images_uint8.npy")).float() / 255
     t = torch.from_numpy(np.load(shared / "reference" / "loss_batch_targets.npy")).float()
-    model = yolopt.load(yolov5n_pt).train()
+    model = copy.deepcopy(yolov5n).train()  # the session's yolov5n.pt, loaded once; this test trains a copy
     det = model.detect
     loss_fn = YoloLoss(model, scaled_loss_hyp(DEFAULT_HYP, det.nl, det.nc, 640))
     total, parts = loss_fn(model(x), t)

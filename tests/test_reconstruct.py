@@ -14,7 +14,8 @@ from yolopt.errors import YoloptError
 from yolopt.models import DetectionModel, builtin_config
 
 
-pytestmark = pytest.mark.usefixtures("two_threads")
+# one thread: these models are small, and two threads on two busy cores cost 10-40x in barrier waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(folder, n: int, imgsz: int, start: int = 0) -> torch.Tensor:
@@ -62,6 +63,14 @@ def _model(name: str = "yolov5n") -> DetectionModel:
     return m
 
 
+@pytest.fixture(scope="module")
+def pruned_small():
+    """``(teacher, PruneResult)``: the random-weight yolov5n pruned by 30% at 64 px, once for the module.
+    Tests reconstruct deep copies of the result."""
+    teacher = _model()
+    return teacher, prune(teacher, PruneSpec(ratio=0.3, round_to=1, imgsz=64))
+
+
 def test_reconstructing_an_unpruned_copy_changes_nothing():
     teacher = _model()
     student = copy.deepcopy(teacher)
@@ -71,10 +80,9 @@ def test_reconstructing_an_unpruned_copy_changes_nothing():
         assert torch.equal(a, b), n
 
 
-def test_without_the_pruners_record_the_kept_channels_are_found_by_their_batchnorm():
-    teacher = _model()
+def test_without_the_pruners_record_the_kept_channels_are_found_by_their_batchnorm(pruned_small):
+    teacher, res = pruned_small
     x = torch.rand(4, 3, 64, 64)
-    res = prune(teacher, PruneSpec(ratio=0.3, round_to=1, imgsz=64))
     a, b = copy.deepcopy(res.model), copy.deepcopy(res.model)
     reconstruct(a, teacher, x, FitOptions(positions=64), progress=False, kept=res.kept_outputs)
     reconstruct(b, teacher, x, FitOptions(positions=64), progress=False)
@@ -82,8 +90,8 @@ def test_without_the_pruners_record_the_kept_channels_are_found_by_their_batchno
         assert torch.equal(p, q), n
 
 
-def test_reconstruct_refuses_models_it_cannot_pair():
-    teacher = _model()
+def test_reconstruct_refuses_models_it_cannot_pair(pruned_small):
+    teacher, res = pruned_small
     x = torch.rand(2, 3, 64, 64)
     with pytest.raises(YoloptError, match="unfused"):
         reconstruct(copy.deepcopy(teacher).fuse(), teacher, x, progress=False)
@@ -91,7 +99,7 @@ def test_reconstruct_refuses_models_it_cannot_pair():
     with pytest.raises(YoloptError, match="not the model this one was pruned from"):
         reconstruct(p6, teacher, torch.rand(1, 3, 128, 128), progress=False)
     # BN parameters changed after pruning (e.g. fine-tuned): the kept channels cannot be told apart
-    student = prune(teacher, PruneSpec(ratio=0.3, round_to=1, imgsz=64)).model
+    student = copy.deepcopy(res.model)
     with torch.no_grad():
         for m in student.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -474,8 +474,7 @@ def test_bad_input_exits_with_one_line(tiny_data, tmp_path):
                     "--cfg yolov5q.yaml", "unknown model config")
     (tmp_path / "norun").mkdir()
     _one_line_error(run_cli("train", "--resume", tmp_path / "norun"), "norun", "no last.safetensors")
-    r = subprocess.run([sys.executable, "-m", "yolopt", "train", "--resume"], cwd=tmp_path / "norun", env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("train", "--resume", cwd=tmp_path / "norun")
     _one_line_error(r, "--resume", "runs/train")  # bare --resume: newest run under ./runs/train
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 0.02\nmomentm: 0.9\n")  # typo must not be silently ignored
