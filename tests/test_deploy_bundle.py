@@ -109,7 +109,8 @@ def yolopt_square(artifact, folder) -> dict[str, tuple]:
     from yolopt.runtime import open as open_backend
 
     b = open_backend(artifact)
-    return {Path(d.image).name: (d.xyxy, d.conf, d.cls) for d in predict(b, folder, imgsz=b.resolve_imgsz(IMGSZ))}
+    return {Path(d.image).name: (d.xyxy, d.conf, d.cls) for d in predict(b, folder, imgsz=b.resolve_imgsz(IMGSZ),
+                                                                              letterbox="square")}
 
 
 def yolopt_rect(artifact, folder) -> dict[str, tuple]:

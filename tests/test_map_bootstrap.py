@@ -95,17 +95,21 @@ def test_selection_counts_the_drop_noise():
     from yolopt.pipeline.select import choose, violations
     from yolopt.pipeline.spec import OptimizeSpec
 
+    from yolopt.pipeline.records import VariantResult
+
     def row(name, kind, drop, se, fps):
-        return {"name": name, "kind": kind, "status": "done", "drop": drop, "drop_se": se, "fps": fps,
-                "speedup": fps / 10, "size_mb": 8, "peak_mem_mb": 50, "threads": 2, "latency_ms": {"p50": 1000 / fps}}
+        return VariantResult.from_dict({"name": name, "kind": kind, "status": "done", "drop": drop, "drop_se": se,
+                                        "fps": fps, "speedup": fps / 10, "size_mb": 8, "peak_mem_mb": 50, "threads": 2,
+                                        "latency_ms": {"p50": 1000 / fps}})
 
     rows = [row("fp32", "baseline", 0.0, 0.0, 10), row("small", "imgsz", 0.009, 0.004, 20),
             row("rect", "rect", -0.002, 0.004, 12)]
     spec = OptimizeSpec("m.pt", "d.yaml", max_map_drop=0.01, threads=2, imgsz=[640])
-    assert choose(rows, spec, "realtime")["variant"] == "rect"  # 0.9 + 0.4 points > 1: within noise of the limit
+    assert choose(rows, spec, "realtime").variant == "rect"  # 0.9 + 0.4 points > 1: within noise of the limit
     v = violations(rows[1], spec, 0.01)
     assert v and "standard error" in v[0]
     spec.map_noise = 0.0
-    assert choose(rows, spec, "realtime")["variant"] == "small"  # the measured drop alone
-    with pytest.raises(Exception, match="--map-noise"):
+    assert choose(rows, spec, "realtime").variant == "small"  # the measured drop alone
+    with pytest.raises(Exception, match="map_noise -1") as e:
         OptimizeSpec("m.pt", "d.yaml", map_noise=-1).check()
+    assert "map_noise" in e.value.fields  # the CLI shows it as --map-noise

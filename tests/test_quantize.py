@@ -275,6 +275,6 @@ def test_pipeline_feeds_pixels_to_a_graph_that_takes_them(quantized, synth):
     assert xp.dtype.is_floating_point is False and np.array_equal(b(xf).numpy(), b(xp).numpy())
     step = EndToEnd(b, [str(img)], IMGSZ, batch=1)
     step()
-    dets = yolopt.predict(str(quantized.path), str(img), imgsz=IMGSZ)
+    dets = yolopt.predict(str(quantized.path), str(img), imgsz=IMGSZ, letterbox="square")  # EndToEnd's letterbox
     assert len(step.last[0]) == len(dets[0].xyxy) > 0
     assert np.allclose(np.asarray(step.last[0])[:, :4], dets[0].xyxy, atol=1e-3)
