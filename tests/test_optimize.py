@@ -135,12 +135,15 @@ def test_other_settings_in_the_same_out_folder_are_refused(synth_data, ref_run, 
     r = ref_run[1]
     assert r.returncode == 0, r.stderr[-2000:]
     out = _copy_run(ref_run[0], tmp_path)
-    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    def files():  # the run's own files (the lock file records whoever held the folder last)
+        return sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*") if p.name != ".yolopt.lock")
+
+    before = files()
     r2 = run_cli("optimize", SYNTH_MODEL, "--data", synth_data, "--out", out, "--no-prune", "--no-quantize",
                  "--threads", "1", "--imgsz", "160,128", "--conf", "0.3", "--time-budget", "5m", "--no-progress")
     assert r2.returncode != 0
     assert "holds an optimize run with other settings" in r2.stderr and "conf" in r2.stderr
-    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before  # untouched
+    assert files() == before  # untouched
 
 
 @pytest.mark.parametrize("args, message", [
@@ -218,7 +221,7 @@ def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path, m
     assert rec["met"] and rec["variant"] in {v["name"] for v in res["variants"] if v["status"] == "done"}
     assert len([v for v in res["variants"] if v["status"] == "done"]) >= 4
     assert res["budget"]["time_budget_s"] == 150
-    assert res["time_spent_s"] <= res["budget"]["time_budget_s"] * 1.2
+    assert res["time_spent_s"] <= res["budget"]["time_budget_s"] * 1.1  # the whole run, confirmation included
     assert "recommendation (realtime)" in r.stdout and "report.html" in r.stdout
     assert (out / "report.html").stat().st_size > 20_000 and (out / "deploy" / "infer.py").exists()
 
