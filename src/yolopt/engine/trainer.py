@@ -379,9 +379,6 @@ class Trainer:
         if not self.resuming:
             if cfg.out:
                 out = Path(cfg.out)
-                if (out / LAST).exists() and not cfg.exist_ok:
-                    raise YoloptError(f"{out}: already holds a training run; continue it with --resume {out} "
-                                      f"or choose another --out")
             else:
                 out = _next_run_dir(Path("runs/train/exp")) if self.main else None
                 if self.world > 1:  # every rank must use rank 0's choice
@@ -392,6 +389,11 @@ class Trainer:
         self.out = Path(cfg.out)
         if self.main:  # one run per folder: a second train / resume into it is refused while this one lives
             self._lock = FolderLock(self.out, "training run").__enter__()
+            if not self.resuming and (self.out / LAST).exists() and not cfg.exist_ok:  # after the lock: a live
+                self._lock.__exit__(None, None, None)  # run is named first, a finished one gets this line
+                self._lock = None
+                raise YoloptError(f"{self.out}: already holds a training run; continue it with --resume {self.out} "
+                                  f"or choose another --out")
 
     def _build_data(self) -> None:
         """Class names and the train index (labels checked once; the cache is shared by all ranks).
