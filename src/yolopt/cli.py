@@ -18,7 +18,7 @@ from .errors import YoloptError
 
 # Sub-commands, in the order `yolopt --help` lists them. Each module defines
 # `register(subparsers)` which adds its parser and sets `func=run`.
-COMMANDS = ["predict", "val", "info", "profile", "export", "bench", "train", "prune", "quantize", "optimize", "data", "demo"]
+COMMANDS = ["predict", "val", "info", "profile", "export", "bench", "train", "prune", "compress", "quantize", "optimize", "data", "demo"]
 
 
 class _OneLineFormatter(logging.Formatter):

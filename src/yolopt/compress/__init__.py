@@ -24,6 +24,7 @@ from .prune import (
     model_flops,
     prune,
 )
+from .recipe import CompressReport, CompressSpec, run_compress
 from .reconstruct import FitOptions, ReconstructStats, reconstruct
 from .sparsity import BNSparsity, safe_prune_ratio
 from .unstructured import magnitude_prune
@@ -33,4 +34,5 @@ from .workflow import PruneReport, PruneStep, PruneSummary, PruneWorkflowSpec, r
 __all__ = ["BNSparsity", "OutputDistillation", "check_teacher", "magnitude_prune", "output_distillation_loss",
            "safe_prune_ratio", "BACKENDS", "METHODS", "ChannelPruner", "PruneResult", "PruneSpec", "layer_channels",
            "measure_latency", "model_flops", "prune", "reconstruct", "FitOptions", "ReconstructStats", "widen_c3",
-           "PruneReport", "PruneStep", "PruneSummary", "PruneWorkflowSpec", "run_prune"]
+           "PruneReport", "PruneStep", "PruneSummary", "PruneWorkflowSpec", "run_prune", "CompressSpec", "CompressReport",
+           "run_compress"]

@@ -147,7 +147,9 @@ def check_label_files(cfg: DataConfig, split: str, files: list[Path], strict: bo
     """
     labels = {label_path(f) for f in files}
     missing = [f for f in files if not label_path(f).is_file()]
-    folders = {p.parent for p in labels}
+    # a .txt list names a subset of a folder (a selection split, a sample): the rest are not orphans
+    listed = any(src.suffix == ".txt" for src in cfg.splits.get(split, []))
+    folders = set() if listed else {p.parent for p in labels}
     orphans = sorted(t for d in folders if d.is_dir() for t in d.glob("*.txt") if t not in labels)
     if not missing and not orphans:
         return 0, 0
