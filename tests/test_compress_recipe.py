@@ -18,8 +18,9 @@ import yaml
 import yolopt
 from yolopt.data.split import carve_selection, split_files
 from yolopt.data.synth import generate
+from yolopt.errors import YoloptError
 
-from .conftest import run_cli
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_split_files_stratifies_by_the_rarest_class():
     assert counts[1] == 2 and counts[0] == 18  # 20% of each stratum
     assert len(select) == 20 and len(train) == 80 and not set(train) & set(select)
     assert sum(1 for f in select if int(f.stem[2:]) >= 90) == 2
-    with pytest.raises(yolopt.YoloptError, match="between 0 and 1"):
+    with pytest.raises(YoloptError, match="between 0 and 1"):
         split_files(files, classes, 1.0)
 
 

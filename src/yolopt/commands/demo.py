@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipeline.demo import OPTIMIZE, PRUNE, SHIPPED_BASE, SYNTH, find_shared  # noqa: F401 (tests import them here)
+from ..pipeline.demo import COMPRESS, OPTIMIZE, SHIPPED_BASE, SYNTH, find_shared  # noqa: F401 (tests import them here)
 from ._common import console as make_console
 from ._options import nonneg_int_arg
 
@@ -17,9 +17,9 @@ def register(sub) -> None:
                        "../shared: generate yolopt's synthetic set, take the yolov5n yolopt trained on it (shipped; "
                        "--retrain trains it here) and run `yolopt optimize --scenario realtime` on it with a "
                        f"{OPTIMIZE['time_budget']} budget: it prints the recommendation and writes OUT/optimize/"
-                       "report.html and OUT/optimize/deploy/. --only compress instead prunes the same model to half its "
-                       "FLOPs, fine-tunes with distillation and reports mAP, FLOPs and latency before and after "
-                       "(OUT/compress/pruned.json and .md).")
+                       "report.html and OUT/optimize/deploy/. --only compress instead runs `yolopt compress` on the same "
+                       "model: half its FLOPs, the lossless recipe's distilled stages, mAP on val and latency against "
+                       "the base (OUT/compress/run/report.md, .json, .png).")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--only", choices=["predict", "optimize", "compress"], help="run one part only")
     p.add_argument("--workers", type=nonneg_int_arg, default=2, help="data loading processes while training (default 2)")
@@ -76,16 +76,21 @@ def optimize_demo(out: Path, console, workers: int = 2, retrain: bool = False, t
 
 
 def compress_demo(out: Path, console, workers: int = 2, retrain: bool = False):
-    """Synthetic set -> base model (shipped, or trained and cached in OUT/base) -> pruned to half the FLOPs
-    with a distilled fine-tune (:func:`yolopt.pipeline.demo.compress_demo`) -> printed summary."""
+    """Synthetic set -> base model (shipped, or trained and cached in OUT/base) -> compressed to half the FLOPs
+    by the lossless recipe (:func:`yolopt.pipeline.demo.compress_demo`) -> printed summary."""
     from ..pipeline import demo as lib
 
     data, base = _synthetic_base(out, console, workers, retrain)
-    console.rule("prune to half the FLOPs, fine-tune with distillation")
+    console.rule(f"yolopt compress --target-flops {COMPRESS['target_flops']} --epochs-budget {COMPRESS['epochs_budget']}")
     rep = lib.compress_demo(base, data, out, workers)
-    g, m = rep.summary.gflops, rep.summary.map50
-    console.print(f"FLOPs {g.before:.3f} -> {g.finetuned:.3f} G: mAP50 {m.before:.4f} -> {m.finetuned:.4f} "
-                  f"({m.finetuned - m.before:+.4f}) after {PRUNE['finetune']} fine-tuning epochs with distillation")
+    f = rep.final
+    console.print(f"FLOPs {f.gflops_base:.3f} -> {f.gflops:.3f} G ({f.flops_ratio:.3f}x): val mAP50 "
+                  f"{f.val_base.map50:.4f} -> {f.val.map50:.4f} ({f.val.map50 - f.val_base.map50:+.4f}), mAP50-95 "
+                  f"{f.val_base.map50_95:.4f} -> {f.val.map50_95:.4f} after {sum(s.epochs for s in rep.stages)} "
+                  f"distilled epochs ({', '.join(s.name for s in rep.stages)}; stopped: {rep.stop})")
+    for rt, v in f.latency.items():
+        console.print(f"{rt} FP32 latency {v['base_ms']:.2f} -> {v['ms']:.2f} ms ({v['ratio']:.3f}x)")
+    console.print(f"report: {out / 'run' / 'report.md'}")
     return rep
 
 
