@@ -26,8 +26,8 @@ from yolopt.pipeline import deploy
 from yolopt.pipeline.deploy import write_bundle
 
 IMGSZ = 256  # the size of conftest's deploy_artifacts
-ALLOWED_IMPORTS = {"argparse", "glob", "json", "math", "os", "sys", "time", "__future__", "cv2", "numpy",
-                   "onnxruntime", "openvino"}
+ALLOWED_IMPORTS = {"argparse", "glob", "json", "math", "multiprocessing", "os", "signal", "sys", "time", "__future__",
+                   "cv2", "numpy", "onnxruntime", "openvino"}
 NETWORK_HINTS = ("Could not find a version", "No matching distribution", "Failed to establish", "Temporary failure",
                  "Network is unreachable", "ConnectionError", "ProxyError", "timed out", "Name or service not known")
 
@@ -459,3 +459,111 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(arts, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (write_bundle(arts["static"], empty) / "deploy.json").is_file()
+
+
+# --- workers: infer.py --workers N (issue 35) --------------------------------------------------------
+
+SYNTH_MODEL = Path(__file__).resolve().parents[1] / "src" / "yolopt" / "assets" / "synth_yolov5n.safetensors"
+
+
+@pytest.fixture(scope="module")
+def synth_bundle(tmp_path_factory):
+    """The synthetic model at 160 px, bundled as optimize bundles a 2-pipeline variant (1 thread each, no spin)."""
+    from yolopt.export import ExportSpec, export
+
+    d = tmp_path_factory.mktemp("synth_bundle")
+    art = export(SYNTH_MODEL, ExportSpec(format="onnx", imgsz=160, verify=False, out=d / "synth.onnx")).path
+    report = {"fps": 123.4, "streams": 2, "threads": 1, "cpu": "Test CPU"}
+    return write_bundle(art, d / "b", report=report, threads=1, spin=False, workers=2)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, bus_jpg) -> Path:
+    """A 6-frame MJPG video (small frames), for the frame-by-frame path."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("clip") / "clip.avi"
+    im = cv2.resize(cv2.imread(str(bus_jpg)), (192, 256))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (192, 256))
+    for k in range(6):
+        w.write(np.roll(im, 7 * k, 1))
+    w.release()
+    assert path.stat().st_size > 0
+    return path
+
+
+def _no_ms(text: str) -> str:
+    import re
+
+    return re.sub(r"\(\d+\.\d ms\)", "", text)
+
+
+def test_bundle_records_workers_readme_and_triton(synth_bundle):
+    cfg = json.loads((synth_bundle / "deploy.json").read_text())
+    assert cfg["runtime_options"] == {"threads": 1, "allow_spinning": False, "workers": 2}
+    assert _template().recommended_workers(cfg) == 2
+    readme = (synth_bundle / "README.md").read_text()
+    assert "python infer.py path/to/images/ --workers 2 --quiet" in readme and "123.4 images/s" in readme
+    assert "Test CPU" in readme and "2 CPU instance(s)" in readme
+    m, tc = parse_config(synth_bundle / "triton" / "yolov5" / "config.pbtxt")
+    assert [(g.count, g.kind) for g in tc.instance_group] == [(2, m.ModelInstanceGroup.KIND_CPU)]
+    assert {k: v.string_value for k, v in tc.parameters.items()} == {"intra_op_thread_count": "1",
+                                                                   "inter_op_thread_count": "1"}
+    assert "allow_spinning = 0" in (synth_bundle / "triton" / "yolov5" / "config.pbtxt").read_text()
+
+
+def test_infer_two_workers_same_output_as_one(synth_bundle, fresh_python, images, clip, tmp_path):
+    """Images (a folder given three times, a glob) and a video's frames: --workers 2 writes the same JSON, byte
+    for byte, and prints the same lines in the same order as --workers 1 (timings aside)."""
+    srcs = [images, clip, images / "*.jpg", images]
+    one = run_infer(fresh_python, synth_bundle, *srcs, "--workers", 1, "--json", tmp_path / "one.json")
+    two = run_infer(fresh_python, synth_bundle, *srcs, "--workers", 2, "--json", tmp_path / "two.json")
+    dflt = run_infer(fresh_python, synth_bundle, *srcs, "--json", tmp_path / "dflt.json")  # deploy.json: 2 workers
+    recs = json.loads((tmp_path / "one.json").read_text())
+    assert len(recs) == 2 + 6 + 2 + 2 and [r.get("frame") for r in recs[2:8]] == list(range(6))
+    assert sum(len(r["detections"]) for r in recs) > 0
+    assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    assert (tmp_path / "dflt.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    assert json.dumps(recs, indent=1) == (tmp_path / "one.json").read_text()  # the text json.dump writes
+    assert _no_ms(two.stdout) == _no_ms(one.stdout) == _no_ms(dflt.stdout) and "clip.avi frame 5:" in one.stdout
+    assert two.stderr == one.stderr == ""
+
+
+def test_infer_workers_zero_and_above_the_cores(synth_bundle, fresh_python, bus_jpg):
+    zero = subprocess.run([str(fresh_python), str(synth_bundle / "infer.py"), str(bus_jpg), "--workers", "0"],
+                          check=False, capture_output=True, text=True, env=_env(), timeout=120)
+    assert zero.returncode == 2 and zero.stderr.strip() == "error: --workers 0: give at least 1 worker process"
+    assert zero.stdout == ""
+    many = _template().usable_cpus() + 1
+    r = run_infer(fresh_python, synth_bundle, bus_jpg, "--workers", many, "--quiet")
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: --workers {many} is more than the "), r.stderr
+    assert "bus.jpg: 810x1080" in r.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+def test_infer_killed_worker_ends_the_run(synth_bundle, fresh_python, images, tmp_path):
+    """kill -9 of one worker mid-run: a non-zero exit and one line, within seconds (never a hang), no JSON."""
+    import signal
+    import time
+
+    out = tmp_path / "d.json"
+    p = subprocess.Popen([str(fresh_python), str(synth_bundle / "infer.py"), *[str(images)] * 2000, "--workers", "2",
+                          "--quiet", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env())
+    try:
+        assert p.stdout.readline().startswith(str(images))  # the workers are running
+        children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        assert len(children) == 2, children
+        os.kill(int(children[0]), signal.SIGKILL)
+        t0 = time.monotonic()
+        rest, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert time.monotonic() - t0 < 30
+    lines = err.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: worker 1 of 2 (pid {children[0]}) was killed by SIGKILL after "), lines[0]
+    assert len(rest.splitlines()) < 4000 - 1 and not out.exists() and not Path(f"{out}.tmp").exists()

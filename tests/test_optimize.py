@@ -242,7 +242,7 @@ def test_no_spin_pipeline_setting_same_outputs_and_carried_into_the_bundle(tmp_p
     assert np.array_equal(spin(x).numpy(), nospin(x).numpy())
     out = write_bundle(onnx_path, tmp_path / "deploy", threads=1, spin=False)
     cfg = json.loads((out / "deploy.json").read_text())
-    assert cfg["runtime_options"] == {"threads": 1, "allow_spinning": False}
+    assert cfg["runtime_options"] == {"threads": 1, "allow_spinning": False, "workers": 1}
 
 
 def test_qat_candidate_where_int8_misses_the_budget(synth_data, ref_run, tmp_path, monkeypatch):

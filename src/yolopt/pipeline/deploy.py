@@ -118,11 +118,14 @@ def _triton_dims(shape: list[int]) -> str:
     return ", ".join(str(int(d)) for d in shape)
 
 
-def triton_config(name: str, runtime: str, inputs: list[dict], outputs: list[dict]) -> str:
+def triton_config(name: str, runtime: str, inputs: list[dict], outputs: list[dict], instances: int = 1,
+                  threads: int | None = None, spin: bool = True) -> str:
     """``config.pbtxt`` text of a Triton model (Triton's ModelConfig text format).
 
     ``max_batch_size: 0``: the dims are the model's own, batch included (-1 where the model is dynamic),
-    so a fixed batch-1 model and a dynamic one are both described exactly as they are.
+    so a fixed batch-1 model and a dynamic one are both described exactly as they are. ``instances``: CPU
+    instances (the pipelines the bundle was measured with); ``threads``: intra-op threads per instance, as
+    backend parameters; ``spin=False`` is noted in a comment (the backends document no parameter for it).
     """
     lines = [f'name: "{name}"']
     if runtime == "onnxruntime":
@@ -136,7 +139,19 @@ def triton_config(name: str, runtime: str, inputs: list[dict], outputs: list[dic
             lines += ["  {", f'    name: "{t["name"]}"', f"    data_type: {TRITON_TYPES[t['dtype']]}",
                       f"    dims: [ {_triton_dims(t['shape'])} ]", "  }" + ("," if k < len(tensors) - 1 else "")]
         lines.append("]")
-    lines += ["instance_group [", "  {", "    count: 1", "    kind: KIND_CPU", "  }", "]"]
+    lines += ["instance_group [", "  {", f"    count: {max(1, int(instances))}", "    kind: KIND_CPU", "  }", "]"]
+    params = []
+    if threads:
+        params = ([("intra_op_thread_count", threads), ("inter_op_thread_count", 1)] if runtime == "onnxruntime"
+                  else [("INFERENCE_NUM_THREADS", threads)])
+    if params:
+        lines.append("parameters [")
+        for k, (key, value) in enumerate(params):
+            lines += ["  {", f'    key: "{key}"', f'    value: {{ string_value: "{int(value)}" }}',
+                      "  }" + ("," if k < len(params) - 1 else "")]
+        lines.append("]")
+    if not spin and runtime == "onnxruntime":
+        lines.append("# measured with session.intra_op.allow_spinning = 0 (infer.py sets it; idle threads sleep)")
     return "\n".join(lines) + "\n"
 
 
@@ -159,6 +174,44 @@ def _fmt(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(x) for x in v)
     return str(v)
+
+
+def _workers_text(cfg: dict) -> str:
+    opts = cfg.get("runtime_options") or {}
+    w, t = int(opts.get("workers") or 1), opts.get("threads")
+    threads = f"{t} runtime thread(s) each" if t else "the runtime's own thread count" if w == 1 else \
+        "the usable cores shared between them"
+    spin = "" if opts.get("allow_spinning", True) else ", idle runtime threads sleeping instead of spin-waiting"
+    return f"{w} worker process(es) by default, {threads}{spin} (deploy.json `runtime_options`)"
+
+
+def _instances_text(cfg: dict) -> str:
+    opts = cfg.get("runtime_options") or {}
+    w, t = int(opts.get("workers") or 1), opts.get("threads")
+    inst = f"{w} CPU instance(s) (`instance_group`, one per pipeline `infer.py` runs)"
+    return inst + (f", {t} intra-op thread(s) each (`parameters`)" if t else "")
+
+
+def run_command(cfg: dict, images: str = "path/to/images/") -> str:
+    """The command the bundle's measured throughput is reached with (the README gives it)."""
+    workers = int((cfg.get("runtime_options") or {}).get("workers") or 1)
+    return f"python infer.py {images} --workers {workers} --quiet"
+
+
+def _throughput(cfg: dict) -> str:
+    """The README's throughput section: the measured images/s and the command that reaches it."""
+    rep = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
+    fps = rep.get("fps")
+    opts = cfg.get("runtime_options") or {}
+    w, t = int(opts.get("workers") or 1), opts.get("threads")
+    text = "\n## Throughput\n\n"
+    if isinstance(fps, (int, float)):
+        on = f" on {rep['cpu']}" if rep.get("cpu") else ""
+        text += (f"yolopt measured **{fps:.1f} images/s** end to end (decode, letterbox, inference, NMS){on}, with "
+                 f"{w} pipeline(s) x {t or 'default'} thread(s). This command runs the same:\n")
+    else:
+        text += "Run the pipelines deploy.json recommends with:\n"
+    return text + f"\n```\n{run_command(cfg)}\n```\n"
 
 
 def _readme(cfg: dict, name: str) -> str:
@@ -189,8 +242,13 @@ Made by {made} from `{cfg['source']}`. It runs without yolopt and without PyTorc
 
 ```
 pip install -r requirements.txt
-python infer.py path/to/image.jpg path/to/folder --json detections.json [--threads 4]
+python infer.py path/to/image.jpg path/to/folder clip.mp4 --json detections.json
 ```
+
+Files, folders (searched recursively) and glob patterns of images and videos are read one image or frame at
+a time. `infer.py` runs {_workers_text(cfg)}; `--workers N` and `--threads N` (per worker) override that.
+Each worker is a process with its own runtime session; the output is in input order, the same for any
+number of workers.
 
 Each image is {box} ({same}), run through `{art}`; boxes scoring objectness x class above {cfg['conf']:g} go
 through class-aware NMS (IoU {cfg['iou']:g}, at most {cfg['max_det']} per image) and are mapped back to the
@@ -200,6 +258,7 @@ per image, its detections as `{{xyxy, conf, cls, name}}`; `python infer.py --hel
     if cfg.get("end2end"):
         text += ("\nThis artifact runs NMS inside the graph (exported with `--nms`): its output is the final "
                  "detections, and a `--conf` below the one baked in cannot bring back boxes it dropped.\n")
+    text += _throughput(cfg)
     rep = _flatten(cfg["report"]) if isinstance(cfg.get("report"), dict) else []
     if rep:
         text += "\n## Measured\n\nAs measured by yolopt on the machine that made this bundle:\n\n| | |\n|---|---:|\n"
@@ -209,7 +268,7 @@ per image, its detections as `{{xyxy, conf, cls, name}}`; `python infer.py --hel
 
 `triton/` is a model repository: `triton/{name}/config.pbtxt` and {triton_files}. The config gives the
 model's real input and output (names, types, dims with the batch dimension; -1 where it is dynamic),
-`max_batch_size: 0` and one CPU instance. Start a server on it with
+`max_batch_size: 0` and {_instances_text(cfg)}. Start a server on it with
 
 ```
 docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/triton:/models" nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
@@ -276,8 +335,10 @@ def _build(tmp: Path, files: list[Path], cfg: dict, name: str) -> None:
     target = {".onnx": "model.onnx", ".xml": "model.xml", ".bin": "model.bin"}
     for f in files:
         shutil.copyfile(f, model_dir / "1" / target[f.suffix.lower()])
-    (model_dir / "config.pbtxt").write_text(triton_config(name, cfg["runtime"], [cfg["input"]], cfg["outputs"]),
-                                            encoding="utf-8")
+    opts = cfg["runtime_options"]
+    (model_dir / "config.pbtxt").write_text(triton_config(name, cfg["runtime"], [cfg["input"]], cfg["outputs"],
+                                                          opts.get("workers") or 1, opts.get("threads"),
+                                                          opts.get("allow_spinning", True)), encoding="utf-8")
 
 
 @dataclass
@@ -289,7 +350,8 @@ class BundleSpec:
     ``preprocess(mode="rect")`` at batch 1). ``conf`` / ``iou`` / ``max_det``: infer.py's defaults.
     ``name``: the Triton model name. ``report``: measured numbers, stored in deploy.json and the README.
     ``threads`` / ``spin``: the runtime settings the numbers were measured with (infer.py's defaults;
-    ``spin=False``: ONNX Runtime's idle threads sleep instead of spin-waiting).
+    ``spin=False``: ONNX Runtime's idle threads sleep instead of spin-waiting); ``workers``: the pipelines
+    (processes) they were measured with, infer.py's default ``--workers`` and Triton's instance count.
     """
 
     letterbox: str = "square"
@@ -300,6 +362,7 @@ class BundleSpec:
     report: dict | None = None
     threads: int | None = None
     spin: bool = True
+    workers: int | None = None
 
 
 def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | None = None, **options) -> Path:
@@ -312,7 +375,7 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | N
     """
     spec = replace(spec or BundleSpec(), **options)  # an unknown option is a TypeError, as for any call
     letterbox, conf, iou, max_det, name = spec.letterbox, spec.conf, spec.iou, spec.max_det, spec.name
-    report, threads, spin = spec.report, spec.threads, spec.spin
+    report, threads, spin, workers = spec.report, spec.threads, spec.spin, spec.workers
     artifact, out = Path(artifact), Path(out_dir)
     if letterbox not in LETTERBOXES:
         raise YoloptError(f"letterbox {letterbox!r}: choose one of {', '.join(LETTERBOXES)}")
@@ -320,6 +383,8 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | N
         raise YoloptError(f"name {name!r}: a Triton model name must be letters, digits, '_', '.' or '-'")
     if not (0 <= conf <= 1 and 0 <= iou <= 1) or int(max_det) < 1:
         raise YoloptError(f"conf {conf} / iou {iou} must be in [0, 1] and max_det {max_det} at least 1")
+    if workers is not None and int(workers) < 1:
+        raise YoloptError(f"workers {workers}: a bundle runs at least 1 pipeline", fields=("workers",))
     if report is not None and not isinstance(report, dict):
         raise YoloptError(f"report must be a dict of measured numbers, not {type(report).__name__}")
     try:
@@ -355,7 +420,8 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | N
         "end2end": bool(backend.end2end), "baked_nms": backend.nms,
         "names": list(backend.names), "nc": int(backend.nc), "stride": int(backend.stride.max()),
         "conf": float(conf), "iou": float(iou), "max_det": int(max_det),
-        "runtime_options": {"threads": int(threads) if threads else None, "allow_spinning": bool(spin)},
+        "runtime_options": {"threads": int(threads) if threads else None, "allow_spinning": bool(spin),
+                            "workers": int(workers) if workers else 1},
     }
     if report_json is not None:
         cfg["report"] = report_json

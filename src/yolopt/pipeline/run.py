@@ -551,8 +551,9 @@ def _optimize(opt: Optimizer) -> OptimizeResults:
                                                "latency_ms", "size_mb", "threads", "streams")}
         if res.confirm is not None:
             summary["speedup_confirmed"] = res.confirm.speedup
+        summary["cpu"] = (r.machine or {}).get("cpu")
         bundle = BundleSpec(letterbox=r.letterbox, conf=spec.conf, iou=spec.iou, report=summary, threads=r.threads,
-                            spin=r.spin)
+                            spin=r.spin, workers=r.streams or 1)
         try:
             res.deploy = str(write_bundle(r.artifact, opt.out / "deploy", bundle))
         except YoloptError as e:

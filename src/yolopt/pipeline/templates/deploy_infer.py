@@ -5,7 +5,10 @@ Settings come from deploy.json next to this file (written by yolopt). The pre- a
 reproduce yolopt's: the same letterbox (pad 114), the same class-aware NMS, boxes mapped back to the
 original image and clipped to it.
 
-    python infer.py bus.jpg images/ --json detections.json
+    python infer.py bus.jpg images/ clip.mp4 --json detections.json --workers 2
+
+With --workers N (default: the pipelines deploy.json recommends), N processes each run their own runtime session;
+images go to whichever is free and the results come back in input order, the same as one worker gives.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ import argparse
 import glob
 import json
 import math
+import multiprocessing
 import os
+import signal
 import sys
 import time
+from multiprocessing.connection import wait
 
 import cv2
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
+VIDEO_SUFFIXES = {".asf", ".avi", ".flv", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".webm", ".wmv"}
 CLASS_OFFSET = 7680  # added to boxes per class id, so NMS never compares boxes of two classes
 MAX_CANDIDATES = 30000  # highest-scoring boxes kept before NMS
 
@@ -33,26 +40,58 @@ class BundleError(Exception):
 
 # --- inputs ---------------------------------------------------------------------------------------
 
+def _media(path):
+    ext = os.path.splitext(path)[1].lower()
+    return ext in IMAGE_SUFFIXES or ext in VIDEO_SUFFIXES
+
+
 def list_images(sources):
-    """Files, folders (searched recursively, sorted) and glob patterns -> image paths."""
+    """Files, folders (searched recursively, sorted) and glob patterns -> image and video paths (paths only:
+    the pixels are read one image or frame at a time)."""
     out = []
     for src in sources:
         if any(ch in src for ch in "*?["):
             found = sorted(p for p in glob.glob(src, recursive=True) if os.path.isfile(p))
             if not found:
                 raise BundleError(f"{src}: no files match this pattern")
-            out += [p for p in found if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES]
+            out += [p for p in found if _media(p)]
         elif os.path.isdir(src):
-            found = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs
-                           if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+            found = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs if _media(f))
             if not found:
-                raise BundleError(f"{src}: folder contains no images")
+                raise BundleError(f"{src}: folder contains no images or videos")
             out += found
         elif os.path.isfile(src):
             out.append(src)
         else:
             raise BundleError(f"{src}: no such file or folder")
     return out
+
+
+def is_video(path):
+    return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
+
+
+def tasks(paths):
+    """(path, frame index, pixels) one at a time: an image as its path (read where it is processed), a video
+    frame by frame (index from 0, pixels decoded here)."""
+    for path in paths:
+        if not is_video(path):
+            yield path, None, None
+            continue
+        cap = cv2.VideoCapture(path)
+        if not cap.isOpened():
+            yield path, None, None  # not a video OpenCV can open: tried as an image, skipped with a warning
+            continue
+        try:
+            k = 0
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield path, k, frame
+                k += 1
+        finally:
+            cap.release()
 
 
 def read_image(path):
@@ -250,26 +289,266 @@ def load_config(path):
     return cfg
 
 
+def usable_cpus():
+    """The cores this process may run on: its affinity, capped by a cgroup CPU quota (containers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def recommended_workers(cfg):
+    """The pipelines the bundle's numbers were measured with (deploy.json), else 1."""
+    opts = cfg.get("runtime_options") or {}
+    rep = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
+    n = opts.get("workers") or rep.get("streams") or 1
+    return max(1, int(n))
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
-        description="Detect objects in images with the model of this deploy bundle (settings from deploy.json "
-                    "next to this script). Prints one line per image and its boxes; --json writes them.",
-        epilog="example: python infer.py bus.jpg photos/ --json out.json --threads 4")
-    ap.add_argument("sources", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    ap.add_argument("--json", metavar="PATH", help="write the detections as JSON: per image a list of "
-                    "{xyxy, conf, cls, name} in original-image pixels")
+        description="Detect objects in images and videos with the model of this deploy bundle (settings from "
+                    "deploy.json next to this script). Prints one line per image or frame and its boxes; --json "
+                    "writes them.",
+        epilog="example: python infer.py bus.jpg photos/ --json out.json --workers 2 --threads 1")
+    ap.add_argument("sources", nargs="+", help="image or video files, folders (searched recursively) or glob patterns")
+    ap.add_argument("--json", metavar="PATH", help="write the detections as JSON: per image (per frame of a video) "
+                    "a list of {xyxy, conf, cls, name} in original-image pixels")
     ap.add_argument("--conf", type=float, help="score threshold, objectness x class (default: deploy.json's)")
     ap.add_argument("--iou", type=float, help="NMS IoU threshold (default: deploy.json's)")
     ap.add_argument("--max-det", type=int, help="at most this many boxes per image (default: deploy.json's)")
-    ap.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: deploy.json runtime_options, else the runtime's own)")
+    ap.add_argument("--threads", type=int, help="intra-op threads of the runtime, per worker (default: deploy.json "
+                    "runtime_options; else the usable cores shared by the workers, or the runtime's own for one)")
+    ap.add_argument("--workers", type=int, help="worker processes, each with its own runtime session (default: the "
+                    "pipelines deploy.json recommends); the output is in input order whatever the number")
     ap.add_argument("--config", default=os.path.join(HERE, "deploy.json"), help="bundle settings (default: "
                     "deploy.json next to this script)")
     ap.add_argument("--quiet", action="store_true", help="print only the one-line summary of each image")
     return ap.parse_args(argv)
 
 
-def run(args):
-    cfg = load_config(args.config)
+class Detector:
+    """One pipeline: read -> letterbox -> model -> NMS -> boxes in original pixels, as JSON-ready records."""
+
+    def __init__(self, cfg, settings):
+        self.cfg = cfg
+        self.conf, self.iou, self.max_det = settings["conf"], settings["iou"], settings["max_det"]
+        self.names = cfg["names"]
+        self.model = Model(cfg, settings["threads"])
+
+    def __call__(self, path, frame, im):
+        """(record or None, warning or None, ms) of one image (``im`` None: read from ``path``) or video frame."""
+        if im is None:
+            im = read_image(path)
+            if im is None:
+                return None, f"{path}: not a readable image, skipped", 0.0
+        t0 = time.perf_counter()
+        padded, gain, pad = letterbox(im, self.cfg)
+        y = self.model(to_input(padded, self.model.dtype))
+        if self.cfg.get("end2end"):
+            det = decode_end2end(y, self.conf, self.max_det)
+        else:
+            det = decode(y[0], self.conf, self.iou, self.max_det)
+        det = to_original(det, gain, pad, im.shape[:2])
+        ms = (time.perf_counter() - t0) * 1e3
+        names = self.names
+        dets = [{"xyxy": [float(v) for v in d[:4]], "conf": float(d[4]), "class": int(d[5]),
+                 "name": names[int(d[5])] if int(d[5]) < len(names) else str(int(d[5]))} for d in det]
+        rec = {"image": path}
+        if frame is not None:
+            rec["frame"] = frame
+        rec.update({"width": int(im.shape[1]), "height": int(im.shape[0]), "detections": dets})
+        return rec, None, ms
+
+
+def worker_main(conn, cfg, settings):
+    """A worker process: its own Detector; tasks in, results out on ``conn``, until None or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    try:
+        detector = Detector(cfg, settings)
+    except BundleError as e:
+        conn.send(("error", str(e)))
+        return
+    except Exception as e:  # the runtime refusing the model, say: one line, not a traceback per worker
+        conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0]))
+        return
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        idx, path, frame, im = task
+        try:
+            out = detector(path, frame, im)
+        except Exception as e:
+            conn.send(("error", f"{path}: {type(e).__name__}: {e}".splitlines()[0]))
+            return
+        conn.send(("result", idx, out))
+
+
+def _death(proc):
+    proc.join(2)
+    code = proc.exitcode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class WorkerPool:
+    """``n`` worker processes, one pipe each. Images go out as paths (two queued per worker, so none waits
+    between images), video frames as pixels (one at a time, so a large frame never blocks a pipe both ways)."""
+
+    def __init__(self, n, cfg, settings):
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+        self.procs, self.conns, self.sent = [], [], 0
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=worker_main, args=(child, cfg, settings), daemon=True)
+            p.start()
+            child.close()
+            self.procs.append(p)
+            self.conns.append(parent)
+
+    def run(self, items, emit):
+        """Send every task of ``items`` out, call ``emit(path, frame, result)`` in input order."""
+        n = len(self.procs)
+        queued = [[] for _ in range(n)]  # per worker: (index, carries pixels) in flight
+        meta, done = {}, {}
+        items = iter(items)
+        nxt, out_pos, done_count = None, 0, 0
+        exhausted = False
+        while True:
+            for w in range(n):  # feed every worker that has room
+                while not exhausted:
+                    if nxt is None:
+                        try:
+                            nxt = next(items)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                    big = nxt[2] is not None
+                    if queued[w] and (big or len(queued[w]) >= 2 or queued[w][-1][1]):
+                        break
+                    idx = self.sent
+                    self.sent += 1
+                    meta[idx] = (nxt[0], nxt[1])
+                    self._send(w, (idx, *nxt))
+                    queued[w].append((idx, big))
+                    nxt = None
+            if exhausted and not any(queued):
+                break
+            ready = wait([c for c, q in zip(self.conns, queued) if q] + [p.sentinel for p in self.procs])
+            for w, c in enumerate(self.conns):
+                if c not in ready:
+                    continue
+                try:
+                    msg = c.recv()
+                except (EOFError, OSError):
+                    self._died(w, done_count)
+                if msg[0] == "error":
+                    self.close()
+                    raise BundleError(msg[1])
+                _, idx, res = msg
+                queued[w] = [q for q in queued[w] if q[0] != idx]
+                done[idx] = res
+            for w, p in enumerate(self.procs):
+                if p.sentinel in ready:  # gone before it was told to stop: its own error, else killed
+                    self._raise_error(w)
+                    self._died(w, done_count)
+            while out_pos in done:  # emit in input order
+                path, frame = meta.pop(out_pos)
+                emit(path, frame, done.pop(out_pos))
+                out_pos += 1
+                done_count += 1
+
+    def _raise_error(self, w):
+        """The error a worker sent before it exited, if it sent one."""
+        try:
+            while self.conns[w].poll():
+                msg = self.conns[w].recv()
+                if msg[0] == "error":
+                    self.close()
+                    raise BundleError(msg[1])
+        except (EOFError, OSError):
+            pass
+
+    def _send(self, w, task):
+        try:
+            self.conns[w].send(task)
+        except (BrokenPipeError, EOFError, OSError):
+            self._died(w, None)
+
+    def _died(self, w, done_count):
+        how = _death(self.procs[w])
+        self.close()
+        after = f" after {done_count} image(s)" if done_count is not None else ""
+        raise WorkerDied(f"worker {w + 1} of {len(self.procs)} (pid {self.procs[w].pid}) {how}{after}; the run "
+                         "stopped (no --json written)")
+
+    def close(self):
+        """Stop the workers: a None each, then terminate whoever is left."""
+        for c in self.conns:
+            try:
+                c.send(None)
+            except (OSError, EOFError, ValueError):
+                pass
+        for p in self.procs:
+            p.join(1)
+            if p.exitcode is None:
+                p.kill()
+                p.join(1)
+        for c in self.conns:
+            c.close()
+
+
+class WorkerDied(BundleError):
+    """A worker process died (killed, out of memory): the run stops."""
+
+
+class JsonWriter:
+    """The --json list written record by record (the same text as json.dump(records, indent=1)), renamed into
+    place only when complete."""
+
+    def __init__(self, path):
+        self.path, self.tmp, self.n = path, f"{path}.tmp", 0
+        self.f = open(self.tmp, "w", encoding="utf-8")
+
+    def add(self, rec):
+        text = "\n".join(" " + line for line in json.dumps(rec, indent=1).splitlines())
+        self.f.write(("[\n" if self.n == 0 else ",\n") + text)
+        self.n += 1
+
+    def finish(self):
+        self.f.write("\n]" if self.n else "[]")
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        self.f.close()
+        try:
+            os.remove(self.tmp)
+        except OSError:
+            pass
+
+
+def settings_of(args, cfg):
+    """conf / iou / max_det / threads / workers from the command line over deploy.json; bad values are errors."""
     conf = cfg.get("conf", 0.25) if args.conf is None else args.conf
     iou = cfg.get("iou", 0.45) if args.iou is None else args.iou
     max_det = cfg.get("max_det", 300) if args.max_det is None else args.max_det
@@ -277,43 +556,70 @@ def run(args):
         raise BundleError(f"--conf {conf} and --iou {iou} must be in [0, 1], --max-det {max_det} at least 1")
     if args.threads is not None and args.threads < 1:
         raise BundleError(f"--threads {args.threads}: give a positive number")
+    workers = recommended_workers(cfg) if args.workers is None else args.workers
+    if workers < 1:
+        raise BundleError(f"--workers {workers}: give at least 1 worker process")
+    cores = usable_cpus()
+    if workers > cores:
+        print(f"warning: --workers {workers} is more than the {cores} usable CPU core(s); the workers will take "
+              "turns on them", file=sys.stderr)
+    threads = args.threads or (cfg.get("runtime_options") or {}).get("threads")
+    if not threads and workers > 1:
+        threads = max(1, cores // workers)
+    return {"conf": conf, "iou": iou, "max_det": max_det, "threads": threads, "workers": workers}
+
+
+def run(args):
+    """Detect on every image / frame of ``args.sources``; returns how many were processed."""
+    cfg = load_config(args.config)
+    settings = settings_of(args, cfg)
+    conf = settings["conf"]
     baked = cfg.get("baked_nms") or {}
     if cfg.get("end2end") and baked.get("conf") is not None and conf < baked["conf"]:
         print(f"warning: the model ran NMS itself at conf {baked['conf']}; --conf {conf} cannot bring back "
               "boxes under that", file=sys.stderr)
-    names = cfg["names"]
     paths = list_images(args.sources)
-    model = Model(cfg, args.threads)
-    records = []
-    for path in paths:
-        im = read_image(path)
-        if im is None:
-            print(f"warning: {path}: not a readable image, skipped", file=sys.stderr)
-            continue
-        t0 = time.perf_counter()
-        padded, gain, pad = letterbox(im, cfg)
-        y = model(to_input(padded, model.dtype))
-        det = decode_end2end(y, conf, max_det) if cfg.get("end2end") else decode(y[0], conf, iou, max_det)
-        det = to_original(det, gain, pad, im.shape[:2])
-        ms = (time.perf_counter() - t0) * 1e3
-        dets = [{"xyxy": [float(v) for v in d[:4]], "conf": float(d[4]), "class": int(d[5]),
-                 "name": names[int(d[5])] if int(d[5]) < len(names) else str(int(d[5]))} for d in det]
-        records.append({"image": path, "width": int(im.shape[1]), "height": int(im.shape[0]), "detections": dets})
+    writer = JsonWriter(args.json) if args.json else None
+    count = 0
+
+    def emit(path, frame, result):
+        nonlocal count
+        rec, warning, ms = result
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+            return
+        count += 1
+        if writer:
+            writer.add(rec)
         counts = {}
-        for d in dets:
+        for d in rec["detections"]:
             counts[d["name"]] = counts.get(d["name"], 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no detections"
-        print(f"{path}: {im.shape[1]}x{im.shape[0]}, {summary} ({ms:.1f} ms)")
+        where = path if frame is None else f"{path} frame {frame}"
+        print(f"{where}: {rec['width']}x{rec['height']}, {summary} ({ms:.1f} ms)")
         if not args.quiet:
-            for d in dets:
+            for d in rec["detections"]:
                 x1, y1, x2, y2 = d["xyxy"]
                 print(f"  {d['name']:<16} {d['conf']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(records, f, indent=1)
-        os.replace(tmp, args.json)
-    return records
+
+    try:
+        if settings["workers"] == 1:  # in this process: nothing to hand over
+            detector = Detector(cfg, settings)
+            for path, frame, im in tasks(paths):
+                emit(path, frame, detector(path, frame, im))
+        else:
+            pool = WorkerPool(settings["workers"], cfg, settings)
+            try:
+                pool.run(tasks(paths), emit)
+            finally:
+                pool.close()
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    if writer:
+        writer.finish()
+    return count
 
 
 def main(argv=None):
@@ -323,6 +629,9 @@ def main(argv=None):
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
