@@ -100,3 +100,45 @@ def test_results_json_old_layout_loads_and_newer_is_refused(tmp_path):
     assert str(newer) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(YoloptError, match="missing variants"):
         OptimizeResults.load(_write(tmp_path / "other.json", {"model": "m.pt", "recommendation": None}))
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_weight_range_follows_the_cpu(tmp_path, monkeypatch, vnni):
+    """ONNX Runtime INT8 builds use full-range (8-bit) weights on VNNI CPUs and 7-bit ones elsewhere; OpenVINO's
+    are left as they were. A cached INT8 build or row made with the other range is not reused. No quantization is
+    run: only the spec the builder hands to quantize is checked."""
+    from yolopt import machine
+    from yolopt.pipeline import variants
+    from yolopt.pipeline.spec import OptimizeSpec
+
+    monkeypatch.setattr(machine, "has_vnni", lambda: vnni)
+    spec = OptimizeSpec(model="m.pt", data="d.yaml", max_map_drop=0.01)
+    q = variants.quantize_spec(spec, tmp_path / "model.onnx", 160, mixed=True)
+    assert q.backend == "onnxruntime" and q.imgsz == 160 and q.max_map_drop == 0.005
+    assert q.reduce_range is (not vnni)
+    spec.target = "openvino"
+    assert variants.quantize_spec(spec, tmp_path / "model.xml", 160, mixed=False).reduce_range is True
+    spec.target = "onnxruntime"
+    # the cache: a build (and the variant row made from it) with the other range is stale
+    made_here = {"calibration": {}, "reduce_range": not vnni}
+    made_elsewhere = {"calibration": {}, "reduce_range": vnni}
+    before_the_choice = {"calibration": {}}  # 7-bit, always
+    assert not variants.stale_weight_range(made_here, "onnxruntime")
+    assert variants.stale_weight_range(made_elsewhere, "onnxruntime")
+    assert variants.stale_weight_range(before_the_choice, "onnxruntime") is vnni
+    assert not variants.stale_weight_range({"key": "fp32-160-fixed"}, "onnxruntime")
+    _write(tmp_path / "artifacts" / "int8-160-fixed" / "build.json",
+           {"key": "int8-160-fixed", "artifact": str(tmp_path / "model.onnx"), "seconds": 1.0,
+            "details": made_elsewhere})
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    assert variants.Builder(spec, tmp_path / "artifacts", None).info("int8-160-fixed") is None
+    _write(tmp_path / "artifacts" / "int8-160-fixed" / "build.json",
+           {"key": "int8-160-fixed", "artifact": str(tmp_path / "model.onnx"), "seconds": 1.0, "details": made_here})
+    assert variants.Builder(spec, tmp_path / "artifacts", None).info("int8-160-fixed").details == made_here
+    v = Variant("int8-96", "int8", "INT8, 96 square letterbox", "int8-96-fixed", 96, estimate_s=99.0)
+    row = {**OLD_ROW, "name": "int8-96", "kind": "int8", "variant": v.to_dict()}
+    opt = _optimizer(tmp_path)
+    opt.spec = spec
+    for details, reused in ((made_here, True), (made_elsewhere, False)):
+        _write(tmp_path / "variants" / "int8-96.json", {**row, "build": {"key": "int8-96-fixed", **details}})
+        assert (opt._cached(v) is not None) is reused, details

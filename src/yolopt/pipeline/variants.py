@@ -110,6 +110,8 @@ class Builder:
         if f.exists():
             try:
                 d = json.loads(f.read_text())
+                if stale_weight_range(d.get("details"), self.spec.target):
+                    return None  # an INT8 build with the other weight range (made on another CPU): rebuilt
                 if Path(d["artifact"]).exists():
                     return Build(key=d.get("key", key), artifact=d["artifact"], seconds=float(d["seconds"]),
                                  details=d.get("details") or {}, cached=True)
@@ -156,17 +158,13 @@ class Builder:
                   ) -> tuple[Path, dict]:
         """PTQ (``yolopt quantize``), with accuracy control (``mixed``) or after ``qat`` epochs of QAT. The QAT
         run is kept outside the build folder (``qat_dir``), so a killed build resumes its training."""
-        from ..quantize import OPTIMIZE_CALIB_IMAGES, QuantizeSpec, quantize
+        from ..quantize import quantize
 
-        spec = self.spec
-        q = QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=OPTIMIZE_CALIB_IMAGES,
-                         max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
-                         latency=False, threads=spec.threads, out=out, progress=spec.progress, qat=qat,
-                         qat_unlabeled=list(spec.unlabeled), qat_dir=qat_dir)
+        q = quantize_spec(self.spec, out, imgsz, mixed, qat, qat_dir)
         res = quantize(self.model, q)
         rep = res.report
         details = {"float_layers": len(rep.float_layers), "layers": rep.layers,
-                   "calibration": rep.calibration.to_dict()}
+                   "calibration": rep.calibration.to_dict(), "reduce_range": q.reduce_range}
         if qat:
             details["qat"] = {k: getattr(rep.qat, k) for k in ("epochs", "seconds", "map50_95_gain_over_ptq",
                                                                 "map50_gain_over_ptq")}
@@ -187,6 +185,33 @@ class Builder:
                                           out=pruned, device="cpu", progress=False))
         artifact = self._export(load_model(pruned), out, imgsz, dynamic)
         return artifact, {"epochs": epochs, "target_flops": flops, "summary": rep.summary.to_dict()}
+
+
+def full_range_weights(target: str) -> bool:
+    """8-bit (full-range) INT8 weights for ONNX Runtime on CPUs with VNNI, whose u8 x s8 kernels do not
+    overflow; 7-bit elsewhere (the int16 accumulation of AVX2-only kernels can saturate)."""
+    from ..machine import has_vnni
+
+    return target == "onnxruntime" and has_vnni()
+
+
+def stale_weight_range(details: dict | None, target: str) -> bool:
+    """True for an INT8 build (its details) made with the weight range this CPU does not use (7-bit by default
+    before full-range weights were chosen on VNNI CPUs)."""
+    details = details or {}
+    return "calibration" in details and details.get("reduce_range", True) == full_range_weights(target)
+
+
+def quantize_spec(spec: OptimizeSpec, out: Path, imgsz: int, mixed: bool, qat: int = 0,
+                  qat_dir: Path | None = None):
+    """The :class:`~yolopt.quantize.QuantizeSpec` of one INT8 build (PTQ, mixed precision or QAT)."""
+    from ..quantize import OPTIMIZE_CALIB_IMAGES, QuantizeSpec
+
+    return QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=OPTIMIZE_CALIB_IMAGES,
+                        max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
+                        latency=False, threads=spec.threads, out=out, progress=spec.progress, qat=qat,
+                        qat_unlabeled=list(spec.unlabeled), qat_dir=qat_dir,
+                        reduce_range=not full_range_weights(spec.target))
 
 
 def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> tuple[Accuracy, object]:
