@@ -563,7 +563,7 @@ def test_infer_killed_worker_ends_the_run(synth_bundle, fresh_python, images, tm
             p.kill()
             p.communicate()
     assert time.monotonic() - t0 < 30
-    lines = err.strip().splitlines()
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning: --workers")]  # a 1-core machine
     assert p.returncode == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"error: worker 1 of 2 (pid {children[0]}) was killed by SIGKILL after "), lines[0]
     assert len(rest.splitlines()) < 4000 - 1 and not out.exists() and not Path(f"{out}.tmp").exists()

@@ -328,7 +328,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, help="intra-op threads of the runtime, per worker (default: deploy.json "
                     "runtime_options; else the usable cores shared by the workers, or the runtime's own for one)")
     ap.add_argument("--workers", type=int, help="worker processes, each with its own runtime session (default: the "
-                    "pipelines deploy.json recommends); the output is in input order whatever the number")
+                    "pipelines deploy.json recommends, at most the usable cores); the output is in input order "
+                    "whatever the number")
     ap.add_argument("--config", default=os.path.join(HERE, "deploy.json"), help="bundle settings (default: "
                     "deploy.json next to this script)")
     ap.add_argument("--quiet", action="store_true", help="print only the one-line summary of each image")
@@ -556,10 +557,10 @@ def settings_of(args, cfg):
         raise BundleError(f"--conf {conf} and --iou {iou} must be in [0, 1], --max-det {max_det} at least 1")
     if args.threads is not None and args.threads < 1:
         raise BundleError(f"--threads {args.threads}: give a positive number")
-    workers = recommended_workers(cfg) if args.workers is None else args.workers
+    cores = usable_cpus()
+    workers = min(recommended_workers(cfg), cores) if args.workers is None else args.workers
     if workers < 1:
         raise BundleError(f"--workers {workers}: give at least 1 worker process")
-    cores = usable_cpus()
     if workers > cores:
         print(f"warning: --workers {workers} is more than the {cores} usable CPU core(s); the workers will take "
               "turns on them", file=sys.stderr)
