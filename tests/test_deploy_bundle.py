@@ -567,3 +567,31 @@ def test_infer_killed_worker_ends_the_run(synth_bundle, fresh_python, images, tm
     assert p.returncode == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"error: worker 1 of 2 (pid {children[0]}) was killed by SIGKILL after "), lines[0]
     assert len(rest.splitlines()) < 4000 - 1 and not out.exists() and not Path(f"{out}.tmp").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+def test_infer_workers_stop_when_the_main_process_is_killed(synth_bundle, fresh_python, images):
+    """kill -9 of infer.py itself: its workers see their pipe close and exit (no orphans left running)."""
+    import signal
+    import time
+
+    p = subprocess.Popen([str(fresh_python), str(synth_bundle / "infer.py"), *[str(images)] * 2000, "--workers", "2",
+                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env())
+    try:
+        assert p.stdout.readline().startswith(str(images))
+        children = [int(c) for c in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+        assert len(children) == 2
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+            time.sleep(0.1)
+        alive = [c for c in children if Path(f"/proc/{c}").exists()
+                 and Path(f"/proc/{c}/stat").read_text().split()[2] != "Z"]
+        for c in alive:
+            os.kill(c, signal.SIGKILL)
+        assert not alive, "workers kept running after the main process was killed"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

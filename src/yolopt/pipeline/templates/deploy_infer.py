@@ -370,8 +370,12 @@ class Detector:
         return rec, None, ms
 
 
-def worker_main(conn, cfg, settings):
-    """A worker process: its own Detector; tasks in, results out on ``conn``, until None or the pipe closes."""
+def worker_main(conn, cfg, settings, inherited=()):
+    """A worker process: its own Detector; tasks in, results out on ``conn``, until None or the pipe closes.
+    ``inherited``: the main process's pipe ends a forked worker holds copies of, closed here so that the main
+    process dying closes the pipe (the worker then stops)."""
+    for c in inherited:
+        c.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     try:
         detector = Detector(cfg, settings)
@@ -390,11 +394,15 @@ def worker_main(conn, cfg, settings):
             return
         idx, path, frame, im = task
         try:
-            out = detector(path, frame, im)
+            msg = ("result", idx, detector(path, frame, im))
         except Exception as e:
-            conn.send(("error", f"{path}: {type(e).__name__}: {e}".splitlines()[0]))
+            msg = ("error", f"{path}: {type(e).__name__}: {e}".splitlines()[0])
+        try:
+            conn.send(msg)
+        except OSError:  # the main process is gone: nobody to answer
             return
-        conn.send(("result", idx, out))
+        if msg[0] == "error":
+            return
 
 
 def _death(proc):
@@ -415,12 +423,13 @@ class WorkerPool:
     between images), video frames as pixels (one at a time, so a large frame never blocks a pipe both ways)."""
 
     def __init__(self, n, cfg, settings):
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+        fork = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if fork else "spawn")
         self.procs, self.conns, self.sent = [], [], 0
         for _ in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, args=(child, cfg, settings), daemon=True)
+            inherited = (*self.conns, parent) if fork else ()
+            p = ctx.Process(target=worker_main, args=(child, cfg, settings, inherited), daemon=True)
             p.start()
             child.close()
             self.procs.append(p)
