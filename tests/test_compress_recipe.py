@@ -104,7 +104,7 @@ def _env() -> dict:
 def test_killed_run_resumes_to_the_uninterrupted_result(weights, data, tmp_path):
     """kill -9 in the first stage's second epoch, the same command again: the same stages, scores and weights
     as a run that was never stopped; a run folder with other settings is refused."""
-    common = ["--data", str(data), "--epochs-budget", "4", "--imgsz", "64", "--batch", "8", "--workers", "0",
+    common = ["--data", str(data), "--epochs-budget", "8", "--imgsz", "64", "--batch", "8", "--workers", "0",
               "--no-latency", "--no-progress"]
     ref = tmp_path / "ref"
     r = run_cli("compress", weights, *common, "--out", ref)

@@ -125,8 +125,18 @@ class CompressSpec:
         return self
 
     def key(self) -> dict:
-        """The fields a continued run must share with the one that started the folder."""
-        return {"model": str(Path(self.model).resolve()), "data": str(Path(self.data).resolve()),
+        """The fields a continued run must share with the one that started the folder: the model by content
+        (SHA-256) and the dataset by its yaml's name and classes, so that a run folder continues on another
+        machine where the files live elsewhere."""
+        import hashlib
+
+        from ..data.dataset import load_data_config
+
+        h = hashlib.sha256()
+        with open(self.model, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return {"model": h.hexdigest(), "data": [Path(self.data).name, load_data_config(self.data).names],
                 "target_flops": self.target_flops, "metric": self.metric, "max_map_drop": self.max_map_drop,
                 "select_fraction": self.select_fraction, "select_on": self.select_on, "round_to": self.round_to,
                 "widen": self.widen, "seed": self.seed, "unlabeled": [str(u) for u in self.unlabeled]}
