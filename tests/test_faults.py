@@ -308,3 +308,61 @@ def test_optimize_keeps_time_for_its_finish_inside_the_budget():
     assert costs.confirm_rounds(costs.FINISH_FIXED_S + 2.5 * per_round, 4.0) == 2
     assert costs.confirm_rounds(costs.FINISH_FIXED_S + 0.5 * per_round, 4.0) == 0
     assert costs.confirm_rounds(1e6, 4.0) == costs.CONFIRM_ROUNDS
+
+
+# ----------------------------------------------------------------------------- a killed prune fine-tune
+
+def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, tmp_path):
+    """`prune --finetune` killed with SIGKILL after its first fine-tune epoch, then run again: pruning is redone
+    (deterministic) and the fine-tune continues from its checkpoint, every epoch once; the log names the pruned
+    model. While the first process lives, a second prune into the same --out is refused in one line."""
+    import signal
+    import time
+
+    import torch
+
+    import yolopt
+    from conftest import run_cli
+    from yolopt.engine.checkpoint import read_train_checkpoint
+    from yolopt.models import DetectionModel, builtin_config
+
+    torch.manual_seed(0)
+    weights = yolopt.save(DetectionModel(builtin_config("yolov5n", nc=2)).eval(), tmp_path / "m.safetensors",
+                          imgsz=64)
+    out = tmp_path / "p.safetensors"
+    args = ["prune", str(weights), "--ratio", "0.25", "--imgsz", "64", "--no-latency", "--force", "--data",
+            str(tiny_set), "--finetune", "4", "--batch", "4", "--workers", "0", "--device", "cpu", "--val-every", "9",
+            "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "yolopt", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    ft = tmp_path / "p_finetune"
+    last = ft / "step1" / "last.safetensors"
+    try:
+        deadline = time.time() + 300
+        while not last.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert last.exists(), first.stderr.read()[-2000:] if first.poll() is not None else "no checkpoint in time"
+        assert first.poll() is None, "the fine-tune ended before it could be killed"
+        second = run_cli(*args)
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another prune run is writing into this folder (pid {first.pid}" in lines[0]
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert first.returncode == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    _, _, st = read_train_checkpoint(last)
+    assert st["epoch"] in (0, 1, 2)
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and "training the pruned" in r.stderr, r.stderr
+    assert "a model given in Python" not in r.stderr
+    _, _, st = read_train_checkpoint(last)
+    assert [row["epoch"] for row in st["history"]] == [1, 2, 3, 4]
+    rows = (ft / "step1" / "results.csv").read_text().strip().splitlines()[1:]
+    assert [int(x.split(",")[0]) for x in rows] == [1, 2, 3, 4]
+    assert out.exists()
