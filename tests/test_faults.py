@@ -366,3 +366,44 @@ def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, t
     rows = (ft / "step1" / "results.csv").read_text().strip().splitlines()[1:]
     assert [int(x.split(",")[0]) for x in rows] == [1, 2, 3, 4]
     assert out.exists()
+
+
+# ----------------------------------------------------------------------------- the noise rule, shown
+
+def test_a_variant_missing_the_budget_by_the_noise_rule_says_so_in_the_plot_and_the_report(monkeypatch):
+    """A variant above the max-drop line whose drop + 1 SE exceeds the budget: the plot's legend states the noise
+    rule and marks the miss, the table's reason and the 'closest' line give the numbers."""
+    from yolopt.pipeline import OptimizeSpec, report
+    from yolopt.pipeline.records import Budget, OptimizeResults, Recommendation, VariantResult
+    from yolopt.pipeline.select import violations
+
+    spec = OptimizeSpec("m.pt", "d.yaml", imgsz=[640], max_map_drop=0.01, map_noise=1.0)
+    lat = {"p50": 10.0, "p99": 12.0}
+    base = VariantResult(name="fp32", kind="baseline", status="done", map50_95=0.30, map50=0.5, drop=0.0, fps=50.0,
+                         latency_ms=lat, size_mb=7.0)
+    int8 = VariantResult(name="int8", kind="int8", status="done", map50_95=0.292, map50=0.49, drop=0.008,
+                         drop_se=0.004, fps=90.0, latency_ms=lat, size_mb=2.0)
+    for v in (base, int8):
+        v.misses = violations(v, spec, spec.max_map_drop) or None
+        v.meets = not v.misses
+    assert base.meets and not int8.meets  # 0.008 <= 0.01, but 0.008 + 0.004 > 0.01
+    res = OptimizeResults(model="m.pt", metric="map50_95", variants=[base, int8], baseline="fp32",
+                          budget=Budget(max_map_drop=0.01, map_noise=1.0),
+                          recommendation=Recommendation(scenario="realtime", variant=None, met=False, closest="int8"))
+    legends = []
+
+    def keep_legend(fig, _png=report._fig_png):
+        legends.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+        return _png(fig)
+
+    monkeypatch.setattr(report, "_fig_png", keep_legend)
+    assert report.pareto_png(res).startswith(b"\x89PNG")
+    assert "noise rule: mAP − 1×SE must stay above the line" in legends
+    assert "misses the budget (reason: report table)" in legends
+    md = report.render_markdown(res)
+    row = next(line for line in md.splitlines() if line.startswith("| int8"))
+    assert "misses: mAP drop 0.80 + 1 x 0.40 standard error > 1.00 points" in row
+    assert "Noise rule: a variant meets the mAP budget when its drop + 1 × its standard error" in md
+    assert "Closest: int8: mAP50-95 drop 0.0080 + 1 × 0.0040 standard error = 0.0120 vs 0.0100 allowed" in md
+    html = report.render_html(res, report.pareto_png(res))
+    assert 'id="noise-rule"' in html
