@@ -249,6 +249,8 @@ class OptimizeResults:
         for k in ("model", "data", "scenario", "target", "threads", "conf", "metric"):
             d[k] = getattr(self, k)
         d["budget"] = None if self.budget is None else vars(self.budget).copy()
+        if d["budget"] and d["budget"]["map_noise"] is None:  # a results.json from before the rule was recorded
+            del d["budget"]["map_noise"]
         d["machine"], d["baseline"] = self.machine, self.baseline
         d["variants"] = [v.to_dict() for v in self.variants]
         d["recommendation"] = None if self.recommendation is None else vars(self.recommendation).copy()
