@@ -407,3 +407,46 @@ def test_a_variant_missing_the_budget_by_the_noise_rule_says_so_in_the_plot_and_
     assert "Closest: int8: mAP50-95 drop 0.0080 + 1 × 0.0040 standard error = 0.0120 vs 0.0100 allowed" in md
     html = report.render_html(res, report.pareto_png(res))
     assert 'id="noise-rule"' in html
+
+
+# ----------------------------------------------------------------------------- export of a model that sees nothing
+
+def test_export_of_a_blind_model_blames_the_model_not_the_images(tmp_path):
+    """No detection on the sample images nor on the generated scene: the model is the problem, and the error
+    does not send the user looking for other --verify-source images; a model that does detect elsewhere does."""
+    import cv2
+    import numpy as np
+    import torch
+
+    import yolopt
+    from conftest import run_cli
+
+    m = yolopt.load(SYNTH_MODEL)
+    with torch.no_grad():
+        for conv in m.model[-1].m:  # objectness logits -> -30: no box ever passes conf 0.01
+            conv.bias.view(3, -1)[:, 4] = -30.0
+    blind = yolopt.save(m, tmp_path / "blind.safetensors", imgsz=64)
+    r = run_cli("export", blind, "--format", "onnx", "--imgsz", "64", "--out", tmp_path / "b.onnx")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "The PyTorch model itself detects nothing" in lines[0] and "the model is the problem" in lines[0]
+    assert "--verify-source" not in lines[0] and "give verification images" not in lines[0]
+    assert not (tmp_path / "b.onnx").exists()
+
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), np.full((64, 64, 3), 114, np.uint8))
+    r = run_cli("export", blind, "--format", "onnx", "--imgsz", "64", "--out", tmp_path / "b.onnx",
+                "--verify-source", gray)
+    assert r.returncode == 1 and "itself detects nothing (nor on " in r.stderr, r.stderr
+    # a model that detects on other images: the images are the problem (the synthetic model sees something even in
+    # a gray square, so the rule is checked on verification results as export builds them)
+    from yolopt.export.exporter import _nothing_to_compare
+    from yolopt.export.verify import NOTHING_HINT, VerifyResult
+
+    problem = f"0 PyTorch / 0 exported detections at conf 0.25 on gray.png: nothing to compare. {NOTHING_HINT}"
+    elsewhere = VerifyResult(0, 0, 1.0, 3, 3, sources=["bus.jpg", "zidane.jpg", "a.jpg"], passed=True)
+    text, blind = _nothing_to_compare(problem, [elsewhere])
+    assert not blind and text.endswith("does detect objects elsewhere (3 on bus.jpg, zidane.jpg and 1 more): "
+                                       "give verification images with objects of its classes")
+    text, blind = _nothing_to_compare(problem, [VerifyResult(0, 0, 1.0, 0, 0, sources=["generated scene"])])
+    assert blind and "itself detects nothing (nor on generated scene)" in text and NOTHING_HINT not in text
