@@ -450,3 +450,79 @@ def test_export_of_a_blind_model_blames_the_model_not_the_images(tmp_path):
                                        "give verification images with objects of its classes")
     text, blind = _nothing_to_compare(problem, [VerifyResult(0, 0, 1.0, 0, 0, sources=["generated scene"])])
     assert blind and "itself detects nothing (nor on generated scene)" in text and NOTHING_HINT not in text
+
+
+# ----------------------------------------------------------------------------- smaller ones (finding 11)
+
+def test_a_warning_during_a_progress_bar_goes_through_its_write(monkeypatch):
+    import io
+    import logging
+
+    import tqdm
+
+    from yolopt.cli import _OneLineFormatter, _StderrHandler
+
+    written = []
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, file=None, **kw: written.append(s)))
+    h = _StderrHandler()
+    h.setFormatter(_OneLineFormatter())
+    rec = logging.LogRecord("yolopt", logging.WARNING, __file__, 1, "a warning", None, None)
+    with tqdm.tqdm(total=2, file=io.StringIO()):
+        h.emit(rec)
+    assert written == ["yolopt: warning: a warning"]
+
+
+def test_the_report_says_gains_for_a_negative_drop():
+    from yolopt.pipeline import OptimizeSpec
+    from yolopt.pipeline.records import VariantResult
+    from yolopt.pipeline.select import Choice, describe
+
+    lat = {"p50": 10.0}
+    base = VariantResult(name="fp32", kind="baseline", status="done", map50_95=0.30, map50=0.5, drop=0.0, fps=50.0,
+                         latency_ms=lat, description="fp32")
+    v = VariantResult(name="int8", kind="int8", status="done", map50_95=0.3058, map50=0.5, drop=-0.0058, fps=90.0,
+                      latency_ms=lat, description="int8")
+    text = describe(Choice("int8", True), [base, v], OptimizeSpec("m.pt", "d.yaml", imgsz=[640]))
+    assert "It gains 0.58 mAP50-95 points" in text and "costs -" not in text
+
+
+def test_optimize_help_names_the_sizes_it_uses():
+    from yolopt.cli import build_parser
+    from yolopt.pipeline.spec import default_sizes
+
+    sub = next(a for a in build_parser()._actions if a.choices and "optimize" in a.choices)
+    help_text = " ".join(sub.choices["optimize"].format_help().split())
+    assert default_sizes(640) == [640, 576, 512, 416] and "640 -> 640,576,512,416" in help_text
+
+
+def test_an_export_that_fails_names_its_destination_folder(tmp_path, monkeypatch):
+    """A writer's error about its temporary file (a full disk) names the destination, folder included."""
+    from dataclasses import replace
+
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.export.exporter import EXPORTERS
+
+    def full(model, out, spec, meta, workdir):
+        raise ExportError(f"{out.name}: torch.onnx.export failed ([Errno 28] No space left on device)")
+
+    monkeypatch.setitem(EXPORTERS, "onnx", replace(EXPORTERS["onnx"], write=full))
+    out = tmp_path / "deep" / "m.onnx"
+    with pytest.raises(ExportError) as e:
+        export(SYNTH_MODEL, ExportSpec("onnx", imgsz=64, verify=False, out=out))
+    assert str(e.value).startswith(f"{out}: torch.onnx.export failed ([Errno 28]")
+    assert not out.exists()
+
+
+def test_info_prints_a_table_and_json_on_request():
+    import json
+
+    from conftest import run_cli
+
+    r = run_cli("info", SYNTH_MODEL)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(ValueError):
+        json.loads(r.stdout)
+    assert "params" in r.stdout
+    r = run_cli("info", SYNTH_MODEL, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["nc"] == 2
