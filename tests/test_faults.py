@@ -357,6 +357,10 @@ def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, t
             first.wait()
     _, _, st = read_train_checkpoint(last)
     assert st["epoch"] in (0, 1, 2)
+    with FolderLock(last.parent, "training run"):  # `train --resume` into a folder a live run holds: refused
+        r = run_cli("train", "--resume", last.parent, "--workers", "0", "--no-progress")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"another training run is writing into this folder (pid {os.getpid()}" in r.stderr
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "training the pruned" in r.stderr, r.stderr
@@ -526,3 +530,15 @@ def test_info_prints_a_table_and_json_on_request():
     assert "params" in r.stdout
     r = run_cli("info", SYNTH_MODEL, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["nc"] == 2
+
+
+def test_compress_into_a_folder_another_run_holds_is_refused(tiny_set, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "c"
+    with FolderLock(out, "compress run"):
+        r = run_cli("compress", SYNTH_MODEL, "--data", tiny_set, "--imgsz", "64", "--no-latency", "--out", out)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"{out}: another compress run is writing into this folder (pid {os.getpid()}" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [FolderLock.NAME]
