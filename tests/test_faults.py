@@ -312,7 +312,7 @@ def test_optimize_keeps_time_for_its_finish_inside_the_budget():
 
 # ----------------------------------------------------------------------------- a killed prune fine-tune
 
-def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, tmp_path):
+def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, tmp_path, monkeypatch):
     """`prune --finetune` killed with SIGKILL after its first fine-tune epoch, then run again: pruning is redone
     (deterministic) and the fine-tune continues from its checkpoint, every epoch once; the log names the pruned
     model. While the first process lives, a second prune into the same --out is refused in one line."""
@@ -370,6 +370,22 @@ def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, t
     rows = (ft / "step1" / "results.csv").read_text().strip().splitlines()[1:]
     assert [int(x.split(",")[0]) for x in rows] == [1, 2, 3, 4]
     assert out.exists()
+
+    # what the folder offers a next run: the finished fine-tune to the same pruned model; a model of other tensor
+    # shapes starts over, with a warning that says why
+    import json
+
+    from yolopt.compress import workflow
+
+    warned = []
+    monkeypatch.setattr(workflow.log, "warning", lambda msg, *a: warned.append(msg % a))
+    started = json.loads((ft / "step1" / workflow._PRUNED).read_text())["weights"]
+    kw = dict(epochs=4, imgsz=64, batch=4, hyp=None, unlabeled=[], val_data=None, val_every=9)
+    assert workflow._earlier_finetune(yolopt.load(out), started, tiny_set, kw, ft / "step1") == "finished"
+    assert workflow._earlier_finetune(yolopt.load(weights), started, tiny_set, kw, ft / "step1") is None
+    assert len(warned) == 1 and "tensor shapes differ from the pruned model's" in warned[0]
+    assert workflow._earlier_finetune(yolopt.load(out), started, tiny_set, {**kw, "epochs": 6}, ft / "step1") is None
+    assert "its settings differ (epochs)" in warned[-1]
 
 
 # ----------------------------------------------------------------------------- the noise rule, shown
