@@ -308,3 +308,253 @@ def test_optimize_keeps_time_for_its_finish_inside_the_budget():
     assert costs.confirm_rounds(costs.FINISH_FIXED_S + 2.5 * per_round, 4.0) == 2
     assert costs.confirm_rounds(costs.FINISH_FIXED_S + 0.5 * per_round, 4.0) == 0
     assert costs.confirm_rounds(1e6, 4.0) == costs.CONFIRM_ROUNDS
+
+
+# ----------------------------------------------------------------------------- a killed prune fine-tune
+
+def test_killed_prune_finetune_resumes_and_a_second_prune_is_refused(tiny_set, tmp_path, monkeypatch):
+    """`prune --finetune` killed with SIGKILL after its first fine-tune epoch, then run again: pruning is redone
+    (deterministic) and the fine-tune continues from its checkpoint, every epoch once; the log names the pruned
+    model. While the first process lives, a second prune into the same --out is refused in one line."""
+    import signal
+    import time
+
+    import torch
+
+    import yolopt
+    from conftest import run_cli
+    from yolopt.engine.checkpoint import read_train_checkpoint
+    from yolopt.models import DetectionModel, builtin_config
+
+    torch.manual_seed(0)
+    weights = yolopt.save(DetectionModel(builtin_config("yolov5n", nc=2)).eval(), tmp_path / "m.safetensors",
+                          imgsz=64)
+    out = tmp_path / "p.safetensors"
+    args = ["prune", str(weights), "--ratio", "0.25", "--imgsz", "64", "--no-latency", "--force", "--data",
+            str(tiny_set), "--finetune", "4", "--batch", "4", "--workers", "0", "--device", "cpu", "--val-every", "9",
+            "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "yolopt", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    ft = tmp_path / "p_finetune"
+    last = ft / "step1" / "last.safetensors"
+    try:
+        deadline = time.time() + 300
+        while not last.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert last.exists(), first.stderr.read()[-2000:] if first.poll() is not None else "no checkpoint in time"
+        assert first.poll() is None, "the fine-tune ended before it could be killed"
+        second = run_cli(*args)
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another prune run is writing into this folder (pid {first.pid}" in lines[0]
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert first.returncode == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    _, _, st = read_train_checkpoint(last)
+    assert st["epoch"] in (0, 1, 2)
+    with FolderLock(last.parent, "training run"):  # `train --resume` into a folder a live run holds: refused
+        r = run_cli("train", "--resume", last.parent, "--workers", "0", "--no-progress")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"another training run is writing into this folder (pid {os.getpid()}" in r.stderr
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and "training the pruned" in r.stderr, r.stderr
+    assert "a model given in Python" not in r.stderr
+    _, _, st = read_train_checkpoint(last)
+    assert [row["epoch"] for row in st["history"]] == [1, 2, 3, 4]
+    rows = (ft / "step1" / "results.csv").read_text().strip().splitlines()[1:]
+    assert [int(x.split(",")[0]) for x in rows] == [1, 2, 3, 4]
+    assert out.exists()
+
+    # what the folder offers a next run: the finished fine-tune to the same pruned model; a model of other tensor
+    # shapes starts over, with a warning that says why
+    import json
+
+    from yolopt.compress import workflow
+
+    warned = []
+    monkeypatch.setattr(workflow.log, "warning", lambda msg, *a: warned.append(msg % a))
+    started = json.loads((ft / "step1" / workflow._PRUNED).read_text())["weights"]
+    kw = dict(epochs=4, imgsz=64, batch=4, hyp=None, unlabeled=[], val_data=None, val_every=9)
+    assert workflow._earlier_finetune(yolopt.load(out), started, tiny_set, kw, ft / "step1") == "finished"
+    assert workflow._earlier_finetune(yolopt.load(weights), started, tiny_set, kw, ft / "step1") is None
+    assert len(warned) == 1 and "tensor shapes differ from the pruned model's" in warned[0]
+    assert workflow._earlier_finetune(yolopt.load(out), started, tiny_set, {**kw, "epochs": 6}, ft / "step1") is None
+    assert "its settings differ (epochs)" in warned[-1]
+
+
+# ----------------------------------------------------------------------------- the noise rule, shown
+
+def test_a_variant_missing_the_budget_by_the_noise_rule_says_so_in_the_plot_and_the_report(monkeypatch):
+    """A variant above the max-drop line whose drop + 1 SE exceeds the budget: the plot's legend states the noise
+    rule and marks the miss, the table's reason and the 'closest' line give the numbers."""
+    from yolopt.pipeline import OptimizeSpec, report
+    from yolopt.pipeline.records import Budget, OptimizeResults, Recommendation, VariantResult
+    from yolopt.pipeline.select import violations
+
+    spec = OptimizeSpec("m.pt", "d.yaml", imgsz=[640], max_map_drop=0.01, map_noise=1.0)
+    lat = {"p50": 10.0, "p99": 12.0}
+    base = VariantResult(name="fp32", kind="baseline", status="done", map50_95=0.30, map50=0.5, drop=0.0, fps=50.0,
+                         latency_ms=lat, size_mb=7.0)
+    int8 = VariantResult(name="int8", kind="int8", status="done", map50_95=0.292, map50=0.49, drop=0.008,
+                         drop_se=0.004, fps=90.0, latency_ms=lat, size_mb=2.0)
+    for v in (base, int8):
+        v.misses = violations(v, spec, spec.max_map_drop) or None
+        v.meets = not v.misses
+    assert base.meets and not int8.meets  # 0.008 <= 0.01, but 0.008 + 0.004 > 0.01
+    res = OptimizeResults(model="m.pt", metric="map50_95", variants=[base, int8], baseline="fp32",
+                          budget=Budget(max_map_drop=0.01, map_noise=1.0),
+                          recommendation=Recommendation(scenario="realtime", variant=None, met=False, closest="int8"))
+    legends = []
+
+    def keep_legend(fig, _png=report._fig_png):
+        legends.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+        return _png(fig)
+
+    monkeypatch.setattr(report, "_fig_png", keep_legend)
+    assert report.pareto_png(res).startswith(b"\x89PNG")
+    assert "noise rule: mAP − 1×SE must stay above the line" in legends
+    assert "misses the budget (reason: report table)" in legends
+    md = report.render_markdown(res)
+    row = next(line for line in md.splitlines() if line.startswith("| int8"))
+    assert "misses: mAP drop 0.80 + 1 x 0.40 standard error > 1.00 points" in row
+    assert "Noise rule: a variant meets the mAP budget when its drop + 1 × its standard error" in md
+    assert "Closest: int8: mAP50-95 drop 0.0080 + 1 × 0.0040 standard error = 0.0120 vs 0.0100 allowed" in md
+    html = report.render_html(res, report.pareto_png(res))
+    assert 'id="noise-rule"' in html
+
+
+# ----------------------------------------------------------------------------- export of a model that sees nothing
+
+def test_export_of_a_blind_model_blames_the_model_not_the_images(tmp_path):
+    """No detection on the sample images nor on the generated scene: the model is the problem, and the error
+    does not send the user looking for other --verify-source images; a model that does detect elsewhere does."""
+    import cv2
+    import numpy as np
+    import torch
+
+    import yolopt
+    from conftest import run_cli
+
+    m = yolopt.load(SYNTH_MODEL)
+    with torch.no_grad():
+        for conv in m.model[-1].m:  # objectness logits -> -30: no box ever passes conf 0.01
+            conv.bias.view(3, -1)[:, 4] = -30.0
+    blind = yolopt.save(m, tmp_path / "blind.safetensors", imgsz=64)
+    r = run_cli("export", blind, "--format", "onnx", "--imgsz", "64", "--out", tmp_path / "b.onnx")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "The PyTorch model itself detects nothing" in lines[0] and "the model is the problem" in lines[0]
+    assert "--verify-source" not in lines[0] and "give verification images" not in lines[0]
+    assert not (tmp_path / "b.onnx").exists()
+
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), np.full((64, 64, 3), 114, np.uint8))
+    r = run_cli("export", blind, "--format", "onnx", "--imgsz", "64", "--out", tmp_path / "b.onnx",
+                "--verify-source", gray)
+    assert r.returncode == 1 and "itself detects nothing (nor on " in r.stderr, r.stderr
+    # a model that detects on other images: the images are the problem (the synthetic model sees something even in
+    # a gray square, so the rule is checked on verification results as export builds them)
+    from yolopt.export.exporter import _nothing_to_compare
+    from yolopt.export.verify import NOTHING_HINT, VerifyResult
+
+    problem = f"0 PyTorch / 0 exported detections at conf 0.25 on gray.png: nothing to compare. {NOTHING_HINT}"
+    elsewhere = VerifyResult(0, 0, 1.0, 3, 3, sources=["bus.jpg", "zidane.jpg", "a.jpg"], passed=True)
+    text, blind = _nothing_to_compare(problem, [elsewhere])
+    assert not blind and text.endswith("does detect objects elsewhere (3 on bus.jpg, zidane.jpg and 1 more): "
+                                       "give verification images with objects of its classes")
+    text, blind = _nothing_to_compare(problem, [VerifyResult(0, 0, 1.0, 0, 0, sources=["generated scene"])])
+    assert blind and "itself detects nothing (nor on generated scene)" in text and NOTHING_HINT not in text
+
+
+# ----------------------------------------------------------------------------- smaller ones (finding 11)
+
+def test_a_warning_during_a_progress_bar_goes_through_its_write(monkeypatch):
+    import io
+    import logging
+
+    import tqdm
+
+    from yolopt.cli import _OneLineFormatter, _StderrHandler
+
+    written = []
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, file=None, **kw: written.append(s)))
+    h = _StderrHandler()
+    h.setFormatter(_OneLineFormatter())
+    rec = logging.LogRecord("yolopt", logging.WARNING, __file__, 1, "a warning", None, None)
+    with tqdm.tqdm(total=2, file=io.StringIO()):
+        h.emit(rec)
+    assert written == ["yolopt: warning: a warning"]
+
+
+def test_the_report_says_gains_for_a_negative_drop():
+    from yolopt.pipeline import OptimizeSpec
+    from yolopt.pipeline.records import VariantResult
+    from yolopt.pipeline.select import Choice, describe
+
+    lat = {"p50": 10.0}
+    base = VariantResult(name="fp32", kind="baseline", status="done", map50_95=0.30, map50=0.5, drop=0.0, fps=50.0,
+                         latency_ms=lat, description="fp32")
+    v = VariantResult(name="int8", kind="int8", status="done", map50_95=0.3058, map50=0.5, drop=-0.0058, fps=90.0,
+                      latency_ms=lat, description="int8")
+    text = describe(Choice("int8", True), [base, v], OptimizeSpec("m.pt", "d.yaml", imgsz=[640]))
+    assert "It gains 0.58 mAP50-95 points" in text and "costs -" not in text
+
+
+def test_optimize_help_names_the_sizes_it_uses():
+    from yolopt.cli import build_parser
+    from yolopt.pipeline.spec import default_sizes
+
+    sub = next(a for a in build_parser()._actions if a.choices and "optimize" in a.choices)
+    help_text = " ".join(sub.choices["optimize"].format_help().split())
+    assert default_sizes(640) == [640, 576, 512, 416] and "640 -> 640,576,512,416" in help_text
+
+
+def test_an_export_that_fails_names_its_destination_folder(tmp_path, monkeypatch):
+    """A writer's error about its temporary file (a full disk) names the destination, folder included."""
+    from dataclasses import replace
+
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.export.exporter import EXPORTERS
+
+    def full(model, out, spec, meta, workdir):
+        raise ExportError(f"{out.name}: torch.onnx.export failed ([Errno 28] No space left on device)")
+
+    monkeypatch.setitem(EXPORTERS, "onnx", replace(EXPORTERS["onnx"], write=full))
+    out = tmp_path / "deep" / "m.onnx"
+    with pytest.raises(ExportError) as e:
+        export(SYNTH_MODEL, ExportSpec("onnx", imgsz=64, verify=False, out=out))
+    assert str(e.value).startswith(f"{out}: torch.onnx.export failed ([Errno 28]")
+    assert not out.exists()
+
+
+def test_info_prints_a_table_and_json_on_request():
+    import json
+
+    from conftest import run_cli
+
+    r = run_cli("info", SYNTH_MODEL)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(ValueError):
+        json.loads(r.stdout)
+    assert "params" in r.stdout
+    r = run_cli("info", SYNTH_MODEL, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["nc"] == 2
+
+
+def test_compress_into_a_folder_another_run_holds_is_refused(tiny_set, tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "c"
+    with FolderLock(out, "compress run"):
+        r = run_cli("compress", SYNTH_MODEL, "--data", tiny_set, "--imgsz", "64", "--no-latency", "--out", out)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"{out}: another compress run is writing into this folder (pid {os.getpid()}" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [FolderLock.NAME]

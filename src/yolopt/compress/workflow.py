@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import YoloptError
+from ..fileio import FolderLock, write_json
 
 log = logging.getLogger("yolopt")
 
@@ -271,10 +272,18 @@ class PruneReport:
 def run_prune(spec: PruneWorkflowSpec) -> PruneReport:
     """Prune ``spec.model`` as ``spec`` says, save it to ``spec.out_path()`` and write the report next to it
     (``.json``, ``.md``). Raises :class:`YoloptError` for a spec or model that cannot be pruned."""
+    spec = spec.check()
+    if spec.finetune:  # one run per fine-tune folder, refused at start (the trainer locks each step's folder)
+        out = spec.out_path()
+        with FolderLock(out.with_name(f"{out.stem}_finetune"), "prune run"):
+            return _run_prune(spec)
+    return _run_prune(spec)
+
+
+def _run_prune(spec: PruneWorkflowSpec) -> PruneReport:
     from ..machine import machine_info
     from ..models.checkpoint import load_model
 
-    spec = spec.check()
     src = Path(spec.model)
     model = load_model(src)
     if model.is_fused:
@@ -445,7 +454,10 @@ def _latency(model, spec: PruneWorkflowSpec) -> dict | None:
 
 
 def _finetune(model, spec: PruneWorkflowSpec, epochs: int, out: Path, teacher):
+    """Fine-tune ``model`` into the run folder ``out``; a run left there by a killed process with this same
+    model (tensor shapes) and settings is continued from its last finished epoch, or reused when it finished."""
     from ..engine import train
+    from ..engine.trainer import BEST, LAST
     from ..models.checkpoint import load_model
 
     callbacks = []
@@ -458,16 +470,85 @@ def _finetune(model, spec: PruneWorkflowSpec, epochs: int, out: Path, teacher):
         from ..engine.trainer import load_hyp
 
         hyp = {**load_hyp(None), "lr0": spec.lr0}
-    log.info("fine-tuning %d epoch(s) on %s%s%s -> %s", epochs, spec.data,
-             f" + {', '.join(map(str, spec.unlabeled))} (unlabelled)" if spec.unlabeled else "",
-             " with distillation" if spec.distill else "", out)
-    res = train(str(spec.data), model=model, epochs=epochs, imgsz=spec.imgsz, batch=spec.batch, workers=spec.workers,
-                device=spec.device, out=str(out), exist_ok=True, teacher=teacher if spec.distill else None,
-                callbacks=callbacks, hyp=hyp, progress=spec.progress, unlabeled=[str(u) for u in spec.unlabeled],
-                val_data=spec.val_data and str(spec.val_data), val_every=spec.val_every)
-    tuned = load_model(res.best or res.last)  # the EMA weights
-    model.load_state_dict(tuned.state_dict())
+    kw = dict(epochs=epochs, imgsz=spec.imgsz, batch=spec.batch, hyp=hyp, unlabeled=[str(u) for u in spec.unlabeled],
+              val_data=spec.val_data and str(spec.val_data), val_every=spec.val_every)
+    summary = _weights_summary(model)
+    earlier = _earlier_finetune(model, summary, spec.data, kw, out)
+    if earlier == "finished":
+        log.info("fine-tuning: %s finished before; using its weights", out)
+        res = None
+    elif earlier == "resume":
+        res = train(resume=out, callbacks=callbacks, teacher=teacher if spec.distill else None, device=spec.device,
+                    workers=spec.workers, progress=spec.progress)
+    else:
+        log.info("fine-tuning %d epoch(s) on %s%s%s -> %s", epochs, spec.data,
+                 f" + {', '.join(map(str, spec.unlabeled))} (unlabelled)" if spec.unlabeled else "",
+                 " with distillation" if spec.distill else "", out)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (LAST, BEST):  # an earlier run's files; the marker below describes the run written from here on
+            (out / f).unlink(missing_ok=True)
+        write_json(out / _PRUNED, {"model": str(spec.model), "weights": summary}, quiet=True)
+        res = train(str(spec.data), model=model, workers=spec.workers, device=spec.device, out=str(out), exist_ok=True,
+                    teacher=teacher if spec.distill else None, callbacks=callbacks, progress=spec.progress,
+                    source=f"the pruned {spec.model}", **kw)
+    best = out / BEST
+    tuned = load_model(best if best.exists() else out / LAST) if res is None else load_model(res.best or res.last)
+    model.load_state_dict(tuned.state_dict())  # the EMA weights
     return model.cpu().float().eval()
+
+
+_PRUNED = "pruned_model.json"  # in a fine-tune run folder: a summary of the pruned weights it started from
+
+
+def _weights_summary(model) -> dict[str, list[float]]:
+    """Per tensor: its sum and its sum of magnitudes. Pruning is deterministic up to float rounding (its mean
+    compensation runs the model, and the thread count changes the rounding), so compare with a tolerance."""
+    return {k: [float(v.double().sum()), float(v.double().abs().sum())] for k, v in model.state_dict().items()}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    import math
+
+    return a.keys() == b.keys() and all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-5)
+                                        for k in a for x, y in zip(a[k], b[k]))
+
+
+def _earlier_finetune(model, summary: dict, data, kw: dict, out: Path) -> str | None:
+    """What a fine-tune run already in ``out`` offers: ``"resume"`` (the same pruned weights, settings and tensor
+    shapes, epochs left), ``"finished"`` (all epochs done) or None (none, or not this one: a warning, and it
+    starts over)."""
+    import json
+
+    from ..engine.checkpoint import prefixed, read_train_checkpoint
+    from ..engine.trainer import LAST
+    from ..errors import CheckpointError
+
+    if not (out / LAST).is_file():
+        return None
+    try:
+        tensors, _, state = read_train_checkpoint(out / LAST)
+    except CheckpointError as e:
+        log.warning("%s; the fine-tune starts over", e)
+        return None
+    cfg = state.get("config") or {}
+    want = {**kw, "data": str(Path(data).resolve()) if Path(data).exists() else str(data)}
+    want["unlabeled"] = [str(Path(u).resolve()) if Path(u).exists() else str(u) for u in want["unlabeled"]]
+    if want["val_data"] and Path(want["val_data"]).exists():
+        want["val_data"] = str(Path(want["val_data"]).resolve())
+    changed = [k for k, v in want.items() if cfg.get(k) != v]
+    try:
+        started = json.loads((out / _PRUNED).read_text()).get("weights") or {}
+    except (OSError, ValueError, AttributeError):
+        started = {}
+    ema = prefixed(tensors, "model.")
+    shapes = [k for k, v in model.state_dict().items() if k not in ema or tuple(ema[k].shape) != tuple(v.shape)]
+    why = (f"its tensor shapes differ from the pruned model's ({len(shapes)} tensors, e.g. {shapes[0]})" if shapes
+           else f"its settings differ ({', '.join(changed)})" if changed
+           else "it started from other pruned weights" if not _same_weights(started, summary) else None)
+    if why:
+        log.warning("%s: the fine-tune there is not this one: %s; it starts over", out, why)
+        return None
+    return "finished" if int(state["epoch"]) + 1 >= int(cfg["epochs"]) else "resume"
 
 
 def _refit(pruned, ref, images, pruner, prev: dict, chans0: dict, spec: PruneWorkflowSpec) -> ReconstructRow:

@@ -136,6 +136,7 @@ class TrainConfig:
     strict: bool = False  # images without a label file / label files without an image: an error, not a warning
     unlabeled: list[str] = field(default_factory=list)  # extra image folders / globs without labels (distillation)
     val_data: str | None = None  # data yaml to validate on (default: data, when it is a yaml)
+    source: str | None = None  # names a model given in Python (model=) in the log and provenance
 
 
 @dataclass
@@ -843,7 +844,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def _model_source(self) -> str:
-        return self.cfg.weights or self.cfg.cfg or "a model given in Python"
+        return self.cfg.weights or self.cfg.cfg or self.cfg.source or "a model given in Python"
 
     def _save(self, epoch: int, best: bool) -> None:
         state = {"epoch": epoch, "ema_updates": self.ema.updates, "best_fitness": self.best_fitness,

@@ -29,7 +29,7 @@ from ..choices import PRECISIONS
 from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
 from ..ops.sizes import check_imgsz
-from .verify import VerifyOptions, VerifyResult, tolerance, verify
+from .verify import NOTHING_HINT, VerifyOptions, VerifyResult, tolerance, verify
 
 log = logging.getLogger("yolopt")
 
@@ -429,6 +429,25 @@ def output_path(ex: Exporter, out: str | Path | None, weights: Path | None) -> P
     return out.with_suffix(ex.suffix) if out.suffix else out.parent / (out.name + ex.suffix)
 
 
+def _nothing_to_compare(problem: str, others: list[VerifyResult]) -> tuple[str, bool]:
+    """A "nothing to compare" verification ``problem`` with its answer: do the images hold nothing, or does
+    the model detect nothing at all? ``others``: verifications of the same model on other images. Returns the
+    text and whether the model is blind (no detection anywhere)."""
+    head = problem.replace(NOTHING_HINT, "").rstrip(" .")
+    hits = [r for r in others if r.detections_torch]
+    if hits:
+        return (f"{head}. The model does detect objects elsewhere ({hits[0].detections_torch} on "
+                f"{_sources_text(hits[0].sources)}): give verification images with objects of its classes", False)
+    srcs = list(dict.fromkeys(s for r in others for s in r.sources if s not in head))
+    also = f" (nor on {_sources_text(srcs)})" if srcs else ""
+    return (f"{head}. The PyTorch model itself detects nothing{also}: the model is the problem, not the "
+            "verification images; check it with val (is it trained, on these classes?)", True)
+
+
+def _sources_text(sources: list) -> str:
+    return ", ".join(map(str, sources[:2])) + (f" and {len(sources) - 2} more" if len(sources) > 2 else "")
+
+
 def _make_dirs(folder: Path) -> list[Path]:
     """mkdir -p; returns the folders it created, deepest first (to remove them again on failure)."""
     created = []
@@ -494,12 +513,21 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
             images = spec.verify_images or sample_images()  # real images with objects, when there are any
             opt = VerifyOptions(batch=spec.batch, dynamic=spec.dynamic, atol=spec.atol)
             vres = verify(backend, ref, imgsz, spec.precision, opt, images=images, raise_on_fail=False)
+            tried = [vres]
             if vres.problem and images and not spec.verify_images:  # the samples hold none of this model's classes
                 vres = verify(backend, ref, imgsz, spec.precision, opt, images=None, raise_on_fail=False)
+                tried.append(vres)
+            if vres.problem and spec.verify_images:  # the given images, or the model itself?
+                probe = sample_images()
+                tried += [verify(backend, ref, imgsz, spec.precision, opt, images=im, raise_on_fail=False)
+                          for im in ([probe, None] if probe else [None])]
             del backend
+            blind = False
+            if vres.problem:
+                vres.problem, blind = _nothing_to_compare(vres.problem, tried[1:] if spec.verify_images else tried)
             if not vres.passed:
                 raise ExportError(f"{out}: verification FAILED, artifact not written: {vres.summary()}",
-                                  fields=("verify_source",) if vres.problem else ())  # the images to verify on
+                                  fields=("verify_source",) if vres.problem and not blind else ())
         verify_seconds = time.perf_counter() - t1
         for f in [f for f in files if f != tmp_out] + [tmp_out]:  # the file that opens the artifact last
             dest = out.parent / f.name

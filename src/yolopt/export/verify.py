@@ -87,6 +87,10 @@ class VerifyResult:
 
 
 GENERATED = "generated scene"
+# the end of a "nothing to compare" problem; callers that know whether the model detects anything elsewhere
+# replace it with the answer
+NOTHING_HINT = ("The PyTorch model itself found nothing: if these images hold its classes, the model is the "
+                "problem (check it with val); otherwise give verification images with objects")
 
 
 def verify_inputs(imgsz: tuple[int, int], batch: int, seed: int = 0, images: list | None = None) -> torch.Tensor:
@@ -285,8 +289,7 @@ def verify(backend, model, imgsz: tuple[int, int], precision: str = "fp32", opti
         c = (backend.nms or {}).get("conf", conf) if backend.end2end else conf
         res.passed = False
         res.problem = (f"0 PyTorch / 0 exported detections at conf {c:g} on {', '.join(res.sources)}: nothing to "
-                       "compare. The PyTorch model itself found nothing: if these images hold its classes, the "
-                       "model is the problem (check it with val); otherwise give verification images with objects")
+                       f"compare. {NOTHING_HINT}")
     if not res.passed and raise_on_fail:
         raise ExportError(f"{backend.path}: verification FAILED: {res.summary()}")
     return res

@@ -100,6 +100,7 @@ class VariantResult:
     drop_se: float | None = None  # paired-bootstrap standard error of ``drop``
     drop_se_of: str | None = None  # "metric/resamples" the standard error was computed for
     meets: bool | None = None  # within the run's budget
+    misses: list[str] | None = None  # what keeps it from meeting the budget (``select.violations``), when it does not
 
     @property
     def done(self) -> bool:
@@ -163,6 +164,7 @@ class Budget:
     max_map_drop: float | None = None
     max_latency_ms: float | None = None
     max_size_mb: float | None = None
+    map_noise: float | None = None  # the noise rule: a variant meets the mAP budget when drop + map_noise x SE does
 
 
 @dataclass
@@ -247,6 +249,8 @@ class OptimizeResults:
         for k in ("model", "data", "scenario", "target", "threads", "conf", "metric"):
             d[k] = getattr(self, k)
         d["budget"] = None if self.budget is None else vars(self.budget).copy()
+        if d["budget"] and d["budget"]["map_noise"] is None:  # a results.json from before the rule was recorded
+            del d["budget"]["map_noise"]
         d["machine"], d["baseline"] = self.machine, self.baseline
         d["variants"] = [v.to_dict() for v in self.variants]
         d["recommendation"] = None if self.recommendation is None else vars(self.recommendation).copy()

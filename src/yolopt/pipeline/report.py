@@ -90,7 +90,8 @@ def _row(v: VariantResult) -> dict[str, str]:
             "speedup": _f(v.speedup, ".2f", "×"), "map": _f(v.map50_95), "map50": _f(v.map50),
             "drop": _f(v.drop, "+.4f") + (f" ± {v.drop_se:.4f}" if _num(v.drop_se) else ""),
             "seconds": _dur(v.seconds),
-            "reason": _s(v.reason) if v.status in ("failed", "skipped") or v.reason else ""}
+            "reason": _s(v.reason) if v.status in ("failed", "skipped") or v.reason else
+            "misses: " + "; ".join(v.misses) if v.meets is False and v.misses else ""}
 
 
 COLUMNS = (("name", "variant"), ("status", "status"), ("meets", "meets budget"), ("runtime", "runtime / precision"),
@@ -134,14 +135,34 @@ def _time_text(results: OptimizeResults) -> str:
     return text
 
 
+def _noise(budget: Budget) -> float:
+    """The noise rule's number of standard errors (0: the measured drop alone)."""
+    return _num(budget.map_noise) or 0.0
+
+
+def noise_rule(results: OptimizeResults) -> str | None:
+    """The rule that decides whether a drop is within the budget or may be noise, in words (None: no mAP budget)."""
+    budget = _budget(results)
+    lim, k = _num(budget.max_map_drop), _noise(budget)
+    if lim is None or _num(budget.map_noise) is None:  # results written before the rule was recorded
+        return None
+    if not k:
+        return f"A variant meets the mAP budget when its measured drop is at most {lim:.4f}."
+    return (f"Noise rule: a variant meets the mAP budget when its drop + {k:g} × its standard error (paired "
+            f"bootstrap over the val images) is at most {lim:.4f}, so one above the max-drop line can still miss "
+            f"it when the val set cannot tell its drop from noise.")
+
+
 def _shortfall(v: VariantResult | None, budget: Budget) -> list[str]:
-    """How far ``v`` is from each budget limit it misses."""
+    """How far ``v`` is from each budget limit it misses (the mAP drop by the noise rule)."""
     if v is None:
         return []
     out = []
-    drop, lim = _num(v.drop), _num(budget.max_map_drop)
-    if drop is not None and lim is not None and drop > lim:
-        out.append(f"mAP50-95 drop {drop:.4f} vs {lim:.4f} allowed ({drop - lim:.4f} over)")
+    drop, lim, k, se = _num(v.drop), _num(budget.max_map_drop), _noise(budget), _num(v.drop_se)
+    bound = drop + k * se if drop is not None and se else drop
+    if bound is not None and lim is not None and bound > lim + 1e-9:
+        rule = (f" + {k:g} × {se:.4f} standard error = {bound:.4f}" if bound != drop else "")
+        out.append(f"mAP50-95 drop {drop:.4f}{rule} vs {lim:.4f} allowed ({bound - lim:.4f} over)")
     p50 = _num(v.latency_ms.get("p50")) if isinstance(v.latency_ms, dict) else None
     lim = _num(budget.max_latency_ms)
     if p50 is not None and lim is not None and p50 > lim:
@@ -358,6 +379,12 @@ def pareto_png(results: OptimizeResults) -> bytes:
         ax.axhline(floor, color="#c0392b", ls="--", lw=1.2, zorder=2)
         handles.append(Line2D([], [], color="#c0392b", ls="--", lw=1.2, label=f"baseline − max drop ({floor:.4f})"))
         ys = ys + [floor]
+        ys = ys + _noise_whiskers(ax, results, done, handles)
+    missed = [(x, y) for v, x, y in zip(done, xs, ys) if v.meets is False]
+    if missed:
+        ax.scatter(*zip(*missed), marker="x", s=28, color="black", linewidths=1.2, zorder=4)
+        handles.append(Line2D([], [], ls="", marker="x", color="black", markersize=6,
+                              label="misses the budget (reason: report table)"))
     pad = (max(ys) - min(ys)) or 0.01
     ax.set_ylim(min(ys) - 0.25 * pad, max(ys) + 0.3 * pad)
     xpad = (max(xs) - min(xs)) or max(xs) * 0.1 or 1
@@ -367,11 +394,35 @@ def pareto_png(results: OptimizeResults) -> bytes:
     ax.set_title(f"{results.model or ''}: accuracy vs speed ({results.target or ''}, "
                  f"{'?' if results.threads is None else results.threads} threads)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="lower left")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over a point
     _label_points(fig, ax, done, xs, ys, area, base, rec)
     data = _fig_png(fig)
     plt.close(fig)
     return data
+
+
+def _noise_whiskers(ax, results: OptimizeResults, done: list[VariantResult], handles: list) -> list[float]:
+    """The noise rule on the plot: a whisker from each point down to mAP − k × its standard error (what is held
+    to the max-drop line), and a legend entry that states the rule. Returns the whiskers' lower ends."""
+    from matplotlib.lines import Line2D
+
+    k = _noise(_budget(results))
+    if _num(_budget(results).map_noise) is None:
+        return []
+    if not k:
+        handles.append(Line2D([], [], ls="", label="meets the mAP budget: measured drop ≤ max drop"))
+        return []
+    same_metric = (results.metric or "map50_95") == "map50_95"  # the SE is of the run's metric; the y axis is 50-95
+    pts = [(float(v.fps), float(v.map50_95), k * float(v.drop_se)) for v in done
+           if same_metric and _num(v.drop_se) and v.name != results.baseline]
+    if pts:
+        x, y, e = zip(*pts)
+        ax.errorbar(x, y, yerr=[e, [0.0] * len(e)], fmt="none", ecolor="#c0392b", elinewidth=1.2, capsize=4,
+                    zorder=2)
+    handles.append(Line2D([], [], color="#c0392b", lw=1.2, marker="_", markersize=8,
+                          label=f"noise rule: mAP − {k:g}×SE must stay above the line"
+                          if pts else f"noise rule: drop + {k:g}×SE ≤ max drop"))
+    return [y - e for _, y, e in pts]
 
 
 def stages_png(results: OptimizeResults) -> bytes | None:
@@ -442,6 +493,9 @@ def render_markdown(results: OptimizeResults, pareto: str = "pareto.png", stages
         tag += " **(recommended)**" if v.name == rec["variant"] else ""
         cells["name"] = cells["name"] + tag
         lines.append("| " + " | ".join(_md_cell(cells[k]) for k, _ in COLUMNS) + " |")
+    rule = noise_rule(r)
+    if rule:
+        lines += ["", rule]
     descs = [(v.name, v.description) for v in _variants(r) if v.description]
     if descs:
         lines += [""] + [f"- **{_md_cell(n)}**: {d}" for n, d in descs]
@@ -554,7 +608,11 @@ def render_html(results: OptimizeResults, pareto: bytes, stages: bytes | None = 
             else:
                 tds.append(f'<td class="{k}">{_e(cells[k])}</td>')
         out.append(f'<tr class="{" ".join(cls)}">' + "".join(tds) + "</tr>")
-    out += ["</tbody></table></div>", "<h2>Bottleneck profile</h2>", f"<p>{_e(_profile_sentence(r))}</p>"]
+    out.append("</tbody></table></div>")
+    rule = noise_rule(r)
+    if rule:
+        out.append(f'<p class="note" id="noise-rule">{_e(rule)}</p>')
+    out += ["<h2>Bottleneck profile</h2>", f"<p>{_e(_profile_sentence(r))}</p>"]
     if stages:
         out.append(f'<img id="stages" alt="per-stage time before and after" src="{_data_uri(stages)}">')
     prof = _profiles(r)

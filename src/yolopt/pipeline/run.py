@@ -468,7 +468,8 @@ class Optimizer:
         for r in rows:
             self._finish(r)
             if r.done:
-                r.meets = not violations(r, spec, spec.max_map_drop)
+                r.misses = violations(r, spec, spec.max_map_drop) or None
+                r.meets = not r.misses
         rec = choose(rows, spec, spec.scenario)
         per = {}
         for sc in ("realtime", "accuracy", "edge"):
@@ -478,7 +479,8 @@ class Optimizer:
             model=str(spec.model), data=str(spec.data), scenario=spec.scenario, target=spec.target,
             threads=spec.threads, conf=spec.conf, metric=spec.metric,
             budget=Budget(time_budget_s=spec.time_budget_s, max_map_drop=spec.max_map_drop,
-                          max_latency_ms=spec.max_latency_ms, max_size_mb=spec.max_size_mb),
+                          max_latency_ms=spec.max_latency_ms, max_size_mb=spec.max_size_mb,
+                          map_noise=spec.map_noise),
             machine=self.machine, baseline="fp32", variants=rows,
             recommendation=Recommendation(scenario=spec.scenario, variant=rec.variant, met=rec.met, closest=rec.closest,
                                           why=rec.why, summary=describe(rec, rows, spec),
