@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The hardhat acceptance run of `yolopt compress` (docs/compress.md, "yolopt compress on hardhat").
+# Start it, or continue a killed run from its last finished epoch (the same command; the run folder holds
+# everything: the plan, the split, each stage's training checkpoint):
+#   nohup benchmarks/compress_hardhat.sh > runs/compress/hardhat.log 2>&1 &
+# Default recipe settings; the only options given are the data, the FLOPs target and the run folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${YOLOPT_SHARED:-../shared}
+PY=${PYTHON:-.venv/bin/python}
+exec "$PY" -m yolopt compress benchmarks/models/hardhat_base.safetensors \
+    --data "$SHARED/data/hardhat/hardhat.yaml" --target-flops 0.5 --out runs/compress/hardhat
