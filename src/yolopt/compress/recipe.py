@@ -287,6 +287,14 @@ class _Run:
     def save(self) -> None:
         write_json(self.state_path, self.state, quiet=True)
 
+    def rel(self, path: Path) -> str:
+        """A path inside the run folder as the state records it: relative to the folder (so it moves with it)."""
+        return Path(path).resolve().relative_to(self.dir.resolve()).as_posix()
+
+    def abs(self, recorded: str) -> Path:
+        p = self.dir / recorded
+        return p if p.exists() or not Path(recorded).exists() else Path(recorded)  # older states: cwd-relative
+
 
 def run_compress(spec: CompressSpec) -> CompressReport:
     """Run (or continue) the recipe; write ``final.safetensors`` and ``report.json`` / ``.md`` / ``.png`` in the
@@ -365,7 +373,7 @@ class _Recipe:
                                            imgsz=self.imgsz, latency=False, force=True, out=out,
                                            progress=self.spec.progress))
         s = prep.summary
-        self.run.state["pruned"] = {"path": str(out), "gflops": s.gflops.pruned, "params": s.params.pruned,
+        self.run.state["pruned"] = {"path": self.run.rel(out), "gflops": s.gflops.pruned, "params": s.params.pruned,
                                     "ratio": prep.ratio, "select": {"map50_95": s.map50_95.pruned or 0.0,
                                                                     "map50": s.map50.pruned or 0.0}}
         self.run.state["overhead_s"] += time.perf_counter() - t0
@@ -457,8 +465,8 @@ class _Recipe:
     def _start_model(self, stage: StagePlan) -> Path:
         st = self.run.state
         if not st["stages"]:
-            return Path(st["pruned"]["path"])
-        prev = Path(self._best_stage()["best"])
+            return self.run.abs(st["pruned"]["path"])
+        prev = self.run.abs(self._best_stage()["best"])
         if stage.name == "widen" and self.spec.widen:
             return self._widen(prev)
         return prev
@@ -529,7 +537,7 @@ class _Recipe:
         return StageRecord(name=stage.name, epochs=len(history), lr0=stage.lr0, scale=stage.scale,
                            seconds=round(sum(h.get("epoch_s", 0.0) for h in history), 1),
                            gflops=model_flops(model, self.imgsz), params=model.num_params(), select=sel,
-                           fitness=0.1 * sel.map50 + 0.9 * sel.map50_95, best=str(best), curve=curve)
+                           fitness=0.1 * sel.map50 + 0.9 * sel.map50_95, best=self.run.rel(best), curve=curve)
 
     def _widen(self, prev: Path) -> Path:
         """Measure per-level AP50 of the base and ``prev`` on the selection split; widen the C3 blocks of the
@@ -631,7 +639,7 @@ class _Recipe:
         final_path = self.run.dir / "final.safetensors"
         if "final" not in st:
             best = self._best_stage()
-            model = load_model(best["best"])
+            model = load_model(self.run.abs(best["best"]))
             model.provenance = {"compressed": {"from": str(spec.model), "recipe": [s["name"] for s in st["stages"]],
                                                "target_flops": spec.target_flops, "best_stage": best["name"],
                                                "epochs": sum(s["epochs"] for s in st["stages"])}}
