@@ -45,16 +45,19 @@ ARTIFACT_SUFFIXES = {".onnx", ".xml", ".bin", ".torchscript", ".engine", ".ts", 
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One training stage: its share of the epoch budget, start learning rate, scale augmentation."""
+    """One training stage: its share of the epoch budget, start learning rate, scale augmentation, warm-up
+    epochs (only the first stage warms up: the later ones continue from a trained model, and a warm-up of at
+    least 100 iterations would be most of a short stage)."""
 
     name: str
     share: float
     lr0: float
     scale: float
+    warmup: float = 0.0
 
 
 #: the recipe (from the hand-made hardhat chain): recover, widen, then polish stages of this share each
-RECIPE = (StagePlan("recover", 0.40, 0.01, 0.7), StagePlan("widen", 0.35, 0.005, 0.8))
+RECIPE = (StagePlan("recover", 0.40, 0.01, 0.7, warmup=1.0), StagePlan("widen", 0.35, 0.005, 0.8))
 POLISH = StagePlan("polish", 0.125, 0.002, 0.9)
 RISING = 0.001  # a polish stage must raise the selection fitness by more than this to earn another
 MIN_STAGE_EPOCHS = 2
@@ -506,7 +509,7 @@ class _Recipe:
 
         spec, d = self.spec, self.run.dir / stage.name
         callbacks = [OutputDistillation(), _Progress(self, stage.name)]
-        hyp = {**load_hyp(None), "lr0": stage.lr0, "scale": stage.scale, "warmup_epochs": 1.0,
+        hyp = {**load_hyp(None), "lr0": stage.lr0, "scale": stage.scale, "warmup_epochs": stage.warmup,
                "warmup_bias_lr": 0.01}
         finished = None
         if (d / LAST).is_file():
