@@ -222,3 +222,21 @@ def test_failed_verification_writes_nothing(yolov5n_pt, bus_jpg, tmp_path, monke
     with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
         export(yolov5n_pt, ExportSpec("ncnn", imgsz=160, out=tmp_path / "bad" / "m_ncnn/", verify_images=[bus_jpg]))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("no_bin", "NCNN weights file m.bin is missing next to it"),
+    ("bad_param", "not a loadable NCNN .param file"),
+    ("short_bin", "NCNN cannot load the weights m.bin"),
+])
+def test_unreadable_ncnn_artifacts(ncnn_export, tmp_path, case, needle):
+    from yolopt import runtime
+
+    p = tmp_path / "m.param"
+    src = ncnn_export.path
+    p.write_text("garbage\n" if case == "bad_param" else src.read_text())
+    if case != "no_bin":
+        p.with_suffix(".bin").write_bytes(src.with_suffix(".bin").read_bytes()[:1000 if case == "short_bin" else None])
+    with pytest.raises(runtime.RuntimeBackendError, match=needle) as e:
+        runtime.open(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)

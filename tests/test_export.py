@@ -268,8 +268,9 @@ def registry():
 def test_registry_has_the_builtin_formats(registry):
     assert list(registry)[:4] == ["onnx", "openvino", "torchscript", "tensorrt"]
     assert {k: e.suffix for k, e in registry.items()} == {
-        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine"}
-    assert all(e.precisions == ("fp32", "fp16") for e in registry.values())
+        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param"}
+    assert all(e.precisions == ("fp32", "fp16") for k, e in registry.items() if k != "ncnn")
+    assert registry["ncnn"].precisions == ("fp32",) and registry["ncnn"].folder  # tests/test_edge.py
     assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]
     assert [k for k, e in registry.items() if "fp16" in e.cuda_precisions] == ["onnx", "torchscript"]
     assert [k for k, e in registry.items() if e.nms] == ["onnx", "openvino"]
