@@ -240,3 +240,27 @@ def test_unreadable_ncnn_artifacts(ncnn_export, tmp_path, case, needle):
     with pytest.raises(runtime.RuntimeBackendError, match=needle) as e:
         runtime.open(p)
     assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_third_party_ppe_model_val_matches_torch(ppe_pt, shared, tmp_path):
+    """ppe_yolov5n.pt (nc=2: helmet, vest) as NCNN at 256 px: verified on hardhat images, and `val --match-classes`
+    on 16 hardhat images within 0.002 of PyTorch in the same (square) letterbox."""
+    _need_edge()
+    from yolopt.evaluate import EvalSpec, evaluate
+    from yolopt.export import ExportSpec, export
+
+    imgs = sorted((shared / "data" / "hardhat" / "images" / "val").glob("*.jpg"))[:16]
+    (tmp_path / "val.txt").write_text("\n".join(str(p) for p in imgs) + "\n")
+    data = tmp_path / "hardhat.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: val.txt\nval: val.txt\nnc: 1\nnames:\n  0: helmet\n")
+    res = export(ppe_pt, ExportSpec("ncnn", imgsz=IMGSZ, out=tmp_path / "ppe_ncnn/", verify_images=imgs[:3]))
+    assert res.verify.passed and res.verify.detections_torch > 0 and res.metadata["names"] == ["helmet", "vest"]
+    out = tmp_path / "val.json"
+    r = run_cli("val", res.path.parent, "--data", data, "--batch", "4", "--threads", "1", "--match-classes",
+                "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    ref = evaluate(ppe_pt, data, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False,
+                                          match_classes=True))
+    assert got["rect"] is False and got["imgsz"] == IMGSZ and ref.map50 > 0.05  # small helmets at 256 px
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
