@@ -54,6 +54,20 @@ def test_ncnn_artifact_files_metadata_and_verification(ncnn_export):
     assert res.path.with_suffix(".bin").stat().st_size > 4 * 1.8e6
 
 
+def test_ncnn_fp16_weights_half_the_size_verified(ncnn_export, yolov5n_pt, bus_jpg, tmp_path):
+    """--precision fp16: pnnx's fp16 weights (about half the .bin), verified under the fp16 limits, run in fp32."""
+    from yolopt import runtime
+    from yolopt.export import ExportSpec, export
+
+    res = export(yolov5n_pt, ExportSpec("ncnn", imgsz=IMGSZ, precision="fp16", out=tmp_path / "h/",
+                                        verify_images=[bus_jpg]))
+    ratio = res.path.with_suffix(".bin").stat().st_size / ncnn_export.path.with_suffix(".bin").stat().st_size
+    assert 0.45 < ratio < 0.6 and res.metadata["precision"] == "fp16"
+    assert res.verify.passed and res.verify.precision == "fp16" and res.verify.agreement > 0.9
+    b = runtime.open(res.path)
+    assert b.artifact_precision == "fp16" and b.precision == "fp32"
+
+
 def test_ncnn_backend_opens_the_folder_with_metadata_and_threads(ncnn_export):
     from yolopt import runtime
     from yolopt.runtime import NcnnBackend, ncnn_default_threads
@@ -67,7 +81,7 @@ def test_ncnn_backend_opens_the_folder_with_metadata_and_threads(ncnn_export):
     b3 = runtime.open(ncnn_export.path, threads=3, spin=True)
     assert b3.threads == 3 and b3.net.opt.num_threads == 3 and b3.clone().threads == 3
     assert not b3.net.opt.use_fp16_storage and not b3.net.opt.use_fp16_arithmetic
-    with pytest.raises(runtime.RuntimeBackendError, match="the ncnn backend runs fp32"):
+    with pytest.raises(runtime.RuntimeBackendError, match="the ncnn backend computes in fp32"):
         runtime.open(ncnn_export.path, precision="fp16")
 
 

@@ -51,10 +51,10 @@ def ncnn_metadata_path(param: str | Path) -> Path:
     return Path(param).with_suffix(".json")
 
 
-@register_exporter("ncnn", ".param", ExporterTraits(folder=True, check=_check_ncnn,
+@register_exporter("ncnn", ".param", ExporterTraits(precisions=("fp32", "fp16"), folder=True, check=_check_ncnn,
                                                     refused=(("int8", NCNN_INT8),)))
 def write_ncnn(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
-    """NCNN (.param + .bin, fp32 weights) converted by pnnx from the traced model; metadata in <stem>.json."""
+    """NCNN (.param + .bin) converted by pnnx from the traced model; fp16 = fp16 weights; metadata in <stem>.json."""
     import pnnx
 
     h, w = spec.imgsz
@@ -68,7 +68,8 @@ def write_ncnn(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) ->
             raise ExportError(f"{out.name}: torch.jit.trace failed ({_first_line(e)})") from None
         ts.save(str(pt))
     bin_path = out.with_suffix(".bin")
-    cmd = [pnnx.EXEC_PATH, str(pt), f"inputshape=[1,3,{h},{w}]f32", "device=cpu", "fp16=0",
+    fp16 = int(spec.precision == "fp16")  # pnnx stores fp16 weights unless told fp16=0
+    cmd = [pnnx.EXEC_PATH, str(pt), f"inputshape=[1,3,{h},{w}]f32", "device=cpu", f"fp16={fp16}",
            f"ncnnparam={out}", f"ncnnbin={bin_path}", f"ncnnpy={workdir / 'ncnn.py'}",
            f"pnnxparam={workdir / 'pnnx.param'}", f"pnnxbin={workdir / 'pnnx.bin'}",
            f"pnnxpy={workdir / 'pnnx.py'}", f"pnnxonnx={workdir / 'pnnx.onnx'}"]

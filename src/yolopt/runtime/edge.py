@@ -59,8 +59,8 @@ def _read_metadata(param: Path) -> dict[str, Any]:
 
 
 class NcnnBackend(Backend):
-    """An NCNN model on the CPU, in fp32 (NCNN's fp16 / bf16 storage and arithmetic switched off, so fp32
-    means fp32 on Arm CPUs too).
+    """An NCNN model on the CPU, computed in fp32: NCNN's fp16 / bf16 storage and arithmetic are switched off, so
+    fp32 means fp32 on Arm CPUs too. An fp16 artifact (fp16 weights) is widened to fp32 when it loads.
 
     ``threads``: NCNN's OpenMP threads (default :func:`ncnn_default_threads`). ``spin=False`` (the default)
     sets ``openmp_blocktime`` 0: a thread that finishes a layer sleeps at once instead of spinning 20 ms for
@@ -80,7 +80,8 @@ class NcnnBackend(Backend):
         self._init_meta(meta)
         want = check_precision(precision)
         if want not in (None, "fp32"):
-            raise _unsupported(self.path, "ncnn", want, "the ncnn backend runs fp32 (yolopt exports NCNN in fp32)")
+            raise _unsupported(self.path, "ncnn", want, "the ncnn backend computes in fp32 (an fp16 artifact has fp16 "
+                               "weights, run in fp32)")
         self.precision = "fp32"
         self.threads = int(threads) if threads else ncnn_default_threads()
         self.spin = spin
