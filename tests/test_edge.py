@@ -155,10 +155,40 @@ def test_ncnn_val_matches_torch_in_the_same_letterbox(ncnn_export, yolov5n_pt, f
     assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
 
 
-def test_ncnn_bench_cli(ncnn_export, tmp_path):
-    out = tmp_path / "b.json"
+def test_ncnn_predict_video_matches_torch(ncnn_export, yolov5n_pt, bus_jpg, tmp_path):
+    """A 4-frame video through `yolopt predict` on the folder: the PyTorch detections, frame by frame."""
+    import cv2
+
+    clip = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 320))
+    im = cv2.resize(cv2.imread(str(bus_jpg)), (256, 320))
+    for k in range(4):
+        w.write(im if k % 2 == 0 else cv2.flip(im, 1))
+    w.release()
+
+    def frames(model, name, *extra):
+        out = tmp_path / f"{name}.json"
+        r = run_cli("predict", model, clip, "--imgsz", IMGSZ, "--json", out, "--threads", "1", "--name", name,
+                    *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return [f["detections"] for f in json.loads(out.read_text())[0]["frames"]]
+
+    ref, got = frames(yolov5n_pt, "pt", "--letterbox", "square"), frames(ncnn_export.path.parent, "ncnn")
+    assert len(got) == len(ref) == 4 and all(len(f) > 0 for f in ref)
+    for fr, fg in zip(ref, got):
+        assert [d["class"] for d in fg] == [d["class"] for d in fr]
+        assert all(np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0 for a, b in zip(fg, fr))
+
+
+def test_ncnn_bench_cli(ncnn_export, bus_jpg, tmp_path):
+    """`yolopt bench` on the folder, model-only and end to end (letterbox + NCNN + NMS on bus.jpg)."""
+    out, e2e = tmp_path / "b.json", tmp_path / "e.json"
     r = run_cli("bench", ncnn_export.path.parent, "--warmup", "1", "--iters", "3", "--threads", "1", "--json", out)
     assert r.returncode == 0, r.stderr
+    r = run_cli("bench", ncnn_export.path.parent, "--warmup", "1", "--iters", "3", "--threads", "1", "--end2end",
+                "--source", bus_jpg, "--json", e2e)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(e2e.read_text())["end2end"] is True and json.loads(e2e.read_text())["backend"] == "ncnn"
     rec = json.loads(out.read_text())
     assert rec["backend"] == "ncnn" and rec["imgsz"] == [IMGSZ, IMGSZ] and rec["threads"] == 1
     assert rec["size_mb"] == pytest.approx(sum(f.stat().st_size for f in ncnn_export.files if f.suffix != ".json") / 1e6)
