@@ -191,6 +191,7 @@ def test_ncnn_bench_cli(ncnn_export, bus_jpg, tmp_path):
     assert json.loads(e2e.read_text())["end2end"] is True and json.loads(e2e.read_text())["backend"] == "ncnn"
     rec = json.loads(out.read_text())
     assert rec["backend"] == "ncnn" and rec["imgsz"] == [IMGSZ, IMGSZ] and rec["threads"] == 1
+    assert rec["machine"]["versions"]["ncnn"] and rec["machine"]["versions"]["pnnx"]  # which NCNN gave the figure
     assert rec["size_mb"] == pytest.approx(sum(f.stat().st_size for f in ncnn_export.files if f.suffix != ".json") / 1e6)
 
 
