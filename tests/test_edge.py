@@ -68,6 +68,15 @@ def test_ncnn_fp16_weights_half_the_size_verified(ncnn_export, yolov5n_pt, bus_j
     assert b.artifact_precision == "fp16" and b.precision == "fp32"
 
 
+def test_ncnn_cli_export_to_a_relative_folder(yolov5n_pt, tmp_path):
+    """`yolopt export --format ncnn --out rel/` from another working folder (pnnx runs in its own folder)."""
+    _need_edge()
+    r = run_cli("export", yolov5n_pt, "--format", "ncnn", "--imgsz", "160", "--out", "rel/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ncnn fp32 export: rel/yolov5n.param, rel/yolov5n.bin, rel/yolov5n.json" in r.stdout and "PASS" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["yolov5n.bin", "yolov5n.json", "yolov5n.param"]
+
+
 def test_ncnn_backend_opens_the_folder_with_metadata_and_threads(ncnn_export):
     from yolopt import runtime
     from yolopt.runtime import NcnnBackend, ncnn_default_threads

@@ -69,12 +69,13 @@ def write_ncnn(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) ->
         ts.save(str(pt))
     bin_path = out.with_suffix(".bin")
     fp16 = int(spec.precision == "fp16")  # pnnx stores fp16 weights unless told fp16=0
-    cmd = [pnnx.EXEC_PATH, str(pt), f"inputshape=[1,3,{h},{w}]f32", "device=cpu", f"fp16={fp16}",
-           f"ncnnparam={out}", f"ncnnbin={bin_path}", f"ncnnpy={workdir / 'ncnn.py'}",
-           f"pnnxparam={workdir / 'pnnx.param'}", f"pnnxbin={workdir / 'pnnx.bin'}",
-           f"pnnxpy={workdir / 'pnnx.py'}", f"pnnxonnx={workdir / 'pnnx.onnx'}"]
+    wd = workdir.resolve()  # pnnx runs in the work folder: every path it gets is absolute
+    cmd = [pnnx.EXEC_PATH, str(pt.resolve()), f"inputshape=[1,3,{h},{w}]f32", "device=cpu", f"fp16={fp16}",
+           f"ncnnparam={out.resolve()}", f"ncnnbin={bin_path.resolve()}", f"ncnnpy={wd / 'ncnn.py'}",
+           f"pnnxparam={wd / 'pnnx.param'}", f"pnnxbin={wd / 'pnnx.bin'}", f"pnnxpy={wd / 'pnnx.py'}",
+           f"pnnxonnx={wd / 'pnnx.onnx'}"]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=1800)
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=wd, timeout=1800)
     except OSError as e:
         raise ExportError(f"{out.name}: cannot run the pnnx converter ({_first_line(e)})") from None
     if r.returncode != 0 or not out.is_file() or not bin_path.is_file():
