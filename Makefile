@@ -14,7 +14,7 @@ $(VPY):
 # torch: keep an importable torch (e.g. a user's CUDA build); otherwise take the local CPU wheel.
 $(STAMP): $(VPY) pyproject.toml
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -e ".[deploy,test]"
+	$(VPY) -m pip install -q -e ".[deploy,edge,test]"
 	@touch $(STAMP)
 
 install: $(STAMP)

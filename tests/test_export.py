@@ -268,8 +268,9 @@ def registry():
 def test_registry_has_the_builtin_formats(registry):
     assert list(registry)[:4] == ["onnx", "openvino", "torchscript", "tensorrt"]
     assert {k: e.suffix for k, e in registry.items()} == {
-        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine"}
+        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param"}
     assert all(e.precisions == ("fp32", "fp16") for e in registry.values())
+    assert registry["ncnn"].folder and dict(registry["ncnn"].refused).keys() == {"int8"}  # tests/test_edge.py
     assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]
     assert [k for k, e in registry.items() if "fp16" in e.cuda_precisions] == ["onnx", "torchscript"]
     assert [k for k, e in registry.items() if e.nms] == ["onnx", "openvino"]
@@ -357,7 +358,7 @@ def test_in_memory_model_needs_an_output_path(yolov5n):
     ("openvino", "int8", 1, "precision int8 is not an export precision: quantization is a separate step"),
     ("onnx", "xyz", 2, "argument --precision: invalid choice: 'xyz'"),
     pytest.param("onnx", "fp16", 1, ("precision fp16, format onnx, needs a CUDA GPU (fp16 tracing) and none is "
-                                     "available; on a CPU use format openvino at precision fp16 "
+                                     "available; on a CPU use format openvino or ncnn at precision fp16 "
                                      "(--precision, --format)"),
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
 ])

@@ -31,7 +31,7 @@ def artifact_size_mb(path) -> float:
     p = Path(path)
     if not p.exists():
         return 0.0
-    files = [p, p.with_suffix(".bin")] if p.suffix == ".xml" else [p]
+    files = [p, p.with_suffix(".bin")] if p.suffix in (".xml", ".param") else [p]  # OpenVINO IR, NCNN
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 

@@ -1,4 +1,4 @@
-"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT) and verify it."""
+"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT, NCNN) and verify it."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=positive_int_arg, default=1, help="batch size of the fixed input (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="fp32 (default) or fp16 (openvino: FP16 weights, runs on a CPU; onnx/torchscript/tensorrt: "
-                   "needs CUDA). bf16 and int8 are not export precisions: the error says what to do instead")
+                   help="fp32 (default) or fp16 (openvino / ncnn: FP16 weights, runs on a CPU; onnx/torchscript/"
+                   "tensorrt: needs CUDA). bf16 and int8 are not export precisions: the error says what to do "
+                   "instead")
     p.add_argument("--half", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision fp16
     p.add_argument("--device", help="device to trace/build on (default: cuda when the precision needs it, else cpu)")
     p.add_argument("--nms", action="store_true",
@@ -38,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--max-det", type=positive_int_arg, default=300, help="--nms maximum detections per image (default 300)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim clean-up")
-    p.add_argument("--out", help="output file (or folder for openvino); default next to the weights")
+    p.add_argument("--out", help="output file (or folder for openvino / ncnn); default next to the weights")
     p.add_argument("--verify-source", nargs="+", metavar="IMAGE",
                    help="images to verify on (default: the shared sample images, else a generated scene with objects)")
     p.add_argument("--atol", type=float, help="override the score tolerance of the verification")

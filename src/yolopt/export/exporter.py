@@ -104,6 +104,7 @@ class Exporter:
     folder: bool = False  # the artifact is several files: default out is <stem>_<name>/<stem><suffix>
     check: Callable[[ExportSpec, str], None] | None = None  # raises ExportError when a tool is missing
     description: str = ""
+    refused: tuple[tuple[str, str], ...] = ()  # (precision, why this format cannot export it)
 
 
 EXPORTERS: dict[str, Exporter] = {}
@@ -121,6 +122,7 @@ class ExporterTraits:
     folder: bool = False
     check: Callable[[ExportSpec, str], None] | None = None
     description: str = ""
+    refused: tuple[tuple[str, str], ...] = ()  # (precision, why not): the one line a request for it gets
 
 
 def register_exporter(name: str, suffix: str, traits: ExporterTraits | None = None, *, override: bool = False):
@@ -140,7 +142,8 @@ def register_exporter(name: str, suffix: str, traits: ExporterTraits | None = No
             raise ValueError(f"export format '{name}' is already registered")
         EXPORTERS[name] = Exporter(name, suffix.lower(), write, tuple(t.precisions), t.needs_gpu,
                                    tuple(t.cuda_precisions), t.nms, t.folder, t.check,
-                                   t.description or (write.__doc__ or "").strip().split("\n")[0])
+                                   t.description or (write.__doc__ or "").strip().split("\n")[0],
+                                   tuple(t.refused))
         return write
 
     return deco
@@ -352,6 +355,10 @@ def get_exporter(fmt: str) -> Exporter:
 def _check_precision(ex: Exporter, precision: str) -> None:
     if precision in ex.precisions:
         return
+    why = dict(ex.refused).get(precision)
+    if why:
+        raise ExportError(f"precision {precision}: format {ex.name} cannot export it: {why}",
+                          fields=("precision", "format"))
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})",
                           fields=("precision",))

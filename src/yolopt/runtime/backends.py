@@ -31,7 +31,9 @@ METADATA_FORMAT = "yolopt-export"
 SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".safetensors": "torch",
     ".onnx": "onnxruntime", ".xml": "openvino", ".torchscript": "torchscript", ".engine": "tensorrt", ".trt": "tensorrt",
+    ".param": "ncnn",
 }
+FOLDER_SUFFIXES = {".xml": "openvino", ".param": "ncnn"}  # a folder holding exactly one such file opens as it
 
 
 # OpenVINO's INFERENCE_PRECISION_HINT for each compute precision (int8 comes from the IR itself)
@@ -690,13 +692,22 @@ def _first_line(e: Exception) -> str:
     return (s[0] if s else type(e).__name__)[:200]
 
 
+def _folder_model(p: Path) -> Path | None:
+    """The model file in a folder: its only OpenVINO .xml, else its only NCNN .param; None when neither."""
+    for suffix in FOLDER_SUFFIXES:
+        found = sorted(p.glob(f"*{suffix}"))
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
 def backend_for(path: str | Path) -> str:
-    """Backend name for a file, from its suffix (a folder holding one .xml means OpenVINO)."""
+    """Backend name for a file, from its suffix (a folder holding one .xml means OpenVINO, one .param NCNN)."""
     p = Path(path)
     if p.is_dir():
-        xml = sorted(p.glob("*.xml"))
-        if len(xml) == 1:
-            return "openvino"
+        f = _folder_model(p)
+        if f is not None:
+            return FOLDER_SUFFIXES[f.suffix]
         raise RuntimeBackendError(f"{p}: is a folder, expected a model file")
     kind = SUFFIXES.get(p.suffix.lower())
     if kind is None:
@@ -706,9 +717,15 @@ def backend_for(path: str | Path) -> str:
     return kind
 
 
+def _ncnn_backend(*args, **kwargs) -> Backend:
+    from .edge import NcnnBackend  # runtime/edge.py builds on this module
+
+    return NcnnBackend(*args, **kwargs)
+
+
 _CLASSES: dict[str, Callable[..., Backend]] = {
     "torch": TorchBackend, "onnxruntime": OnnxBackend, "openvino": OpenVINOBackend,
-    "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend,
+    "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend, "ncnn": _ncnn_backend,
 }
 
 
@@ -716,7 +733,7 @@ def _artifact_path(path: str | Path) -> tuple[str, Path]:
     p = Path(path)
     kind = backend_for(p)
     if p.is_dir():
-        p = sorted(p.glob("*.xml"))[0]
+        p = _folder_model(p)
     if not p.exists():
         raise RuntimeBackendError(f"{p}: model file not found")
     if p.stat().st_size == 0:
@@ -729,8 +746,8 @@ def open(model, *, device=None, threads: int | None = None, workers: int = 1, pr
     """Open a model for inference: the one way every command, the evaluator and the benchmark get one.
 
     ``model``: a file (.pt / .safetensors -> torch, .onnx -> onnxruntime, .xml or its folder ->
-    openvino, .torchscript, .engine -> tensorrt), an in-memory ``DetectionModel`` (used as is), or
-    a ``Backend`` (returned, wrapped for ``workers``).
+    openvino, .torchscript, .engine -> tensorrt, .param or its folder -> ncnn), an in-memory
+    ``DetectionModel`` (used as is), or a ``Backend`` (returned, wrapped for ``workers``).
 
     ``device``: ``cpu``, ``cuda:0``, ``0`` or ``auto`` (PyTorch / TorchScript / TensorRT; ONNX Runtime
     uses CUDA only when asked for). ``threads``: intra-op threads per session, applied only while

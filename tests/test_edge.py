@@ -1,0 +1,323 @@
+"""Edge runtimes: the NCNN export (pnnx) and backend. yolov5n is exported once per module at 256 px; its detections,
+val mAP, bench and predict are compared with PyTorch at the same size and letterbox. Bad input: one line each, and
+nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+
+IMGSZ = 256
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread(one_thread):
+    """Torch on one thread (conftest): small models, two shared cores."""
+
+
+def _need_edge():
+    pytest.importorskip("ncnn", reason="the ncnn runtime is not installed (pip install 'yolopt[edge]')")
+    pytest.importorskip("pnnx", reason="the pnnx converter is not installed (pip install 'yolopt[edge]')")
+
+
+@pytest.fixture(scope="module")
+def ncnn_export(tmp_path_factory, yolov5n_pt, bus_jpg):
+    """yolov5n as an NCNN folder at 256 px, verified on bus.jpg (exported once for this module)."""
+    _need_edge()
+    from yolopt.export import ExportSpec, export
+
+    d = tmp_path_factory.mktemp("edge")
+    return export(yolov5n_pt, ExportSpec("ncnn", imgsz=IMGSZ, out=d / "yolov5n_ncnn/", verify_images=[bus_jpg]))
+
+
+def test_ncnn_artifact_files_metadata_and_verification(ncnn_export):
+    res = ncnn_export
+    folder = res.path.parent
+    assert res.format == "ncnn" and res.path.suffix == ".param" and folder.name == "yolov5n_ncnn"
+    assert sorted(p.name for p in folder.iterdir()) == ["yolov5n.bin", "yolov5n.json", "yolov5n.param"]
+    assert res.files[0] == res.path and set(res.files) == set(folder.iterdir())
+    assert res.path.read_text().startswith("7767517")  # ncnn's .param magic
+    meta = json.loads((folder / "yolov5n.json").read_text())
+    assert meta["names"][0] == "person" and len(meta["names"]) == 80 and meta["nc"] == 80
+    assert meta["stride"] == [8, 16, 32] and meta["imgsz"] == [IMGSZ, IMGSZ] and meta["precision"] == "fp32"
+    v = res.verify
+    assert v.passed and v.agreement == 1.0 and v.detections_torch > 0 and v.max_score_diff < 1e-4
+    assert v.box_ratio < 0.5 and v.sources and "bus" in str(v.sources[0])
+    # the weights are fp32 (pnnx's default would store fp16): 4 bytes per parameter, give or take headers
+    assert res.path.with_suffix(".bin").stat().st_size > 4 * 1.8e6
+
+
+def test_ncnn_fp16_weights_half_the_size_verified(ncnn_export, yolov5n_pt, bus_jpg, tmp_path):
+    """--precision fp16: pnnx's fp16 weights (about half the .bin), verified under the fp16 limits, run in fp32."""
+    from yolopt import runtime
+    from yolopt.export import ExportSpec, export
+
+    res = export(yolov5n_pt, ExportSpec("ncnn", imgsz=IMGSZ, precision="fp16", out=tmp_path / "h/",
+                                        verify_images=[bus_jpg]))
+    ratio = res.path.with_suffix(".bin").stat().st_size / ncnn_export.path.with_suffix(".bin").stat().st_size
+    assert 0.45 < ratio < 0.6 and res.metadata["precision"] == "fp16"
+    assert res.verify.passed and res.verify.precision == "fp16" and res.verify.agreement > 0.9
+    b = runtime.open(res.path)
+    assert b.artifact_precision == "fp16" and b.precision == "fp32"
+
+
+def test_ncnn_cli_export_to_a_relative_folder(yolov5n_pt, tmp_path):
+    """`yolopt export --format ncnn --out rel/` from another working folder (pnnx runs in its own folder)."""
+    _need_edge()
+    r = run_cli("export", yolov5n_pt, "--format", "ncnn", "--imgsz", "160", "--out", "rel/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ncnn fp32 export: rel/yolov5n.param, rel/yolov5n.bin, rel/yolov5n.json" in r.stdout and "PASS" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["yolov5n.bin", "yolov5n.json", "yolov5n.param"]
+
+
+def test_ncnn_backend_opens_the_folder_with_metadata_and_threads(ncnn_export):
+    from yolopt import runtime
+    from yolopt.runtime import NcnnBackend, ncnn_default_threads
+
+    for target in (ncnn_export.path, ncnn_export.path.parent):
+        b = runtime.open(target)
+        assert isinstance(b, NcnnBackend) and b.name == "ncnn" and b.path == ncnn_export.path
+        assert b.names[:2] == ["person", "bicycle"] and b.nc == 80 and b.stride.tolist() == [8, 16, 32]
+        assert b.imgsz == (IMGSZ, IMGSZ) and not b.dynamic and b.letterbox_mode == "square" and b.batch == 1
+        assert b.threads == ncnn_default_threads() and b.describe()["spin"] is False
+    b3 = runtime.open(ncnn_export.path, threads=3, spin=True)
+    assert b3.threads == 3 and b3.net.opt.num_threads == 3 and b3.clone().threads == 3
+    assert not b3.net.opt.use_fp16_storage and not b3.net.opt.use_fp16_arithmetic
+    with pytest.raises(runtime.RuntimeBackendError, match="the ncnn backend computes in fp32"):
+        runtime.open(ncnn_export.path, precision="fp16")
+
+
+def test_ncnn_default_threads_rule(monkeypatch):
+    from yolopt.runtime import edge
+
+    for cores, want in ((1, 1), (2, 1), (4, 4), (16, 16)):
+        monkeypatch.setattr(edge, "usable_cpus", lambda c=cores: c)
+        assert edge.ncnn_default_threads() == want
+
+
+def test_ncnn_bus_detections_match_torch(ncnn_export, yolov5n, bus_jpg):
+    """Raw outputs and conf-0.25 detections on bus.jpg (same 256 px square letterbox): within 1 px, same classes;
+    a batch of 2 runs image by image."""
+    import copy
+
+    from yolopt import runtime
+    from yolopt.data.images import read_image
+    from yolopt.data.letterbox import letterbox, to_tensor
+    from yolopt.ops.nms import non_max_suppression
+
+    x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]
+    with torch.inference_mode():
+        ref = copy.deepcopy(yolov5n).fuse()(x)
+    y = runtime.open(ncnn_export.path.parent)(torch.cat([x, x.flip(-1)]))
+    assert y.shape == (2, *ref.shape[1:])
+    assert (y[:1, :, :4] - ref[..., :4]).abs().max() < 0.01 and (y[:1, :, 4:] - ref[..., 4:]).abs().max() < 1e-4
+    d_ref = non_max_suppression(ref, 0.25, 0.45)[0]
+    d_nc = non_max_suppression(y[:1], 0.25, 0.45)[0]
+    assert len(d_ref) >= 3 and len(d_nc) == len(d_ref)
+    assert torch.equal(d_nc[:, 5], d_ref[:, 5]) and (d_nc[:, :4] - d_ref[:, :4]).abs().max() < 1.0
+
+
+def test_ncnn_predict_cli_matches_torch(ncnn_export, yolov5n_pt, bus_jpg, tmp_path):
+    """`yolopt predict` on the folder: the same detections as PyTorch at 256 px, square letterbox, within 1 px."""
+    def dets(model, *extra):
+        out = tmp_path / f"{Path(model).stem}.json"
+        r = run_cli("predict", model, bus_jpg, "--imgsz", IMGSZ, "--json", out, "--threads", "1",
+                    "--out", tmp_path / "vis", *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(out.read_text())[0]["detections"]
+
+    ref, got = dets(yolov5n_pt, "--letterbox", "square"), dets(ncnn_export.path.parent)
+    assert len(ref) >= 3 and len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert a["class"] == b["class"] and abs(a["conf"] - b["conf"]) < 1e-3
+        assert np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0
+
+
+@pytest.fixture(scope="module")
+def few_coco(tmp_path_factory, coco128_yaml):
+    """The first 16 coco128 images (labels next to them in the shared folder)."""
+    d = tmp_path_factory.mktemp("data")
+    imgs = sorted((coco128_yaml.parent / "images" / "train2017").glob("*.jpg"))[:16]
+    (d / "val.txt").write_text("\n".join(str(p) for p in imgs) + "\n")
+    names = coco128_yaml.read_text().split("names:", 1)[1]
+    (d / "data.yaml").write_text(f"path: {d}\ntrain: val.txt\nval: val.txt\nnc: 80\nnames:{names}")
+    return d / "data.yaml"
+
+
+def test_ncnn_val_matches_torch_in_the_same_letterbox(ncnn_export, yolov5n_pt, few_coco, tmp_path):
+    from yolopt.evaluate import EvalSpec, evaluate
+
+    out = tmp_path / "val.json"
+    r = run_cli("val", ncnn_export.path.parent, "--data", few_coco, "--batch", "4", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert got["backend"] == "ncnn" and got["rect"] is False and got["imgsz"] == IMGSZ
+    ref = evaluate(yolov5n_pt, few_coco, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False))
+    assert ref.mode == "square" and ref.map50_95 > 0.2
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+def test_ncnn_predict_video_matches_torch(ncnn_export, yolov5n_pt, bus_jpg, tmp_path):
+    """A 4-frame video through `yolopt predict` on the folder: the PyTorch detections, frame by frame."""
+    import cv2
+
+    clip = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 320))
+    im = cv2.resize(cv2.imread(str(bus_jpg)), (256, 320))
+    for k in range(4):
+        w.write(im if k % 2 == 0 else cv2.flip(im, 1))
+    w.release()
+
+    def frames(model, name, *extra):
+        out = tmp_path / f"{name}.json"
+        r = run_cli("predict", model, clip, "--imgsz", IMGSZ, "--json", out, "--threads", "1", "--name", name,
+                    *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return [f["detections"] for f in json.loads(out.read_text())[0]["frames"]]
+
+    ref, got = frames(yolov5n_pt, "pt", "--letterbox", "square"), frames(ncnn_export.path.parent, "ncnn")
+    assert len(got) == len(ref) == 4 and all(len(f) > 0 for f in ref)
+    for fr, fg in zip(ref, got):
+        assert [d["class"] for d in fg] == [d["class"] for d in fr]
+        assert all(np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0 for a, b in zip(fg, fr))
+
+
+def test_ncnn_bench_cli(ncnn_export, bus_jpg, tmp_path):
+    """`yolopt bench` on the folder, model-only and end to end (letterbox + NCNN + NMS on bus.jpg)."""
+    out, e2e = tmp_path / "b.json", tmp_path / "e.json"
+    r = run_cli("bench", ncnn_export.path.parent, "--warmup", "1", "--iters", "3", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("bench", ncnn_export.path.parent, "--warmup", "1", "--iters", "3", "--threads", "1", "--end2end",
+                "--source", bus_jpg, "--json", e2e)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(e2e.read_text())["end2end"] is True and json.loads(e2e.read_text())["backend"] == "ncnn"
+    rec = json.loads(out.read_text())
+    assert rec["backend"] == "ncnn" and rec["imgsz"] == [IMGSZ, IMGSZ] and rec["threads"] == 1
+    assert rec["machine"]["versions"]["ncnn"] and rec["machine"]["versions"]["pnnx"]  # which NCNN gave the figure
+    weights = [f for f in ncnn_export.files if f.suffix != ".json"]  # .param + .bin, as for OpenVINO's .xml + .bin
+    assert rec["size_mb"] == pytest.approx(sum(f.stat().st_size for f in weights) / 1e6)
+
+
+# --- bad input: one line each, nothing written -----------------------------------------------------------------
+
+def _one_line(r, *needles):
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_ncnn_int8_is_refused_in_one_line(yolov5n_pt, tmp_path):
+    r = run_cli("export", yolov5n_pt, "--format", "ncnn", "--precision", "int8", "--out", tmp_path / "q/")
+    _one_line(r, "precision int8", "format ncnn", "ncnn2table", "ncnn2int8", "--precision")
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("module", ["pnnx", "ncnn"])
+def test_missing_converter_or_runtime_names_the_install(yolov5n_pt, tmp_path, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import pnnx` / `import ncnn` raises ImportError
+    r = run_cli("export", yolov5n_pt, "--format", "ncnn", "--out", tmp_path / "m/")
+    line = _one_line(r, f"{module} package", "pip install 'yolopt[edge]'", "--format")
+    assert re.search(rf"or pip install [a-z ]*\b{module}\)", line), line  # "pip install pnnx ncnn" when both lack
+    assert "yolov5n.pt" in line and not (tmp_path / "m").exists()
+
+
+def test_missing_runtime_at_open_names_the_install(ncnn_export, monkeypatch):
+    from yolopt import runtime
+
+    monkeypatch.setitem(sys.modules, "ncnn", None)
+    with pytest.raises(runtime.RuntimeBackendError, match=r"ncnn runtime is not installed \(pip install"):
+        runtime.open(ncnn_export.path.parent)
+
+
+@pytest.mark.parametrize("opt,needle", [(("--dynamic",), "fixed input size"), (("--batch", "2"), "batch 1"),
+                                        (("--nms",), "not ncnn")])
+def test_ncnn_unsupported_options_one_line(yolov5n_pt, tmp_path, opt, needle):
+    pytest.importorskip("ncnn")
+    pytest.importorskip("pnnx")
+    r = run_cli("export", yolov5n_pt, "--format", "ncnn", *opt, "--out", tmp_path / "m/")
+    _one_line(r, needle)
+    assert not (tmp_path / "m").exists()
+
+
+def test_converter_error_is_its_first_error_line(yolov5n_pt, tmp_path, monkeypatch):
+    """A model pnnx rejects: one line with pnnx's first error line, nothing written."""
+    _need_edge()
+    import pnnx
+
+    fake = tmp_path / "fake_pnnx"
+    fake.write_text("#!/bin/sh\necho 'pass_level0' >&2\necho 'unsupported op aten::frobnicate error' >&2\n"
+                    "echo 'second error' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(pnnx, "EXEC_PATH", str(fake))
+    r = run_cli("export", yolov5n_pt, "--format", "ncnn", "--imgsz", "64", "--out", tmp_path / "out/")
+    _one_line(r, "pnnx could not convert the model", "unsupported op aten::frobnicate error")
+    assert "second error" not in r.stderr and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_failed_verification_writes_nothing(yolov5n_pt, bus_jpg, tmp_path, monkeypatch):
+    """An NCNN model whose outputs drift from PyTorch's fails verification; neither the folder nor a temporary
+    file is left."""
+    _need_edge()
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.edge import NcnnBackend
+
+    run = NcnnBackend._run
+    monkeypatch.setattr(NcnnBackend, "_run", lambda self, x: run(self, x) + np.float32(0.5))
+    with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
+        export(yolov5n_pt, ExportSpec("ncnn", imgsz=160, out=tmp_path / "bad" / "m_ncnn/", verify_images=[bus_jpg]))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("no_bin", "NCNN weights file m.bin is missing next to it"),
+    ("bad_param", "not a loadable NCNN .param file"),
+    ("short_bin", "NCNN cannot load the weights m.bin"),
+])
+def test_unreadable_ncnn_artifacts(ncnn_export, tmp_path, case, needle):
+    from yolopt import runtime
+
+    p = tmp_path / "m.param"
+    src = ncnn_export.path
+    p.write_text("garbage\n" if case == "bad_param" else src.read_text())
+    if case != "no_bin":
+        p.with_suffix(".bin").write_bytes(src.with_suffix(".bin").read_bytes()[:1000 if case == "short_bin" else None])
+    with pytest.raises(runtime.RuntimeBackendError, match=needle) as e:
+        runtime.open(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_third_party_ppe_model_val_matches_torch(ppe_pt, shared, tmp_path):
+    """ppe_yolov5n.pt (nc=2: helmet, vest) as NCNN at 256 px: verified on hardhat images, and `val --match-classes`
+    on 16 hardhat images within 0.002 of PyTorch in the same (square) letterbox."""
+    _need_edge()
+    from yolopt.evaluate import EvalSpec, evaluate
+    from yolopt.export import ExportSpec, export
+
+    imgs = sorted((shared / "data" / "hardhat" / "images" / "val").glob("*.jpg"))[:16]
+    (tmp_path / "val.txt").write_text("\n".join(str(p) for p in imgs) + "\n")
+    data = tmp_path / "hardhat.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: val.txt\nval: val.txt\nnc: 1\nnames:\n  0: helmet\n")
+    res = export(ppe_pt, ExportSpec("ncnn", imgsz=IMGSZ, out=tmp_path / "ppe_ncnn/", verify_images=imgs[:3]))
+    assert res.verify.passed and res.verify.detections_torch > 0 and res.metadata["names"] == ["helmet", "vest"]
+    out = tmp_path / "val.json"
+    r = run_cli("val", res.path.parent, "--data", data, "--batch", "4", "--threads", "1", "--match-classes",
+                "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    ref = evaluate(ppe_pt, data, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False,
+                                          match_classes=True))
+    assert got["rect"] is False and got["imgsz"] == IMGSZ and ref.map50 > 0.05  # small helmets at 256 px
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
