@@ -61,6 +61,7 @@ RECIPE = (StagePlan("recover", 0.40, 0.01, 0.7, warmup=1.0), StagePlan("widen", 
 POLISH = StagePlan("polish", 0.125, 0.002, 0.9)
 RISING = 0.001  # a polish stage must raise the selection fitness by more than this to earn another
 MIN_STAGE_EPOCHS = 2
+DEFAULT_TIME_BUDGET_S = 3 * 3600.0  # neither budget given
 EPOCH_OVERHEAD = 1.35  # measured epoch / (student fwd+bwd + teacher fwd) probe: loader, EMA, validation
 
 
@@ -387,12 +388,12 @@ class _Recipe:
         spec = self.spec
         if spec.epochs_budget and not spec.time_budget_s:
             return spec.epochs_budget
-        budget = (spec.time_budget_s or 3 * 3600) - self.run.state["overhead_s"] - self._final_cost_s()
+        budget = self._time_budget_s() - self.run.state["overhead_s"] - self._final_cost_s()
         epoch_s = self._probe_epoch_s()
         self.run.state["probe_epoch_s"] = epoch_s
         n = int(budget // epoch_s)
         if n < 2 * MIN_STAGE_EPOCHS:
-            raise YoloptError(f"time budget {spec.time_budget_s or 10800:.0f} s buys {max(n, 0)} fine-tuning epochs "
+            raise YoloptError(f"time budget {self._time_budget_s():.0f} s buys {max(n, 0)} fine-tuning epochs "
                               f"(about {epoch_s:.0f} s each here); the recipe needs at least {2 * MIN_STAGE_EPOCHS}",
                               fields=("time_budget_s",))
         return min(n, spec.epochs_budget) if spec.epochs_budget else n
@@ -493,11 +494,16 @@ class _Recipe:
         secs = [s["seconds"] / max(s["epochs"], 1) for s in self.run.state["stages"]]
         return secs[-1] if secs else float(self.run.state.get("probe_epoch_s") or 60.0)
 
+    def _time_budget_s(self) -> float | None:
+        """The time budget: the given one, else 3 h when no epoch budget is given either."""
+        return self.spec.time_budget_s or (None if self.spec.epochs_budget else DEFAULT_TIME_BUDGET_S)
+
     def _time_left_s(self) -> float | None:
-        if not self.spec.time_budget_s:
+        budget = self._time_budget_s()
+        if budget is None:
             return None
         used = self.run.state["overhead_s"] + sum(s["seconds"] for s in self.run.state["stages"])
-        return self.spec.time_budget_s - used - self._final_cost_s()
+        return budget - used - self._final_cost_s()
 
     def _train_stage(self, stage: StagePlan, epochs: int, start: Path) -> StageRecord:
         from ..engine import train
@@ -548,7 +554,6 @@ class _Recipe:
         from ..evaluate.levels import level_ap50
         from ..models.checkpoint import load_model, save_model
         from .prune import model_flops
-        from .widen import widen_c3
 
         st = self.run.state
         out = self.run.dir / "widened.safetensors"
