@@ -36,6 +36,9 @@ def register(sub) -> None:
                    help="choose on the selection split (default) or on val (the report then warns: biased)")
     p.add_argument("--imgsz", type=imgsz_arg, help="training and evaluation size (default: the model's own, else 640)")
     p.add_argument("--no-widen", action="store_true", help="never give channels back to a level")
+    p.add_argument("--max-latency-ratio", type=open_fraction_arg, metavar="R",
+                   help="widen only as far as the ONNX Runtime FP32 latency (batch 1, measured) stays under R x the "
+                        "base's (default: the FLOPs target alone decides)")
     p.add_argument("--batch", type=positive_int_arg, default=16, help="fine-tuning batch (default 16)")
     p.add_argument("--workers", type=nonneg_int_arg, default=2, help="data workers (default 2)")
     p.add_argument("--device", default="cpu", help="fine-tuning device (default cpu)")
@@ -58,7 +61,7 @@ def run(args) -> int:
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         unlabeled=tuple(args.unlabeled), select_fraction=args.select_fraction, select_on=args.select_on,
         imgsz=args.imgsz, batch=args.batch, workers=args.workers, device=args.device, widen=not args.no_widen,
-        seed=args.seed, threads=args.threads, latency=not args.no_latency, out=args.out,
+        seed=args.seed, threads=args.threads, max_latency_ratio=args.max_latency_ratio, latency=not args.no_latency, out=args.out,
         progress=not args.no_progress)
     rep = run_compress(spec)
     if args.json:

@@ -89,6 +89,7 @@ class CompressSpec:
     widen: bool = True
     seed: int = 0
     threads: int | None = None  # latency measurement threads (default: the usable cores)
+    max_latency_ratio: float | None = None  # widening keeps the ORT FP32 latency under this x the base's
     latency: bool = True
     out: str | Path | None = None
     progress: bool = True
@@ -575,13 +576,14 @@ class _Recipe:
             idx = det.f[level]
             grown = self._grow(model, idx, limit)
             if grown is None:
-                dec.reason += f"level {level} (model.{idx}) lost {lost:.4f} weighted AP50 but no width fits the FLOPs "\
-                              f"target; "
+                what = "FLOPs target" + (f" and latency ratio {self.spec.max_latency_ratio:g}"
+                                         if self.spec.max_latency_ratio else "")
+                dec.reason += f"level {level} (model.{idx}) lost {lost:.4f} weighted AP50 but no width fits the {what}; "
                 continue
-            model, hidden, outc = grown
+            model, hidden, outc, ratio = grown
             dec.widened.append({"layer": idx, "level": level, "stride": int(det.stride[level]), "hidden": hidden,
                                 "out": outc, "lost_ap50_weighted": round(lost, 4),
-                                "gflops": model_flops(model, self.imgsz)})
+                                "gflops": model_flops(model, self.imgsz), "latency_ratio": ratio})
         if not dec.widened and not dec.reason:
             dec.reason = "no level lost more than 0.002 weighted AP50 against the base"
         save_model(model, out, imgsz=self.imgsz)
@@ -591,8 +593,9 @@ class _Recipe:
         return out
 
     def _grow(self, model, idx: int, limit: float):
-        """``(widened copy, hidden, out)``: block ``idx`` grown towards the base's widths, the widest that keeps
-        the FLOPs under ``limit``; None when not even one step of ``round_to`` fits."""
+        """``(widened copy, hidden, out, latency ratio or None)``: block ``idx`` grown towards the base's widths, the
+        widest that keeps the FLOPs under ``limit`` (and, with ``max_latency_ratio``, its measured ONNX Runtime
+        latency under that fraction of the base's); None when not even one step of ``round_to`` fits."""
         from .prune import model_flops
         from .widen import widen_c3
 
@@ -609,9 +612,30 @@ class _Recipe:
             except YoloptError:  # cv1 and cv2 pruned to different widths: grow the output only
                 h = h0
                 cand = widen_c3(copy.deepcopy(model), idx, out=o, seed=self.spec.seed)
-            if model_flops(cand, self.imgsz) <= limit:
-                return cand, h, o
+            if model_flops(cand, self.imgsz) > limit:
+                continue
+            if not self.spec.max_latency_ratio:
+                return cand, h, o, None
+            ratio = self._latency_ratio(cand)
+            log.info("  widening model.%d to %d / %d channels: %.3fx the base's ONNX Runtime latency", idx, h, o, ratio)
+            if ratio <= self.spec.max_latency_ratio:
+                return cand, h, o, round(ratio, 4)
         return None
+
+    def _latency_ratio(self, model) -> float:
+        """Median over 5 interleaved rounds of ``model``'s / the base's ONNX Runtime FP32 latency (batch 1)."""
+        import tempfile
+
+        from ..bench.measure import interleaved
+        from ..export import ExportSpec, export
+
+        with tempfile.TemporaryDirectory(prefix="yolopt-widen-") as tmp:
+            arts = {k: export(copy.deepcopy(m).eval(), ExportSpec(format="onnx", imgsz=self.imgsz,
+                                                                   out=Path(tmp) / f"{k}.onnx", verify=False)).path
+                    for k, m in (("base", self.base), ("cand", model))}
+            t = interleaved(arts, self.imgsz, threads=self.threads, rounds=5, iters=20)
+        rounds = [c / b for c, b in zip(t["cand"]["rounds_p50_ms"], t["base"]["rounds_p50_ms"])]
+        return sorted(rounds)[len(rounds) // 2]
 
     # -------------------------------------------------------------- measuring
     def _evaluate(self, model, data, split: str = "val"):

@@ -91,7 +91,9 @@ def render_markdown(rep) -> str:
         for x in w.widened:
             lines.append(f"* widened `model.{x['layer']}` (P{x['level'] + 3}, stride {x['stride']}) to {x['hidden']} "
                          f"hidden / {x['out']} out channels: it lost {x['lost_ap50_weighted']:.4f} of the overall AP50; "
-                         f"{x['gflops']:.3f} GFLOPs after")
+                         f"{x['gflops']:.3f} GFLOPs after"
+                         + (f", {x['latency_ratio']:.3f}x the base's ONNX Runtime latency (measured)"
+                            if x.get("latency_ratio") else ""))
         if w.reason:
             lines.append(f"* {w.reason.strip('; ')}")
         lines.append("")
