@@ -654,6 +654,11 @@ class _Recipe:
         from tqdm import tqdm
 
         done = sum(s["epochs"] for s in self.run.state["stages"])
+        plan = self._stage_list()
+        k = len(self.run.state["stages"])
+        if k < len(plan):  # the epochs the stage in progress has finished (a continued run)
+            csv = self.run.dir / plan[k].name / "results.csv"
+            done += max(len(csv.read_text().splitlines()) - 1, 0) if csv.is_file() else 0
         self.bar = tqdm(total=self.run.state["plan_epochs"], initial=done, desc="compress", unit="epoch",
                         position=0, leave=True, dynamic_ncols=True)
 
