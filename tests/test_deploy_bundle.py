@@ -27,7 +27,7 @@ from yolopt.pipeline.deploy import write_bundle
 
 IMGSZ = 256  # the size of conftest's deploy_artifacts
 ALLOWED_IMPORTS = {"argparse", "glob", "json", "math", "multiprocessing", "os", "signal", "sys", "time", "__future__",
-                   "cv2", "numpy", "onnxruntime", "openvino"}
+                   "cv2", "numpy", "onnxruntime", "openvino", "ncnn"}
 NETWORK_HINTS = ("Could not find a version", "No matching distribution", "Failed to establish", "Temporary failure",
                  "Network is unreachable", "ConnectionError", "ProxyError", "timed out", "Name or service not known")
 
@@ -67,7 +67,12 @@ def _env() -> dict:
 @pytest.fixture(scope="session")
 def fresh_python(tmp_path_factory) -> Path:
     """A venv holding only infer.py's requirements (ONNX Runtime flavour), cached by their hash."""
-    req = "\n".join(deploy.REQUIREMENTS["onnxruntime"]) + "\n"
+    return fresh_venv("onnxruntime")
+
+
+def fresh_venv(runtime: str) -> Path:
+    """The python of a venv holding only infer.py's requirements for ``runtime``, cached by their hash."""
+    req = "\n".join(deploy.REQUIREMENTS[runtime]) + "\n"
     key = hashlib.sha256(f"{req}{sys.version}{sys.platform}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("YOLOPT_TEST_VENV_CACHE", Path.home() / ".cache" / "yolopt-test-venv"))
     venv = cache / key
@@ -595,3 +600,62 @@ def test_infer_workers_stop_when_the_main_process_is_killed(synth_bundle, fresh_
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# --- NCNN -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ncnn_art(tmp_path_factory, yolov5n_pt):
+    """yolov5n as an NCNN folder at 256 px (pnnx), exported once for this module."""
+    pytest.importorskip("ncnn", reason="the ncnn runtime is not installed (pip install 'yolopt[edge]')")
+    pytest.importorskip("pnnx", reason="the pnnx converter is not installed (pip install 'yolopt[edge]')")
+    from yolopt.export import ExportSpec, export
+
+    d = tmp_path_factory.mktemp("ncnn_bundle")
+    return export(yolov5n_pt, ExportSpec("ncnn", imgsz=IMGSZ, out=d / "yolov5n_ncnn/", verify=False)).path
+
+
+@pytest.fixture(scope="module")
+def ncnn_bundle(ncnn_art, tmp_path_factory):
+    return write_bundle(ncnn_art.parent, tmp_path_factory.mktemp("ncnn_b") / "b", name="yolov5n_ncnn", threads=1)
+
+
+def test_ncnn_bundle_contents(ncnn_bundle, ncnn_art):
+    """The artifact folder's three files, deploy.json with the net's blob names, the pinned ncnn wheel, a README
+    naming the aarch64 wheels, and no Triton entry (Triton has no NCNN backend); the bundle folder opens in
+    yolopt as an NCNN artifact."""
+    from yolopt.runtime import open as open_backend
+
+    out = ncnn_bundle
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "deploy.json", "infer.py", "requirements.txt",
+                                                     "yolov5n.bin", "yolov5n.json", "yolov5n.param"]
+    for f in ("yolov5n.param", "yolov5n.bin"):
+        assert (out / f).read_bytes() == (ncnn_art.parent / f).read_bytes()
+    cfg = json.loads((out / "deploy.json").read_text())
+    b = open_backend(ncnn_art)
+    assert cfg["runtime"] == "ncnn" and cfg["artifact"] == "yolov5n.param" and cfg["precision"] == "fp32"
+    assert cfg["input"]["name"] == b.input_name and cfg["input"]["shape"] == [1, 3, IMGSZ, IMGSZ]
+    assert cfg["outputs"][0]["name"] == b.output_name and cfg["outputs"][0]["shape"][0] == 1
+    assert cfg["outputs"][0]["shape"][2] == 5 + b.nc and cfg["runtime_options"]["threads"] == 1
+    assert (out / "requirements.txt").read_text().split()[-1] == "ncnn==1.0.20261020"
+    readme = (out / "README.md").read_text()
+    assert "aarch64" in readme and "Triton" not in readme
+    assert open_backend(out).name == "ncnn"
+    tree = ast.parse((out / "infer.py").read_text())
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert mods <= ALLOWED_IMPORTS, mods - ALLOWED_IMPORTS
+
+
+def test_ncnn_infer_matches_yolopt(ncnn_bundle, ncnn_art, images, tmp_path):
+    """infer.py, run with this interpreter (which has ncnn) but without yolopt on its path, gives yolopt's own
+    detections on the NCNN artifact: boxes within 1 px, conf within 1e-3, on bus.jpg and zidane.jpg."""
+    run_infer(Path(sys.executable), ncnn_bundle, images, "--json", tmp_path / "d.json")
+    assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(ncnn_art, images)) >= 4
+
+
+def test_ncnn_infer_in_a_fresh_venv(ncnn_bundle, ncnn_art, bus_jpg, tmp_path):
+    """The same in a venv holding only the bundle's requirements (numpy, OpenCV, ncnn: no torch, no yolopt)."""
+    py = fresh_venv("ncnn")
+    run_infer(py, ncnn_bundle, bus_jpg, "--json", tmp_path / "d.json")
+    assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(ncnn_art, bus_jpg)) >= 4

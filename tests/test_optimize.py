@@ -268,3 +268,73 @@ def test_qat_candidate_where_int8_misses_the_budget(synth_data, ref_run, tmp_pat
     build = json.loads(next((out / "artifacts").glob("qat1-160-dyn/build.json")).read_text())
     assert build["details"]["qat"]["epochs"] == 1 and "map50_95_gain_over_ptq" in build["details"]["qat"]
     assert (out / "artifacts" / "qat1-160-dyn.qat_run" / "qat_ranges.json").is_file()
+
+
+# --- target ncnn -----------------------------------------------------------------------------------
+
+def _need_ncnn():
+    pytest.importorskip("ncnn", reason="the ncnn runtime is not installed (pip install 'yolopt[edge]')")
+    pytest.importorskip("pnnx", reason="the pnnx converter is not installed (pip install 'yolopt[edge]')")
+
+
+def test_ncnn_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
+    """The candidates of --target ncnn, with the measuring stubbed out: FP32 at each size and FP16 weights at
+    the sizes within the mAP budget; no rect letterbox (ncnn has a fixed input) even on wide images; INT8 is
+    a skipped row that says why; no mixed precision or QAT."""
+    from yolopt.pipeline import run as run_mod
+    from yolopt.pipeline.records import VariantResult
+    from yolopt.pipeline.select import Choice, next_steps
+    from yolopt.pipeline.spec import OptimizeSpec
+
+    _need_ncnn()  # spec.check() asks for the runtime and the converter
+    spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", scenario="edge", target="ncnn", imgsz=[160, 96], prune=False,
+                        out=str(tmp_path / "o")).check()
+    assert spec.threads == 1 and spec.target == "ncnn"
+    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)  # no model, data or lock: only the planner runs
+    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, [(90, 160)] * 4  # wide: rect pays
+    opt.results, opt.order = {}, []
+    opt.budget = type("B", (), {"left": 1e9})()
+    seen = []
+
+    def fake_run(self, v, same_map_as=None):
+        seen.append(v)
+        self.order.append(v.name)
+        r = VariantResult(name=v.name, kind=v.kind, status="done", drop=0.0, fps=10.0, seconds=1.0,
+                          build_seconds=0.5, runtime="ncnn", threads=1)
+        self.results[v.name] = r
+        return r
+
+    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
+    opt.plan_and_run()
+    assert [(v.name, v.build, v.letterbox) for v in seen] == [
+        ("fp32", "fp32-160-fixed", "square"), ("fp32-96", "fp32-96-fixed", "square"),
+        ("fp16-160", "fp16-160-fixed", "square"), ("fp16-96", "fp16-96-fixed", "square")]
+    assert seen[0].description.startswith("FP32 NCNN")
+    int8 = opt.results["int8-160"]
+    assert int8.status == "skipped" and "ncnn2int8" in int8.reason and opt.order[-1] == "int8-160"
+    steps = " ".join(next_steps(Choice("fp16-96", True), list(opt.results.values()), spec, {"vnni": False}))
+    assert "int8" not in steps and "VNNI" not in steps
+
+
+def test_ncnn_fp16_build_is_verified_and_measured(tmp_path):
+    """One real build of --target ncnn (the synthetic model, FP16 weights, 96 px): an NCNN folder with fp16
+    weights, its mAP through yolopt's evaluation and its end-to-end benchmark in the worker process."""
+    _need_ncnn()
+    from yolopt.data.synth import generate
+    from yolopt.models.checkpoint import load_model
+    from yolopt.pipeline.spec import OptimizeSpec
+    from yolopt.pipeline.variants import Builder, Variant, bench_variant, build_key, evaluate_variant
+
+    data = generate(tmp_path / "d", images=16, classes=2, imgsz=160, seed=0)
+    spec = OptimizeSpec(str(SYNTH_MODEL), str(data), scenario="edge", target="ncnn", imgsz=[96], val_images=4,
+                        bench_seconds=0.3, out=str(tmp_path / "o")).check()
+    b = Builder(spec, tmp_path / "o" / "artifacts", load_model(SYNTH_MODEL)).get(build_key("fp16", 96))
+    art = Path(b.artifact)
+    assert art.suffix == ".param" and art.parent.name == "ncnn" and not b.cached
+    assert json.loads(art.with_suffix(".json").read_text())["precision"] == "fp16"
+    v = Variant("fp16-96", "fp16", "", b.key, 96)
+    acc, _ = evaluate_variant(b.artifact, v, spec)
+    assert 1 <= acc.val_images <= 4 and 0 <= acc.map50_95 <= 1  # 16 images: 3 in val
+    imgs = sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:2]
+    bench = bench_variant(b.artifact, v, spec, imgs)
+    assert bench.fps > 0 and bench.threads_per_stream == 1 and bench.size_mb > 0

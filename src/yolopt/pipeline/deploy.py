@@ -1,9 +1,9 @@
 """The deploy bundle: one folder that runs a yolopt artifact without yolopt (and without torch).
 
-:func:`write_bundle` copies an ONNX or OpenVINO artifact into a folder with everything needed to use
-it elsewhere: ``deploy.json`` (input, letterbox, class names, thresholds, measured numbers),
+:func:`write_bundle` copies an ONNX, OpenVINO or NCNN artifact into a folder with everything needed to
+use it elsewhere: ``deploy.json`` (input, letterbox, class names, thresholds, measured numbers),
 ``infer.py`` (numpy + OpenCV + the runtime; the same letterbox and NMS as yolopt), its
-``requirements.txt``, a ``README.md`` and a Triton Inference Server model repository.
+``requirements.txt``, a ``README.md`` and (ONNX, OpenVINO) a Triton Inference Server model repository.
 
 The folder is built next to ``out_dir`` under a hidden name and renamed into place only once it is
 complete; an existing bundle there is replaced only then, so a failure leaves it as it was.
@@ -34,7 +34,9 @@ TEMPLATE = Path(__file__).resolve().parent / "templates" / "deploy_infer.py"
 REQUIREMENTS = {
     "onnxruntime": ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.18"],
     "openvino": ["numpy>=1.24", "opencv-python-headless>=4.8", "openvino>=2024.0"],
+    "ncnn": ["numpy>=1.24", "opencv-python-headless>=4.8", "ncnn==1.0.20261020"],  # the version yolopt[edge] pins
 }
+TRITON_RUNTIMES = ("onnxruntime", "openvino")  # Triton has no ncnn backend
 # numpy dtype name -> Triton data type
 TRITON_TYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8",
@@ -78,6 +80,19 @@ def _tensors_openvino(backend) -> tuple[list[dict], list[dict]]:
     return [info(p) for p in backend.compiled.inputs], [info(p) for p in backend.compiled.outputs]
 
 
+def _tensors_ncnn(backend) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of an NCNN net: its blob names; the shapes of its fixed input and of one run's output."""
+    import numpy as np
+
+    h, w = (int(v) for v in backend.imgsz)
+    y = backend._run(np.zeros((1, 3, h, w), np.float32))
+    return ([{"name": backend.input_name, "shape": [1, 3, h, w], "dtype": "float32"}],
+            [{"name": backend.output_name, "shape": [int(d) for d in y.shape], "dtype": "float32"}])
+
+
+_TENSORS = {"onnxruntime": _tensors_onnx, "openvino": _tensors_openvino, "ncnn": _tensors_ncnn}
+
+
 def _open_artifact(artifact: Path):
     """The artifact through ``yolopt.runtime`` (its metadata decoded), or one clear error."""
     from ..runtime import open as open_backend
@@ -86,17 +101,20 @@ def _open_artifact(artifact: Path):
     if not artifact.exists():
         raise YoloptError(f"{artifact}: no such artifact file")
     if not artifact.is_dir() and artifact.suffix.lower() not in (".onnx", ".xml", *SUFFIXES):
-        raise YoloptError(f"{artifact}: not a model artifact (a deploy bundle takes an .onnx file, or an OpenVINO "
-                          ".xml with its .bin)")
+        raise YoloptError(f"{artifact}: not a model artifact (a deploy bundle takes an .onnx file, an OpenVINO "
+                          ".xml with its .bin, or an NCNN .param with its .bin)")
     kind = backend_for(artifact)  # a folder without exactly one .xml is one clear error
     if kind not in REQUIREMENTS:
-        raise YoloptError(f"{artifact}: a deploy bundle takes an ONNX (.onnx) or OpenVINO (.xml + .bin) artifact, "
-                          f"not a {kind} model (export it first: yolopt export --format onnx)")
+        raise YoloptError(f"{artifact}: a deploy bundle takes an ONNX (.onnx), OpenVINO (.xml + .bin) or NCNN "
+                          f"(.param + .bin) artifact, not a {kind} model (export it first: yolopt export --format "
+                          "onnx)")
     return open_backend(artifact, threads=1)
 
 
 def _artifact_files(backend) -> list[Path]:
     p = Path(backend.path)
+    if backend.name == "ncnn":  # graph, weights and yolopt's metadata: the bundle folder opens as an NCNN artifact
+        return [p, p.with_suffix(".bin")] + [p.with_suffix(".json")] * p.with_suffix(".json").is_file()
     return [p, p.with_suffix(".bin")] if backend.name == "openvino" else [p]
 
 
@@ -225,19 +243,20 @@ def _readme(cfg: dict, name: str) -> str:
     same = ("as `yolopt predict` does for a fixed-size model" if cfg["letterbox"] == "square"
             else "as `yolopt val` does for a dynamic model, one image at a time")
     made = f"yolopt {cfg['yolopt_version']}" if cfg.get("yolopt_version") else "yolopt"
-    triton_files = "`1/model.onnx`" if rt == "onnxruntime" else "`1/model.xml` + `1/model.bin`"
+    triton_row = (f"| `triton/{name}/` | a Triton Inference Server model repository entry |\n"
+                  if rt in TRITON_RUNTIMES else "")
+    meta = "yolopt metadata in the `.json`" if rt == "ncnn" else "yolopt metadata embedded"
     text = f"""# {name}: deploy bundle
 
 Made by {made} from `{cfg['source']}`. It runs without yolopt and without PyTorch.
 
 | file | what it is |
 |---|---|
-| {files} | the model ({rt}, {cfg['precision']}; yolopt metadata embedded) |
+| {files} | the model ({rt}, {cfg['precision']}; {meta}) |
 | `deploy.json` | input `{inp['name']}` {inp['shape']} ({pixels}, RGB, NCHW), letterbox, classes, thresholds |
 | `infer.py` | standalone inference: images in, boxes out (numpy, OpenCV, {rt}) |
 | `requirements.txt` | what `infer.py` needs |
-| `triton/{name}/` | a Triton Inference Server model repository entry |
-
+{triton_row}
 ## Run it
 
 ```
@@ -263,6 +282,9 @@ per image, its detections as `{{xyxy, conf, cls, name}}`; `python infer.py --hel
     if rep:
         text += "\n## Measured\n\nAs measured by yolopt on the machine that made this bundle:\n\n| | |\n|---|---:|\n"
         text += "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rep)
+    if rt == "ncnn":
+        return text + _ncnn_notes(cfg)
+    triton_files = "`1/model.onnx`" if rt == "onnxruntime" else "`1/model.xml` + `1/model.bin`"
     text += f"""
 ## Serve it with Triton
 
@@ -285,6 +307,23 @@ a GPU.
                  "plugin runs FP32 IRs in bf16 by default on CPUs with AVX-512 BF16 or AMX, so there its results "
                  "can differ slightly from `infer.py`'s.\n")
     return text
+
+
+def _ncnn_notes(cfg: dict) -> str:
+    """The README's NCNN section: Arm boards, threads, precision."""
+    return f"""
+## NCNN on Arm boards
+
+`requirements.txt` pins the `ncnn` wheel this bundle was made and measured with; PyPI has it for x86-64 and for
+**aarch64** (manylinux), so `pip install -r requirements.txt` works on a 64-bit Raspberry Pi OS or another Arm
+board, with no converter and no PyTorch. OpenCV's `opencv-python-headless` wheels exist for aarch64 too.
+
+`infer.py` runs NCNN as yolopt does: computed in fp32 (NCNN's fp16 / bf16 storage and arithmetic off, so the
+boxes match yolopt's on every CPU; {cfg['precision']} weights), no Vulkan, `openmp_blocktime` 0 (a thread that
+finishes a layer sleeps at once), and 1 thread when at most 2 cores are usable, else all of them (NCNN's threads
+wait for each other after every layer, and stall when another process shares the cores). `--threads N` overrides.
+The folder is also an NCNN artifact yolopt opens: `yolopt predict {cfg['artifact']} image.jpg`.
+"""
 
 
 def _check_out_dir(out: Path) -> None:
@@ -330,6 +369,8 @@ def _build(tmp: Path, files: list[Path], cfg: dict, name: str) -> None:
     infer.chmod(mode | (mode & 0o444) >> 2)  # executable by whoever may read it
     (tmp / "requirements.txt").write_text("\n".join(REQUIREMENTS[cfg["runtime"]]) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(_readme(cfg, name), encoding="utf-8")
+    if cfg["runtime"] not in TRITON_RUNTIMES:
+        return
     model_dir = tmp / "triton" / name
     (model_dir / "1").mkdir(parents=True)
     target = {".onnx": "model.onnx", ".xml": "model.xml", ".bin": "model.bin"}
@@ -366,7 +407,8 @@ class BundleSpec:
 
 
 def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | None = None, **options) -> Path:
-    """Write the deploy bundle of ``artifact`` (``.onnx``, or OpenVINO ``.xml`` with its ``.bin``) to ``out_dir``.
+    """Write the deploy bundle of ``artifact`` (``.onnx``, an OpenVINO ``.xml`` or NCNN ``.param`` with its
+    ``.bin``, or the folder of either) to ``out_dir``.
 
     ``spec``: a :class:`BundleSpec`; ``options``: any of its fields, set on top of it
     (``write_bundle(a, out, conf=0.3)`` is ``write_bundle(a, out, BundleSpec(conf=0.3))``).
@@ -398,11 +440,11 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | N
     files = _artifact_files(backend)
     for f in files:
         if not f.is_file():
-            raise YoloptError(f"{f}: missing (an OpenVINO artifact is an .xml and its .bin)")
+            raise YoloptError(f"{f}: missing (an OpenVINO or NCNN artifact is an .xml / .param and its .bin)")
     if letterbox == "rect" and not backend.dynamic:
         raise YoloptError(f"{path}: has a fixed {backend.imgsz[0]}x{backend.imgsz[1]} input, so it takes the square "
                           "letterbox only (export it with a dynamic input shape for rect)")
-    inputs, outputs = (_tensors_onnx if backend.name == "onnxruntime" else _tensors_openvino)(backend)
+    inputs, outputs = _TENSORS[backend.name](backend)
     if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][1] not in (3, -1):
         raise YoloptError(f"{path}: expected one (B, 3, H, W) image input, got "
                           f"{[(t['name'], t['shape']) for t in inputs]}")

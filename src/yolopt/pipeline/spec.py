@@ -10,11 +10,11 @@ from pathlib import Path
 from ..errors import YoloptError
 
 SCENARIOS = ("realtime", "accuracy", "edge")
-TARGETS = ("onnxruntime", "openvino", "tensorrt")
+TARGETS = ("onnxruntime", "openvino", "tensorrt", "ncnn")
 METRICS = ("map50_95", "map50")
 # the accuracy budget of each scenario when --max-map-drop is not given (mAP points as fractions)
 DEFAULT_DROP = {"realtime": 0.01, "accuracy": 0.002, "edge": 0.01}
-_RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+_RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "ncnn": "ncnn"}
 
 
 class OptimizeError(YoloptError):
@@ -148,8 +148,12 @@ def default_sizes(base: int) -> list[int]:
 def check_target_installed(target: str) -> None:
     mod = _RUNTIME_MODULE[target]
     if importlib.util.find_spec(mod) is None:
-        extra = "pip install 'yolopt[deploy]'" if target != "tensorrt" else "install TensorRT (needs a CUDA GPU)"
+        extra = {"tensorrt": "install TensorRT (needs a CUDA GPU)", "ncnn": "pip install 'yolopt[edge]'"}.get(
+            target, "pip install 'yolopt[deploy]'")
         raise OptimizeError(f"target {target}: the {mod} runtime is not installed ({extra})", fields=("target",))
+    if target == "ncnn" and importlib.util.find_spec("pnnx") is None:
+        raise OptimizeError("target ncnn: the pnnx converter is not installed (pip install 'yolopt[edge]')",
+                            fields=("target",))
     if target == "tensorrt":
         import torch
 

@@ -32,7 +32,7 @@ class Variant:
     """One deployable configuration. ``build``: the artifact's key (see :func:`build_artifact`)."""
 
     name: str
-    kind: str  # baseline | rect | imgsz | streams | int8 | mixed | qat | prune | combined
+    kind: str  # baseline | rect | imgsz | streams | int8 | fp16 | mixed | qat | prune | combined
     description: str
     build: str
     imgsz: int
@@ -90,7 +90,7 @@ class Build:
 
 
 def _suffix(target: str) -> str:
-    return ".xml" if target == "openvino" else ".onnx"
+    return {"openvino": ".xml", "ncnn": ".param"}.get(target, ".onnx")
 
 
 def build_key(kind: str, imgsz: int, dynamic: bool = False, extra: str = "") -> str:
@@ -132,8 +132,8 @@ class Builder:
         dynamic = mode == "dyn"
         out = folder / f"model{_suffix(self.spec.target)}"
         details: dict = {}
-        if kind == "fp32":
-            artifact = self._export(self.model, out, int(imgsz), dynamic)
+        if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn), computed in fp32
+            artifact = self._export(self.model, out, int(imgsz), dynamic, precision=kind)
         elif kind in ("int8", "mixed") or kind.startswith("qat"):
             qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
             artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed", qat=qat,
@@ -146,12 +146,13 @@ class Builder:
         write_json(folder / "build.json", rec.to_dict(), quiet=True)
         return rec
 
-    def _export(self, model, out: Path, imgsz: int, dynamic: bool) -> Path:
+    def _export(self, model, out: Path, imgsz: int, dynamic: bool, precision: str = "fp32") -> Path:
         from ..export import ExportSpec, export
 
-        fmt = "openvino" if self.spec.target == "openvino" else "onnx"
-        res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True,
-                                       out=out if fmt == "onnx" else out.parent / "ov"))
+        fmt = self.spec.target if self.spec.target in ("openvino", "ncnn") else "onnx"
+        folder = {"openvino": "ov", "ncnn": "ncnn"}.get(fmt)  # folder formats: OUT/artifacts/<key>/<folder>/model.*
+        res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True, precision=precision,
+                                       out=out if folder is None else out.parent / folder))
         return res.path
 
     def _quantize(self, out: Path, imgsz: int, mixed: bool, qat: int = 0, qat_dir: Path | None = None

@@ -165,7 +165,7 @@ def to_input(padded, dtype):
 # --- model ----------------------------------------------------------------------------------------
 
 class Model:
-    """The bundle's artifact on onnxruntime or OpenVINO (CPU): (1, 3, H, W) -> first output as float32."""
+    """The bundle's artifact on onnxruntime, OpenVINO or NCNN (CPU): (1, 3, H, W) -> first output as float32."""
 
     def __init__(self, cfg, threads=None):
         path = os.path.join(HERE, cfg["artifact"])
@@ -203,10 +203,49 @@ class Model:
             self.compiled = core.compile_model(model, "CPU", config)
             self.request = self.compiled.create_infer_request()
             self.dtype = np.dtype(self.compiled.inputs[0].get_element_type().to_dtype()).type
+        elif self.runtime == "ncnn":
+            self._open_ncnn(cfg, path, threads)
         else:
             raise BundleError(f"deploy.json: unknown runtime {self.runtime!r}")
 
+    def _open_ncnn(self, cfg, path, threads):
+        """NCNN as yolopt runs it: fp32 compute (fp16 / bf16 storage and arithmetic off), no Vulkan, threads that
+        sleep after each layer (openmp_blocktime 0), 1 thread on <= 2 usable cores (threads stall at NCNN's
+        per-layer barrier when another process shares the cores), else all of them."""
+        try:
+            import ncnn
+        except ImportError:
+            raise BundleError("ncnn is not installed: pip install -r requirements.txt") from None
+        n = usable_cpus()
+        net = ncnn.Net()
+        opt = net.opt
+        opt.num_threads = int(threads) if threads else (1 if n <= 2 else n)
+        opt.use_vulkan_compute = False
+        for k in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                  "use_bf16_packed"):
+            setattr(opt, k, False)
+        opt.openmp_blocktime = 0
+        bin_path = os.path.splitext(path)[0] + ".bin"
+        if net.load_param(path) != 0 or net.load_model(bin_path) != 0:
+            raise BundleError(f"{path}: NCNN cannot load this .param and its .bin")
+        self.net, self._ncnn = net, ncnn
+        self.input_name, self.output_name = cfg["input"]["name"], cfg["outputs"][0]["name"]
+        self.dtype = np.float32
+        self.batch = None  # NCNN has no batch dimension
+
+    def _run_ncnn(self, x):
+        a = np.ascontiguousarray(x[0], dtype=np.float32)  # ncnn.Mat wraps this memory: keep it until extract
+        ex = self.net.create_extractor()
+        if ex.input(self.input_name, self._ncnn.Mat(a)) != 0:
+            raise BundleError(f"NCNN refused the input of shape {tuple(x.shape)}")
+        ret, out = ex.extract(self.output_name)
+        if ret != 0:
+            raise BundleError(f"NCNN inference failed (status {ret})")
+        return np.array(out)[None]
+
     def __call__(self, x):
+        if self.runtime == "ncnn":
+            return np.asarray(self._run_ncnn(x), dtype=np.float32)
         if self.batch and self.batch > 1:  # a fixed-batch artifact: fill the rest with zeros
             x = np.concatenate([x, np.zeros((self.batch - 1, *x.shape[1:]), x.dtype)])
         if self.runtime == "onnxruntime":
