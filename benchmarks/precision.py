@@ -53,7 +53,7 @@ def main() -> int:
     round_p50 = {p: [] for p in backends}
     for r in range(args.rounds):
         for p in (list(backends) if r % 2 == 0 else list(reversed(backends))):
-            rec = bench.measure(backends[p], args.imgsz, warmup=3, iters=args.iters)
+            rec = bench.measure(backends[p], args.imgsz, bench.BenchSpec(warmup=3, iters=args.iters))
             round_p50[p].append(rec.latency_ms["p50"])
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
     results = {}

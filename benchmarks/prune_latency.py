@@ -58,7 +58,7 @@ def main() -> int:
     p50 = {n: [] for n in backends}
     for k in range(args.rounds):
         for n in (["base", "pruned"] if k % 2 == 0 else ["pruned", "base"]):
-            p50[n].append(bench.measure(backends[n], args.imgsz, warmup=5, iters=args.iters).latency_ms["p50"])
+            p50[n].append(bench.measure(backends[n], args.imgsz, bench.BenchSpec(warmup=5, iters=args.iters)).latency_ms["p50"])
         print(f"round {k + 1}/{args.rounds}: base {p50['base'][-1]:.2f} ms, pruned {p50['pruned'][-1]:.2f} ms",
               file=sys.stderr)
     ratio = statistics.median(b / a for a, b in zip(p50["base"], p50["pruned"]))

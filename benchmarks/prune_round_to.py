@@ -54,7 +54,7 @@ def main() -> int:
     p50 = {n: [] for n in names}
     for k in range(args.rounds):
         for n in (names if k % 2 == 0 else list(reversed(names))):
-            p50[n].append(bench.measure(backends[n], args.imgsz, warmup=3, iters=args.iters).latency_ms["p50"])
+            p50[n].append(bench.measure(backends[n], args.imgsz, bench.BenchSpec(warmup=3, iters=args.iters)).latency_ms["p50"])
         print(f"round {k + 1}/{args.rounds}: " + ", ".join(f"{n} {p50[n][-1]:.2f}" for n in names), file=sys.stderr)
     base = p50["unpruned"]  # the load of a shared machine shifts between rounds: compare within a round
     results = {n: {**info[n], "p50_ms_median": round(statistics.median(p50[n]), 3), "round_p50_ms": p50[n],

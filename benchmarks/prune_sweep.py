@@ -133,7 +133,7 @@ def latencies(models: dict, imgsz: int, args) -> dict:
     p50 = {n: [] for n in names}
     for k in range(args.rounds):
         for n in names if k % 2 == 0 else reversed(names):
-            p50[n].append(bench.measure(backends[n], imgsz, warmup=3, iters=args.iters).latency_ms["p50"])
+            p50[n].append(bench.measure(backends[n], imgsz, bench.BenchSpec(warmup=3, iters=args.iters)).latency_ms["p50"])
         print(f"  latency round {k + 1}/{args.rounds}: " + ", ".join(f"{n} {p50[n][-1]:.1f}" for n in names),
               file=sys.stderr)
     ref = p50["unpruned"]
