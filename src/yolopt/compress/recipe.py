@@ -33,14 +33,13 @@ from pathlib import Path
 from ..engine.trainer import Callback
 from ..errors import YoloptError
 from ..fileio import FolderLock, write_json
+from .workflow import ARTIFACT_SUFFIXES
 
 log = logging.getLogger("yolopt")
 
 SCHEMA_VERSION = 1
 METRICS = ("map50", "map50_95", "both")
 SELECT_ON = ("split", "val")
-ARTIFACT_SUFFIXES = {".onnx", ".xml", ".bin", ".torchscript", ".engine", ".ts", ".tflite", ".pb", ".mlmodel",
-                     ".param", ".pte"}
 
 
 @dataclass(frozen=True)
@@ -272,6 +271,7 @@ class _Run:
         self.dir = spec.folder()
         self.state_path = self.dir / "state.json"
         self.state: dict = {}
+        self.key = spec.key()  # hashes the model file: once per run
 
     def load(self) -> bool:
         if not self.state_path.is_file():
@@ -283,8 +283,8 @@ class _Run:
         if self.state.get("schema_version") != SCHEMA_VERSION:
             raise YoloptError(f"{self.state_path}: run state version {self.state.get('schema_version')} is not "
                               f"{SCHEMA_VERSION}; choose another out folder", fields=("out",))
-        if self.state.get("key") != self.spec.key():
-            diff = [k for k, v in self.spec.key().items() if self.state.get("key", {}).get(k) != v]
+        if self.state.get("key") != self.key:
+            diff = [k for k, v in self.key.items() if self.state.get("key", {}).get(k) != v]
             raise YoloptError(f"{self.dir}: holds a compress run with other settings ({', '.join(diff)}); continue it "
                               f"with its own settings or choose another out folder", fields=("out",))
         return True
@@ -332,13 +332,13 @@ class _Recipe:
         from ..machine import machine_info
         from .prune import model_flops
 
-        spec, st = self.spec, self.run.state
+        spec = self.spec
         resumed = self.run.load()
         st = self.run.state
         if resumed:
             log.info("continuing the compress run in %s", self.run.dir)
         else:
-            st.update({"schema_version": SCHEMA_VERSION, "key": spec.key(), "spec": _spec_dict(spec),
+            st.update({"schema_version": SCHEMA_VERSION, "key": self.run.key, "spec": _spec_dict(spec),
                        "imgsz": self.imgsz, "stages": [], "started": time.time(), "overhead_s": 0.0})
         split = carve_selection(spec.data, self.run.dir / "split", spec.select_fraction, spec.seed)
         if spec.select_on == "val":

@@ -21,7 +21,9 @@ from ..fileio import FolderLock, write_json
 
 log = logging.getLogger("yolopt")
 
-ARTIFACT_SUFFIXES = {".onnx", ".xml", ".bin", ".torchscript", ".engine", ".ts", ".tflite", ".pb", ".mlmodel"}
+# exported artifacts (fixed graphs: nothing to prune or fine-tune); .param is NCNN's, .pte ExecuTorch's
+ARTIFACT_SUFFIXES = {".onnx", ".xml", ".bin", ".torchscript", ".engine", ".ts", ".tflite", ".pb", ".mlmodel", ".param",
+                     ".pte"}
 SCHEMA_VERSION = 1
 
 
