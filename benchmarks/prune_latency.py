@@ -1,7 +1,7 @@
 """Base vs pruned: ONNX Runtime FP32 latency (interleaved, one run) and mAP, for the compress acceptance.
 
     PYTHONPATH=src python benchmarks/prune_latency.py BASE PRUNED --imgsz 416 --data DATA.yaml \
-        [--threads 2] [--rounds 7] [--iters 30] [--out benchmarks/results/prune_latency_<name>.json]
+        [--threads 2] [--rounds 7] [--iters 30] [--no-verify] [--out benchmarks/results/prune_latency_<name>.json]
 
 Exports both models to fused FP32 ONNX at ``--imgsz`` (verified against PyTorch), then times them
 with ``bench.measure`` (batch 1) in ``--rounds`` interleaved rounds (order alternated), and reports
@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip the export check (a pruned model before fine-tuning detects nothing to compare)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -46,7 +48,8 @@ def main() -> int:
     models = {"base": yolopt.load(args.base), "pruned": yolopt.load(args.pruned)}
     info, backends = {}, {}
     for name, m in models.items():
-        res = export(m, ExportSpec("onnx", imgsz=args.imgsz, out=work / f"{name}.onnx"))
+        res = export(m, ExportSpec("onnx", imgsz=args.imgsz, out=work / f"{name}.onnx",
+                                         verify=not args.no_verify))
         info[name] = {"path": args.base if name == "base" else args.pruned, "params": m.num_params(),
                       "gflops": round(model_flops(m, args.imgsz), 4), "onnx_verify": res.verify.to_dict() if res.verify else None}
         backends[name] = runtime.open(res.path, threads=args.threads)

@@ -81,7 +81,8 @@ def compress_demo(out: Path, console, workers: int = 2, retrain: bool = False):
     from ..pipeline import demo as lib
 
     data, base = _synthetic_base(out, console, workers, retrain)
-    console.rule(f"yolopt compress --target-flops {COMPRESS['target_flops']} --epochs-budget {COMPRESS['epochs_budget']}")
+    console.rule(f"yolopt compress --target-flops {COMPRESS['target_flops']} --epochs-budget {COMPRESS['epochs_budget']} "
+                 f"--round-to {COMPRESS['round_to']}")
     rep = lib.compress_demo(base, data, out, workers)
     f = rep.final
     console.print(f"FLOPs {f.gflops_base:.3f} -> {f.gflops:.3f} G ({f.flops_ratio:.3f}x): val mAP50 "

@@ -4,7 +4,9 @@ back with distilled fine-tuning in stages, every choice made on a selection spli
 
 The stages are what the hand-made hardhat chain found (docs/compress.md, "The hardhat lossless point"):
 
-1. ``prune``: group importance at ``target_flops`` (round-to 8), no fine-tuning yet;
+1. ``prune``: group importance at ``target_flops`` (round-to 16: on AVX-512 CPUs ONNX Runtime runs a conv in its
+   fast NCHWc layout only when its channels are multiples of 16; at round-to 8 the hardhat model pruned to 0.45x
+   the FLOPs ran at 0.83x the base's latency on a Xeon, at round-to 16 and 0.40x at 0.55x), no fine-tuning yet;
 2. ``recover``: distilled fine-tuning from the unpruned model, cosine lr from 0.01, mosaic to the end, scale 0.7;
 3. ``widen``: the output levels whose AP50 on the selection split fell most against the base get their C3 block's
    channels back (function-preserving :func:`~yolopt.compress.widen_c3`), as far as the FLOPs target allows;
@@ -84,7 +86,7 @@ class CompressSpec:
     batch: int = 16
     workers: int = 2
     device: str = "cpu"
-    round_to: int = 8
+    round_to: int = 16  # ONNX Runtime's NCHWc convs need multiples of 16 on AVX-512 (8 on AVX2)
     widen: bool = True
     seed: int = 0
     threads: int | None = None  # latency measurement threads (default: the usable cores)
@@ -193,6 +195,7 @@ class WidenDecision:
     levels_pruned: list
     widened: list = field(default_factory=list)
     reason: str = ""
+    latency_ratio: float | None = None  # the recovered model's own ONNX Runtime latency / the base's (measured)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -569,6 +572,9 @@ class _Recipe:
         loss = [((b.ap50 - s.ap50) * b.instances / total, b.level) for b, s in zip(lv_base, lv) if b.instances > 0]
         dec = WidenDecision([b.to_dict() for b in lv_base], [s.to_dict() for s in lv])
         limit = self.spec.target_flops * st["base"]["gflops"]
+        if self.spec.max_latency_ratio:
+            dec.latency_ratio = round(self._latency_ratio(model), 4)
+            log.info("  the recovered model runs at %.3fx the base's ONNX Runtime latency", dec.latency_ratio)
         det = model.model[-1]
         for lost, level in sorted(loss, reverse=True):
             if lost <= 0.002:
