@@ -338,3 +338,45 @@ def test_ncnn_fp16_build_is_verified_and_measured(tmp_path):
     imgs = sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:2]
     bench = bench_variant(b.artifact, v, spec, imgs)
     assert bench.fps > 0 and bench.threads_per_stream == 1 and bench.size_mb > 0
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_openvino_int8_is_tried_unless_the_runtime_is_pinned(tmp_path, monkeypatch, pinned):
+    """An ONNX Runtime run also plans OpenVINO INT8 (its own build key, runtime and row) when OpenVINO is installed
+    and --target was not given; a --target given pins every variant to ONNX Runtime. The build key names its
+    runtime and splits back; a pruned build's own dots are not a runtime."""
+    pytest.importorskip("openvino")
+    from yolopt.pipeline import run as run_mod
+    from yolopt.pipeline.records import VariantResult
+    from yolopt.pipeline.spec import OptimizeSpec
+    from yolopt.pipeline.variants import build_key, split_key
+
+    assert build_key("int8", 160, runtime="openvino") == "openvino.int8-160-fixed"
+    assert split_key("openvino.int8-160-fixed", "onnxruntime") == ("openvino", "int8", 160, False)
+    assert split_key("prune0.75-320-dyn", "onnxruntime") == ("onnxruntime", "prune0.75", 320, True)
+    spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", imgsz=[160], prune=False, qat_epochs=0, threads=2,
+                        pin_target=pinned, out=str(tmp_path / "o")).check()
+    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)  # no model, data or lock: only the planner runs
+    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, [(160, 160)] * 4  # square: no rect
+    opt.results, opt.order = {}, []
+    opt.budget = type("B", (), {"left": 1e9})()
+    seen = []
+
+    def fake_run(self, v, same_map_as=None):
+        seen.append(v)
+        self.order.append(v.name)
+        r = self._record(v)
+        r.status, r.drop, r.fps, r.seconds, r.build_seconds = "done", 0.0, 10.0, 1.0, 0.5
+        self.results[v.name] = r
+        return r
+
+    monkeypatch.setattr(run_mod.Optimizer, "_cached", lambda self, v: None)
+    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
+    opt.plan_and_run()
+    ov = [v for v in seen if v.runtime == "openvino"]
+    if pinned:
+        assert not ov and all(opt.results[v.name].runtime == "onnxruntime" for v in seen)
+        return
+    assert [(v.name, v.build, v.kind) for v in ov] == [("openvino-int8-160", "openvino.int8-160-fixed", "int8")]
+    assert opt.results["openvino-int8-160"].runtime == "openvino" and opt.results["int8-160"].runtime == "onnxruntime"
+    assert not any(v.runtime == "openvino" and not v.spin for v in seen)  # no spin setting on OpenVINO

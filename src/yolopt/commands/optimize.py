@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("model", help="an Ultralytics .pt or a yolopt .safetensors")
     p.add_argument("--data", required=True, help="dataset yaml (val split: mAP and the benchmark images)")
     p.add_argument("--scenario", choices=SCENARIOS, default="realtime", help="what to optimize for (default realtime)")
-    p.add_argument("--target", choices=TARGETS, default="onnxruntime", help="deployment runtime (default onnxruntime)")
+    p.add_argument("--target", choices=TARGETS, help="deployment runtime (default onnxruntime, and INT8 is also tried "
+                   "on OpenVINO when it is installed; a --target given pins every variant to that runtime)")
     p.add_argument("--max-latency-ms", type=positive_float_arg, help="end-to-end p50 latency limit per image")
     p.add_argument("--max-map-drop", type=fraction_arg, metavar="D",
                    help="accuracy budget as a fraction (0.01 = 1 mAP point); default: realtime/edge 0.01, accuracy 0.002")
@@ -82,7 +83,8 @@ def run(args) -> int:
     check_output(args.out, "--out", folder=True)
     if args.resume and not (Path(args.out) / "state.json").exists():
         raise OptimizeError(f"--resume: {args.out} holds no optimize run to continue")
-    spec = OptimizeSpec(model=args.model, data=args.data, scenario=args.scenario, target=args.target,
+    spec = OptimizeSpec(model=args.model, data=args.data, scenario=args.scenario,
+                        target=args.target or "onnxruntime", pin_target=args.target is not None,
                         max_latency_ms=args.max_latency_ms, max_map_drop=args.max_map_drop, max_size_mb=args.max_size_mb,
                         metric=args.metric, threads=args.threads, imgsz=args.imgsz,
                         time_budget_s=parse_duration(args.time_budget), out=args.out, resume=args.resume, conf=args.conf,

@@ -44,6 +44,7 @@ class OptimizeSpec:
     scenario: str = "realtime"  # realtime: max FPS within the mAP budget; accuracy: smallest drop with a
     #                             speed-up; edge: 1 thread, smallest artifact meeting the latency budget
     target: str = "onnxruntime"
+    pin_target: bool = False  # True: every variant runs on ``target`` (else INT8 is also tried on OpenVINO)
     max_latency_ms: float | None = None  # end-to-end p50 per image
     max_map_drop: float | None = None  # mAP budget (fraction, 0.01 = 1 point); default per scenario
     max_size_mb: float | None = None
@@ -143,6 +144,11 @@ def default_sizes(base: int) -> list[int]:
         if s not in out:
             out.append(s)
     return out
+
+
+def runtime_installed(runtime: str) -> bool:
+    """Whether ``runtime``'s Python package can be imported here (without importing it)."""
+    return importlib.util.find_spec(_RUNTIME_MODULE[runtime]) is not None
 
 
 def check_target_installed(target: str) -> None:

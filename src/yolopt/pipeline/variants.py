@@ -39,6 +39,7 @@ class Variant:
     letterbox: str = "square"  # square: fixed input; rect: dynamic input, minimal padding per image
     streams: int = 1  # pipelines run at once, each with threads // streams intra-op threads
     spin: bool = True  # False: ONNX Runtime's idle threads sleep instead of spin-waiting (pipeline setting)
+    runtime: str | None = None  # the runtime it deploys on; None: the run's target
     estimate_s: float = 0.0  # expected cost of building + measuring it (for the time budget)
 
     def to_dict(self) -> dict:
@@ -93,8 +94,21 @@ def _suffix(target: str) -> str:
     return {"openvino": ".xml", "ncnn": ".param"}.get(target, ".onnx")
 
 
-def build_key(kind: str, imgsz: int, dynamic: bool = False, extra: str = "") -> str:
-    return f"{kind}{extra}-{imgsz}-{'dyn' if dynamic else 'fixed'}"
+def build_key(kind: str, imgsz: int, dynamic: bool = False, extra: str = "", runtime: str | None = None) -> str:
+    """``[runtime.]kind[extra]-imgsz-dyn|fixed``: the runtime prefix only for a build on another runtime than the
+    run's target (e.g. ``openvino.int8-640-fixed`` in an ONNX Runtime run)."""
+    return f"{runtime + '.' if runtime else ''}{kind}{extra}-{imgsz}-{'dyn' if dynamic else 'fixed'}"
+
+
+def split_key(key: str, target: str) -> tuple[str, str, int, bool]:
+    """``(runtime, kind, imgsz, dynamic)`` of a :func:`build_key`; the runtime defaults to ``target``."""
+    from .spec import TARGETS
+
+    head, imgsz, mode = key.rsplit("-", 2)
+    runtime, dot, kind = head.partition(".")
+    if not dot or runtime not in TARGETS:  # no prefix (kinds like prune0.75 have dots of their own)
+        runtime, kind = target, head
+    return runtime, kind, int(imgsz), mode == "dyn"
 
 
 class Builder:
@@ -110,7 +124,7 @@ class Builder:
         if f.exists():
             try:
                 d = json.loads(f.read_text())
-                if stale_weight_range(d.get("details"), self.spec.target):
+                if stale_weight_range(d.get("details"), split_key(key, self.spec.target)[0]):
                     return None  # an INT8 build with the other weight range (made on another CPU): rebuilt
                 if Path(d["artifact"]).exists():
                     return Build(key=d.get("key", key), artifact=d["artifact"], seconds=float(d["seconds"]),
@@ -128,40 +142,41 @@ class Builder:
         shutil.rmtree(folder, ignore_errors=True)  # what a killed build left
         folder.mkdir(parents=True)
         t0 = time.perf_counter()
-        kind, imgsz, mode = key.rsplit("-", 2)
-        dynamic = mode == "dyn"
-        out = folder / f"model{_suffix(self.spec.target)}"
+        runtime, kind, imgsz, dynamic = split_key(key, self.spec.target)
+        out = folder / f"model{_suffix(runtime)}"
         details: dict = {}
         if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn), computed in fp32
-            artifact = self._export(self.model, out, int(imgsz), dynamic, precision=kind)
+            artifact = self._export(self.model, out, imgsz, dynamic, precision=kind, runtime=runtime)
         elif kind in ("int8", "mixed") or kind.startswith("qat"):
             qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
-            artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed", qat=qat,
-                                               qat_dir=self.root / f"{key}.qat_run" if qat else None)
+            artifact, details = self._quantize(out, imgsz, mixed=kind == "mixed", qat=qat,
+                                               qat_dir=self.root / f"{key}.qat_run" if qat else None, runtime=runtime)
         elif kind.startswith("prune"):
-            artifact, details = self._prune(folder, out, int(imgsz), dynamic, float(kind[len("prune"):]))
+            artifact, details = self._prune(folder, out, imgsz, dynamic, float(kind[len("prune"):]))
         else:  # pragma: no cover - keys come from plan()
             raise YoloptError(f"unknown build {key}")
         rec = Build(key=key, artifact=str(artifact), seconds=time.perf_counter() - t0, details=details)
         write_json(folder / "build.json", rec.to_dict(), quiet=True)
         return rec
 
-    def _export(self, model, out: Path, imgsz: int, dynamic: bool, precision: str = "fp32") -> Path:
+    def _export(self, model, out: Path, imgsz: int, dynamic: bool, precision: str = "fp32",
+                runtime: str | None = None) -> Path:
         from ..export import ExportSpec, export
 
-        fmt = self.spec.target if self.spec.target in ("openvino", "ncnn") else "onnx"
+        runtime = runtime or self.spec.target
+        fmt = runtime if runtime in ("openvino", "ncnn") else "onnx"
         folder = {"openvino": "ov", "ncnn": "ncnn"}.get(fmt)  # folder formats: OUT/artifacts/<key>/<folder>/model.*
         res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True, precision=precision,
                                        out=out if folder is None else out.parent / folder))
         return res.path
 
-    def _quantize(self, out: Path, imgsz: int, mixed: bool, qat: int = 0, qat_dir: Path | None = None
-                  ) -> tuple[Path, dict]:
+    def _quantize(self, out: Path, imgsz: int, mixed: bool, qat: int = 0, qat_dir: Path | None = None,
+                  runtime: str | None = None) -> tuple[Path, dict]:
         """PTQ (``yolopt quantize``), with accuracy control (``mixed``) or after ``qat`` epochs of QAT. The QAT
         run is kept outside the build folder (``qat_dir``), so a killed build resumes its training."""
         from ..quantize import quantize
 
-        q = quantize_spec(self.spec, out, imgsz, mixed, qat, qat_dir)
+        q = quantize_spec(self.spec, out, imgsz, mixed, qat, qat_dir, runtime=runtime)
         res = quantize(self.model, q)
         rep = res.report
         details = {"float_layers": len(rep.float_layers), "layers": rep.layers,
@@ -204,15 +219,17 @@ def stale_weight_range(details: dict | None, target: str) -> bool:
 
 
 def quantize_spec(spec: OptimizeSpec, out: Path, imgsz: int, mixed: bool, qat: int = 0,
-                  qat_dir: Path | None = None):
-    """The :class:`~yolopt.quantize.QuantizeSpec` of one INT8 build (PTQ, mixed precision or QAT)."""
+                  qat_dir: Path | None = None, runtime: str | None = None):
+    """The :class:`~yolopt.quantize.QuantizeSpec` of one INT8 build (PTQ, mixed precision or QAT) on ``runtime``
+    (default: the run's target)."""
     from ..quantize import OPTIMIZE_CALIB_IMAGES, QuantizeSpec
 
-    return QuantizeSpec(data=spec.data, backend=spec.target, imgsz=imgsz, calib=OPTIMIZE_CALIB_IMAGES,
+    runtime = runtime or spec.target
+    return QuantizeSpec(data=spec.data, backend=runtime, imgsz=imgsz, calib=OPTIMIZE_CALIB_IMAGES,
                         max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
                         latency=False, threads=spec.threads, out=out, progress=spec.progress, qat=qat,
                         qat_unlabeled=list(spec.unlabeled), qat_dir=qat_dir,
-                        reduce_range=not full_range_weights(spec.target))
+                        reduce_range=not full_range_weights(runtime))
 
 
 def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> tuple[Accuracy, object]:
