@@ -180,7 +180,7 @@ def test_missing_runtime_and_gpu_are_one_clear_line(monkeypatch):
 
 def test_selection_rules_per_scenario():
     from yolopt.pipeline.records import VariantResult
-    from yolopt.pipeline.select import choose
+    from yolopt.pipeline.select import choose, violations
     from yolopt.pipeline.spec import OptimizeSpec
 
     def row(name, kind, drop, fps, size, threads=2, mem=50.0):
@@ -199,6 +199,10 @@ def test_selection_rules_per_scenario():
     edge = [row("a", "baseline", 0.0, 10, 8, threads=1), row("b", "int8", 0.005, 9, 2, threads=1)]
     spec = OptimizeSpec("m.pt", "d.yaml", scenario="edge", max_map_drop=0.01, threads=1, imgsz=[640])
     assert choose(edge, spec, "edge").variant == "b"  # the smallest artifact within budget
+    edge[1].peak_mem_mb = 400.0
+    spec.max_memory_mb = 300.0  # --max-memory-mb: b's pipeline peaks over it, a's does not
+    assert violations(edge[1], spec, 0.01) == ["peak memory 400 > 300 MB"] and not violations(edge[0], spec, 0.01)
+    assert choose(edge, spec, "edge").variant == "a"
 
 
 def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path, monkeypatch):

@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--max-map-drop", type=fraction_arg, metavar="D",
                    help="accuracy budget as a fraction (0.01 = 1 mAP point); default: realtime/edge 0.01, accuracy 0.002")
     p.add_argument("--max-size-mb", type=positive_float_arg, help="artifact size limit")
+    p.add_argument("--max-memory-mb", type=positive_float_arg,
+                   help="peak resident memory limit of the deployed pipeline (runtime session, buffers, decode), "
+                        "as the end-to-end benchmark measures it in its own process")
     p.add_argument("--metric", choices=["map50_95", "map50"], default="map50_95",
                    help="the mAP the drop is measured on (default map50_95)")
     p.add_argument("--map-noise", type=float, default=1.0, metavar="K",
@@ -86,6 +89,7 @@ def run(args) -> int:
     spec = OptimizeSpec(model=args.model, data=args.data, scenario=args.scenario,
                         target=args.target or "onnxruntime", pin_target=args.target is not None,
                         max_latency_ms=args.max_latency_ms, max_map_drop=args.max_map_drop, max_size_mb=args.max_size_mb,
+                        max_memory_mb=args.max_memory_mb,
                         metric=args.metric, threads=args.threads, imgsz=args.imgsz,
                         time_budget_s=parse_duration(args.time_budget), out=args.out, resume=args.resume, conf=args.conf,
                         val_images=args.val_images, bench_seconds=args.bench_seconds, finetune_epochs=args.finetune, unlabeled=list(args.unlabeled),

@@ -164,6 +164,7 @@ class Budget:
     max_map_drop: float | None = None
     max_latency_ms: float | None = None
     max_size_mb: float | None = None
+    max_memory_mb: float | None = None
     map_noise: float | None = None  # the noise rule: a variant meets the mAP budget when drop + map_noise x SE does
 
 
@@ -249,8 +250,9 @@ class OptimizeResults:
         for k in ("model", "data", "scenario", "target", "threads", "conf", "metric"):
             d[k] = getattr(self, k)
         d["budget"] = None if self.budget is None else vars(self.budget).copy()
-        if d["budget"] and d["budget"]["map_noise"] is None:  # a results.json from before the rule was recorded
-            del d["budget"]["map_noise"]
+        for k in ("map_noise", "max_memory_mb"):  # a results.json from before they were recorded
+            if d["budget"] and d["budget"][k] is None:
+                del d["budget"][k]
         d["machine"], d["baseline"] = self.machine, self.baseline
         d["variants"] = [v.to_dict() for v in self.variants]
         d["recommendation"] = None if self.recommendation is None else vars(self.recommendation).copy()

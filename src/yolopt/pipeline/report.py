@@ -124,6 +124,8 @@ def _budget_text(results: OptimizeResults) -> str:
         parts.append(f"p50 latency ≤ {b.max_latency_ms:g} ms")
     if _num(b.max_size_mb) is not None:
         parts.append(f"size ≤ {b.max_size_mb:g} MB")
+    if _num(getattr(b, "max_memory_mb", None)) is not None:
+        parts.append(f"peak memory ≤ {b.max_memory_mb:g} MB")
     return ", ".join(parts)
 
 
@@ -171,6 +173,9 @@ def _shortfall(v: VariantResult | None, budget: Budget) -> list[str]:
     size, lim = _num(v.size_mb), _num(budget.max_size_mb)
     if size is not None and lim is not None and size > lim:
         out.append(f"size {size:.2f} MB vs {lim:g} MB allowed ({size - lim:.2f} MB over)")
+    mem, lim = _num(v.peak_mem_mb), _num(getattr(budget, "max_memory_mb", None))
+    if mem is not None and lim is not None and mem > lim:
+        out.append(f"peak memory {mem:.0f} MB vs {lim:g} MB allowed ({mem - lim:.0f} MB over)")
     return out
 
 

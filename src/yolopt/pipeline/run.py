@@ -508,6 +508,7 @@ class Optimizer:
             threads=spec.threads, conf=spec.conf, metric=spec.metric,
             budget=Budget(time_budget_s=spec.time_budget_s, max_map_drop=spec.max_map_drop,
                           max_latency_ms=spec.max_latency_ms, max_size_mb=spec.max_size_mb,
+                          max_memory_mb=spec.max_memory_mb,
                           map_noise=spec.map_noise),
             machine=self.machine, baseline="fp32", variants=rows,
             recommendation=Recommendation(scenario=spec.scenario, variant=rec.variant, met=rec.met, closest=rec.closest,

@@ -44,6 +44,8 @@ def violations(r: VariantResult, spec: OptimizeSpec, drop_budget: float) -> list
         out.append(f"latency {r.latency_ms['p50']:.1f} > {spec.max_latency_ms:g} ms")
     if spec.max_size_mb is not None and (r.size_mb or 0) > spec.max_size_mb:
         out.append(f"size {r.size_mb:.1f} > {spec.max_size_mb:g} MB")
+    if spec.max_memory_mb is not None and (r.peak_mem_mb or 0) > spec.max_memory_mb:
+        out.append(f"peak memory {r.peak_mem_mb:.0f} > {spec.max_memory_mb:g} MB")
     return out
 
 
@@ -54,6 +56,8 @@ def _shortfall(r: VariantResult, spec: OptimizeSpec, drop_budget: float) -> floa
         s += max(0.0, r.latency_ms["p50"] / spec.max_latency_ms - 1)
     if spec.max_size_mb is not None:
         s += max(0.0, (r.size_mb or 0) / spec.max_size_mb - 1)
+    if spec.max_memory_mb is not None:
+        s += max(0.0, (r.peak_mem_mb or 0) / spec.max_memory_mb - 1)
     return s
 
 

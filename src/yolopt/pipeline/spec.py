@@ -48,6 +48,7 @@ class OptimizeSpec:
     max_latency_ms: float | None = None  # end-to-end p50 per image
     max_map_drop: float | None = None  # mAP budget (fraction, 0.01 = 1 point); default per scenario
     max_size_mb: float | None = None
+    max_memory_mb: float | None = None  # peak resident memory of the deployed pipeline (the benchmark worker's)
     metric: str = "map50_95"  # the mAP the drop is measured on (map50 for single-class custom domains)
     threads: int | None = None  # total CPU threads of the pipeline (default: all cores; edge: 1)
     imgsz: list[int] = field(default_factory=list)  # input sizes to try; the first is the baseline's
@@ -84,7 +85,7 @@ class OptimizeSpec:
         if not 0 <= self.max_map_drop < 1:
             raise OptimizeError(f"max_map_drop {self.max_map_drop}: give a fraction in [0, 1) (0.01 = 1 mAP point)",
                                 fields=("max_map_drop",))
-        for name in ("max_latency_ms", "max_size_mb"):
+        for name in ("max_latency_ms", "max_size_mb", "max_memory_mb"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise OptimizeError(f"{name} {v}: must be > 0", fields=(name,))
@@ -128,7 +129,7 @@ class OptimizeSpec:
         # what the candidates are (sizes, scenario, budgets) may change between runs: each variant's cache
         # entry records its own size and letterbox, and a changed one is measured again
         for k in ("resume", "progress", "out", "time_budget_s", "scenario", "max_latency_ms", "max_size_mb",
-                  "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled",
+                  "max_memory_mb", "pin_target", "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled",
                   "qat_epochs", "map_noise", "bootstrap"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())

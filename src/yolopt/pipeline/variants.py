@@ -43,7 +43,10 @@ class Variant:
     estimate_s: float = 0.0  # expected cost of building + measuring it (for the time budget)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["runtime"] is None:  # the run's target: rows as before the field existed
+            del d["runtime"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, **changes) -> "Variant":
