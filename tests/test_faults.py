@@ -302,9 +302,11 @@ def test_optimize_keeps_time_for_its_finish_inside_the_budget():
     rounds shrink to what is left (none when not even one fits) instead of running past the budget."""
     from yolopt.pipeline import costs
 
-    per_round = 2 * costs.bench_s(4.0)
-    assert costs.finish_s(4.0) == costs.CONFIRM_ROUNDS * per_round + costs.FINISH_FIXED_S
-    assert costs.confirm_rounds(costs.finish_s(4.0), 4.0) == costs.CONFIRM_ROUNDS
+    per_round = 2 * costs.bench_s(4.0)  # baseline + recommendation
+    full = 3 * costs.bench_s(4.0)  # + the best FP32 pipeline setting: what the finish keeps time for
+    assert costs.finish_s(4.0) == costs.CONFIRM_ROUNDS * full + costs.FINISH_FIXED_S
+    assert costs.confirm_rounds(costs.finish_s(4.0), 4.0, per_round=3) == costs.CONFIRM_ROUNDS
+    assert costs.confirm_rounds(costs.FINISH_FIXED_S + 2.5 * full, 4.0, per_round=3) == 2
     assert costs.confirm_rounds(costs.FINISH_FIXED_S + 2.5 * per_round, 4.0) == 2
     assert costs.confirm_rounds(costs.FINISH_FIXED_S + 0.5 * per_round, 4.0) == 0
     assert costs.confirm_rounds(1e6, 4.0) == costs.CONFIRM_ROUNDS

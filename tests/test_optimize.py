@@ -384,3 +384,32 @@ def test_openvino_int8_is_tried_unless_the_runtime_is_pinned(tmp_path, monkeypat
     assert [(v.name, v.build, v.kind) for v in ov] == [("openvino-int8-160", "openvino.int8-160-fixed", "int8")]
     assert opt.results["openvino-int8-160"].runtime == "openvino" and opt.results["int8-160"].runtime == "onnxruntime"
     assert not any(v.runtime == "openvino" and not v.spin for v in seen)  # no spin setting on OpenVINO
+
+
+def test_confirmation_times_the_best_pipeline_setting_alongside(monkeypatch):
+    """The recommendation is confirmed against the FP32 baseline at the runtime's defaults and against the FP32
+    model at its best pipeline setting, in the same interleaved rounds; both ratios are recorded and reported."""
+    from types import SimpleNamespace
+
+    from yolopt.pipeline import run as run_mod
+    from yolopt.pipeline.records import OptimizeResults, VariantResult
+    fps = {"a/fp32": 10.0, "a/2s": 14.0, "a/nospin": 12.0, "a/int8": 28.0}
+    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)
+    opt.spec, opt.bench_images = SimpleNamespace(), []
+    opt.results = {n: VariantResult(name=n, kind=k, status="done", fps=fps[a], artifact=a, variant=None)
+                   for n, k, a in (("fp32", "baseline", "a/fp32"), ("fp32-2streams", "streams", "a/2s"),
+                                   ("fp32-nospin", "threads", "a/nospin"), ("int8-640", "int8", "a/int8"))}
+    calls = []
+
+    def fake_bench(artifact, v, spec, images):
+        calls.append(artifact)
+        return SimpleNamespace(fps=fps[artifact])
+
+    monkeypatch.setattr(run_mod, "bench_variant", fake_bench)
+    assert opt.best_pipeline("int8-640") == "fp32-2streams" and opt.best_pipeline("fp32-2streams") == "fp32-nospin"
+    c = opt.confirm("int8-640", rounds=2, pipeline="fp32-2streams")
+    assert calls == ["a/fp32", "a/2s", "a/int8", "a/int8", "a/2s", "a/fp32"]  # interleaved, order alternated
+    assert c.speedup == 2.8 and c.speedup_vs_pipeline == 2.0 and c.pipeline == "fp32-2streams"
+    d = OptimizeResults("m.pt", confirm=c).to_dict()["confirm"]
+    assert d["speedup_vs_pipeline"] == 2.0
+    assert "speedup_vs_pipeline" not in OptimizeResults("m.pt", confirm=opt.confirm("int8-640", 1)).to_dict()["confirm"]

@@ -134,7 +134,10 @@ def print_summary(res) -> None:
     con.print(t)
     con.print(f"[bold]recommendation ({res.scenario}):[/] {res.recommendation.summary}")
     if res.confirm is not None:
-        con.print(f"confirmed in interleaved rounds: {res.confirm.speedup:.2f}x the baseline's end-to-end throughput")
+        c = res.confirm
+        con.print(f"confirmed in interleaved rounds: {c.speedup:.2f}x the baseline's end-to-end throughput"
+                  + (f", {c.speedup_vs_pipeline:.2f}x the FP32 model at its best pipeline setting ({c.pipeline})"
+                     if c.pipeline else ""))
     con.print(f"report: {(res.files or {}).get('html')}  (also report.md, results.json)")
     if res.deploy:
         con.print(f"deploy bundle: {res.deploy}")

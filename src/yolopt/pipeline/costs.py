@@ -58,15 +58,15 @@ FINISH_FIXED_S = 20.0  # the two per-layer runtime profiles, the report (plot, h
 
 def finish_s(bench_seconds: float, rounds: int | None = None) -> float:
     """What the run needs after its last variant: ``rounds`` (default ``CONFIRM_ROUNDS``) confirmation rounds
-    (2 benchmarks each) and the rest. Variants are planned within the budget less this, so the whole run stays
+    (3 benchmarks each: the baseline, the best pipeline setting, the recommendation) and the rest. Variants are planned within the budget less this, so the whole run stays
     within its budget."""
-    return 2 * (CONFIRM_ROUNDS if rounds is None else rounds) * bench_s(bench_seconds) + FINISH_FIXED_S
+    return 3 * (CONFIRM_ROUNDS if rounds is None else rounds) * bench_s(bench_seconds) + FINISH_FIXED_S
 
 
-def confirm_rounds(left_s: float, bench_seconds: float, most: int | None = None) -> int:
-    """As many confirmation rounds as ``left_s`` seconds pay for (after the fixed finish), at most ``most`` (default
-    ``CONFIRM_ROUNDS``); 0 when not even one fits."""
-    per = 2 * bench_s(bench_seconds)
+def confirm_rounds(left_s: float, bench_seconds: float, most: int | None = None, per_round: int = 2) -> int:
+    """As many confirmation rounds (``per_round`` benchmarks each) as ``left_s`` seconds pay for (after the fixed
+    finish), at most ``most`` (default ``CONFIRM_ROUNDS``); 0 when not even one fits."""
+    per = per_round * bench_s(bench_seconds)
     return max(0, min(CONFIRM_ROUNDS if most is None else most, int((left_s - FINISH_FIXED_S) // per)))
 
 

@@ -196,6 +196,8 @@ class Confirm:
     fps: dict  # name -> FPS of each round
     median_fps: dict  # name -> median FPS (baseline first)
     speedup: float
+    pipeline: str | None = None  # the fastest FP32 pipeline setting (2 pipelines, no spin-wait), timed alongside
+    speedup_vs_pipeline: float | None = None  # the recommendation against it: what the model change adds
 
 
 @dataclass
@@ -260,7 +262,8 @@ class OptimizeResults:
                              {k: vars(p).copy() for k, p in self.per_scenario.items()})
         d["time_spent_s"], d["deploy"] = self.time_spent_s, self.deploy
         if self.confirm is not None:
-            d["confirm"] = vars(self.confirm).copy()
+            d["confirm"] = {k: v for k, v in vars(self.confirm).items()
+                            if v is not None or k not in ("pipeline", "speedup_vs_pipeline")}
         if self.profile is not None:
             d["profile"] = {k: (p.to_dict() if p is not None else None) for k, p in self.profile.items()}
         if self.deploy_error is not None:

@@ -227,6 +227,9 @@ def _recommendation(results: OptimizeResults) -> dict:
                      f"{conf.speedup:.2f}x the end-to-end throughput (medians "
                      + " vs ".join(f"{_num(v):.1f}" for v in med.values() if _num(v) is not None)
                      + " images/s, baseline first).")
+        if conf.pipeline and _num(conf.speedup_vs_pipeline) is not None:
+            lines.append(f"Against the FP32 model at its best pipeline setting ({conf.pipeline}, timed in the same "
+                         f"rounds): {conf.speedup_vs_pipeline:.2f}x.")
     return {"title": title, "met": met, "variant": name, "numbers": head, "lines": lines,
             "summary": rec.summary or "", "next": [str(x) for x in rec.next or []]}
 
