@@ -659,3 +659,48 @@ def test_ncnn_infer_in_a_fresh_venv(ncnn_bundle, ncnn_art, bus_jpg, tmp_path):
     py = fresh_venv("ncnn")
     run_infer(py, ncnn_bundle, bus_jpg, "--json", tmp_path / "d.json")
     assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(ncnn_art, bus_jpg)) >= 4
+
+
+# --- raw head: boxes decoded outside the graph ------------------------------------------------------
+
+def test_raw_head_decoded_outside_matches_the_graph_and_the_bundle(yolov5n_pt, arts, tmp_path, fresh_python, images):
+    """--raw-head ends the ONNX graph at Detect's convs (verified against PyTorch on export). yolopt decodes the
+    maps to the graph's own output; with the NMS threshold it decodes only the cells that can pass it, and NMS
+    then keeps exactly the same boxes. The bundle's infer.py (numpy only) reproduces yolopt's detections."""
+    import torch
+
+    from yolopt.data.images import read_image
+    from yolopt.data.preprocess import preprocess
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.ops.postprocess import NMSOptions, postprocess
+    from yolopt.runtime import open as open_backend
+    from yolopt.runtime import predict_above
+
+    raw = export(yolov5n_pt, ExportSpec("onnx", imgsz=IMGSZ, dynamic=True, raw_head=True, out=tmp_path / "raw.onnx",
+                                        verify_images=[images / "bus.jpg"])).path
+    b, g = open_backend(raw), open_backend(arts["dynamic"])
+    assert b.raw_head and not g.raw_head and b.nc == 80 and b.anchors.shape == (3, 3, 2)
+    x, metas = preprocess([read_image(images / "bus.jpg")], IMGSZ, mode="rect", stride=32)
+    full, graph = b(x), g(x)
+    assert full.shape == graph.shape and torch.allclose(full, graph, rtol=1e-5, atol=1e-3)
+    for conf in (0.25, 0.001):
+        cand = predict_above(b, x, conf)
+        assert cand.shape[1] < full.shape[1] and (conf < 0.01 or cand.shape[1] < full.shape[1] / 20)
+        nms = NMSOptions(conf=conf)
+        a, c = postprocess(full, metas, nms)[0], postprocess(cand, metas, nms)[0]
+        assert len(a) >= 4 and torch.equal(a, c), conf
+
+    out = write_bundle(raw, tmp_path / "b", letterbox="rect")
+    cfg = json.loads((out / "deploy.json").read_text())
+    assert cfg["raw_head"]["strides"] == [8.0, 16.0, 32.0] and len(cfg["outputs"]) == 3
+    check_triton_onnx(out, next((out / "triton").iterdir()).name, raw)
+    run_infer(fresh_python, out, images / "bus.jpg", images / "zidane.jpg", "--json", tmp_path / "d.json", "--quiet")
+    assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_rect(raw, images)) >= 5
+
+    for bad in (ExportSpec("onnx", imgsz=IMGSZ, raw_head=True, nms=True, out=tmp_path / "x.onnx"),
+                ExportSpec("openvino", imgsz=IMGSZ, raw_head=True, out=tmp_path / "ov" / "x.xml")):
+        with pytest.raises(ExportError, match="raw head") as e:
+            export(yolov5n_pt, bad)
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "ov").exists()

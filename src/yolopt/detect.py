@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .data.images import read_image
+from .runtime.backends import predict_above
 from .data.preprocess import preprocess
 from .data.sources import VideoInput, VideoReader, expand_sources
 from .errors import YoloptError
@@ -184,7 +185,7 @@ def predict(
             log.warning("%s: corrupt or unreadable image, skipped", item)
             continue
         x, metas = preprocess([im], imgsz, mode=mode, pixels=backend.uint8_input)
-        det = postprocess(backend(x), metas, nms, end2end=backend.end2end)[0]
+        det = postprocess(predict_above(backend, x, nms.conf), metas, nms, end2end=backend.end2end)[0]
         results.append(_detections(det, im, str(item), names))
     return results
 
@@ -401,7 +402,7 @@ def predict_video(
             t1 = time.perf_counter()
             x, metas = preprocess([im], imgsz, mode=mode, pixels=backend.uint8_input)
             t2 = time.perf_counter()
-            pred = backend(x)
+            pred = predict_above(backend, x, nms.conf)
             t3 = time.perf_counter()
             det = postprocess(pred, metas, nms, end2end=backend.end2end)[0]
             t4 = time.perf_counter()

@@ -7,6 +7,7 @@ import time
 from ..data.preprocess import preprocess
 from ..data.sources import FrameCycle
 from ..ops.postprocess import NMSOptions, select, to_original
+from ..runtime.backends import predict_above
 
 STAGES = ("decode", "preprocess", "inference", "nms", "postprocess")
 
@@ -46,7 +47,7 @@ class EndToEnd:
         x, metas = preprocess(ims, self.imgsz if self.mode == "square" else max(self.imgsz), mode=self.mode,
                               pixels=self.backend.uint8_input)
         t2 = time.perf_counter()
-        pred = self.backend(x)
+        pred = predict_above(self.backend, x, self.conf)
         t3 = time.perf_counter()
         dets = select(pred, NMSOptions(self.conf, self.iou, self.max_det), end2end=self.backend.end2end,
                       batch=len(ims))

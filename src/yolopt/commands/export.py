@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--device", help="device to trace/build on (default: cuda when the precision needs it, else cpu)")
     p.add_argument("--nms", action="store_true",
                    help="NMS inside the graph: outputs final detections (K,7) = [batch, x1, y1, x2, y2, conf, class]")
+    p.add_argument("--raw-head", action="store_true",
+                   help="ONNX only: end the graph at Detect's convs (one logit map per level); yolopt and the deploy "
+                        "bundle decode boxes outside it, only for cells whose objectness passes the threshold")
     p.add_argument("--conf", type=fraction_arg, default=0.25, help="--nms confidence threshold (default 0.25)")
     p.add_argument("--iou", type=fraction_arg, default=0.45, help="--nms IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=positive_int_arg, default=300, help="--nms maximum detections per image (default 300)")
@@ -60,7 +63,7 @@ def spec_from_args(args):
         log.warning("--half is deprecated; use --precision fp16")
         precision = "fp16"
     return ExportSpec(format=args.format, imgsz=(args.imgsz[0], args.imgsz[-1]), batch=args.batch,
-                      dynamic=args.dynamic, precision=precision, nms=args.nms, conf=args.conf, iou=args.iou,
+                      dynamic=args.dynamic, precision=precision, nms=args.nms, raw_head=args.raw_head, conf=args.conf, iou=args.iou,
                       max_det=args.max_det, opset=args.opset, simplify=not args.no_simplify, out=args.out,
                       verify_images=args.verify_source, atol=args.atol, device=args.device)
 

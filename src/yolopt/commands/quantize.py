@@ -42,6 +42,9 @@ def register(sub) -> None:
                    help="calibration: minmax (default; measured best on yolov5n, see docs/quantize.md), entropy, "
                         "percentile (99.999)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    p.add_argument("--raw-head", action="store_true",
+                   help="end the INT8 graph at Detect's convs: boxes are decoded outside it, only for the cells "
+                        "whose objectness passes the threshold (no dequantize + sigmoid over every cell)")
     p.add_argument("--full-range", action="store_true",
                    help="8-bit weights instead of 7-bit. Only for CPUs with VNNI (avx512_vnni / avx_vnni): without "
                         "it ONNX Runtime's u8 x s8 kernels overflow int16 and lose accuracy")
@@ -89,7 +92,7 @@ def run(args) -> int:
     check_output(args.out, "--out")
     spec = QuantizeSpec(data=args.data, images=args.images, backend=args.backend, imgsz=args.imgsz,
                         calib=args.calib, method=args.method, per_channel=not args.per_tensor,
-                        reduce_range=not args.full_range, max_map_drop=args.max_map_drop, val_images=args.val_images,
+                        reduce_range=not args.full_range, raw_head=args.raw_head, max_map_drop=args.max_map_drop, val_images=args.val_images,
                         match_classes=args.match_classes,
                         sensitivity=args.sensitivity, speed_aware=not args.no_speed_aware, sensitivity_map_images=args.sensitivity_map_images,
                         latency=not args.no_latency, threads=args.threads, out=args.out, qat=args.qat,

@@ -32,6 +32,7 @@ from ..errors import DatasetError
 from ..ops.boxes import box_iou, xywh2xyxy
 from ..ops.nms import VAL_NMS, NMSOptions
 from ..ops.postprocess import postprocess
+from ..runtime.backends import predict_above
 from .coco import ImageMatches, coco_map, precision_recall_per_class
 from .confusion import ConfusionMatrix
 
@@ -316,7 +317,7 @@ def _evaluate(backend, data, spec: EvalSpec) -> ValResult:
         x, metas = preprocess(ims, size, mode=mode, stride=stride, shape=tuple(int(v) for v in batch_shapes[b]),
                               resize_first=True)
         t2 = time.perf_counter()
-        pred = backend(x)
+        pred = predict_above(backend, x, nms.conf)
         t3 = time.perf_counter()
         out = postprocess(pred, metas, nms, multi_label=True)
         if cmap is not None:  # model class ids -> the dataset's

@@ -54,6 +54,7 @@ class ExportSpec:
     dynamic: bool = False  # dynamic batch, height and width
     precision: str = "fp32"  # fp32 | fp16 | bf16 | int8; which ones a format accepts is the exporter's business
     nms: bool = False  # post-processing inside the graph (formats registered with nms=True)
+    raw_head: bool = False  # end at Detect's convs; boxes are decoded outside (ops.decode_raw), for candidates only
     conf: float = 0.25
     iou: float = 0.45
     max_det: int = 300
@@ -191,6 +192,8 @@ def export_metadata(model, spec: ExportSpec) -> dict:
         "dynamic": bool(spec.dynamic),
         "precision": spec.precision,
         "nms": {"conf": spec.conf, "iou": spec.iou, "max_det": spec.max_det} if spec.nms else None,
+        **({"head": "raw", "anchors": (model.detect.anchors * model.detect.stride.view(-1, 1, 1)).tolist()}
+           if spec.raw_head else {}),
     }
 
 
@@ -207,14 +210,20 @@ def write_onnx(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path | N
     import onnx
 
     m = traceable(model, spec.device, spec.precision)
+    outputs = ["output0"]
+    if spec.raw_head:
+        m.detect.raw_head = True
+        outputs = [f"raw{i}" for i in range(m.detect.nl)]
     dyn = None
     if spec.dynamic:
         dyn = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}}
+        if spec.raw_head:
+            dyn = {"images": dyn["images"], **{o: {0: "batch", 2: f"h{i}", 3: f"w{i}"} for i, o in enumerate(outputs)}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(m, _example_input(spec), str(out), dynamo=False, opset_version=spec.opset,
-                              input_names=["images"], output_names=["output0"], dynamic_axes=dyn,
+                              input_names=["images"], output_names=outputs, dynamic_axes=dyn,
                               do_constant_folding=True)
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"{out.name}: torch.onnx.export failed ({_first_line(e)})") from None
@@ -380,6 +389,9 @@ def _check_options(ex: Exporter, spec: ExportSpec) -> None:
         raise ExportError(f"max_det {spec.max_det}: must be at least 1", fields=("max_det",))
     if spec.batch < 1:
         raise ExportError(f"batch {spec.batch}: must be at least 1", fields=("batch",))
+    if spec.raw_head and (ex.name != "onnx" or spec.nms):
+        raise ExportError("a raw head (boxes decoded outside the graph) is an ONNX export without in-graph NMS"
+                          + (f", not {ex.name}" if ex.name != "onnx" else ""), fields=("raw_head", "format", "nms"))
 
 
 def _device(ex: Exporter, spec: ExportSpec) -> str:

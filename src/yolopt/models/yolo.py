@@ -69,6 +69,7 @@ class Detect(nn.Module):
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
         self.inplace = inplace
         self.stride = torch.zeros(self.nl)  # set by DetectionModel
+        self.raw_head = False  # eval forward returns the per-level conv outputs (an export with --raw-head)
         self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _grid(self, i: int, nx: int, ny: int, like: torch.Tensor):
@@ -119,6 +120,8 @@ class Detect(nn.Module):
         return torch.cat(out, 1)
 
     def forward(self, xs: list[torch.Tensor]):
+        if self.raw_head and not self.training:  # (B, na*(5+nc), ny, nx) per level: decoded by ops.decode_raw
+            return tuple(self.m[i](xs[i]) for i in range(self.nl))
         raw = self.raw_maps(xs)
         return raw if self.training else self.decode(raw)
 

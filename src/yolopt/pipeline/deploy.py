@@ -461,6 +461,8 @@ def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | N
         "uint8_input": inputs[0]["dtype"] == "uint8",
         "end2end": bool(backend.end2end), "baked_nms": backend.nms,
         "names": list(backend.names), "nc": int(backend.nc), "stride": int(backend.stride.max()),
+        **({"raw_head": {"strides": [float(s) for s in backend.stride], "anchors": backend.anchors.tolist()}}
+           if getattr(backend, "raw_head", False) else {}),
         "conf": float(conf), "iou": float(iou), "max_det": int(max_det),
         "runtime_options": {"threads": int(threads) if threads else None, "allow_spinning": bool(spin),
                             "workers": int(workers) if workers else 1},

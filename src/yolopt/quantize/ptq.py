@@ -46,7 +46,7 @@ def quantize(model_or_path, spec: QuantizeSpec) -> QuantizeResult:
     try:
         t0 = time.perf_counter()
         fp32 = export(model, ExportSpec(format="onnx", imgsz=spec.imgsz, dynamic=True, verify=False,
-                                        out=work / "fp32.onnx")).path
+                                        raw_head=spec.raw_head, out=work / "fp32.onnx")).path
         meta = {k: json.loads(v) for k, v in Q.read_metadata(onnx.load(str(fp32))).items()}
         base = score(fp32, spec) if spec.data else None
         refuse_blind_source(base, spec)
@@ -193,7 +193,7 @@ def _qat(model, job: Job, base: Score | None):
              f" + {', '.join(map(str, spec.qat_unlabeled))}" if spec.qat_unlabeled else "", run_dir)
     tuned = qat_finetune(model, qspec, calib)
     fp = export(tuned, ExportSpec(format="onnx", imgsz=spec.imgsz, dynamic=True, verify=False,
-                                  out=job.work / "fp32_qat.onnx")).path
+                                  raw_head=spec.raw_head, out=job.work / "fp32_qat.onnx")).path
     ranges = Q.calibrate(fp, calib.batches(), spec.method)
     info = QATInfo(epochs=spec.qat, run=str(run_dir), lr0=spec.qat_lr, batch=spec.qat_batch, data=str(qspec.data),
                    unlabeled=[str(u) for u in spec.qat_unlabeled], teacher="the float model",

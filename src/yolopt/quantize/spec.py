@@ -35,6 +35,7 @@ class QuantizeSpec:
     sensitivity_images: int = 8
     sensitivity_map_images: int = 0  # also the mAP delta of each layer alone, on this many val images
     speed_aware: bool = True  # layers whose float kernels are no slower than INT8 (profiled) stay float
+    raw_head: bool = False  # the graph ends at Detect's convs; boxes decoded outside, for candidates only (ORT)
     quantize_decode: bool = False  # ablation only: quantize the Detect decode too (loses every detection)
     qat: int = 0  # epochs of quantization-aware fine-tuning (0: post-training quantization only)
     qat_data: str | None = None  # QAT trains on this (yaml, or unlabelled images) instead of data's train split
@@ -72,6 +73,9 @@ def check_spec(spec: QuantizeSpec) -> None:
         raise QuantizeError("the OpenVINO backend: the sensitivity analysis and the naive ablation are built for "
                             "onnxruntime so far; the OpenVINO path is nncf PTQ (with an mAP drop budget: nncf's "
                             "accuracy control), the decode float", fields=("backend", "sensitivity"))
+    if spec.raw_head and (spec.backend != "onnxruntime" or spec.quantize_decode):
+        raise QuantizeError("a raw head (boxes decoded outside the graph) is built for the onnxruntime backend, "
+                            "without the decode ablation", fields=("raw_head", "backend"))
     if spec.max_map_drop is not None and not spec.data:
         raise QuantizeError("an mAP drop budget needs a labelled dataset (the drop is measured on its val split)",
                             fields=("max_map_drop", "data"))

@@ -24,6 +24,7 @@ from .backends import (
     check_precision,
     default_threads,
     open,
+    predict_above,
     torch_threads,
 )
 from .device import pick_device
@@ -32,5 +33,5 @@ from .edge import NcnnBackend, ncnn_default_threads
 __all__ = [
     "Backend", "TorchBackend", "OnnxBackend", "OpenVINOBackend", "TorchScriptBackend", "TensorRTBackend",
     "ParallelBackend", "NcnnBackend", "PRECISIONS", "backend_for", "check_precision", "default_threads",
-    "ncnn_default_threads", "open", "pick_device", "torch_threads", "RuntimeBackendError",
+    "ncnn_default_threads", "open", "pick_device", "predict_above", "torch_threads", "RuntimeBackendError",
 ]

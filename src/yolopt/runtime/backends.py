@@ -150,6 +150,8 @@ class Backend:
     precision: str = "fp32"  # what the backend computes in (fp32 unless asked otherwise)
     artifact_precision: str = "fp32"  # what the file stores (fp16 weights run at fp32 on most CPUs)
     uint8_input: bool = False  # the graph takes letterboxed uint8 pixels (quantized artifacts)
+    raw_head: bool = False  # the artifact ends at Detect's convs; ``__call__`` decodes (ops.decode_raw)
+    anchors: np.ndarray | None = None  # (nl, na, 2) anchor sizes in input pixels, for a raw head
     threads: int | None = None
     device: Any = "cpu"
 
@@ -190,6 +192,13 @@ class Backend:
                 log.warning("%s: unreadable imgsz %s in the metadata; ignored", where, str(im)[:40])
         self.end2end = bool(meta.get("nms"))
         self.nms = meta.get("nms") or None
+        self.raw_head = meta.get("head") == "raw"
+        if self.raw_head:
+            try:
+                self.anchors = np.asarray(meta["anchors"], dtype=np.float32).reshape(len(self.stride), -1, 2)
+            except (KeyError, TypeError, ValueError):
+                raise RuntimeBackendError(f"{where}: a raw-head artifact without readable anchors in its "
+                                          f"metadata") from None
         self.artifact_precision = artifact_precision(meta)
         self.version = meta.get("yolopt_version")
 
@@ -216,11 +225,16 @@ class Backend:
             raise RuntimeBackendError(
                 f"{self.path}: input size {x.shape[2]}x{x.shape[3]} is not a multiple of the stride {s}")
 
-    def __call__(self, x) -> torch.Tensor:
+    def __call__(self, x, conf: float | None = None) -> torch.Tensor:
+        """``x``: ``(B, 3, H, W)`` letterboxed input -> ``(B, N, 5+nc)`` predictions (or an end2end artifact's
+        ``(K, 7)`` rows). ``conf``: the score threshold the caller's NMS applies; a raw-head artifact then
+        decodes only the cells whose objectness can pass it (the other rows could not survive NMS)."""
         a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         # uint8 pixels pass straight into a graph that takes them; anything else becomes float32
         a = np.ascontiguousarray(a, dtype=np.uint8 if a.dtype == np.uint8 and self.uint8_input else np.float32)
         self.check_input(a)
+        if self.raw_head:
+            return self._decoded(a, conf)
         if self.batch is None or a.shape[0] == self.batch:
             return self._wrap(self._run(a))
         # fixed batch: run in chunks, zero-padding the last one
@@ -238,6 +252,23 @@ class Backend:
                 y = y[:n]
             outs.append(y)
         return torch.cat(outs, 0)
+
+    def _decoded(self, a: np.ndarray, conf: float | None) -> torch.Tensor:
+        from ..ops.decode import decode_raw
+
+        step = self.batch or a.shape[0]
+        outs = []
+        for i in range(0, a.shape[0], step):
+            chunk = a[i:i + step]
+            n = chunk.shape[0]
+            if n < step:  # fixed batch: zero-pad the last chunk
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(decode_raw(self._run_all(chunk), self.anchors, self.stride.tolist(), conf)[:n])
+        return torch.from_numpy(pad_rows(outs))
+
+    def _run_all(self, x: np.ndarray) -> list:
+        """Every output of the artifact (a raw head's per-level maps); backends that support raw heads override."""
+        raise RuntimeBackendError(f"{self.path}: {self.name} cannot run a raw-head artifact")
 
     @staticmethod
     def _wrap(y) -> torch.Tensor:
@@ -377,7 +408,7 @@ class TorchBackend(Backend):
         b.name = "torch"
         return b
 
-    def __call__(self, x) -> torch.Tensor:
+    def __call__(self, x, conf: float | None = None) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.check_input(t)
         with torch_threads(self.threads), torch.inference_mode():
@@ -435,7 +466,12 @@ class OnnxBackend(Backend):
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        cols = self.session.get_outputs()[0].shape[-1] if self.session.get_outputs()[0].shape else None
+        shape = self.session.get_outputs()[0].shape
+        if meta.get("head") == "raw":  # (B, na*(5+nc), ny, nx) per level
+            na = _raw_na(meta)
+            cols = shape[1] // na if shape and isinstance(shape[1], int) and na else None
+        else:
+            cols = shape[-1] if shape else None
         self._init_meta(meta, nc_output=cols - 5 if isinstance(cols, int) and not meta.get("nms") else None)
         if "float16" in inp.type:
             self.artifact_precision = "fp16"
@@ -461,9 +497,12 @@ class OnnxBackend(Backend):
                            f"in the precision it was exported in (export it with --precision {want})")
 
     def _run(self, x):
+        return self._run_all(x, self.output_names[:1])[0]
+
+    def _run_all(self, x, names: list[str] | None = None) -> list:
         if self.uint8_input and x.dtype != np.uint8:  # float [0, 1] -> the pixels it came from
             x = to_pixels(x)
-        return self.session.run(self.output_names[:1], {self.input_name: x.astype(self.in_dtype, copy=False)})[0]
+        return self.session.run(names, {self.input_name: x.astype(self.in_dtype, copy=False)})
 
 
 class OpenVINOBackend(Backend):
@@ -667,24 +706,46 @@ class ParallelBackend(Backend):
         self.replicas = [backend] + [backend.clone() for _ in range(self.workers - 1)]
         self.pool = ThreadPoolExecutor(self.workers)
         for k in ("name", "path", "names", "nc", "stride", "imgsz", "batch", "dynamic", "end2end", "nms", "precision",
-                  "artifact_precision", "uint8_input", "threads", "device"):
+                  "artifact_precision", "uint8_input", "raw_head", "anchors", "threads", "device"):
             setattr(self, k, getattr(backend, k))
 
-    def __call__(self, x) -> torch.Tensor:
+    def __call__(self, x, conf: float | None = None) -> torch.Tensor:
         n = x.shape[0]
         if n == 1 or self.workers == 1:
-            return self.base(x)
+            return self.base(x, conf=conf)
         step = max(self.batch or 1, -(-n // self.workers))
         parts = [(i, x[i:i + step]) for i in range(0, n, step)]
-        futs = [self.pool.submit(self.replicas[k % self.workers], p) for k, (_, p) in enumerate(parts)]
+        futs = [self.pool.submit(self.replicas[k % self.workers], p, conf) for k, (_, p) in enumerate(parts)]
         outs = [f.result() for f in futs]
         if self.end2end:
             for (i, _), o in zip(parts, outs):
                 o[:, 0] += i
-        return torch.cat(outs, 0)
+            return torch.cat(outs, 0)
+        return torch.from_numpy(pad_rows([o.numpy() for o in outs]))  # candidate rows differ in number
 
     def clone(self):
         return ParallelBackend(self.base.clone(), self.workers)
+
+
+def predict_above(backend, x, conf: float):
+    """``backend(x)`` for a caller whose NMS keeps only scores above ``conf``: a raw-head artifact then decodes
+    only the cells that can pass it; any other backend (or model wrapper) is called as is."""
+    return backend(x, conf=conf) if getattr(backend, "raw_head", False) else backend(x)
+
+
+def pad_rows(parts: list[np.ndarray]) -> np.ndarray:
+    """``(b_i, n_i, C)`` arrays -> one ``(sum b_i, max n_i, C)`` array, zero rows appended (objectness 0)."""
+    n = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, n - p.shape[1]), (0, 0))) for p in parts], 0)
+
+
+def _raw_na(meta: dict) -> int | None:
+    """Anchors per level of a raw-head artifact, from its metadata."""
+    try:
+        a = meta["anchors"]
+        return len(a[0])
+    except (KeyError, TypeError, IndexError):
+        return None
 
 
 def _first_line(e: Exception) -> str:

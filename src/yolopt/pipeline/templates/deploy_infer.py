@@ -243,6 +243,10 @@ class Model:
             raise BundleError(f"NCNN inference failed (status {ret})")
         return np.array(out)[None]
 
+    def run_all(self, x):
+        """Every output of an onnxruntime artifact, as float32 (a raw head's per-level maps)."""
+        return [np.asarray(y, dtype=np.float32) for y in self.session.run(None, {self.input_name: x})]
+
     def __call__(self, x):
         if self.runtime == "ncnn":
             return np.asarray(self._run_ncnn(x), dtype=np.float32)
@@ -293,6 +297,28 @@ def decode(pred, conf_thres, iou_thres, max_det):
     shifted = boxes + (cls.astype(np.float32) * np.float32(CLASS_OFFSET))[:, None]
     keep = greedy_nms(shifted, conf, iou_thres, max_det)
     return np.concatenate([boxes[keep], conf[keep, None], cls[keep, None].astype(np.float32)], 1)
+
+
+def candidates(maps, strides, anchors, conf_thres):
+    """A raw head's per-level logit maps (1, na*(5+nc), ny, nx) -> (K, 5+nc) rows [cx, cy, w, h, obj, class probs]
+    in input pixels, decoded only for the cells whose objectness can pass conf_thres (yolopt's ops.decode_raw)."""
+    thr = math.log(conf_thres / (1 - conf_thres)) - 1e-3 if 0 < conf_thres < 1 else (-math.inf if conf_thres <= 0
+                                                                                      else math.inf)
+    rows = []
+    for m, stride, anc in zip(maps, strides, anchors):
+        anc = np.asarray(anc, np.float32)
+        na = len(anc)
+        _, c, ny, nx = m.shape
+        v = m[0].reshape(na, c // na, ny, nx)
+        a, y, x = np.nonzero(v[:, 4] > thr)
+        if not len(a):
+            continue
+        s = (1.0 / (1.0 + np.exp(-v[a, :, y, x], dtype=np.float32))).astype(np.float32)
+        grid = np.stack((x, y), -1).astype(np.float32) - np.float32(0.5)
+        xy = (s[:, :2] * 2 + grid) * np.float32(stride)
+        wh = (s[:, 2:4] * 2) ** 2 * anc[a]
+        rows.append(np.concatenate((xy, wh, s[:, 4:]), -1))
+    return np.concatenate(rows, 0) if rows else np.zeros((0, maps[0].shape[1] // len(anchors[0])), np.float32)
 
 
 def decode_end2end(rows, conf_thres, max_det):
@@ -392,8 +418,13 @@ class Detector:
                 return None, f"{path}: not a readable image, skipped", 0.0
         t0 = time.perf_counter()
         padded, gain, pad = letterbox(im, self.cfg)
-        y = self.model(to_input(padded, self.model.dtype))
-        if self.cfg.get("end2end"):
+        raw = self.cfg.get("raw_head")
+        y = None if raw else self.model(to_input(padded, self.model.dtype))
+        if raw:  # boxes decoded here, only for the cells that can pass the threshold
+            maps = self.model.run_all(to_input(padded, self.model.dtype))
+            det = decode(candidates(maps, raw["strides"], raw["anchors"], self.conf), self.conf, self.iou,
+                         self.max_det)
+        elif self.cfg.get("end2end"):
             det = decode_end2end(y, self.conf, self.max_det)
         else:
             det = decode(y[0], self.conf, self.iou, self.max_det)
