@@ -413,3 +413,28 @@ def test_confirmation_times_the_best_pipeline_setting_alongside(monkeypatch):
     d = OptimizeResults("m.pt", confirm=c).to_dict()["confirm"]
     assert d["speedup_vs_pipeline"] == 2.0
     assert "speedup_vs_pipeline" not in OptimizeResults("m.pt", confirm=opt.confirm("int8-640", 1)).to_dict()["confirm"]
+
+
+def test_target_auto_times_each_installed_runtime_and_keeps_its_choice(tmp_path, monkeypatch):
+    """--target auto: the FP32 model exported for every installed CPU runtime, timed interleaved, the fastest
+    chosen; the choice is stored in the run folder and reused by a continued run without timing again; the
+    report says what was measured."""
+    from yolopt.models.checkpoint import load_model
+    from yolopt.pipeline import auto
+    from yolopt.pipeline.records import OptimizeResults
+    from yolopt.pipeline.report import render_markdown
+    from yolopt.pipeline.spec import OptimizeSpec
+
+    assert OptimizeSpec(str(SYNTH_MODEL), "d.yaml", target="auto", imgsz=[64]).check().target == "auto"
+    model = load_model(SYNTH_MODEL)
+    c = auto.choose_runtime(model, 64, 1, tmp_path, rounds=1, iters=3)
+    usable = [rt for rt in auto.CANDIDATES if auto.installed(rt) is None]
+    assert sorted(c.p50_ms) == sorted(usable) and c.chosen == min(c.p50_ms, key=c.p50_ms.get)
+    assert set(c.skipped) == set(auto.CANDIDATES) - set(usable) and all(v > 0 for v in c.p50_ms.values())
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("yolopt.bench.measure"), "interleaved",
+                        lambda *a, **k: pytest.fail("timed again"))
+    assert auto.choose_runtime(model, 64, 1, tmp_path) == c  # the stored choice
+    md = render_markdown(OptimizeResults("m.pt", target=c.chosen, runtime_choice=c.to_dict()))
+    assert f"`--target auto`: **{c.chosen}**" in md and "onnxruntime" in md

@@ -17,7 +17,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    from ..pipeline import SCENARIOS, TARGETS
+    from ..pipeline import SCENARIOS, TARGET_CHOICES
 
     p = sub.add_parser(
         "optimize", help="try pruning, INT8, input sizes and pipeline settings; measure each end to end; recommend one",
@@ -34,8 +34,10 @@ def register(sub) -> None:
     p.add_argument("model", help="an Ultralytics .pt or a yolopt .safetensors")
     p.add_argument("--data", required=True, help="dataset yaml (val split: mAP and the benchmark images)")
     p.add_argument("--scenario", choices=SCENARIOS, default="realtime", help="what to optimize for (default realtime)")
-    p.add_argument("--target", choices=TARGETS, help="deployment runtime (default onnxruntime, and INT8 is also tried "
-                   "on OpenVINO when it is installed; a --target given pins every variant to that runtime)")
+    p.add_argument("--target", choices=TARGET_CHOICES,
+                   help="deployment runtime (default onnxruntime, and INT8 is also tried on OpenVINO when it is "
+                        "installed; a --target given pins every variant to that runtime). auto: time the FP32 model "
+                        "on every installed CPU runtime first (interleaved) and build the variants on the fastest")
     p.add_argument("--max-latency-ms", type=positive_float_arg, help="end-to-end p50 latency limit per image")
     p.add_argument("--max-map-drop", type=fraction_arg, metavar="D",
                    help="accuracy budget as a fraction (0.01 = 1 mAP point); default: realtime/edge 0.01, accuracy 0.002")

@@ -7,7 +7,7 @@ end to end, recommend one per scenario, and write a report and a deploy bundle.
 """
 
 from .records import OptimizeResults, VariantResult
-from .spec import SCENARIOS, TARGETS, OptimizeError, OptimizeSpec, parse_duration
+from .spec import SCENARIOS, TARGET_CHOICES, TARGETS, OptimizeError, OptimizeSpec, parse_duration
 
 
 def __getattr__(name: str):
@@ -18,5 +18,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["OptimizeError", "OptimizeResults", "OptimizeSpec", "SCENARIOS", "TARGETS", "VariantResult", "optimize",
+__all__ = ["OptimizeError", "OptimizeResults", "OptimizeSpec", "SCENARIOS", "TARGET_CHOICES", "TARGETS", "VariantResult", "optimize",
            "parse_duration"]

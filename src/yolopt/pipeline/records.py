@@ -227,6 +227,7 @@ class OptimizeResults:
     data: str | None = None
     scenario: str | None = None
     target: str | None = None
+    runtime_choice: dict | None = None  # --target auto: pipeline.auto.RuntimeChoice.to_dict()
     threads: int | None = None
     conf: float | None = None
     metric: str | None = None
@@ -268,6 +269,8 @@ class OptimizeResults:
             d["profile"] = {k: (p.to_dict() if p is not None else None) for k, p in self.profile.items()}
         if self.deploy_error is not None:
             d["deploy_error"] = self.deploy_error
+        if self.runtime_choice is not None:
+            d["runtime_choice"] = self.runtime_choice
         if self.files is not None:
             d["files"] = dict(self.files)
         return d

@@ -479,8 +479,16 @@ def render_markdown(results: OptimizeResults, pareto: str = "pareto.png", stages
     lines = [f"# yolopt optimize: {_s(r.model)}", "",
              (f"data **{_s(r.data)}**, scenario **{_s(r.scenario)}**, target "
               f"**{_s(r.target)}**, {_s(r.threads)} threads, conf {_f(r.conf, 'g')}"), "",
-             f"Budget: {_budget_text(r)}. Time spent: {_time_text(r)}.", "",
-             f"## {rec['title']}", ""]
+             f"Budget: {_budget_text(r)}. Time spent: {_time_text(r)}.", ""]
+    if isinstance(r.runtime_choice, dict) and r.runtime_choice.get("p50_ms"):
+        rc = r.runtime_choice
+        lines += [f"Target chosen by `--target auto`: **{_s(rc.get('chosen'))}**, the fastest FP32 model here "
+                  f"(model-only p50 at {_s(rc.get('imgsz'))}, {_s(rc.get('threads'))} thread(s), median of "
+                  f"{_s(rc.get('rounds'))} interleaved rounds: "
+                  + ", ".join(f"{k} {_f(v, '.2f')} ms" for k, v in rc["p50_ms"].items()) + ")"
+                  + "".join(f"; {k} left out: {_md_cell(v)}" for k, v in (rc.get("skipped") or {}).items()) + ".",
+                  ""]
+    lines += [f"## {rec['title']}", ""]
     if rec["numbers"]:
         lines += [f"**{rec['numbers']}**", ""]
     lines += [f"> {x}" for x in rec["lines"]]

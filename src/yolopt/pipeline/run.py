@@ -26,7 +26,7 @@ from . import costs
 from .records import (SCHEMA_VERSION, Budget, Confirm, OptimizeResults, Recommendation, ScenarioPick, StageProfile,
                       VariantResult)
 from .select import choose, describe, next_steps, violations
-from .spec import OptimizeError, OptimizeSpec, runtime_installed
+from .spec import AUTO, OptimizeError, OptimizeSpec, runtime_installed
 from .variants import Builder, Variant, bench_variant, build_key, evaluate_variant, stale_weight_range
 
 log = logging.getLogger("yolopt")
@@ -132,6 +132,19 @@ class Optimizer:
         except BaseException:
             self.release()
             raise
+        self.runtime_choice = None
+        if spec.target == AUTO:  # time the FP32 model on each installed CPU runtime; build on the fastest
+            from .auto import choose_runtime
+
+            try:
+                self.runtime_choice = choose_runtime(self.model, spec.imgsz[0], spec.threads, self.out)
+            except BaseException:
+                self.release()
+                raise
+            spec.target = self.runtime_choice.chosen
+            _say(spec, f"--target auto: {spec.target} (FP32 model-only p50 at {spec.imgsz[0]}, {spec.threads} "
+                       f"thread(s): " + ", ".join(f"{k} {v:.2f} ms" for k, v in self.runtime_choice.p50_ms.items())
+                 + ")")
         self.builder = Builder(spec, self.out / "artifacts", self.model)
         self.bench_images = [str(p) for p in self.val[:spec.bench_images]]
         self.shapes = _aspect_shapes(self.val)  # the val images' aspect ratios (rect letterbox sizes)
@@ -515,6 +528,7 @@ class Optimizer:
             per[sc] = ScenarioPick(c.variant, describe(c, rows, spec) if (c.variant or c.closest) else c.why)
         return OptimizeResults(
             model=str(spec.model), data=str(spec.data), scenario=spec.scenario, target=spec.target,
+            runtime_choice=self.runtime_choice.to_dict() if self.runtime_choice else None,
             threads=spec.threads, conf=spec.conf, metric=spec.metric,
             budget=Budget(time_budget_s=spec.time_budget_s, max_map_drop=spec.max_map_drop,
                           max_latency_ms=spec.max_latency_ms, max_size_mb=spec.max_size_mb,

@@ -11,6 +11,8 @@ from ..errors import YoloptError
 
 SCENARIOS = ("realtime", "accuracy", "edge")
 TARGETS = ("onnxruntime", "openvino", "tensorrt", "ncnn")
+AUTO = "auto"  # --target auto: the installed CPU runtime whose FP32 model measures fastest here (pipeline.auto)
+TARGET_CHOICES = (*TARGETS, AUTO)
 METRICS = ("map50_95", "map50")
 # the accuracy budget of each scenario when --max-map-drop is not given (mAP points as fractions)
 DEFAULT_DROP = {"realtime": 0.01, "accuracy": 0.002, "edge": 0.01}
@@ -75,11 +77,12 @@ class OptimizeSpec:
         if self.scenario not in SCENARIOS:
             raise OptimizeError(f"scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}",
                                 fields=("scenario",))
-        if self.target not in TARGETS:
-            raise OptimizeError(f"target {self.target!r}: choose one of {', '.join(TARGETS)}", fields=("target",))
+        if self.target not in TARGET_CHOICES:
+            raise OptimizeError(f"target {self.target!r}: choose one of {', '.join(TARGET_CHOICES)}",
+                                fields=("target",))
         if self.metric not in METRICS:
             raise OptimizeError(f"metric {self.metric!r}: choose one of {', '.join(METRICS)}", fields=("metric",))
-        check_target_installed(self.target)
+        check_target_installed("onnxruntime" if self.target == AUTO else self.target)
         if self.max_map_drop is None:
             self.max_map_drop = DEFAULT_DROP[self.scenario]
         if not 0 <= self.max_map_drop < 1:
