@@ -120,8 +120,11 @@ def test_int8_weight_range_follows_the_cpu(tmp_path, monkeypatch, vnni):
     assert variants.quantize_spec(spec, tmp_path / "model.xml", 160, mixed=False).reduce_range is True
     spec.target = "onnxruntime"
     # the cache: a build (and the variant row made from it) with the other range is stale
-    made_here = {"calibration": {}, "reduce_range": not vnni}
-    made_elsewhere = {"calibration": {}, "reduce_range": vnni}
+    made_here = {"calibration": {}, "reduce_range": not vnni, "raw_head": True}
+    made_elsewhere = {"calibration": {}, "reduce_range": vnni, "raw_head": True}
+    assert variants.stale_int8(made_here, "onnxruntime", spec) is False
+    assert variants.stale_int8({**made_here, "raw_head": False}, "onnxruntime", spec)  # graph decode: rebuilt
+    assert variants.quantize_spec(spec, tmp_path / "model.onnx", 160, mixed=False).raw_head is True
     before_the_choice = {"calibration": {}}  # 7-bit, always
     assert not variants.stale_weight_range(made_here, "onnxruntime")
     assert variants.stale_weight_range(made_elsewhere, "onnxruntime")

@@ -67,6 +67,8 @@ def register(sub) -> None:
                    help="extra images without labels for the distilled fine-tune")
     p.add_argument("--no-prune", action="store_true", help="do not try pruning")
     p.add_argument("--no-quantize", action="store_true", help="do not try INT8")
+    p.add_argument("--no-raw-head", action="store_true", help="ONNX Runtime INT8 builds keep the box decode in the "
+                   "graph (default: a raw head, decoded outside for the cells above --conf only; export --raw-head)")
     p.add_argument("--qat-epochs", type=nonneg_int_arg, default=2, metavar="EPOCHS",
                    help="where post-training INT8 misses the mAP budget, try INT8 after EPOCHS of quantization-aware "
                         "training with the float model as teacher (default 2; 0: no QAT). Skipped, like pruning, "
@@ -95,7 +97,8 @@ def run(args) -> int:
                         metric=args.metric, threads=args.threads, imgsz=args.imgsz,
                         time_budget_s=parse_duration(args.time_budget), out=args.out, resume=args.resume, conf=args.conf,
                         val_images=args.val_images, bench_seconds=args.bench_seconds, finetune_epochs=args.finetune, unlabeled=list(args.unlabeled),
-                        prune=not args.no_prune, quantize=not args.no_quantize, qat_epochs=args.qat_epochs,
+                        prune=not args.no_prune, quantize=not args.no_quantize,
+                        raw_head=not args.no_raw_head, qat_epochs=args.qat_epochs,
                         progress=not args.no_progress, map_noise=args.map_noise)
     res = optimize(spec)
     if args.json:

@@ -277,6 +277,12 @@ per image, its detections as `{{xyxy, conf, cls, name}}`; `python infer.py --hel
     if cfg.get("end2end"):
         text += ("\nThis artifact runs NMS inside the graph (exported with `--nms`): its output is the final "
                  "detections, and a `--conf` below the one baked in cannot bring back boxes it dropped.\n")
+    if cfg.get("raw_head"):
+        text += ("\nThis artifact ends at the detection head's 1x1 convs (exported with `--raw-head`): its outputs are "
+                 "one logit map per level, `(1, anchors x (5 + classes), h, w)`. `infer.py` decodes boxes outside the "
+                 "graph and only for the cells whose objectness can pass `--conf` (`candidates()`; the strides and "
+                 "the anchors in input pixels are in `deploy.json` under `raw_head`), which gives the same boxes as "
+                 "decoding every cell, for less work.\n")
     text += _throughput(cfg)
     rep = _flatten(cfg["report"]) if isinstance(cfg.get("report"), dict) else []
     if rep:
@@ -298,7 +304,7 @@ docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/triton:/models" nvcr.io/nvidi
 ```
 
 Triton runs only the network: the client letterboxes the image (as `infer.py` does), sends
-`{inp['name']}` and decodes the output with the same NMS. Change `instance_group` to `KIND_GPU` to run on
+`{inp['name']}` and decodes the output with the same NMS{" (after the head decode of `infer.py`'s `candidates()`)" if cfg.get("raw_head") else ""}. Change `instance_group` to `KIND_GPU` to run on
 a GPU.
 """
     if rt == "openvino":

@@ -27,7 +27,7 @@ from .records import (SCHEMA_VERSION, Budget, Confirm, OptimizeResults, Recommen
                       VariantResult)
 from .select import choose, describe, next_steps, violations
 from .spec import AUTO, OptimizeError, OptimizeSpec, runtime_installed
-from .variants import Builder, Variant, bench_variant, build_key, evaluate_variant, stale_weight_range
+from .variants import Builder, Variant, bench_variant, build_key, evaluate_variant, stale_int8
 
 log = logging.getLogger("yolopt")
 
@@ -176,8 +176,7 @@ class Optimizer:
                 old = Variant.from_dict(d["variant"], estimate_s=v.estimate_s)  # fields added later take defaults
                 if r.status == "failed" and r.failure != "variant":
                     return None  # a full disk, a killed worker: try again (only the variant's own failures stay)
-                if old == v and not ("calibration" in (r.build or {}) and  # INT8: built with this CPU's range
-                                     stale_weight_range(r.build, v.runtime or self.spec.target)):
+                if old == v and not stale_int8(r.build, v.runtime or self.spec.target, self.spec):
                     r.variant = v
                     return r
             except (KeyError, TypeError, AttributeError):

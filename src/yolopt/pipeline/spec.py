@@ -64,6 +64,7 @@ class OptimizeSpec:
     bench_seconds: float = 4.0  # timed seconds per end-to-end measurement
     finetune_epochs: int | None = None  # pruning candidates' distilled fine-tune (None: from the budget)
     unlabeled: list = field(default_factory=list)  # extra images without labels for the distilled fine-tune
+    raw_head: bool = True  # ONNX Runtime INT8 builds end at Detect's convs; boxes decoded outside, candidates only
     prune: bool = True  # try pruning (needs training time)
     quantize: bool = True  # try INT8
     qat_epochs: int = 2  # QAT candidates' distilled epochs, where PTQ INT8 misses the budget (0: no QAT)
@@ -132,7 +133,7 @@ class OptimizeSpec:
         # what the candidates are (sizes, scenario, budgets) may change between runs: each variant's cache
         # entry records its own size and letterbox, and a changed one is measured again
         for k in ("resume", "progress", "out", "time_budget_s", "scenario", "max_latency_ms", "max_size_mb",
-                  "max_memory_mb", "pin_target", "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled",
+                  "max_memory_mb", "pin_target", "raw_head", "max_map_drop", "prune", "quantize", "finetune_epochs", "imgsz", "metric", "unlabeled",
                   "qat_epochs", "map_noise", "bootstrap"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())

@@ -127,8 +127,8 @@ class Builder:
         if f.exists():
             try:
                 d = json.loads(f.read_text())
-                if stale_weight_range(d.get("details"), split_key(key, self.spec.target)[0]):
-                    return None  # an INT8 build with the other weight range (made on another CPU): rebuilt
+                if stale_int8(d.get("details"), split_key(key, self.spec.target)[0], self.spec):
+                    return None  # an INT8 build with the other weight range (another CPU) or head: rebuilt
                 if Path(d["artifact"]).exists():
                     return Build(key=d.get("key", key), artifact=d["artifact"], seconds=float(d["seconds"]),
                                  details=d.get("details") or {}, cached=True)
@@ -183,7 +183,7 @@ class Builder:
         res = quantize(self.model, q)
         rep = res.report
         details = {"float_layers": len(rep.float_layers), "layers": rep.layers,
-                   "calibration": rep.calibration.to_dict(), "reduce_range": q.reduce_range}
+                   "calibration": rep.calibration.to_dict(), "reduce_range": q.reduce_range, "raw_head": q.raw_head}
         if qat:
             details["qat"] = {k: getattr(rep.qat, k) for k in ("epochs", "seconds", "map50_95_gain_over_ptq",
                                                                 "map50_gain_over_ptq")}
@@ -214,6 +214,16 @@ def full_range_weights(target: str) -> bool:
     return target == "onnxruntime" and has_vnni()
 
 
+def stale_int8(details: dict | None, runtime: str, spec: OptimizeSpec) -> bool:
+    """True for an INT8 build (its details) that this run would build otherwise: the other weight range
+    (:func:`stale_weight_range`), or a decode in the graph where the run wants a raw head (or the reverse)."""
+    details = details or {}
+    if "calibration" not in details:
+        return False
+    raw = bool(spec.raw_head) and runtime == "onnxruntime"
+    return stale_weight_range(details, runtime) or bool(details.get("raw_head", False)) != raw
+
+
 def stale_weight_range(details: dict | None, target: str) -> bool:
     """True for an INT8 build (its details) made with the weight range this CPU does not use (7-bit by default
     before full-range weights were chosen on VNNI CPUs)."""
@@ -232,7 +242,8 @@ def quantize_spec(spec: OptimizeSpec, out: Path, imgsz: int, mixed: bool, qat: i
                         max_map_drop=spec.max_map_drop / 2 if mixed else None, val_images=spec.val_images,
                         latency=False, threads=spec.threads, out=out, progress=spec.progress, qat=qat,
                         qat_unlabeled=list(spec.unlabeled), qat_dir=qat_dir,
-                        reduce_range=not full_range_weights(runtime))
+                        reduce_range=not full_range_weights(runtime),
+                        raw_head=bool(spec.raw_head) and runtime == "onnxruntime")
 
 
 def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> tuple[Accuracy, object]:
