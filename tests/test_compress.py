@@ -779,3 +779,20 @@ def test_run_prune_from_python_returns_a_typed_report(tmp_path):
     with pytest.raises(YoloptError, match="fine-tuning needs a dataset") as e:
         run_prune(PruneWorkflowSpec(SHIPPED_BASE, ratio=0.2, finetune=1, out=tmp_path / "x.safetensors"))
     assert e.value.fields == ("finetune", "data")
+
+
+def test_fill_lands_just_under_the_flops_target():
+    """At round-to 16 the FLOPs of a uniformly pruned yolov5n are a coarse step function of the ratio; fill takes the
+    largest ratio that missed the target and prunes one group a step further, landing closer under the target
+    than the uniform ratio (channel counts still multiples of 16); the choice is recorded in the search."""
+    from yolopt.compress.prune import PruneSpec, layer_channels, prune
+
+    torch.manual_seed(0)
+    m = DetectionModel(builtin_config("yolov5n", nc=2)).eval()
+    filled = prune(m, PruneSpec(target_flops=0.5, round_to=16, imgsz=64, fill=True))
+    f_plain = max(r["value"] for r in filled.search[:-1] if r["value"] <= 0.5)  # the uniform ratios searched
+    f_fill = filled.flops_after / filled.flops_before
+    assert f_plain < 0.49 and f_plain < f_fill <= 0.5, (f_plain, f_fill)
+    assert filled.spec.layer_ratios and filled.search[-1]["layer_ratios"]
+    assert all(v[1] % 16 == 0 for k, v in layer_channels(filled.model).items() if not k.startswith("model.24"))
+    assert filled.model.provenance["pruned"]["layer_ratios"]

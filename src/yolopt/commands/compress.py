@@ -39,6 +39,10 @@ def register(sub) -> None:
                    help="channel counts kept are multiples of N (default 16: ONNX Runtime's fast NCHWc convolutions "
                         "need multiples of 16 on AVX-512 CPUs and of 8 on AVX2 ones; at 8 a pruned model gains far "
                         "less latency than FLOPs on AVX-512)")
+    p.add_argument("--no-fill", action="store_true",
+                   help="prune at the uniform ratio that meets --target-flops, even when rounding lands it well "
+                        "under the target (default: one more group is pruned a step further instead, so the model "
+                        "keeps just under the target's FLOPs)")
     p.add_argument("--no-widen", action="store_true", help="never give channels back to a level")
     p.add_argument("--max-latency-ratio", type=open_fraction_arg, metavar="R",
                    help="widen only as far as the ONNX Runtime FP32 latency (batch 1, measured) stays under R x the "
@@ -64,7 +68,7 @@ def run(args) -> int:
         metric=args.metric, epochs_budget=args.epochs_budget,
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         unlabeled=tuple(args.unlabeled), select_fraction=args.select_fraction, select_on=args.select_on,
-        imgsz=args.imgsz, batch=args.batch, workers=args.workers, device=args.device, round_to=args.round_to,
+        imgsz=args.imgsz, batch=args.batch, workers=args.workers, device=args.device, round_to=args.round_to, fill=not args.no_fill,
         widen=not args.no_widen,
         seed=args.seed, threads=args.threads, max_latency_ratio=args.max_latency_ratio, latency=not args.no_latency, out=args.out,
         progress=not args.no_progress)

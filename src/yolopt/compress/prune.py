@@ -25,7 +25,7 @@ import contextlib
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -54,7 +54,11 @@ class PruneSpec:
     module names (``"model.9.cv2"``). ``steps``: iterative schedule (the ratio is reached in
     ``steps`` equal steps, see :class:`ChannelPruner`). ``max_ratio``: the largest ratio the
     target searches consider. ``compensate``: fold each removed channel's mean contribution into the
-    next layer (see :meth:`ChannelPruner._compensate`); off = plain removal, as most tools do.
+    next layer (see :meth:`ChannelPruner._compensate`); off = plain removal, as most tools do. ``fill``: with
+    ``target_flops``, when the uniform ratio that meets the target falls well under it (rounding makes the
+    FLOPs a step function of the ratio: at round-to 16 yolov5n jumps from 0.503 to 0.403), take the largest
+    ratio that misses it and prune the one group that brings the model closest under the target a step
+    further (see :func:`fill_flops`).
     """
 
     ratio: float | None = None
@@ -72,6 +76,7 @@ class PruneSpec:
     max_ratio: float = 0.9
     compensate: bool = True
     latency_iters: int = 30
+    fill: bool = False  # target_flops: one group pruned a step further so the model lands just under the target
 
     def check(self) -> "PruneSpec":
         """Raise :class:`YoloptError` (one line) for a spec that cannot be run."""
@@ -466,6 +471,58 @@ def search_ratio_flops(model: DetectionModel, spec: PruneSpec, calib=None, iters
     return _bisect(frac, spec.target_flops, spec.max_ratio, iters, record)
 
 
+FILL_GAP = 0.01  # fill only when the uniform ratio lands more than this under the FLOPs target
+
+
+def fill_flops(model: DetectionModel, spec: PruneSpec, calib=None, record: list | None = None
+               ) -> tuple[float, tuple] | None:
+    """``(ratio, layer_ratios)`` that keep the most FLOPs at or under ``spec.target_flops``: the largest searched
+    ratio that missed the target, with one group pruned by one more ``round_to`` step (every prunable group is
+    tried once); None when that is no closer to the target than the uniform ratio. ``record``: the uniform
+    search's candidates (:func:`search_ratio_flops`); this search's best is appended to it."""
+    import torch_pruning as tp
+
+    record = [] if record is None else record
+    target = spec.target_flops
+    under = [r for r in record if r["value"] <= target]
+    over = [r for r in record if r["value"] > target]
+    if not under or not over:
+        return None
+    best_uniform = max(r["value"] for r in under)
+    if target - best_uniform <= FILL_GAP:
+        return None
+    lo = max(r["ratio"] for r in over)
+    imgsz = min(spec.imgsz, 320)
+    base = model_flops(model, imgsz)
+    one_step = PruneSpec(**{**asdict(spec), "steps": 1, "fill": False, "target_flops": None, "ratio": lo})
+    step = max(spec.round_to, 1)
+    at_lo = layer_channels(prune_at(model, one_step, lo, calib))
+    m = copy.deepcopy(model).eval()
+    names = {mod: n for n, mod in m.named_modules()}
+    pr = ChannelPruner(m, one_step, ratio=lo)  # its dependency graph: one candidate per group (its root conv)
+    roots = []
+    for group in pr.pruner.DG.get_all_groups(ignored_layers=pr.pruner.ignored_layers, root_module_types=[nn.Conv2d]):
+        conv = group[0].dep.target.module
+        if group[0].dep.handler == tp.prune_conv_out_channels and names.get(conv) in at_lo:
+            roots.append(names[conv])
+    best, before = None, layer_channels(model)
+    for name in roots:
+        n, k = before[name][1], at_lo[name][1]
+        if k - step < step:
+            continue
+        r = min((n - k + step) / n + 1e-6, spec.max_ratio)
+        try:
+            v = model_flops(prune_at(model, replace(one_step, layer_ratios=((name, r),)), lo, calib), imgsz) / base
+        except YoloptError:
+            continue
+        if v <= target and (best is None or v > best[0]):
+            best = (v, name, r)
+    if best is None or best[0] <= best_uniform:
+        return None
+    record.append({"ratio": round(lo, 4), "layer_ratios": [[best[1], round(best[2], 4)]], "value": best[0]})
+    return lo, ((best[1], best[2]),)
+
+
 def measure_latency(model: nn.Module, imgsz: int, backend: str = "onnxruntime", threads: int | None = None,
                     iters: int = 30, warmup: int = 5) -> dict:
     """Model-only latency of ``model`` (batch 1, ``imgsz``) on ``backend``, through ``bench.measure``:
@@ -533,6 +590,10 @@ def prune(model: DetectionModel, spec: PruneSpec, calib=None) -> PruneResult:
     search: list[dict] = []
     if spec.target_flops is not None:
         ratio = search_ratio_flops(model, spec, calib, record=search)
+        filled = fill_flops(model, spec, calib, search) if spec.fill and not spec.layer_ratios else None
+        if filled:
+            ratio, extra = filled
+            spec = replace(spec, layer_ratios=extra)
     elif spec.target_latency_ms is not None:
         ratio = search_ratio_latency(model, spec, calib, record=search)
     else:

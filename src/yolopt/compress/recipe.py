@@ -6,7 +6,9 @@ The stages are what the hand-made hardhat chain found (docs/compress.md, "The ha
 
 1. ``prune``: group importance at ``target_flops`` (round-to 16: on AVX-512 CPUs ONNX Runtime runs a conv in its
    fast NCHWc layout only when its channels are multiples of 16; at round-to 8 the hardhat model pruned to 0.45x
-   the FLOPs ran at 0.83x the base's latency on a Xeon, at round-to 16 and 0.40x at 0.55x), no fine-tuning yet;
+   the FLOPs ran at 0.83x the base's latency on a Xeon, at round-to 16 and 0.40x at 0.55x), filled up to just under
+   the target (``prune.fill_flops``: at round-to 16 the uniform ratio jumps from 0.503x to 0.403x; one group one
+   step further lands at 0.4997x), no fine-tuning yet;
 2. ``recover``: distilled fine-tuning from the unpruned model, cosine lr from 0.01, mosaic to the end, scale 0.7;
 3. ``widen``: the output levels whose AP50 on the selection split fell most against the base get their C3 block's
    channels back (function-preserving :func:`~yolopt.compress.widen_c3`), as far as the FLOPs target allows;
@@ -87,6 +89,7 @@ class CompressSpec:
     workers: int = 2
     device: str = "cpu"
     round_to: int = 16  # ONNX Runtime's NCHWc convs need multiples of 16 on AVX-512 (8 on AVX2)
+    fill: bool = True  # the prune lands just under target_flops (one group a step further), not a rounding step below
     widen: bool = True
     seed: int = 0
     threads: int | None = None  # latency measurement threads (default: the usable cores)
@@ -145,6 +148,7 @@ class CompressSpec:
         return {"model": h.hexdigest(), "data": [Path(self.data).name, load_data_config(self.data).names],
                 "target_flops": self.target_flops, "metric": self.metric, "max_map_drop": self.max_map_drop,
                 "select_fraction": self.select_fraction, "select_on": self.select_on, "round_to": self.round_to,
+                **({} if self.fill else {"fill": False}),
                 "widen": self.widen, "seed": self.seed, "unlabeled": [str(u) for u in self.unlabeled]}
 
 
@@ -378,6 +382,7 @@ class _Recipe:
         out = self.run.dir / "pruned.safetensors"
         prep = run_prune(PruneWorkflowSpec(model=self.spec.model, target_flops=self.spec.target_flops,
                                            data=str(self.split.train_yaml), round_to=self.spec.round_to,
+                                           fill=self.spec.fill,
                                            imgsz=self.imgsz, latency=False, force=True, out=out,
                                            progress=self.spec.progress))
         s = prep.summary

@@ -44,6 +44,7 @@ class PruneWorkflowSpec:
     round_to: int = 8
     ignore: tuple = ()  # layer indices ("9") or module names ("model.9.cv2")
     layer_ratios: tuple = ()  # ((conv module name, ratio), ...)
+    fill: bool = False  # target_flops: land just under it (one group a round-to step further; prune.fill_flops)
     steps: int = 1
     data: str | None = None  # dataset yaml, or a folder of images without labels (distillation only)
     unlabeled: tuple = ()  # extra images without labels for distilled fine-tuning
@@ -89,7 +90,8 @@ class PruneWorkflowSpec:
                          method=self.method, global_=self.global_, round_to=self.round_to,
                          ignore=tuple(str(x).strip() for x in ignore if str(x).strip()), steps=self.steps,
                          imgsz=self.imgsz,
-                         layer_ratios=tuple(self.layer_ratios), backend=self.backend, threads=self.threads).check()
+                         layer_ratios=tuple(self.layer_ratios), backend=self.backend, threads=self.threads,
+                         fill=self.fill).check()
 
     def check(self) -> "PruneWorkflowSpec":
         """Raise :class:`YoloptError` for a spec that cannot run; returns it with ``distill`` set when a
