@@ -471,6 +471,19 @@ def search_ratio_flops(model: DetectionModel, spec: PruneSpec, calib=None, iters
     return _bisect(frac, spec.target_flops, spec.max_ratio, iters, record)
 
 
+def search_flops_target(model: DetectionModel, spec: PruneSpec, calib=None, record: list | None = None
+                        ) -> tuple[float, PruneSpec]:
+    """The ratio for ``spec.target_flops`` (:func:`search_ratio_flops`) and the spec to prune with: with
+    ``spec.fill``, the largest ratio that missed the target plus the one group :func:`fill_flops` prunes further
+    (as a layer ratio), when that lands closer under the target."""
+    record = [] if record is None else record
+    ratio = search_ratio_flops(model, spec, calib, record=record)
+    filled = fill_flops(model, spec, calib, record) if spec.fill and not spec.layer_ratios else None
+    if filled:
+        return filled[0], replace(spec, layer_ratios=filled[1])
+    return ratio, spec
+
+
 FILL_GAP = 0.01  # fill only when the uniform ratio lands more than this under the FLOPs target
 
 
@@ -589,11 +602,7 @@ def prune(model: DetectionModel, spec: PruneSpec, calib=None) -> PruneResult:
     t0 = time.perf_counter()
     search: list[dict] = []
     if spec.target_flops is not None:
-        ratio = search_ratio_flops(model, spec, calib, record=search)
-        filled = fill_flops(model, spec, calib, search) if spec.fill and not spec.layer_ratios else None
-        if filled:
-            ratio, extra = filled
-            spec = replace(spec, layer_ratios=extra)
+        ratio, spec = search_flops_target(model, spec, calib, record=search)
     elif spec.target_latency_ms is not None:
         ratio = search_ratio_latency(model, spec, calib, record=search)
     else:

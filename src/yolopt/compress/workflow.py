@@ -310,7 +310,7 @@ def _run_structured(model, spec: PruneWorkflowSpec, rep: PruneReport, t_start: f
         channel_table,
         layer_channels,
         model_flops,
-        search_ratio_flops,
+        search_flops_target,
         search_ratio_latency,
     )
     from .report import calibration_batch, write_report
@@ -341,7 +341,10 @@ def _run_structured(model, spec: PruneWorkflowSpec, rep: PruneReport, t_start: f
     search: list = []
     if pspec.target_flops is not None:
         log.info("searching the ratio for %.0f%% of the FLOPs ...", 100 * pspec.target_flops)
-        ratio = search_ratio_flops(model, pspec, calib, record=search)
+        ratio, pspec = search_flops_target(model, pspec, calib, record=search)
+        if pspec.layer_ratios:
+            log.info("  filled to %.4f of the FLOPs: %s pruned further", search[-1]["value"],
+                     ", ".join(f"{n} at {r:.3f}" for n, r in pspec.layer_ratios))
     elif pspec.target_latency_ms is not None:
         log.info("searching the ratio for %.2f ms on %s (each candidate measured) ...", pspec.target_latency_ms,
                  pspec.backend)
@@ -349,6 +352,7 @@ def _run_structured(model, spec: PruneWorkflowSpec, rep: PruneReport, t_start: f
     else:
         ratio = pspec.ratio if pspec.ratio is not None else 0.0  # layer ratios only
     _check_safe(model, max([ratio, *(r for _, r in pspec.layer_ratios)]), spec, rep)
+    rep.ratio = ratio  # the uniform ratio (layer ratios, a fill's included, are in the provenance)
     rep.search = search
 
     pruned = copy.deepcopy(model).eval()
@@ -383,7 +387,9 @@ def _run_structured(model, spec: PruneWorkflowSpec, rep: PruneReport, t_start: f
     pruned.provenance = {**(getattr(model, "provenance", None) or {}),
                          "pruned": {"from": str(src), "method": pspec.method, "ratio": round(ratio, 4),
                                     "global": pspec.global_, "round_to": pspec.round_to, "steps": pspec.steps,
-                                    "finetune_epochs": spec.finetune, "distill": bool(spec.distill)}}
+                                    "finetune_epochs": spec.finetune, "distill": bool(spec.distill),
+                                    **({"layer_ratios": [list(x) for x in pspec.layer_ratios]}
+                                       if pspec.layer_ratios else {})}}
     save_model(pruned, out, imgsz=spec.imgsz)
 
     ft = bool(spec.finetune)
