@@ -208,14 +208,15 @@ def test_selection_rules_per_scenario():
 def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path, monkeypatch):
     """`make demo` -> `yolopt demo`: with no ../shared, the optimize part runs on yolopt's own synthetic set and
     model and ends with a recommendation, a report and a deploy bundle (the demo's time is in the issue note).
-    In this process, with a 150 s budget instead of the demo's 6 min, mAP on 50 of the 200 val images and short
-    end-to-end measurements: on a quiet machine the cheap candidates and INT8 fit and the run ends early (pruning
-    and QAT do not fit); on a busy one the budget still leaves room for four variants."""
+    In this process, with a 150 s budget instead of the demo's 6 min, mAP on 50 of the 200 val images, short
+    end-to-end measurements and the runtime pinned to ONNX Runtime (no OpenVINO INT8 build): on a quiet machine
+    the cheap candidates and INT8 fit and the run ends early (pruning and QAT do not fit); on a busy one the
+    budget still leaves room for four variants."""
     import yolopt.pipeline as pipeline
 
     monkeypatch.setenv("YOLOPT_SHARED", str(tmp_path / "no-shared"))
     monkeypatch.setattr(pipeline, "OptimizeSpec", functools.partial(pipeline.OptimizeSpec, bench_seconds=0.5,
-                                                                   val_images=50))
+                                                                   val_images=50, pin_target=True))
     r = run_cli("demo", "--out", tmp_path / "demo", "--time-budget", "150s", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no shared assets found" in r.stdout
