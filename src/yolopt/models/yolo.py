@@ -114,7 +114,9 @@ class Detect(nn.Module):
             grid, anchor_grid = self._grid(i, nx, ny, x)
             xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
             xy = (xy * 2 + grid) * self.stride[i]
-            wh = (wh * 2) ** 2 * anchor_grid
+            wh2 = wh * 2
+            wh = wh2 * wh2 * anchor_grid  # == (wh * 2) ** 2 * anchor_grid bit for bit; a product, because some
+            #                               converters cannot lower pow (LiteRT: tfl.pow does not legalize)
             out.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return torch.cat(out, 1)
 
