@@ -1,6 +1,7 @@
-"""Edge runtimes: the NCNN export (pnnx) and backend. yolov5n is exported once per module at 256 px; its detections,
-val mAP, bench and predict are compared with PyTorch at the same size and letterbox. Bad input: one line each, and
-nothing half-written."""
+"""Edge runtimes: the NCNN export (pnnx) and backend, and the LiteRT export (litert-torch) and backend. yolov5n is
+exported once at 256 px for each (LiteRT: the session fixture ``litert_export``); its detections, val mAP, bench
+and predict are compared with PyTorch at the same size and letterbox. Bad input: one line each, and nothing
+half-written."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import need_litert, run_cli
 
 IMGSZ = 256
 
@@ -320,4 +321,271 @@ def test_third_party_ppe_model_val_matches_torch(ppe_pt, shared, tmp_path):
     ref = evaluate(ppe_pt, data, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False,
                                           match_classes=True))
     assert got["rect"] is False and got["imgsz"] == IMGSZ and ref.map50 > 0.05  # small helmets at 256 px
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+# --- LiteRT (TFLite) -----------------------------------------------------------------------------------------
+
+def test_litert_artifact_file_metadata_and_verification(litert_export):
+    """One .tflite with yolopt's metadata inside (a TFLite Metadata entry), fp32 weights, verified on bus.jpg."""
+    from yolopt.runtime.edge import tflite_metadata
+
+    res = litert_export
+    assert res.format == "litert" and res.path.suffix == ".tflite" and res.files == [res.path]
+    assert sorted(p.name for p in res.path.parent.iterdir()) == ["yolov5n.tflite"]
+    data = res.path.read_bytes()
+    assert data[4:8] == b"TFL3"
+    meta = tflite_metadata(data)
+    assert meta["names"][0] == "person" and len(meta["names"]) == 80 and meta["nc"] == 80
+    assert meta["stride"] == [8, 16, 32] and meta["imgsz"] == [IMGSZ, IMGSZ] and meta["precision"] == "fp32"
+    v = res.verify
+    assert v.passed and v.agreement == 1.0 and v.detections_torch > 0 and v.max_score_diff < 1e-4
+    assert v.box_ratio < 0.5 and "bus" in str(v.sources[0])
+    assert len(data) > 4 * 1.8e6  # fp32 weights: 4 bytes per parameter
+
+
+def test_litert_backend_attributes_threads_and_precision(litert_export):
+    from yolopt import runtime
+    from yolopt.runtime import LiteRTBackend
+
+    b = runtime.open(litert_export.path)
+    assert isinstance(b, LiteRTBackend) and b.name == "litert" and b.path == litert_export.path
+    assert b.names[:2] == ["person", "bicycle"] and b.nc == 80 and b.stride.tolist() == [8, 16, 32]
+    assert b.imgsz == (IMGSZ, IMGSZ) and not b.dynamic and b.letterbox_mode == "square" and b.batch == 1
+    assert b.threads == runtime.default_threads() and b.precision == "fp32" and b.output_names == ["output_0"]
+    b1 = runtime.open(litert_export.path, threads=1, precision="fp32")
+    assert b1.threads == 1 and b1.clone().threads == 1 and b1.describe()["backend"] == "litert"
+    with pytest.raises(runtime.RuntimeBackendError, match="this artifact computes in fp32"):
+        runtime.open(litert_export.path, precision="fp16")
+
+
+def test_litert_bus_detections_match_torch(litert_export, yolov5n, bus_jpg, capfd):
+    """Raw outputs and conf-0.25 detections on bus.jpg (same 256 px square letterbox): within 1 px, same classes;
+    a batch of 2 runs image by image; LiteRT's "Created XNNPACK delegate" INFO line does not reach stderr."""
+    import copy
+
+    from yolopt import runtime
+    from yolopt.data.images import read_image
+    from yolopt.data.letterbox import letterbox, to_tensor
+    from yolopt.ops.nms import non_max_suppression
+
+    x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]
+    with torch.inference_mode():
+        ref = copy.deepcopy(yolov5n).fuse()(x)
+    capfd.readouterr()
+    y = runtime.open(litert_export.path, threads=1)(torch.cat([x, x.flip(-1)]))
+    assert "XNNPACK" not in capfd.readouterr().err
+    assert y.shape == (2, *ref.shape[1:])
+    assert (y[:1, :, :4] - ref[..., :4]).abs().max() < 0.01 and (y[:1, :, 4:] - ref[..., 4:]).abs().max() < 1e-4
+    d_ref = non_max_suppression(ref, 0.25, 0.45)[0]
+    d_lt = non_max_suppression(y[:1], 0.25, 0.45)[0]
+    assert len(d_ref) >= 3 and len(d_lt) == len(d_ref)
+    assert torch.equal(d_lt[:, 5], d_ref[:, 5]) and (d_lt[:, :4] - d_ref[:, :4]).abs().max() < 1.0
+
+
+def test_litert_predict_cli_matches_torch(litert_export, yolov5n_pt, bus_jpg, tmp_path):
+    """`yolopt predict` on the .tflite: the same detections as PyTorch at 256 px, square letterbox, within 1 px."""
+    def dets(model, *extra):
+        out = tmp_path / f"{Path(model).stem}.json"
+        r = run_cli("predict", model, bus_jpg, "--imgsz", IMGSZ, "--json", out, "--threads", "1",
+                    "--out", tmp_path / "vis", *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(out.read_text())[0]["detections"]
+
+    ref, got = dets(yolov5n_pt, "--letterbox", "square"), dets(litert_export.path)
+    assert len(ref) >= 3 and len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert a["class"] == b["class"] and abs(a["conf"] - b["conf"]) < 1e-3
+        assert np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0
+
+
+def test_litert_val_matches_torch_in_the_same_letterbox(litert_export, yolov5n_pt, few_coco, tmp_path):
+    from yolopt.evaluate import EvalSpec, evaluate
+
+    out = tmp_path / "val.json"
+    r = run_cli("val", litert_export.path, "--data", few_coco, "--batch", "4", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert got["backend"] == "litert" and got["rect"] is False and got["imgsz"] == IMGSZ
+    ref = evaluate(yolov5n_pt, few_coco, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False))
+    assert ref.mode == "square" and ref.map50_95 > 0.2
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+def test_litert_bench_cli(litert_export, bus_jpg, tmp_path):
+    """`yolopt bench` on the .tflite, model-only and end to end (letterbox + LiteRT + NMS on bus.jpg)."""
+    out, e2e = tmp_path / "b.json", tmp_path / "e.json"
+    r = run_cli("bench", litert_export.path, "--warmup", "1", "--iters", "3", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("bench", litert_export.path, "--warmup", "1", "--iters", "3", "--threads", "1", "--end2end",
+                "--source", bus_jpg, "--json", e2e)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(e2e.read_text())["end2end"] is True and json.loads(e2e.read_text())["backend"] == "litert"
+    rec = json.loads(out.read_text())
+    assert rec["backend"] == "litert" and rec["imgsz"] == [IMGSZ, IMGSZ] and rec["threads"] == 1
+    assert rec["machine"]["versions"]["ai-edge-litert"] and rec["machine"]["versions"]["litert-torch"]
+    assert rec["size_mb"] == pytest.approx(litert_export.path.stat().st_size / 1e6)
+
+
+def test_litert_fp16_cli_export_to_a_relative_folder(litert_export, yolov5n_pt, bus_jpg, tmp_path):
+    """`yolopt export --format litert --precision fp16 --out rel/` from another folder: fp16 weights (about half
+    the file), verified under the fp16 limits, computed in fp32."""
+    from yolopt import runtime
+
+    need_litert()
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--precision", "fp16", "--imgsz", "160", "--out", "rel/",
+                "--verify-source", bus_jpg, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "litert fp16 export: rel/yolov5n.tflite" in r.stdout and "PASS" in r.stdout
+    assert [p.name for p in (tmp_path / "rel").iterdir()] == ["yolov5n.tflite"]
+    art = tmp_path / "rel" / "yolov5n.tflite"
+    assert 0.45 < art.stat().st_size / litert_export.path.stat().st_size < 0.6
+    b = runtime.open(art)
+    assert b.artifact_precision == "fp16" and b.precision == "fp32" and b.imgsz == (160, 160)
+
+
+@pytest.mark.parametrize("module,pkg,fix", [
+    ("litert_torch", "litert-torch", "then pip install --no-deps litert-torch==0.10.0 litert-converter==0.5.0)"),
+    ("ai_edge_litert", "ai-edge-litert", "or pip install ai-edge-litert)")])
+def test_litert_missing_converter_or_runtime_names_the_install(yolov5n_pt, tmp_path, monkeypatch, module, pkg, fix):
+    monkeypatch.setitem(sys.modules, module, None)  # find_spec / import see the package as missing
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--out", tmp_path / "m.tflite")
+    line = _one_line(r, f"{pkg} package", "pip install 'yolopt[edge]', ", fix, "--format")
+    assert "yolov5n.pt" in line and list(tmp_path.iterdir()) == []
+
+
+def test_litert_converter_pins_match_the_makefile():
+    """The install line a missing converter names is the one `make` runs."""
+    from conftest import ROOT
+    from yolopt.export.edge import LITERT_CONVERTER
+
+    line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("LITERT_CONVERTER :="))
+    assert line.split(":=")[1].split() == list(LITERT_CONVERTER)
+
+
+def test_litert_missing_runtime_at_open_names_the_install(litert_export, monkeypatch):
+    from yolopt import runtime
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(runtime.RuntimeBackendError, match=r"LiteRT runtime is not installed \(pip install"):
+        runtime.open(litert_export.path)
+
+
+@pytest.mark.parametrize("opt,needle", [(("--dynamic",), "fixed input size"), (("--nms",), "not litert"),
+                                        (("--precision", "bf16"), "not an export precision")])
+def test_litert_unsupported_options_one_line(yolov5n_pt, tmp_path, opt, needle):
+    need_litert()
+    r = run_cli("export", yolov5n_pt, "--format", "litert", *opt, "--out", tmp_path / "m.tflite")
+    _one_line(r, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_child(tmp_path, monkeypatch, body: str):
+    """Replace the converter's child process with a script (``body``: Python, ``job`` is the job dict)."""
+    from yolopt.export import edge
+
+    fake = tmp_path / "fake_child.py"
+    fake.write_text("import json, sys, shutil\njob = json.load(open(sys.argv[1]))\n" + body)
+    monkeypatch.setattr(edge, "LITERT_CHILD", [sys.executable, str(fake)])
+
+
+@pytest.mark.parametrize("body,needle", [
+    # the converter raised: the child wrote its first line
+    ("open(job['error'], 'w').write(\"RuntimeError: failed to legalize operation 'tfl.pow'\\n\")\nsys.exit(2)\n",
+     "(RuntimeError: failed to legalize operation 'tfl.pow')"),
+    # the converter aborted the process: the first error line of its output
+    ("print('loc(fused): converting', file=sys.stderr)\nprint('error: unsupported op stablehlo.frobnicate', "
+     "file=sys.stderr)\nprint('second error', file=sys.stderr)\nsys.exit(134)\n",
+     "(error: unsupported op stablehlo.frobnicate)"),
+])
+def test_litert_converter_error_is_its_first_error_line(yolov5n_pt, tmp_path, monkeypatch, body, needle):
+    """A model the converter rejects: one line with the converter's first error line, nothing written."""
+    need_litert()
+    _fake_child(tmp_path, monkeypatch, body)
+    out = tmp_path / "out"
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--imgsz", "64", "--out", out / "m.tflite")
+    line = _one_line(r, "litert-torch could not convert the model", needle)
+    assert "second error" not in line and not out.exists()
+
+
+def test_litert_failed_verification_writes_nothing(litert_export, yolov5n_pt, bus_jpg, tmp_path, monkeypatch):
+    """A LiteRT model whose outputs drift from PyTorch's fails verification; neither the file nor a temporary
+    folder is left (the converter is replaced by a copy of the session's artifact: no second conversion)."""
+    need_litert()
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.edge import LiteRTBackend
+
+    _fake_child(tmp_path, monkeypatch, f"shutil.copy({str(litert_export.path)!r}, job['out'])\n")
+    run = LiteRTBackend._run
+    monkeypatch.setattr(LiteRTBackend, "_run", lambda self, x: run(self, x) + np.float32(0.5))
+    with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
+        export(yolov5n_pt, ExportSpec("litert", imgsz=IMGSZ, out=tmp_path / "bad" / "m.tflite",
+                                      verify_images=[bus_jpg]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_child.py"]
+
+
+@pytest.mark.parametrize("case,needle", [("garbage", "not a TFLite model file"),
+                                         ("truncated", "LiteRT cannot load this model")])
+def test_unreadable_tflite_artifacts(litert_export, tmp_path, case, needle):
+    from yolopt import runtime
+
+    need_litert()
+    p = tmp_path / "m.tflite"
+    p.write_bytes(b"garbage\n" * 10 if case == "garbage" else litert_export.path.read_bytes()[:5000])
+    with pytest.raises(runtime.RuntimeBackendError, match=needle) as e:
+        runtime.open(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_litert_upstream_zip_metadata_is_read_as_a_literal(litert_export, tmp_path):
+    """A .tflite with upstream YOLOv5's meta.txt appended as a zip (and no yolopt entry) opens with its names and
+    stride; a meta.txt that is not a literal is never evaluated."""
+    import flatbuffers
+    import zipfile
+    from ai_edge_litert import schema_py_generated as fb
+
+    from yolopt import runtime
+
+    m = fb.ModelT.InitFromPackedBuf(bytearray(litert_export.path.read_bytes()), 0)
+    m.metadata = [e for e in m.metadata if e.name != b"yolopt"]
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    bare = bytes(b.Output())
+
+    def with_meta(name, text):
+        p = tmp_path / name
+        p.write_bytes(bare)
+        with zipfile.ZipFile(p, "a") as z:
+            z.writestr("meta.txt", text)
+        return p
+
+    names = {i: f"c{i}" for i in range(80)}
+    b = runtime.open(with_meta("up.tflite", str({"stride": 32, "names": names})), threads=1)
+    assert b.names[:2] == ["c0", "c1"] and b.nc == 80 and b.stride.tolist() == [32.0]
+    evil = runtime.open(with_meta("evil.tflite", "__import__('os').system('touch pwned')"), threads=1)
+    assert evil.names[0] == "0" and not (tmp_path / "pwned").exists()
+
+
+def test_litert_third_party_ppe_model_val_matches_torch(ppe_pt, shared, tmp_path):
+    """ppe_yolov5n.pt (nc=2: helmet, vest) as LiteRT at 256 px: verified on hardhat images, and
+    `val --match-classes` on 16 hardhat images within 0.002 of PyTorch in the same (square) letterbox."""
+    need_litert()
+    from yolopt.evaluate import EvalSpec, evaluate
+    from yolopt.export import ExportSpec, export
+
+    imgs = sorted((shared / "data" / "hardhat" / "images" / "val").glob("*.jpg"))[:16]
+    (tmp_path / "val.txt").write_text("\n".join(str(p) for p in imgs) + "\n")
+    data = tmp_path / "hardhat.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: val.txt\nval: val.txt\nnc: 1\nnames:\n  0: helmet\n")
+    res = export(ppe_pt, ExportSpec("litert", imgsz=IMGSZ, out=tmp_path / "ppe.tflite", verify_images=imgs[:3]))
+    assert res.verify.passed and res.verify.detections_torch > 0 and res.metadata["names"] == ["helmet", "vest"]
+    out = tmp_path / "val.json"
+    r = run_cli("val", res.path, "--data", data, "--batch", "4", "--threads", "1", "--match-classes",
+                "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    ref = evaluate(ppe_pt, data, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False,
+                                          match_classes=True))
+    assert got["backend"] == "litert" and got["rect"] is False and got["imgsz"] == IMGSZ and ref.map50 > 0.05
     assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002

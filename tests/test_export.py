@@ -268,8 +268,10 @@ def registry():
 def test_registry_has_the_builtin_formats(registry):
     assert list(registry)[:4] == ["onnx", "openvino", "torchscript", "tensorrt"]
     assert {k: e.suffix for k, e in registry.items()} == {
-        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param"}
+        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param",
+        "litert": ".tflite"}
     assert all(e.precisions == ("fp32", "fp16") for e in registry.values())
+    assert not registry["litert"].folder  # one .tflite, metadata inside (tests/test_edge.py)
     assert registry["ncnn"].folder and dict(registry["ncnn"].refused).keys() == {"int8"}  # tests/test_edge.py
     assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]
     assert [k for k, e in registry.items() if "fp16" in e.cuda_precisions] == ["onnx", "torchscript"]

@@ -1,4 +1,4 @@
-"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT, NCNN) and verify it."""
+"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT, NCNN, LiteRT) and verify it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--batch", type=positive_int_arg, default=1, help="batch size of the fixed input (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="fp32 (default) or fp16 (openvino / ncnn: FP16 weights, runs on a CPU; onnx/torchscript/"
+                   help="fp32 (default) or fp16 (openvino / ncnn / litert: FP16 weights, runs on a CPU; onnx/torchscript/"
                    "tensorrt: needs CUDA). bf16 and int8 are not export precisions: the error says what to do "
                    "instead")
     p.add_argument("--half", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision fp16

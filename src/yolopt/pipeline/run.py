@@ -303,7 +303,7 @@ class Optimizer:
         s0 = spec.imgsz[0]
         t = spec.threads
         tgt = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT",
-               "ncnn": "NCNN"}[spec.target]
+               "ncnn": "NCNN", "litert": "LiteRT"}[spec.target]
         n = len(self.val)
         c_bench = costs.bench_s(spec.bench_seconds)
         base_est = costs.baseline_s(n, s0, spec.bench_seconds)  # rough (val measured below)
@@ -331,7 +331,7 @@ class Optimizer:
                              same_map_as="fp32")
         # 2) rect input for the data's aspect ratio
         gain = _rect_gain(self.shapes, s0)
-        rect_ok = gain < 0.9 and spec.target != "ncnn"  # ncnn exports a fixed input size only
+        rect_ok = gain < 0.9 and spec.target not in ("ncnn", "litert")  # they export a fixed input size only
         if rect_ok:
             self.run_variant(Variant(f"rect{s0}", "rect", f"FP32, {s0} rect letterbox (dynamic input, {gain:.0%} of the "
                                      "square area on this data)", build_key("fp32", s0, True), s0, "rect",
@@ -344,8 +344,8 @@ class Optimizer:
                 self.run_variant(Variant(f"rect{s}", "rect", f"FP32, {s} rect letterbox", build_key("fp32", s, True), s,
                                          "rect", estimate_s=c0 * (s / s0) ** 2 + c_exp))
         # 4) INT8 (the quantized graph is dynamic: square and rect variants share it); ncnn: fp16 weights instead
-        if spec.target == "ncnn":
-            self._ncnn_fp16(s0, c0, c_exp)
+        if spec.target in ("ncnn", "litert"):
+            self._edge_fp16(s0, c0, c_exp)
         elif spec.quantize:
             q_est = costs.ptq_s(c0, s0)
             for s in self._sizes_within_budget(spec.imgsz):
@@ -420,19 +420,21 @@ class Optimizer:
                     "set (give a data yaml whose val split is held out)"), n_train
         return None, n_train
 
-    def _ncnn_fp16(self, s0: int, c0: float, c_exp: float) -> None:
-        """NCNN: fp16 weights (half the file, widened to fp32 at load) at the sizes within the mAP budget. INT8 is
-        not built (the ncnn wheels have no INT8 tools): recorded as a skipped row with that reason."""
+    def _edge_fp16(self, s0: int, c0: float, c_exp: float) -> None:
+        """NCNN and LiteRT: fp16 weights (half the file, widened to fp32 at load) at the sizes within the mAP
+        budget. INT8 is not built on ncnn (its wheels have no INT8 tools) nor, yet, by optimize on litert:
+        recorded as a skipped row with that reason."""
         spec = self.spec
+        rt = {"ncnn": "NCNN", "litert": "LiteRT"}[spec.target]
         for s in self._sizes_within_budget(spec.imgsz):
-            self.run_variant(Variant(f"fp16-{s}", "fp16", f"FP16 weights (NCNN, computed in FP32), {s} square",
+            self.run_variant(Variant(f"fp16-{s}", "fp16", f"FP16 weights ({rt}, computed in FP32), {s} square",
                                      build_key("fp16", s), s, estimate_s=c0 * (s / s0) ** 2 + c_exp))
         if spec.quantize:
-            from ..export.edge import NCNN_INT8
+            from ..export.edge import EDGE_OPTIMIZE_INT8
 
             v = Variant(f"int8-{s0}", "int8", f"INT8, {s0} square", build_key("int8", s0, True), s0)
             self.order.append(v.name)
-            self.results[v.name] = self._record(v, f"not available on ncnn: {NCNN_INT8}")
+            self.results[v.name] = self._record(v, f"not available on {spec.target}: {EDGE_OPTIMIZE_INT8[spec.target]}")
 
     def _qat(self, s0: int, c0: float, rect_ok: bool) -> None:
         spec = self.spec
@@ -517,6 +519,9 @@ class Optimizer:
             art = Path(r.artifact)
             if art.suffix == ".param":
                 out.error = "no per-layer profile: ncnn's Python binding has no per-layer timing"
+                return out
+            if art.suffix == ".tflite":
+                out.error = "no per-layer profile: ai-edge-litert's Python interpreter has no per-op timing"
                 return out
             b = open_backend(str(art), threads=self.spec.threads)
             h = w = r.imgsz

@@ -90,7 +90,7 @@ class Build:
 
 
 def _suffix(target: str) -> str:
-    return {"openvino": ".xml", "ncnn": ".param"}.get(target, ".onnx")
+    return {"openvino": ".xml", "ncnn": ".param", "litert": ".tflite"}.get(target, ".onnx")
 
 
 def build_key(kind: str, imgsz: int, dynamic: bool = False, extra: str = "") -> str:
@@ -132,7 +132,7 @@ class Builder:
         dynamic = mode == "dyn"
         out = folder / f"model{_suffix(self.spec.target)}"
         details: dict = {}
-        if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn), computed in fp32
+        if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn, litert), computed in fp32
             artifact = self._export(self.model, out, int(imgsz), dynamic, precision=kind)
         elif kind in ("int8", "mixed") or kind.startswith("qat"):
             qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
@@ -149,7 +149,7 @@ class Builder:
     def _export(self, model, out: Path, imgsz: int, dynamic: bool, precision: str = "fp32") -> Path:
         from ..export import ExportSpec, export
 
-        fmt = self.spec.target if self.spec.target in ("openvino", "ncnn") else "onnx"
+        fmt = self.spec.target if self.spec.target in ("openvino", "ncnn", "litert") else "onnx"
         folder = {"openvino": "ov", "ncnn": "ncnn"}.get(fmt)  # folder formats: OUT/artifacts/<key>/<folder>/model.*
         res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True, precision=precision,
                                        out=out if folder is None else out.parent / folder))
