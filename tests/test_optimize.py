@@ -344,7 +344,8 @@ def test_ncnn_fp16_build_is_verified_and_measured(tmp_path):
 
 def test_litert_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
     """The candidates of --target litert, with the measuring stubbed out: as for ncnn, FP32 at each size and FP16
-    weights at the sizes within the mAP budget, square only (a fixed input); INT8 a skipped row saying why."""
+    weights at the sizes within the mAP budget, square only (a fixed input); then INT8 at those sizes (exported
+    with its calibration, fixed input); no mixed precision or QAT."""
     from conftest import need_litert
     from yolopt.pipeline import run as run_mod
     from yolopt.pipeline.records import VariantResult
@@ -371,10 +372,10 @@ def test_litert_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
     opt.plan_and_run()
     assert [(v.name, v.build, v.letterbox) for v in seen] == [
         ("fp32", "fp32-160-fixed", "square"), ("fp32-96", "fp32-96-fixed", "square"),
-        ("fp16-160", "fp16-160-fixed", "square"), ("fp16-96", "fp16-96-fixed", "square")]
+        ("fp16-160", "fp16-160-fixed", "square"), ("fp16-96", "fp16-96-fixed", "square"),
+        ("int8-160", "int8-160-fixed", "square"), ("int8-96", "int8-96-fixed", "square")]
     assert seen[0].description.startswith("FP32 LiteRT") and seen[2].description.startswith("FP16 weights (LiteRT")
-    int8 = opt.results["int8-160"]
-    assert int8.status == "skipped" and "litert" in int8.reason
+    assert seen[4].description.startswith("INT8 (LiteRT full integer, head float)")
 
 
 def test_litert_target_missing_converter_is_one_line(monkeypatch):
@@ -412,3 +413,30 @@ def test_litert_fp16_build_is_verified_and_measured(tmp_path):
     imgs = sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:2]
     bench = bench_variant(b.artifact, v, spec, imgs)
     assert bench.fps > 0 and bench.threads_per_stream == 1 and bench.size_mb > 0
+
+
+def test_litert_int8_build_is_calibrated_verified_and_measured(tmp_path):
+    """One real INT8 build of --target litert (the synthetic model at 160 px): exported full-integer with the run's
+    data as calibration (train split), verified on its own images (the shared samples hold none of its classes),
+    its mAP evaluated and its pipeline benchmarked in the worker process."""
+    from conftest import need_litert
+    from yolopt.data.synth import generate
+    from yolopt.models.checkpoint import load_model
+    from yolopt.pipeline.spec import OptimizeSpec
+    from yolopt.pipeline.variants import Builder, Variant, bench_variant, build_key, evaluate_variant
+    from yolopt.runtime import open as open_backend
+
+    need_litert()
+    data = generate(tmp_path / "d", images=16, classes=2, imgsz=160, seed=0)
+    spec = OptimizeSpec(str(SYNTH_MODEL), str(data), scenario="edge", target="litert", imgsz=[160], val_images=4,
+                        bench_seconds=0.3, out=str(tmp_path / "o")).check()
+    b = Builder(spec, tmp_path / "o" / "artifacts", load_model(SYNTH_MODEL)).get(build_key("int8", 160))
+    art = Path(b.artifact)
+    assert art.name == "model.tflite" and art.parent.name == "int8-160-fixed"
+    assert 1 <= b.details["calibration"]["images"] <= 16 and str(data) in b.details["calibration"]["source"]
+    assert open_backend(art, threads=1).precision == "int8"
+    v = Variant("int8-160", "int8", "", b.key, 160)
+    acc, _ = evaluate_variant(b.artifact, v, spec)
+    assert 1 <= acc.val_images <= 4 and 0 <= acc.map50_95 <= 1
+    bench = bench_variant(b.artifact, v, spec, sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:2])
+    assert bench.fps > 0 and bench.size_mb > 0

@@ -26,12 +26,6 @@ NCNN_INT8 = ("the ncnn and pnnx pip wheels ship no ncnn2table / ncnn2int8 (ncnn'
              "tools); export fp32, or quantize for onnxruntime or openvino")
 
 
-# why `optimize --target T` builds no INT8 variant on these edge targets
-EDGE_OPTIMIZE_INT8 = {"ncnn": NCNN_INT8,
-                      "litert": "optimize does not build LiteRT INT8 variants yet (yolopt export --format litert "
-                                "--precision int8 does)"}
-
-
 def _check_ncnn(spec: ExportSpec, name: str) -> None:
     """Format ncnn needs pnnx (the converter) and ncnn (to verify the result); one line when either is missing."""
     missing = [m for m in ("pnnx", "ncnn") if not _importable(m)]
@@ -127,6 +121,9 @@ def _check_litert(spec: ExportSpec, name: str) -> None:
     if spec.dynamic:
         raise ExportError(f"{name}: format litert exports a fixed input size, not a dynamic one",
                           fields=("dynamic", "format"))
+    if spec.precision == "int8" and not (spec.calib_data or spec.calib_images):
+        raise ExportError(f"{name}: format litert at precision int8 is calibrated on images: give a dataset "
+                          "(--data DATA.yaml, its train split) or --calib-images DIR", fields=("calib_data",))
 
 
 def _findable(module: str) -> bool:
@@ -160,15 +157,29 @@ def embed_tflite_metadata(tflite: Path, meta: dict) -> None:
     tflite.write_bytes(b.Output())
 
 
-@register_exporter("litert", ".tflite", ExporterTraits(precisions=("fp32", "fp16"), check=_check_litert))
+def litert_calibration(spec: ExportSpec) -> list[str]:
+    """The int8 calibration images of ``spec`` (its dataset's train split, or its images), decoded once here so
+    that a bad file is one line before minutes of conversion."""
+    from ..data.calib import CalibrationSet
+
+    cs = (CalibrationSet.from_images(spec.calib_images, spec.imgsz, spec.calib) if spec.calib_images else
+          CalibrationSet.from_data(spec.calib_data, spec.imgsz, spec.calib))
+    cs.check()
+    return [str(Path(p).resolve()) for p in cs.paths]
+
+
+@register_exporter("litert", ".tflite", ExporterTraits(precisions=("fp32", "fp16", "int8"), check=_check_litert))
 def write_litert(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
-    """LiteRT (.tflite) converted by litert-torch; fp16 = fp16 weights (ai-edge-quantizer); metadata inside."""
+    """LiteRT (.tflite) converted by litert-torch; fp16 weights or int8 (ai-edge-quantizer); metadata inside."""
     from ..models.checkpoint import save_model
 
     wd = workdir.resolve()
+    calib = litert_calibration(spec) if spec.precision == "int8" else None
     job = {"model": str(save_model(model, wd / "model.safetensors")), "imgsz": list(spec.imgsz),
-           "batch": int(spec.batch), "precision": spec.precision, "split": False, "calib": None,
+           "batch": int(spec.batch), "precision": spec.precision, "split": False, "calib": calib,
            "out": str(out.resolve()), "error": str(wd / "error.txt"), "threads": 1}
+    if calib:
+        meta["calibration"] = {"images": len(calib), "source": str(spec.calib_data or spec.calib_images)}
     (wd / "job.json").write_text(json.dumps(job), encoding="utf-8")
     paths = [p for p in sys.path if p] + os.environ.get("PYTHONPATH", "").split(os.pathsep)  # yolopt as imported here
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p)),

@@ -422,19 +422,24 @@ class Optimizer:
 
     def _edge_fp16(self, s0: int, c0: float, c_exp: float) -> None:
         """NCNN and LiteRT: fp16 weights (half the file, widened to fp32 at load) at the sizes within the mAP
-        budget. INT8 is not built on ncnn (its wheels have no INT8 tools) nor, yet, by optimize on litert:
-        recorded as a skipped row with that reason."""
+        budget. LiteRT: full-integer INT8 (head float) at those sizes too, exported with its calibration; NCNN:
+        no INT8 (its wheels have no INT8 tools), recorded as a skipped row with that reason."""
         spec = self.spec
         rt = {"ncnn": "NCNN", "litert": "LiteRT"}[spec.target]
-        for s in self._sizes_within_budget(spec.imgsz):
+        sizes = self._sizes_within_budget(spec.imgsz)
+        for s in sizes:
             self.run_variant(Variant(f"fp16-{s}", "fp16", f"FP16 weights ({rt}, computed in FP32), {s} square",
                                      build_key("fp16", s), s, estimate_s=c0 * (s / s0) ** 2 + c_exp))
-        if spec.quantize:
-            from ..export.edge import EDGE_OPTIMIZE_INT8
+        if spec.quantize and spec.target == "litert":
+            for s in sizes:
+                self.run_variant(Variant(f"int8-{s}", "int8", f"INT8 (LiteRT full integer, head float), {s} square",
+                                         build_key("int8", s), s, estimate_s=costs.ptq_s(c0, s0) * (s / s0) ** 2))
+        elif spec.quantize:
+            from ..export.edge import NCNN_INT8
 
             v = Variant(f"int8-{s0}", "int8", f"INT8, {s0} square", build_key("int8", s0, True), s0)
             self.order.append(v.name)
-            self.results[v.name] = self._record(v, f"not available on {spec.target}: {EDGE_OPTIMIZE_INT8[spec.target]}")
+            self.results[v.name] = self._record(v, f"not available on ncnn: {NCNN_INT8}")
 
     def _qat(self, s0: int, c0: float, rect_ok: bool) -> None:
         spec = self.spec

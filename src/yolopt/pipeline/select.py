@@ -145,12 +145,11 @@ def next_steps(rec: Choice, results: list[VariantResult], spec: OptimizeSpec, ma
     if st and st.get("inference", 0) / total > 0.6:
         out.append("Inference still dominates: a pruned and distilled model (yolopt prune --distill) with more "
                    "fine-tuning epochs, or a smaller input size if the objects allow it.")
-    skipped = [x for x in results if x.status == "skipped" and not (x.runtime in ("ncnn", "litert") and
-                                                                     x.kind == "int8")]
+    skipped = [x for x in results if x.status == "skipped" and not (x.runtime == "ncnn" and x.kind == "int8")]
     if skipped:
         out.append("Skipped for lack of time or data: " + ", ".join(x.name for x in skipped) +
                    " (a larger --time-budget, or --resume later, runs them).")
-    if not machine.get("vnni") and spec.target not in ("ncnn", "litert"):  # no INT8 there
+    if not machine.get("vnni") and spec.target != "ncnn":  # no INT8 on ncnn
         out.append("This CPU has no VNNI: INT8 gains little here; on a CPU with VNNI (or on a GPU with TensorRT) "
                    "re-run optimize, the INT8 variants will likely rank higher.")
     failed = [x for x in results if x.status == "failed"]

@@ -134,6 +134,11 @@ class Builder:
         details: dict = {}
         if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn, litert), computed in fp32
             artifact = self._export(self.model, out, int(imgsz), dynamic, precision=kind)
+        elif kind == "int8" and self.spec.target == "litert":  # quantized by the exporter, calibrated on --data
+            artifact = self._export(self.model, out, int(imgsz), dynamic, precision=kind)
+            from ..runtime.edge import tflite_metadata
+
+            details = {"calibration": tflite_metadata(Path(artifact).read_bytes()).get("calibration")}
         elif kind in ("int8", "mixed") or kind.startswith("qat"):
             qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
             artifact, details = self._quantize(out, int(imgsz), mixed=kind == "mixed", qat=qat,
@@ -151,8 +156,11 @@ class Builder:
 
         fmt = self.spec.target if self.spec.target in ("openvino", "ncnn", "litert") else "onnx"
         folder = {"openvino": "ov", "ncnn": "ncnn"}.get(fmt)  # folder formats: OUT/artifacts/<key>/<folder>/model.*
+        from ..quantize import OPTIMIZE_CALIB_IMAGES
+
+        calib = {"calib_data": self.spec.data, "calib": OPTIMIZE_CALIB_IMAGES} if precision == "int8" else {}
         res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True, precision=precision,
-                                       out=out if folder is None else out.parent / folder))
+                                       out=out if folder is None else out.parent / folder, **calib))
         return res.path
 
     def _quantize(self, out: Path, imgsz: int, mixed: bool, qat: int = 0, qat_dir: Path | None = None
