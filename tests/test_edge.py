@@ -412,6 +412,31 @@ def test_litert_val_matches_torch_in_the_same_letterbox(litert_export, yolov5n_p
     assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
 
 
+def test_litert_predict_video_matches_torch(litert_export, yolov5n_pt, bus_jpg, tmp_path):
+    """A 4-frame video through `yolopt predict` on the .tflite: the PyTorch detections, frame by frame."""
+    import cv2
+
+    clip = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 320))
+    im = cv2.resize(cv2.imread(str(bus_jpg)), (256, 320))
+    for k in range(4):
+        w.write(im if k % 2 == 0 else cv2.flip(im, 1))
+    w.release()
+
+    def frames(model, name, *extra):
+        out = tmp_path / f"{name}.json"
+        r = run_cli("predict", model, clip, "--imgsz", IMGSZ, "--json", out, "--threads", "1", "--name", name,
+                    *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return [f["detections"] for f in json.loads(out.read_text())[0]["frames"]]
+
+    ref, got = frames(yolov5n_pt, "pt", "--letterbox", "square"), frames(litert_export.path, "litert")
+    assert len(got) == len(ref) == 4 and all(len(f) > 0 for f in ref)
+    for fr, fg in zip(ref, got):
+        assert [d["class"] for d in fg] == [d["class"] for d in fr]
+        assert all(np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0 for a, b in zip(fg, fr))
+
+
 def test_litert_bench_cli(litert_export, bus_jpg, tmp_path):
     """`yolopt bench` on the .tflite, model-only and end to end (letterbox + LiteRT + NMS on bus.jpg)."""
     out, e2e = tmp_path / "b.json", tmp_path / "e.json"
