@@ -11,10 +11,16 @@ $(VPY):
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 
+# LiteRT's converter (docs/edge.md), without the dependencies it declares but yolopt's conversion never imports
+# (transformers, kagglehub, sentencepiece, xdsl: 330 MB, and typing-extensions<4.13); what it does import is in
+# the edge extra. Keep in step with yolopt.export.edge.LITERT_CONVERTER.
+LITERT_CONVERTER := litert-torch==0.10.0 litert-converter==0.5.0
+
 # torch: keep an importable torch (e.g. a user's CUDA build); otherwise take the local CPU wheel.
-$(STAMP): $(VPY) pyproject.toml
+$(STAMP): $(VPY) pyproject.toml Makefile
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[deploy,edge,test]"
+	$(VPY) -m pip install -q --no-deps $(LITERT_CONVERTER)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -112,6 +112,26 @@ def deploy_artifacts(tmp_path_factory, yolov5n_pt, bus_jpg):
         }
 
 
+def need_litert():
+    """Skip unless the LiteRT converter (litert-torch) and runtime (ai-edge-litert) are installed; found without
+    importing them (the converter imports jax, and runs in a child process anyway)."""
+    import importlib.util
+
+    for mod, pkg in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{pkg} is not installed (pip install 'yolopt[edge]')")
+
+
+@pytest.fixture(scope="session")
+def litert_export(tmp_path_factory, yolov5n_pt, bus_jpg):
+    """yolov5n as a LiteRT .tflite at 256 px, verified on bus.jpg: converted once per session (about a minute)."""
+    need_litert()
+    from yolopt.export import ExportSpec, export
+
+    d = tmp_path_factory.mktemp("litert")
+    return export(yolov5n_pt, ExportSpec("litert", imgsz=256, out=d / "yolov5n.tflite", verify_images=[bus_jpg]))
+
+
 @pytest.fixture(scope="module")
 def two_threads():
     """Torch on 2 threads for a module (the machines have 2 cores), restored afterwards."""

@@ -27,7 +27,7 @@ from yolopt.pipeline.deploy import write_bundle
 
 IMGSZ = 256  # the size of conftest's deploy_artifacts
 ALLOWED_IMPORTS = {"argparse", "glob", "json", "math", "multiprocessing", "os", "signal", "sys", "time", "__future__",
-                   "cv2", "numpy", "onnxruntime", "openvino", "ncnn"}
+                   "cv2", "numpy", "onnxruntime", "openvino", "ncnn", "ai_edge_litert"}
 NETWORK_HINTS = ("Could not find a version", "No matching distribution", "Failed to establish", "Temporary failure",
                  "Network is unreachable", "ConnectionError", "ProxyError", "timed out", "Name or service not known")
 
@@ -704,3 +704,54 @@ def test_raw_head_decoded_outside_matches_the_graph_and_the_bundle(yolov5n_pt, a
             export(yolov5n_pt, bad)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "ov").exists()
+
+
+# --- LiteRT -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def litert_bundle(litert_export, tmp_path_factory):
+    """conftest's session LiteRT export (yolov5n, 256 px), bundled with 1 thread."""
+    return write_bundle(litert_export.path, tmp_path_factory.mktemp("litert_b") / "b", name="yolov5n_litert",
+                        threads=1)
+
+
+def test_litert_bundle_contents(litert_bundle, litert_export):
+    """The .tflite, deploy.json with the signature's tensor names, the pinned ai-edge-litert wheel, a README naming
+    the aarch64 wheels, and no Triton entry; infer.py imports only numpy, OpenCV and the runtimes."""
+    from yolopt.runtime import open as open_backend
+
+    out = litert_bundle
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "deploy.json", "infer.py", "requirements.txt",
+                                                     "yolov5n.tflite"]
+    assert (out / "yolov5n.tflite").read_bytes() == litert_export.path.read_bytes()
+    cfg = json.loads((out / "deploy.json").read_text())
+    b = open_backend(litert_export.path, threads=1)
+    assert cfg["runtime"] == "litert" and cfg["artifact"] == "yolov5n.tflite" and cfg["precision"] == "fp32"
+    assert cfg["input"] == {"name": b.input_name, "shape": [1, 3, IMGSZ, IMGSZ], "dtype": "float32",
+                            "layout": "NCHW", "channels": "RGB"}
+    assert [o["name"] for o in cfg["outputs"]] == b.output_names == ["output_0"]
+    assert cfg["outputs"][0]["shape"] == [1, 3 * (32 * 32 + 16 * 16 + 8 * 8), 5 + b.nc]
+    assert cfg["runtime_options"]["threads"] == 1 and cfg["names"][0] == "person"
+    assert (out / "requirements.txt").read_text().split()[-1] == "ai-edge-litert==2.3.0"
+    readme = (out / "README.md").read_text()
+    assert "aarch64" in readme and "Triton" not in readme and "XNNPACK" in readme
+    assert open_backend(out / "yolov5n.tflite").name == "litert"
+    tree = ast.parse((out / "infer.py").read_text())
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert mods <= ALLOWED_IMPORTS, mods - ALLOWED_IMPORTS
+
+
+def test_litert_infer_matches_yolopt(litert_bundle, litert_export, images, tmp_path):
+    """infer.py, run with this interpreter (which has ai-edge-litert) but without yolopt on its path, gives
+    yolopt's own detections on the .tflite: boxes within 1 px, conf within 1e-3, on bus.jpg and zidane.jpg."""
+    run_infer(Path(sys.executable), litert_bundle, images, "--json", tmp_path / "d.json")
+    assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(litert_export.path, images)) >= 4
+
+
+def test_litert_infer_in_a_fresh_venv(litert_bundle, litert_export, bus_jpg, tmp_path):
+    """The same in a venv holding only the bundle's requirements (numpy, OpenCV, ai-edge-litert: no torch, no
+    yolopt)."""
+    py = fresh_venv("litert")
+    run_infer(py, litert_bundle, bus_jpg, "--json", tmp_path / "d.json")
+    assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(litert_export.path, bus_jpg)) >= 4

@@ -1,6 +1,7 @@
-"""Edge runtimes: the NCNN export (pnnx) and backend. yolov5n is exported once per module at 256 px; its detections,
-val mAP, bench and predict are compared with PyTorch at the same size and letterbox. Bad input: one line each, and
-nothing half-written."""
+"""Edge runtimes: the NCNN export (pnnx) and backend, and the LiteRT export (litert-torch) and backend. yolov5n is
+exported once at 256 px for each (LiteRT: the session fixture ``litert_export``); its detections, val mAP, bench
+and predict are compared with PyTorch at the same size and letterbox. Bad input: one line each, and nothing
+half-written."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import need_litert, run_cli
 
 IMGSZ = 256
 
@@ -321,3 +322,401 @@ def test_third_party_ppe_model_val_matches_torch(ppe_pt, shared, tmp_path):
                                           match_classes=True))
     assert got["rect"] is False and got["imgsz"] == IMGSZ and ref.map50 > 0.05  # small helmets at 256 px
     assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+# --- LiteRT (TFLite) -----------------------------------------------------------------------------------------
+
+def test_litert_artifact_file_metadata_and_verification(litert_export):
+    """One .tflite with yolopt's metadata inside (a TFLite Metadata entry), fp32 weights, verified on bus.jpg."""
+    from yolopt.runtime.edge import tflite_metadata
+
+    res = litert_export
+    assert res.format == "litert" and res.path.suffix == ".tflite" and res.files == [res.path]
+    assert sorted(p.name for p in res.path.parent.iterdir()) == ["yolov5n.tflite"]
+    data = res.path.read_bytes()
+    assert data[4:8] == b"TFL3"
+    meta = tflite_metadata(data)
+    assert meta["names"][0] == "person" and len(meta["names"]) == 80 and meta["nc"] == 80
+    assert meta["stride"] == [8, 16, 32] and meta["imgsz"] == [IMGSZ, IMGSZ] and meta["precision"] == "fp32"
+    v = res.verify
+    assert v.passed and v.agreement == 1.0 and v.detections_torch > 0 and v.max_score_diff < 1e-4
+    assert v.box_ratio < 0.5 and "bus" in str(v.sources[0])
+    assert len(data) > 4 * 1.8e6  # fp32 weights: 4 bytes per parameter
+
+
+def test_litert_backend_attributes_threads_and_precision(litert_export):
+    from yolopt import runtime
+    from yolopt.runtime import LiteRTBackend
+
+    b = runtime.open(litert_export.path)
+    assert isinstance(b, LiteRTBackend) and b.name == "litert" and b.path == litert_export.path
+    assert b.names[:2] == ["person", "bicycle"] and b.nc == 80 and b.stride.tolist() == [8, 16, 32]
+    assert b.imgsz == (IMGSZ, IMGSZ) and not b.dynamic and b.letterbox_mode == "square" and b.batch == 1
+    assert b.threads == runtime.default_threads() and b.precision == "fp32" and b.output_names == ["output_0"]
+    b1 = runtime.open(litert_export.path, threads=1, precision="fp32")
+    assert b1.threads == 1 and b1.clone().threads == 1 and b1.describe()["backend"] == "litert"
+    with pytest.raises(runtime.RuntimeBackendError, match="this artifact computes in fp32"):
+        runtime.open(litert_export.path, precision="fp16")
+
+
+def test_litert_bus_detections_match_torch(litert_export, yolov5n, bus_jpg, capfd):
+    """Raw outputs and conf-0.25 detections on bus.jpg (same 256 px square letterbox): within 1 px, same classes;
+    a batch of 2 runs image by image; LiteRT's "Created XNNPACK delegate" INFO line does not reach stderr."""
+    import copy
+
+    from yolopt import runtime
+    from yolopt.data.images import read_image
+    from yolopt.data.letterbox import letterbox, to_tensor
+    from yolopt.ops.nms import non_max_suppression
+
+    x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]
+    with torch.inference_mode():
+        ref = copy.deepcopy(yolov5n).fuse()(x)
+    capfd.readouterr()
+    y = runtime.open(litert_export.path, threads=1)(torch.cat([x, x.flip(-1)]))
+    assert "XNNPACK" not in capfd.readouterr().err
+    assert y.shape == (2, *ref.shape[1:])
+    assert (y[:1, :, :4] - ref[..., :4]).abs().max() < 0.01 and (y[:1, :, 4:] - ref[..., 4:]).abs().max() < 1e-4
+    d_ref = non_max_suppression(ref, 0.25, 0.45)[0]
+    d_lt = non_max_suppression(y[:1], 0.25, 0.45)[0]
+    assert len(d_ref) >= 3 and len(d_lt) == len(d_ref)
+    assert torch.equal(d_lt[:, 5], d_ref[:, 5]) and (d_lt[:, :4] - d_ref[:, :4]).abs().max() < 1.0
+
+
+def test_litert_predict_cli_matches_torch(litert_export, yolov5n_pt, bus_jpg, tmp_path):
+    """`yolopt predict` on the .tflite: the same detections as PyTorch at 256 px, square letterbox, within 1 px."""
+    def dets(model, *extra):
+        out = tmp_path / f"{Path(model).stem}.json"
+        r = run_cli("predict", model, bus_jpg, "--imgsz", IMGSZ, "--json", out, "--threads", "1",
+                    "--out", tmp_path / "vis", *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(out.read_text())[0]["detections"]
+
+    ref, got = dets(yolov5n_pt, "--letterbox", "square"), dets(litert_export.path)
+    assert len(ref) >= 3 and len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert a["class"] == b["class"] and abs(a["conf"] - b["conf"]) < 1e-3
+        assert np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0
+
+
+def test_litert_val_matches_torch_in_the_same_letterbox(litert_export, yolov5n_pt, few_coco, tmp_path):
+    from yolopt.evaluate import EvalSpec, evaluate
+
+    out = tmp_path / "val.json"
+    r = run_cli("val", litert_export.path, "--data", few_coco, "--batch", "4", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert got["backend"] == "litert" and got["rect"] is False and got["imgsz"] == IMGSZ
+    ref = evaluate(yolov5n_pt, few_coco, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False))
+    assert ref.mode == "square" and ref.map50_95 > 0.2
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+def test_litert_predict_video_matches_torch(litert_export, yolov5n_pt, bus_jpg, tmp_path):
+    """A 4-frame video through `yolopt predict` on the .tflite: the PyTorch detections, frame by frame."""
+    import cv2
+
+    clip = tmp_path / "clip.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 320))
+    im = cv2.resize(cv2.imread(str(bus_jpg)), (256, 320))
+    for k in range(4):
+        w.write(im if k % 2 == 0 else cv2.flip(im, 1))
+    w.release()
+
+    def frames(model, name, *extra):
+        out = tmp_path / f"{name}.json"
+        r = run_cli("predict", model, clip, "--imgsz", IMGSZ, "--json", out, "--threads", "1", "--name", name,
+                    *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return [f["detections"] for f in json.loads(out.read_text())[0]["frames"]]
+
+    ref, got = frames(yolov5n_pt, "pt", "--letterbox", "square"), frames(litert_export.path, "litert")
+    assert len(got) == len(ref) == 4 and all(len(f) > 0 for f in ref)
+    for fr, fg in zip(ref, got):
+        assert [d["class"] for d in fg] == [d["class"] for d in fr]
+        assert all(np.abs(np.array(a["xyxy"]) - np.array(b["xyxy"])).max() <= 1.0 for a, b in zip(fg, fr))
+
+
+def test_litert_bench_cli(litert_export, bus_jpg, tmp_path):
+    """`yolopt bench` on the .tflite, model-only and end to end (letterbox + LiteRT + NMS on bus.jpg)."""
+    out, e2e = tmp_path / "b.json", tmp_path / "e.json"
+    r = run_cli("bench", litert_export.path, "--warmup", "1", "--iters", "3", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("bench", litert_export.path, "--warmup", "1", "--iters", "3", "--threads", "1", "--end2end",
+                "--source", bus_jpg, "--json", e2e)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(e2e.read_text())["end2end"] is True and json.loads(e2e.read_text())["backend"] == "litert"
+    rec = json.loads(out.read_text())
+    assert rec["backend"] == "litert" and rec["imgsz"] == [IMGSZ, IMGSZ] and rec["threads"] == 1
+    assert rec["machine"]["versions"]["ai-edge-litert"] and rec["machine"]["versions"]["litert-torch"]
+    assert rec["size_mb"] == pytest.approx(litert_export.path.stat().st_size / 1e6)
+
+
+def test_litert_fp16_cli_export_to_a_relative_folder(litert_export, yolov5n_pt, bus_jpg, tmp_path):
+    """`yolopt export --format litert --precision fp16 --out rel/` from another folder: fp16 weights (about half
+    the file), verified under the fp16 limits, computed in fp32."""
+    from yolopt import runtime
+
+    need_litert()
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--precision", "fp16", "--imgsz", "160", "--out", "rel/",
+                "--verify-source", bus_jpg, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "litert fp16 export: rel/yolov5n.tflite" in r.stdout and "PASS" in r.stdout
+    assert [p.name for p in (tmp_path / "rel").iterdir()] == ["yolov5n.tflite"]
+    art = tmp_path / "rel" / "yolov5n.tflite"
+    assert 0.45 < art.stat().st_size / litert_export.path.stat().st_size < 0.6
+    b = runtime.open(art)
+    assert b.artifact_precision == "fp16" and b.precision == "fp32" and b.imgsz == (160, 160)
+
+
+@pytest.mark.parametrize("module,pkg,fix", [
+    ("litert_torch", "litert-torch", "then pip install --no-deps litert-torch==0.10.0 litert-converter==0.5.0)"),
+    ("ai_edge_litert", "ai-edge-litert", "or pip install ai-edge-litert)")])
+def test_litert_missing_converter_or_runtime_names_the_install(yolov5n_pt, tmp_path, monkeypatch, module, pkg, fix):
+    monkeypatch.setitem(sys.modules, module, None)  # find_spec / import see the package as missing
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--out", tmp_path / "m.tflite")
+    line = _one_line(r, f"{pkg} package", "pip install 'yolopt[edge]', ", fix, "--format")
+    assert "yolov5n.pt" in line and list(tmp_path.iterdir()) == []
+
+
+def test_litert_converter_pins_match_the_makefile():
+    """The install line a missing converter names is the one `make` runs."""
+    from conftest import ROOT
+    from yolopt.export.edge import LITERT_CONVERTER
+
+    line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("LITERT_CONVERTER :="))
+    assert line.split(":=")[1].split() == list(LITERT_CONVERTER)
+
+
+def test_litert_missing_runtime_at_open_names_the_install(litert_export, monkeypatch):
+    from yolopt import runtime
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(runtime.RuntimeBackendError, match=r"LiteRT runtime is not installed \(pip install"):
+        runtime.open(litert_export.path)
+
+
+@pytest.mark.parametrize("opt,needle", [(("--dynamic",), "fixed input size"), (("--nms",), "not litert"),
+                                        (("--precision", "bf16"), "not an export precision")])
+def test_litert_unsupported_options_one_line(yolov5n_pt, tmp_path, opt, needle):
+    need_litert()
+    r = run_cli("export", yolov5n_pt, "--format", "litert", *opt, "--out", tmp_path / "m.tflite")
+    _one_line(r, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_child(tmp_path, monkeypatch, body: str):
+    """Replace the converter's child process with a script (``body``: Python, ``job`` is the job dict)."""
+    from yolopt.export import edge
+
+    fake = tmp_path / "fake_child.py"
+    fake.write_text("import json, sys, shutil\njob = json.load(open(sys.argv[1]))\n" + body)
+    monkeypatch.setattr(edge, "LITERT_CHILD", [sys.executable, str(fake)])
+
+
+@pytest.mark.parametrize("body,needle", [
+    # the converter raised: the child wrote its first line
+    ("open(job['error'], 'w').write(\"RuntimeError: failed to legalize operation 'tfl.pow'\\n\")\nsys.exit(2)\n",
+     "(RuntimeError: failed to legalize operation 'tfl.pow')"),
+    # the converter aborted the process: the first error line of its output
+    ("print('loc(fused): converting', file=sys.stderr)\nprint('error: unsupported op stablehlo.frobnicate', "
+     "file=sys.stderr)\nprint('second error', file=sys.stderr)\nsys.exit(134)\n",
+     "(error: unsupported op stablehlo.frobnicate)"),
+])
+def test_litert_converter_error_is_its_first_error_line(yolov5n_pt, tmp_path, monkeypatch, body, needle):
+    """A model the converter rejects: one line with the converter's first error line, nothing written."""
+    need_litert()
+    _fake_child(tmp_path, monkeypatch, body)
+    out = tmp_path / "out"
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--imgsz", "64", "--out", out / "m.tflite")
+    line = _one_line(r, "litert-torch could not convert the model", needle)
+    assert "second error" not in line and not out.exists()
+
+
+def test_litert_failed_verification_writes_nothing(litert_export, yolov5n_pt, bus_jpg, tmp_path, monkeypatch):
+    """A LiteRT model whose outputs drift from PyTorch's fails verification; neither the file nor a temporary
+    folder is left (the converter is replaced by a copy of the session's artifact: no second conversion)."""
+    need_litert()
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.edge import LiteRTBackend
+
+    _fake_child(tmp_path, monkeypatch, f"shutil.copy({str(litert_export.path)!r}, job['out'])\n")
+    run = LiteRTBackend._run
+    monkeypatch.setattr(LiteRTBackend, "_run", lambda self, x: run(self, x) + np.float32(0.5))
+    with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
+        export(yolov5n_pt, ExportSpec("litert", imgsz=IMGSZ, out=tmp_path / "bad" / "m.tflite",
+                                      verify_images=[bus_jpg]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_child.py"]
+
+
+@pytest.mark.parametrize("case,needle", [("garbage", "not a TFLite model file"),
+                                         ("truncated", "LiteRT cannot load this model")])
+def test_unreadable_tflite_artifacts(litert_export, tmp_path, case, needle):
+    from yolopt import runtime
+
+    need_litert()
+    p = tmp_path / "m.tflite"
+    p.write_bytes(b"garbage\n" * 10 if case == "garbage" else litert_export.path.read_bytes()[:5000])
+    with pytest.raises(runtime.RuntimeBackendError, match=needle) as e:
+        runtime.open(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_litert_upstream_zip_metadata_is_read_as_a_literal(litert_export, tmp_path):
+    """A .tflite with upstream YOLOv5's meta.txt appended as a zip (and no yolopt entry) opens with its names and
+    stride; a meta.txt that is not a literal is never evaluated."""
+    import flatbuffers
+    import zipfile
+    from ai_edge_litert import schema_py_generated as fb
+
+    from yolopt import runtime
+
+    m = fb.ModelT.InitFromPackedBuf(bytearray(litert_export.path.read_bytes()), 0)
+    m.metadata = [e for e in m.metadata if e.name != b"yolopt"]
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    bare = bytes(b.Output())
+
+    def with_meta(name, text):
+        p = tmp_path / name
+        p.write_bytes(bare)
+        with zipfile.ZipFile(p, "a") as z:
+            z.writestr("meta.txt", text)
+        return p
+
+    names = {i: f"c{i}" for i in range(80)}
+    b = runtime.open(with_meta("up.tflite", str({"stride": 32, "names": names})), threads=1)
+    assert b.names[:2] == ["c0", "c1"] and b.nc == 80 and b.stride.tolist() == [32.0]
+    evil = runtime.open(with_meta("evil.tflite", "__import__('os').system('touch pwned')"), threads=1)
+    assert evil.names[0] == "0" and not (tmp_path / "pwned").exists()
+
+
+def test_litert_third_party_ppe_model_val_matches_torch(ppe_pt, shared, tmp_path):
+    """ppe_yolov5n.pt (nc=2: helmet, vest) as LiteRT at 256 px: verified on hardhat images, and
+    `val --match-classes` on 16 hardhat images within 0.002 of PyTorch in the same (square) letterbox."""
+    need_litert()
+    from yolopt.evaluate import EvalSpec, evaluate
+    from yolopt.export import ExportSpec, export
+
+    imgs = sorted((shared / "data" / "hardhat" / "images" / "val").glob("*.jpg"))[:16]
+    (tmp_path / "val.txt").write_text("\n".join(str(p) for p in imgs) + "\n")
+    data = tmp_path / "hardhat.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: val.txt\nval: val.txt\nnc: 1\nnames:\n  0: helmet\n")
+    res = export(ppe_pt, ExportSpec("litert", imgsz=IMGSZ, out=tmp_path / "ppe.tflite", verify_images=imgs[:3]))
+    assert res.verify.passed and res.verify.detections_torch > 0 and res.metadata["names"] == ["helmet", "vest"]
+    out = tmp_path / "val.json"
+    r = run_cli("val", res.path, "--data", data, "--batch", "4", "--threads", "1", "--match-classes",
+                "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    ref = evaluate(ppe_pt, data, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False,
+                                          match_classes=True))
+    assert got["backend"] == "litert" and got["rect"] is False and got["imgsz"] == IMGSZ and ref.map50 > 0.05
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+# --- LiteRT INT8 -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def litert_int8(tmp_path_factory, yolov5n_pt, few_coco, bus_jpg):
+    """yolov5n as a full-integer LiteRT model at 256 px, calibrated on the 16 images of ``few_coco`` (its train
+    split), verified on bus.jpg; through the CLI, once for this module."""
+    need_litert()
+    out = tmp_path_factory.mktemp("int8") / "yolov5n_int8.tflite"
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--precision", "int8", "--imgsz", IMGSZ, "--data", few_coco,
+                "--out", out, "--verify-source", bus_jpg, "--json", out.with_suffix(".json"))
+    assert r.returncode == 0, r.stderr
+    assert f"litert int8 export: {out}" in r.stdout and "PASS" in r.stdout
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_litert_int8_artifact_is_integer_with_a_float_head(litert_int8, litert_export):
+    """int8 weights and activations in the backbone and neck; the head (Detect's 1x1 convs, the decode) and the one
+    (B, N, 5 + nc) output float; a quarter of the fp32 file or so; calibration recorded in the metadata."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from yolopt import runtime
+
+    path = Path(litert_int8["path"])
+    assert litert_int8["metadata"]["precision"] == "int8" and litert_int8["verify"]["passed"]
+    assert litert_int8["metadata"]["calibration"]["images"] == 16
+    assert path.stat().st_size < 0.4 * litert_export.path.stat().st_size
+    tensors = Interpreter(str(path)).get_tensor_details()
+    convs = [t for t in tensors if t["name"].endswith("Conv2d_conv;2") or "Conv2d_conv;2;" in t["name"]]
+    assert convs and all(t["dtype"] == np.int8 for t in convs)  # the backbone's and neck's conv outputs
+    head = [t for t in tensors if re.search(r"Detect_\d+/torch\.nn\.modules\.conv\.Conv2d_\d;2$", t["name"])]
+    assert len(head) == 3 and all(t["dtype"] == np.float32 for t in head)
+    b = runtime.open(path, threads=1)
+    assert b.precision == b.artifact_precision == "int8" and b.output_names == ["output_0"] and b.nc == 80
+    with pytest.raises(runtime.RuntimeBackendError, match="this artifact computes in int8"):
+        runtime.open(path, precision="fp32")
+
+
+def test_litert_int8_bus_detections_and_val(litert_int8, yolov5n, yolov5n_pt, bus_jpg, few_coco, tmp_path):
+    """bus.jpg at conf 0.25: PyTorch's detections, same classes, boxes within 4 px (int8; at 256 px it adds a truck
+    at conf 0.30, where PyTorch has it at 0.24); `yolopt val` on the 16
+    calibration images within 0.03 mAP50-95 of PyTorch in the same letterbox (yolov5n at 640 on coco128: -1.1
+    points, docs/edge.md)."""
+    import copy
+
+    from yolopt import runtime
+    from yolopt.data.images import read_image
+    from yolopt.data.letterbox import letterbox, to_tensor
+    from yolopt.evaluate import EvalSpec, evaluate
+    from yolopt.ops.nms import non_max_suppression
+
+    path = Path(litert_int8["path"])
+    x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]
+    with torch.inference_mode():
+        ref = non_max_suppression(copy.deepcopy(yolov5n).fuse()(x), 0.25, 0.45)[0]
+    got = non_max_suppression(runtime.open(path, threads=1)(x), 0.25, 0.45)[0]
+    assert len(ref) >= 3
+    used = set()
+    for row in ref:  # every PyTorch detection, same class, within 4 px
+        d = (got[:, :4] - row[:4]).abs().max(1).values
+        d[got[:, 5] != row[5]] = float("inf")
+        for j in sorted(used):
+            d[j] = float("inf")
+        j = int(d.argmin())
+        assert d[j] < 4.0, (row, got)
+        used.add(j)
+    extra = [i for i in range(len(got)) if i not in used]  # int8 may add one near the threshold, nothing confident
+    assert len(extra) <= 1 and all(float(got[i, 4]) < 0.35 for i in extra), got
+    out = tmp_path / "val.json"
+    r = run_cli("val", path, "--data", few_coco, "--batch", "4", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    got_val = json.loads(out.read_text())
+    ref_val = evaluate(yolov5n_pt, few_coco, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False))
+    assert got_val["backend"] == "litert" and got_val["rect"] is False
+    assert ref_val.map50_95 - 0.03 < got_val["map50_95"] < ref_val.map50_95 + 0.01
+
+
+def test_litert_int8_needs_calibration_images(yolov5n_pt, tmp_path):
+    need_litert()
+    r = run_cli("export", yolov5n_pt, "--format", "litert", "--precision", "int8", "--out", tmp_path / "q.tflite")
+    _one_line(r, "format litert at precision int8 is calibrated on images", "--data DATA.yaml", "--calib-images")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_litert_int8_that_loses_its_scores_is_never_written(litert_int8, yolov5n_pt, bus_jpg, tmp_path, monkeypatch):
+    """The INT8 failure mode of issue 36 (boxes and scores in one int8 tensor: every score rounds to 0) fails the
+    verification at conf 0.25 and writes nothing (the converter is replaced by a copy of the module's artifact
+    whose scores are then zeroed: no second conversion)."""
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.edge import LiteRTBackend
+
+    _fake_child(tmp_path, monkeypatch, f"shutil.copy({litert_int8['path']!r}, job['out'])\n")
+    run = LiteRTBackend._run
+
+    def no_scores(self, x):
+        y = run(self, x)
+        y[..., 4:] = 0
+        return y
+
+    monkeypatch.setattr(LiteRTBackend, "_run", no_scores)
+    with pytest.raises(ExportError, match=r"verification FAILED, artifact not written: .* / 0 exported detections"):
+        export(yolov5n_pt, ExportSpec("litert", imgsz=IMGSZ, precision="int8", out=tmp_path / "q" / "m.tflite",
+                                      verify_images=[bus_jpg], calib_images=[str(bus_jpg)]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_child.py"]

@@ -268,8 +268,11 @@ def registry():
 def test_registry_has_the_builtin_formats(registry):
     assert list(registry)[:4] == ["onnx", "openvino", "torchscript", "tensorrt"]
     assert {k: e.suffix for k, e in registry.items()} == {
-        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param"}
-    assert all(e.precisions == ("fp32", "fp16") for e in registry.values())
+        "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param",
+        "litert": ".tflite"}
+    assert all(e.precisions == ("fp32", "fp16") for k, e in registry.items() if k != "litert")
+    assert registry["litert"].precisions == ("fp32", "fp16", "int8")  # int8 quantized while exporting
+    assert not registry["litert"].folder  # one .tflite, metadata inside (tests/test_edge.py)
     assert registry["ncnn"].folder and dict(registry["ncnn"].refused).keys() == {"int8"}  # tests/test_edge.py
     assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]
     assert [k for k, e in registry.items() if "fp16" in e.cuda_precisions] == ["onnx", "torchscript"]
@@ -355,10 +358,11 @@ def test_in_memory_model_needs_an_output_path(yolov5n):
 @pytest.mark.parametrize("fmt,precision,code,needle", [
     ("onnx", "bf16", 1, ("precision bf16 is not an export precision: it is a runtime precision; export fp32 and "
                          "run the fp32 artifact at precision bf16 on a CPU that has AVX-512 BF16 (--precision)")),
-    ("openvino", "int8", 1, "precision int8 is not an export precision: quantization is a separate step"),
+    ("openvino", "int8", 1, "precision int8: format openvino exports fp32 and fp16 (format litert exports int8; or "
+                            "quantize the artifact: yolopt quantize)"),
     ("onnx", "xyz", 2, "argument --precision: invalid choice: 'xyz'"),
     pytest.param("onnx", "fp16", 1, ("precision fp16, format onnx, needs a CUDA GPU (fp16 tracing) and none is "
-                                     "available; on a CPU use format openvino or ncnn at precision fp16 "
+                                     "available; on a CPU use format openvino or ncnn or litert at precision fp16 "
                                      "(--precision, --format)"),
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
 ])
@@ -492,20 +496,25 @@ def test_box_limit_is_relative_and_absolute():
     small, small_moved = _Fixed([10.0, 400.0, 16.0, 300.0]), _Fixed([10.1, 400.0, 16.0, 300.0])
     v = verify(_Fn(small_moved), small, imgsz, precision="fp32", raise_on_fail=False)
     assert not v.passed and v.agreement == 1.0 and v.max_score_diff == 0
-    with pytest.raises(ExportError, match="no verification tolerance for precision 'int8'"):
-        verify(_Fn(small), small, imgsz, precision="int8")
+    with pytest.raises(ExportError, match="no verification tolerance for precision 'bf17'"):
+        verify(_Fn(small), small, imgsz, precision="bf17")
 
 
-def test_new_precision_plugs_in_with_its_exporter(registry, tmp_path, yolov5n):
-    """An int8 exporter registered later: int8 becomes that format's business; verification needs its limits."""
+def test_new_precision_plugs_in_with_its_exporter(registry, tmp_path, yolov5n, monkeypatch):
+    """An int8 exporter registered later: int8 becomes that format's business (the others name the formats that
+    export it); verification needs its limits. Without any int8 exporter, int8 is not an export precision."""
     from yolopt.errors import ExportError
-    from yolopt.export import ExportSpec, export
+    from yolopt.export import TOLERANCE, ExportSpec, export
 
+    for k in [k for k, e in registry.items() if "int8" in e.precisions]:  # litert
+        del registry[k]
     with pytest.raises(ExportError, match="quantization is a separate step"):
         export(yolov5n, ExportSpec("onnx", precision="int8", out=tmp_path / "q.onnx"))
     _register_plain_onnx("onnx-int8", precisions=("int8",))
-    with pytest.raises(ExportError, match=r"^precision int8: format onnx exports fp32 and fp16$"):
+    with pytest.raises(ExportError, match=r"^precision int8: format onnx exports fp32 and fp16 \(format onnx-int8 "
+                                          r"exports int8; or quantize the artifact: yolopt quantize\)$"):
         export(yolov5n, ExportSpec("onnx", precision="int8", out=tmp_path / "q.onnx"))
+    monkeypatch.delitem(TOLERANCE, "int8")
     with pytest.raises(ExportError, match="no verification tolerance for precision 'int8'"):
         export(yolov5n, ExportSpec("onnx-int8", precision="int8", out=tmp_path / "q.onnx"))
     assert list(tmp_path.iterdir()) == []

@@ -202,3 +202,21 @@ def test_forward_features_gives_raw_maps_and_neck_tensors():
     raw_t, _ = m.forward_features(x)
     for a, b in zip(raw_t, m(x)):  # training-mode output
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_is_upstreams_formula_bit_for_bit(dtype):
+    """Detect.decode writes upstream's ``(wh * 2) ** 2 * anchor_grid`` as a product (LiteRT cannot lower pow): the
+    same bits in float32 and float16, checked against upstream's formula on random raw maps."""
+    torch.manual_seed(0)
+    det = DetectionModel(builtin_config("yolov5n", nc=3)).eval().detect.to(dtype)
+    raw = [torch.randn(2, det.na, n, n, det.no, dtype=dtype) * 4 for n in (12, 6, 3)]
+    out = det.decode(raw)
+    ref = []
+    for i, x in enumerate(raw):
+        bs, _, ny, nx, _ = x.shape
+        grid, anchor_grid = det._grid(i, nx, ny, x)
+        xy, wh, conf = x.sigmoid().split((2, 2, det.nc + 1), 4)
+        ref.append(torch.cat(((xy * 2 + grid) * det.stride[i], (wh * 2) ** 2 * anchor_grid, conf), 4)
+                   .view(bs, -1, det.no))
+    assert torch.equal(out, torch.cat(ref, 1))

@@ -428,6 +428,7 @@ def test_target_auto_times_each_installed_runtime_and_keeps_its_choice(tmp_path,
     from yolopt.pipeline.spec import OptimizeSpec
 
     assert OptimizeSpec(str(SYNTH_MODEL), "d.yaml", target="auto", imgsz=[64]).check().target == "auto"
+    monkeypatch.setattr(auto, "CANDIDATES", ("onnxruntime", "openvino", "ncnn"))  # LiteRT's converter: 30-70 s
     model = load_model(SYNTH_MODEL)
     c = auto.choose_runtime(model, 64, 1, tmp_path, rounds=1, iters=3)
     usable = [rt for rt in auto.CANDIDATES if auto.installed(rt) is None]
@@ -440,3 +441,80 @@ def test_target_auto_times_each_installed_runtime_and_keeps_its_choice(tmp_path,
     assert auto.choose_runtime(model, 64, 1, tmp_path) == c  # the stored choice
     md = render_markdown(OptimizeResults("m.pt", target=c.chosen, runtime_choice=c.to_dict()))
     assert f"`--target auto`: **{c.chosen}**" in md and "onnxruntime" in md
+
+
+# --- target litert ---------------------------------------------------------------------------------
+
+def test_litert_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
+    """The candidates of --target litert, with the measuring stubbed out: as for ncnn, FP32 at each size and FP16
+    weights at the sizes within the mAP budget, square only (a fixed input); then INT8 at those sizes (exported
+    with its calibration, fixed input); no mixed precision or QAT."""
+    from conftest import need_litert
+    from yolopt.pipeline import run as run_mod
+    from yolopt.pipeline.records import VariantResult
+    from yolopt.pipeline.spec import OptimizeSpec
+
+    need_litert()  # spec.check() asks for the runtime and the converter
+    spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", scenario="edge", target="litert", imgsz=[160, 96], prune=False,
+                        out=str(tmp_path / "o")).check()
+    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)  # no model, data or lock: only the planner runs
+    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, [(90, 160)] * 4  # wide: rect pays
+    opt.results, opt.order = {}, []
+    opt.budget = type("B", (), {"left": 1e9})()
+    seen = []
+
+    def fake_run(self, v, same_map_as=None):
+        seen.append(v)
+        self.order.append(v.name)
+        r = VariantResult(name=v.name, kind=v.kind, status="done", drop=0.0, fps=10.0, seconds=1.0,
+                          build_seconds=0.5, runtime="litert", threads=1)
+        self.results[v.name] = r
+        return r
+
+    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
+    opt.plan_and_run()
+    assert [(v.name, v.build, v.letterbox) for v in seen] == [
+        ("fp32", "fp32-160-fixed", "square"), ("fp32-96", "fp32-96-fixed", "square"),
+        ("fp16-160", "fp16-160-fixed", "square"), ("fp16-96", "fp16-96-fixed", "square"),
+        ("int8-160", "int8-160-fixed", "square"), ("int8-96", "int8-96-fixed", "square")]
+    assert seen[0].description.startswith("FP32 LiteRT") and seen[2].description.startswith("FP16 weights (LiteRT")
+    assert seen[4].description.startswith("INT8 (LiteRT full integer, head float)")
+
+
+def test_litert_target_missing_converter_is_one_line(monkeypatch):
+    import sys
+
+    from yolopt.pipeline.spec import OptimizeError, check_target_installed
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
+    with pytest.raises(OptimizeError, match=r"target litert: the litert-torch converter is not installed \(pip "
+                                            r"install 'yolopt\[edge\]', then pip install --no-deps litert-torch=="):
+        check_target_installed("litert")
+
+
+def test_litert_int8_build_is_calibrated_verified_and_measured(tmp_path):
+    """One real INT8 build of --target litert (the synthetic model at 160 px): exported full-integer with the run's
+    data as calibration (train split), verified on its own images (the shared samples hold none of its classes),
+    its mAP evaluated and its pipeline benchmarked in the worker process. (FP32 / FP16 builds take the path every
+    format's do, tested with ncnn; the fp16 LiteRT export itself is in tests/test_edge.py.)"""
+    from conftest import need_litert
+    from yolopt.data.synth import generate
+    from yolopt.models.checkpoint import load_model
+    from yolopt.pipeline.spec import OptimizeSpec
+    from yolopt.pipeline.variants import Builder, Variant, bench_variant, build_key, evaluate_variant
+    from yolopt.runtime import open as open_backend
+
+    need_litert()
+    data = generate(tmp_path / "d", images=16, classes=2, imgsz=160, seed=0)
+    spec = OptimizeSpec(str(SYNTH_MODEL), str(data), scenario="edge", target="litert", imgsz=[160], val_images=4,
+                        bench_seconds=0.3, out=str(tmp_path / "o")).check()
+    b = Builder(spec, tmp_path / "o" / "artifacts", load_model(SYNTH_MODEL)).get(build_key("int8", 160))
+    art = Path(b.artifact)
+    assert art.name == "model.tflite" and art.parent.name == "int8-160-fixed"
+    assert 1 <= b.details["calibration"]["images"] <= 16 and str(data) in b.details["calibration"]["source"]
+    assert open_backend(art, threads=1).precision == "int8"
+    v = Variant("int8-160", "int8", "", b.key, 160)
+    acc, _ = evaluate_variant(b.artifact, v, spec)
+    assert 1 <= acc.val_images <= 4 and 0 <= acc.map50_95 <= 1
+    bench = bench_variant(b.artifact, v, spec, sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:2])
+    assert bench.fps > 0 and bench.size_mb > 0

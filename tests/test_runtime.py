@@ -98,7 +98,7 @@ def test_wrong_input_size_is_a_clear_error(files):
     ("m.xml", b"<net>", "OpenVINO weights file m.bin is missing"),
     ("m.torchscript", b"garbage", "not a loadable TorchScript file"),
     ("m.onnx", b"", "empty file"),
-    ("m.tflite", b"x", "unknown model format '.tflite'"),
+    ("m.pte", b"x", "unknown model format '.pte'"),  # .tflite opens with LiteRT (tests/test_edge.py)
 ])
 def test_unreadable_artifacts(tmp_path, name, content, needle):
     from yolopt import runtime

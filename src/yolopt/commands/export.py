@@ -1,4 +1,4 @@
-"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT, NCNN) and verify it."""
+"""yolopt export: write a deployable artifact (ONNX, OpenVINO IR, TorchScript, TensorRT, NCNN, LiteRT) and verify it."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=positive_int_arg, default=1, help="batch size of the fixed input (default 1)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and spatial size")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="fp32 (default) or fp16 (openvino / ncnn: FP16 weights, runs on a CPU; onnx/torchscript/"
-                   "tensorrt: needs CUDA). bf16 and int8 are not export precisions: the error says what to do "
-                   "instead")
+                   help="fp32 (default) or fp16 (openvino / ncnn / litert: FP16 weights, runs on a CPU; onnx/torchscript/"
+                   "tensorrt: needs CUDA); int8: litert only, calibrated on --data or --calib-images (other formats: "
+                   "yolopt quantize). bf16 is not an export precision: the error says what to do instead")
     p.add_argument("--half", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision fp16
     p.add_argument("--device", help="device to trace/build on (default: cuda when the precision needs it, else cpu)")
     p.add_argument("--nms", action="store_true",
@@ -47,6 +47,12 @@ def register(sub) -> None:
                    help="images to verify on (default: the shared sample images, else a generated scene with objects)")
     p.add_argument("--atol", type=float, help="override the score tolerance of the verification")
     p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
+    cal = p.add_argument_group("int8 calibration (--format litert --precision int8)")
+    cal.add_argument("--data", help="dataset yaml: calibrate on its train split")
+    cal.add_argument("--calib-images", action="append", metavar="DIR",
+                     help="calibrate on these images instead (folder, glob or .txt list; repeatable)")
+    cal.add_argument("--calib", type=positive_int_arg, default=256,
+                     help="calibration images (a fixed random subset when there are more; default 256)")
     # a bad option value is one line (not the usage block), exit status 2 as argparse's
     p.set_defaults(func=run)
 
@@ -65,7 +71,8 @@ def spec_from_args(args):
     return ExportSpec(format=args.format, imgsz=(args.imgsz[0], args.imgsz[-1]), batch=args.batch,
                       dynamic=args.dynamic, precision=precision, nms=args.nms, raw_head=args.raw_head, conf=args.conf, iou=args.iou,
                       max_det=args.max_det, opset=args.opset, simplify=not args.no_simplify, out=args.out,
-                      verify_images=args.verify_source, atol=args.atol, device=args.device)
+                      verify_images=args.verify_source, atol=args.atol, device=args.device, calib_data=args.data,
+                      calib_images=args.calib_images, calib=args.calib)
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""Exporters for edge runtimes: NCNN (converted by pnnx).
+"""Exporters for edge runtimes: NCNN (converted by pnnx) and LiteRT (TFLite, converted by litert-torch).
 
 Registered in :data:`yolopt.export.EXPORTERS` on import; the artifact is verified and moved into place by
 :func:`yolopt.export.export` like every other format.
@@ -6,8 +6,11 @@ Registered in :data:`yolopt.export.EXPORTERS` on import; the artifact is verifie
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -91,3 +94,106 @@ def _converter_error(r: subprocess.CompletedProcess) -> str:
     err = next((ln for ln in lines if any(w in ln.lower() for w in ("error", "exception", "failed", "abort"))),
                None)
     return err[:300] if err else f"exit status {r.returncode}, no output files"
+
+
+# --- LiteRT (TFLite) ------------------------------------------------------------------------------------------
+
+# LiteRT's converter, installed with --no-deps (the Makefile's LITERT_CONVERTER; docs/edge.md says why): what it
+# imports is in the edge extra
+LITERT_CONVERTER = ("litert-torch==0.10.0", "litert-converter==0.5.0")
+LITERT_CONVERTER_INSTALL = f"pip install --no-deps {' '.join(LITERT_CONVERTER)}"
+LITERT_METADATA = "yolopt"  # the name of the TFLite Metadata entry that holds yolopt's metadata (JSON)
+# the converter's child process: python -m yolopt.export.litert_child JOB.json (tests replace it)
+LITERT_CHILD = [sys.executable, "-m", "yolopt.export.litert_child"]
+LITERT_TIMEOUT = 3600  # seconds; yolov5n converts in about a minute on one core
+
+
+def _check_litert(spec: ExportSpec, name: str) -> None:
+    """Format litert needs litert-torch (the converter) and ai-edge-litert (to verify the result): one line
+    naming the install when either is missing. Found without importing them (the converter imports jax)."""
+    missing = [pkg for mod, pkg in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert"))
+               if not _findable(mod)]
+    if missing:
+        fix = (f"{EDGE_INSTALL}, then {LITERT_CONVERTER_INSTALL}" if "litert-torch" in missing
+               else f"{EDGE_INSTALL}, or pip install ai-edge-litert")
+        raise ExportError(f"{name}: format litert needs the {' and '.join(missing)} package"
+                          f"{'s' if len(missing) > 1 else ''}, not installed ({fix})", fields=("format",))
+    if spec.dynamic:
+        raise ExportError(f"{name}: format litert exports a fixed input size, not a dynamic one",
+                          fields=("dynamic", "format"))
+    if spec.precision == "int8" and not (spec.calib_data or spec.calib_images):
+        raise ExportError(f"{name}: format litert at precision int8 is calibrated on images: give a dataset "
+                          "(--data DATA.yaml, its train split) or --calib-images DIR", fields=("calib_data",))
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails, or sys.modules[module] = None
+        return False
+
+
+def embed_tflite_metadata(tflite: Path, meta: dict) -> None:
+    """Add yolopt's metadata to a ``.tflite`` as a TFLite ``Metadata`` entry named ``yolopt`` (JSON, the same
+    fields an ONNX artifact has in ``metadata_props``); rewrites the file in place."""
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as fb
+
+    raw = tflite.read_bytes()
+    model = fb.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+    for b in model.buffers or []:  # data stored after the flatbuffer (ai-edge-quantizer writes so) goes inline
+        if b.offset and b.offset > 1:
+            b.data = np.frombuffer(raw[b.offset:b.offset + b.size], dtype=np.uint8)
+            b.offset = b.size = 0
+    buf = fb.BufferT()
+    buf.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    model.buffers.append(buf)
+    entry = fb.MetadataT()
+    entry.name, entry.buffer = LITERT_METADATA, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != LITERT_METADATA.encode()] + [entry]
+    b = flatbuffers.Builder(tflite.stat().st_size + 65536)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    tflite.write_bytes(b.Output())
+
+
+def litert_calibration(spec: ExportSpec) -> list[str]:
+    """The int8 calibration images of ``spec`` (its dataset's train split, or its images), decoded once here so
+    that a bad file is one line before minutes of conversion."""
+    from ..data.calib import CalibrationSet
+
+    cs = (CalibrationSet.from_images(spec.calib_images, spec.imgsz, spec.calib) if spec.calib_images else
+          CalibrationSet.from_data(spec.calib_data, spec.imgsz, spec.calib))
+    cs.check()
+    return [str(Path(p).resolve()) for p in cs.paths]
+
+
+@register_exporter("litert", ".tflite", ExporterTraits(precisions=("fp32", "fp16", "int8"), check=_check_litert))
+def write_litert(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
+    """LiteRT (.tflite) converted by litert-torch; fp16 weights or int8 (ai-edge-quantizer); metadata inside."""
+    from ..models.checkpoint import save_model
+
+    wd = workdir.resolve()
+    calib = litert_calibration(spec) if spec.precision == "int8" else None
+    job = {"model": str(save_model(model, wd / "model.safetensors")), "imgsz": list(spec.imgsz),
+           "batch": int(spec.batch), "precision": spec.precision, "split": False, "calib": calib,
+           "out": str(out.resolve()), "error": str(wd / "error.txt"), "threads": 1}
+    if calib:
+        meta["calibration"] = {"images": len(calib), "source": str(spec.calib_data or spec.calib_images)}
+    (wd / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    paths = [p for p in sys.path if p] + os.environ.get("PYTHONPATH", "").split(os.pathsep)  # yolopt as imported here
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p)),
+           "LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        r = subprocess.run([*LITERT_CHILD, str(wd / "job.json")], capture_output=True, text=True, cwd=wd, env=env,
+                           timeout=LITERT_TIMEOUT)
+    except OSError as e:
+        raise ExportError(f"{out.name}: cannot run the LiteRT converter ({_first_line(e)})") from None
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{out.name}: the LiteRT converter did not finish in {LITERT_TIMEOUT} s") from None
+    err = wd / "error.txt"
+    if r.returncode != 0 or not out.is_file():
+        why = err.read_text(encoding="utf-8").strip() if err.is_file() else _converter_error(r)
+        raise ExportError(f"{out.name}: litert-torch could not convert the model ({why[:300]})")
+    embed_tflite_metadata(out, meta)
+    return [out]

@@ -29,7 +29,7 @@ from ..choices import PRECISIONS
 from ..errors import ExportError, YoloptError
 from ..models.checkpoint import load_model
 from ..ops.sizes import check_imgsz
-from .verify import NOTHING_HINT, VerifyOptions, VerifyResult, tolerance, verify
+from .verify import NOTHING_HINT, VERIFY_NMS, VERIFY_NMS_INT8, VerifyOptions, VerifyResult, tolerance, verify
 
 log = logging.getLogger("yolopt")
 
@@ -66,6 +66,10 @@ class ExportSpec:
     #                                     generated scene, made to produce detections for --nms artifacts)
     atol: float | None = None  # overrides the verification limit on scores
     device: str | None = None  # None: cuda when the format or precision needs it, else cpu
+    # int8 (formats that quantize while exporting, litert): the calibration images, square-letterboxed at imgsz
+    calib_data: str | Path | None = None  # a dataset yaml: its train split
+    calib_images: list | None = None  # or images: files, folders, globs, .txt lists
+    calib: int = 256  # at most this many (a fixed random subset of more; data.calib.CALIB_IMAGES)
 
 
 @dataclass
@@ -371,10 +375,15 @@ def _check_precision(ex: Exporter, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision}: unknown precision (choose from {', '.join(ex.precisions)})",
                           fields=("precision",))
-    if precision in NOT_EXPORTED and not any(precision in e.precisions for e in EXPORTERS.values()):
+    others = [e.name for e in EXPORTERS.values() if precision in e.precisions]
+    if precision in NOT_EXPORTED and not others:
         raise ExportError(f"precision {precision} is not an export precision: {NOT_EXPORTED[precision]}",
                           fields=("precision",))
-    raise ExportError(f"precision {precision}: format {ex.name} exports {_join(ex.precisions)}",
+    hint = ""
+    if others and precision == "int8":  # the formats that quantize while exporting, and the usual way
+        hint = (f" (format {_join(others)} export{'s' if len(others) == 1 else ''} int8; or quantize the artifact: "
+                "yolopt quantize)")
+    raise ExportError(f"precision {precision}: format {ex.name} exports {_join(ex.precisions)}{hint}",
                       fields=("precision", "format"))
 
 
@@ -446,6 +455,15 @@ def output_path(ex: Exporter, out: str | Path | None, weights: Path | None) -> P
     if ex.folder or as_folder or out.is_dir():
         return out / f"{stem}{ex.suffix}"
     return out.with_suffix(ex.suffix) if out.suffix else out.parent / (out.name + ex.suffix)
+
+
+def _calibration_samples(spec: ExportSpec, n: int = 4) -> list[Path]:
+    """The first ``n`` calibration images of an int8 export: real images, to verify on when no others are given."""
+    from ..data.calib import CalibrationSet
+
+    cs = (CalibrationSet.from_images(spec.calib_images, spec.imgsz, spec.calib) if spec.calib_images else
+          CalibrationSet.from_data(spec.calib_data, spec.imgsz, spec.calib))
+    return list(cs.paths[:n])
 
 
 def _nothing_to_compare(problem: str, others: list[VerifyResult]) -> tuple[str, bool]:
@@ -530,11 +548,17 @@ def export(model_or_path, spec: ExportSpec | None = None) -> ExportResult:
 
             backend = open_backend(tmp_out)
             images = spec.verify_images or sample_images()  # real images with objects, when there are any
-            opt = VerifyOptions(batch=spec.batch, dynamic=spec.dynamic, atol=spec.atol)
+            # int8: the model's own calibration images come next (a generated scene has nothing at conf 0.25)
+            own = _calibration_samples(spec) if spec.precision == "int8" and (spec.calib_data or spec.calib_images) \
+                else None
+            images = images or own
+            opt = VerifyOptions(batch=spec.batch, dynamic=spec.dynamic, atol=spec.atol,
+                                nms=VERIFY_NMS_INT8 if spec.precision == "int8" else VERIFY_NMS)
             vres = verify(backend, ref, imgsz, spec.precision, opt, images=images, raise_on_fail=False)
             tried = [vres]
             if vres.problem and images and not spec.verify_images:  # the samples hold none of this model's classes
-                vres = verify(backend, ref, imgsz, spec.precision, opt, images=None, raise_on_fail=False)
+                vres = verify(backend, ref, imgsz, spec.precision, opt, images=own if images != own else None,
+                              raise_on_fail=False)
                 tried.append(vres)
             if vres.problem and spec.verify_images:  # the given images, or the model itself?
                 probe = sample_images()

@@ -109,15 +109,24 @@ class Detect(nn.Module):
     def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
         """Raw maps (list of ``(B, na, ny, nx, 5+nc)``) -> ``(B, N, 5+nc)``, N = sum of na*ny*nx:
         xywh in input pixels, then sigmoid objectness and class scores (upstream's eval output)."""
-        out = []
+        return torch.cat(self.decode_split(raw), 2)
+
+    def decode_split(self, raw: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` as two tensors that never share one: boxes ``(B, N, 4)`` xywh in input pixels and
+        scores ``(B, N, 1+nc)`` (objectness, classes). An INT8 graph gives each tensor one scale: boxes span
+        0-640 px and scores 0-1, so one shared tensor rounds every score to 0."""
+        boxes, scores = [], []
         for i, x in enumerate(raw):
             bs, _, ny, nx, _ = x.shape
             grid, anchor_grid = self._grid(i, nx, ny, x)
             xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
             xy = (xy * 2 + grid) * self.stride[i]
-            wh = (wh * 2) ** 2 * anchor_grid
-            out.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
-        return torch.cat(out, 1)
+            wh2 = wh * 2
+            wh = wh2 * wh2 * anchor_grid  # == (wh * 2) ** 2 * anchor_grid bit for bit; a product, because some
+            #                               converters cannot lower pow (LiteRT: tfl.pow does not legalize)
+            boxes.append(torch.cat((xy, wh), 4).view(bs, self.na * nx * ny, 4))
+            scores.append(conf.reshape(bs, self.na * nx * ny, self.nc + 1))
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
 
     def forward(self, xs: list[torch.Tensor]):
         if self.raw_head and not self.training:  # (B, na*(5+nc), ny, nx) per level: decoded by ops.decode_raw

@@ -20,9 +20,9 @@ from ..fileio import write_json
 log = logging.getLogger("yolopt")
 
 #: the runtimes auto compares (CPU ones: TensorRT is a GPU target, chosen by name only)
-CANDIDATES = ("onnxruntime", "openvino", "ncnn")
+CANDIDATES = ("onnxruntime", "openvino", "ncnn", "litert")
 _FORMAT = {"onnxruntime": ("onnx", "model.onnx"), "openvino": ("openvino", "ov/model.xml"),
-           "ncnn": ("ncnn", "ncnn/model.param")}
+           "ncnn": ("ncnn", "ncnn/model.param"), "litert": ("litert", "model.tflite")}
 
 
 @dataclass

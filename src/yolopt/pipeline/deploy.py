@@ -1,6 +1,6 @@
 """The deploy bundle: one folder that runs a yolopt artifact without yolopt (and without torch).
 
-:func:`write_bundle` copies an ONNX, OpenVINO or NCNN artifact into a folder with everything needed to
+:func:`write_bundle` copies an ONNX, OpenVINO, NCNN or LiteRT artifact into a folder with everything needed to
 use it elsewhere: ``deploy.json`` (input, letterbox, class names, thresholds, measured numbers),
 ``infer.py`` (numpy + OpenCV + the runtime; the same letterbox and NMS as yolopt), its
 ``requirements.txt``, a ``README.md`` and (ONNX, OpenVINO) a Triton Inference Server model repository.
@@ -35,8 +35,9 @@ REQUIREMENTS = {
     "onnxruntime": ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.18"],
     "openvino": ["numpy>=1.24", "opencv-python-headless>=4.8", "openvino>=2024.0"],
     "ncnn": ["numpy>=1.24", "opencv-python-headless>=4.8", "ncnn==1.0.20261020"],  # the version yolopt[edge] pins
+    "litert": ["numpy>=1.24", "opencv-python-headless>=4.8", "ai-edge-litert==2.3.0"],  # likewise
 }
-TRITON_RUNTIMES = ("onnxruntime", "openvino")  # Triton has no ncnn backend
+TRITON_RUNTIMES = ("onnxruntime", "openvino")  # Triton has no ncnn backend; its TFLite one is not in its releases
 # numpy dtype name -> Triton data type
 TRITON_TYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8",
@@ -90,7 +91,20 @@ def _tensors_ncnn(backend) -> tuple[list[dict], list[dict]]:
             [{"name": backend.output_name, "shape": [int(d) for d in y.shape], "dtype": "float32"}])
 
 
-_TENSORS = {"onnxruntime": _tensors_onnx, "openvino": _tensors_openvino, "ncnn": _tensors_ncnn}
+def _tensors_litert(backend) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of a LiteRT model's default signature: names, fixed shapes, dtypes (outputs in the order
+    the backend joins them: predictions, or boxes then scores)."""
+    import numpy as np
+
+    def info(name: str, d: dict) -> dict:
+        return {"name": name, "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+
+    ins, outs = backend.runner.get_input_details(), backend.runner.get_output_details()
+    return [info(backend.input_name, ins[backend.input_name])], [info(k, outs[k]) for k in backend.output_names]
+
+
+_TENSORS = {"onnxruntime": _tensors_onnx, "openvino": _tensors_openvino, "ncnn": _tensors_ncnn,
+            "litert": _tensors_litert}
 
 
 def _open_artifact(artifact: Path):
@@ -102,12 +116,12 @@ def _open_artifact(artifact: Path):
         raise YoloptError(f"{artifact}: no such artifact file")
     if not artifact.is_dir() and artifact.suffix.lower() not in (".onnx", ".xml", *SUFFIXES):
         raise YoloptError(f"{artifact}: not a model artifact (a deploy bundle takes an .onnx file, an OpenVINO "
-                          ".xml with its .bin, or an NCNN .param with its .bin)")
+                          ".xml with its .bin, an NCNN .param with its .bin, or a LiteRT .tflite)")
     kind = backend_for(artifact)  # a folder without exactly one .xml is one clear error
     if kind not in REQUIREMENTS:
-        raise YoloptError(f"{artifact}: a deploy bundle takes an ONNX (.onnx), OpenVINO (.xml + .bin) or NCNN "
-                          f"(.param + .bin) artifact, not a {kind} model (export it first: yolopt export --format "
-                          "onnx)")
+        raise YoloptError(f"{artifact}: a deploy bundle takes an ONNX (.onnx), OpenVINO (.xml + .bin), NCNN "
+                          f"(.param + .bin) or LiteRT (.tflite) artifact, not a {kind} model (export it first: "
+                          "yolopt export --format onnx)")
     return open_backend(artifact, threads=1)
 
 
@@ -290,6 +304,8 @@ per image, its detections as `{{xyxy, conf, cls, name}}`; `python infer.py --hel
         text += "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rep)
     if rt == "ncnn":
         return text + _ncnn_notes(cfg)
+    if rt == "litert":
+        return text + _litert_notes(cfg)
     triton_files = "`1/model.onnx`" if rt == "onnxruntime" else "`1/model.xml` + `1/model.bin`"
     text += f"""
 ## Serve it with Triton
@@ -329,6 +345,26 @@ boxes match yolopt's on every CPU; {cfg['precision']} weights), no Vulkan, `open
 finishes a layer sleeps at once), and 1 thread when at most 2 cores are usable, else all of them (NCNN's threads
 wait for each other after every layer, and stall when another process shares the cores). `--threads N` overrides.
 The folder is also an NCNN artifact yolopt opens: `yolopt predict {cfg['artifact']} image.jpg`.
+"""
+
+
+def _litert_notes(cfg: dict) -> str:
+    """The README's LiteRT section: Arm boards, threads, precision."""
+    outs = cfg.get("outputs") or []
+    split = (f" The model has two outputs, boxes `{outs[0]['name']}` {outs[0]['shape']} and scores "
+             f"`{outs[1]['name']}` {outs[1]['shape']} (each with its own int8 scale); `infer.py` joins them into "
+             "the usual rows." if len(outs) == 2 else "")
+    return f"""
+## LiteRT on Arm boards and phones
+
+`requirements.txt` pins the `ai-edge-litert` wheel this bundle was made and measured with; PyPI has it for x86-64
+and for **aarch64** (manylinux_2_27, Python 3.10-3.13), so `pip install -r requirements.txt` works on a 64-bit
+Raspberry Pi OS or another Arm board, with no converter and no PyTorch. OpenCV's `opencv-python-headless` wheels
+exist for aarch64 too. On Android or iOS the same `.tflite` runs with LiteRT's own SDKs (XNNPACK on the CPU).
+
+`infer.py` runs the model as yolopt does: LiteRT's interpreter with the XNNPACK delegate, float input (RGB in
+[0, 1], NCHW) and float output, {cfg['precision']} model, and as many threads as usable cores unless deploy.json
+or `--threads N` says otherwise.{split} yolopt opens the file too: `yolopt predict {cfg['artifact']} image.jpg`.
 """
 
 
@@ -414,7 +450,7 @@ class BundleSpec:
 
 def write_bundle(artifact: str | Path, out_dir: str | Path, spec: BundleSpec | None = None, **options) -> Path:
     """Write the deploy bundle of ``artifact`` (``.onnx``, an OpenVINO ``.xml`` or NCNN ``.param`` with its
-    ``.bin``, or the folder of either) to ``out_dir``.
+    ``.bin``, or the folder of either, or a LiteRT ``.tflite``) to ``out_dir``.
 
     ``spec``: a :class:`BundleSpec`; ``options``: any of its fields, set on top of it
     (``write_bundle(a, out, conf=0.3)`` is ``write_bundle(a, out, BundleSpec(conf=0.3))``).

@@ -316,7 +316,7 @@ class Optimizer:
         s0 = spec.imgsz[0]
         t = spec.threads
         tgt = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT",
-               "ncnn": "NCNN"}[spec.target]
+               "ncnn": "NCNN", "litert": "LiteRT"}[spec.target]
         n = len(self.val)
         c_bench = costs.bench_s(spec.bench_seconds)
         base_est = costs.baseline_s(n, s0, spec.bench_seconds)  # rough (val measured below)
@@ -344,7 +344,7 @@ class Optimizer:
                              same_map_as="fp32")
         # 2) rect input for the data's aspect ratio
         gain = _rect_gain(self.shapes, s0)
-        rect_ok = gain < 0.9 and spec.target != "ncnn"  # ncnn exports a fixed input size only
+        rect_ok = gain < 0.9 and spec.target not in ("ncnn", "litert")  # they export a fixed input size only
         if rect_ok:
             self.run_variant(Variant(f"rect{s0}", "rect", f"FP32, {s0} rect letterbox (dynamic input, {gain:.0%} of the "
                                      "square area on this data)", build_key("fp32", s0, True), s0, "rect",
@@ -357,8 +357,8 @@ class Optimizer:
                 self.run_variant(Variant(f"rect{s}", "rect", f"FP32, {s} rect letterbox", build_key("fp32", s, True), s,
                                          "rect", estimate_s=c0 * (s / s0) ** 2 + c_exp))
         # 4) INT8 (the quantized graph is dynamic: square and rect variants share it); ncnn: fp16 weights instead
-        if spec.target == "ncnn":
-            self._ncnn_fp16(s0, c0, c_exp)
+        if spec.target in ("ncnn", "litert"):
+            self._edge_fp16(s0, c0, c_exp)
         elif spec.quantize:
             q_est = costs.ptq_s(c0, s0)
             for s in self._sizes_within_budget(spec.imgsz):
@@ -443,14 +443,21 @@ class Optimizer:
                     "set (give a data yaml whose val split is held out)"), n_train
         return None, n_train
 
-    def _ncnn_fp16(self, s0: int, c0: float, c_exp: float) -> None:
-        """NCNN: fp16 weights (half the file, widened to fp32 at load) at the sizes within the mAP budget. INT8 is
-        not built (the ncnn wheels have no INT8 tools): recorded as a skipped row with that reason."""
+    def _edge_fp16(self, s0: int, c0: float, c_exp: float) -> None:
+        """NCNN and LiteRT: fp16 weights (half the file, widened to fp32 at load) at the sizes within the mAP
+        budget. LiteRT: full-integer INT8 (head float) at those sizes too, exported with its calibration; NCNN:
+        no INT8 (its wheels have no INT8 tools), recorded as a skipped row with that reason."""
         spec = self.spec
-        for s in self._sizes_within_budget(spec.imgsz):
-            self.run_variant(Variant(f"fp16-{s}", "fp16", f"FP16 weights (NCNN, computed in FP32), {s} square",
+        rt = {"ncnn": "NCNN", "litert": "LiteRT"}[spec.target]
+        sizes = self._sizes_within_budget(spec.imgsz)
+        for s in sizes:
+            self.run_variant(Variant(f"fp16-{s}", "fp16", f"FP16 weights ({rt}, computed in FP32), {s} square",
                                      build_key("fp16", s), s, estimate_s=c0 * (s / s0) ** 2 + c_exp))
-        if spec.quantize:
+        if spec.quantize and spec.target == "litert":
+            for s in sizes:
+                self.run_variant(Variant(f"int8-{s}", "int8", f"INT8 (LiteRT full integer, head float), {s} square",
+                                         build_key("int8", s), s, estimate_s=costs.ptq_s(c0, s0) * (s / s0) ** 2))
+        elif spec.quantize:
             from ..export.edge import NCNN_INT8
 
             v = Variant(f"int8-{s0}", "int8", f"INT8, {s0} square", build_key("int8", s0, True), s0)
@@ -552,6 +559,9 @@ class Optimizer:
             art = Path(r.artifact)
             if art.suffix == ".param":
                 out.error = "no per-layer profile: ncnn's Python binding has no per-layer timing"
+                return out
+            if art.suffix == ".tflite":
+                out.error = "no per-layer profile: ai-edge-litert's Python interpreter has no per-op timing"
                 return out
             b = open_backend(str(art), threads=self.spec.threads)
             h = w = r.imgsz

@@ -10,13 +10,14 @@ from pathlib import Path
 from ..errors import YoloptError
 
 SCENARIOS = ("realtime", "accuracy", "edge")
-TARGETS = ("onnxruntime", "openvino", "tensorrt", "ncnn")
+TARGETS = ("onnxruntime", "openvino", "tensorrt", "ncnn", "litert")
 AUTO = "auto"  # --target auto: the installed CPU runtime whose FP32 model measures fastest here (pipeline.auto)
 TARGET_CHOICES = (*TARGETS, AUTO)
 METRICS = ("map50_95", "map50")
 # the accuracy budget of each scenario when --max-map-drop is not given (mAP points as fractions)
 DEFAULT_DROP = {"realtime": 0.01, "accuracy": 0.002, "edge": 0.01}
-_RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "ncnn": "ncnn"}
+_RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "ncnn": "ncnn",
+                   "litert": "ai_edge_litert"}
 
 
 class OptimizeError(YoloptError):
@@ -159,12 +160,18 @@ def runtime_installed(runtime: str) -> bool:
 def check_target_installed(target: str) -> None:
     mod = _RUNTIME_MODULE[target]
     if importlib.util.find_spec(mod) is None:
-        extra = {"tensorrt": "install TensorRT (needs a CUDA GPU)", "ncnn": "pip install 'yolopt[edge]'"}.get(
+        extra = {"tensorrt": "install TensorRT (needs a CUDA GPU)", "ncnn": "pip install 'yolopt[edge]'",
+                 "litert": "pip install 'yolopt[edge]'"}.get(
             target, "pip install 'yolopt[deploy]'")
         raise OptimizeError(f"target {target}: the {mod} runtime is not installed ({extra})", fields=("target",))
     if target == "ncnn" and importlib.util.find_spec("pnnx") is None:
         raise OptimizeError("target ncnn: the pnnx converter is not installed (pip install 'yolopt[edge]')",
                             fields=("target",))
+    if target == "litert" and importlib.util.find_spec("litert_torch") is None:
+        from ..export.edge import LITERT_CONVERTER_INSTALL
+
+        raise OptimizeError(f"target litert: the litert-torch converter is not installed (pip install 'yolopt[edge]', "
+                            f"then {LITERT_CONVERTER_INSTALL})", fields=("target",))
     if target == "tensorrt":
         import torch
 

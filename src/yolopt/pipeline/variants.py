@@ -94,7 +94,7 @@ class Build:
 
 
 def _suffix(target: str) -> str:
-    return {"openvino": ".xml", "ncnn": ".param"}.get(target, ".onnx")
+    return {"openvino": ".xml", "ncnn": ".param", "litert": ".tflite"}.get(target, ".onnx")
 
 
 def build_key(kind: str, imgsz: int, dynamic: bool = False, extra: str = "", runtime: str | None = None) -> str:
@@ -148,8 +148,13 @@ class Builder:
         runtime, kind, imgsz, dynamic = split_key(key, self.spec.target)
         out = folder / f"model{_suffix(runtime)}"
         details: dict = {}
-        if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn), computed in fp32
+        if kind in ("fp32", "fp16"):  # fp16: fp16 weights (ncnn, litert), computed in fp32
             artifact = self._export(self.model, out, imgsz, dynamic, precision=kind, runtime=runtime)
+        elif kind == "int8" and runtime == "litert":  # quantized by the exporter, calibrated on --data
+            artifact = self._export(self.model, out, imgsz, dynamic, precision=kind, runtime=runtime)
+            from ..runtime.edge import tflite_metadata
+
+            details = {"calibration": tflite_metadata(Path(artifact).read_bytes()).get("calibration")}
         elif kind in ("int8", "mixed") or kind.startswith("qat"):
             qat = int(kind[len("qat"):]) if kind.startswith("qat") else 0
             artifact, details = self._quantize(out, imgsz, mixed=kind == "mixed", qat=qat,
@@ -167,10 +172,13 @@ class Builder:
         from ..export import ExportSpec, export
 
         runtime = runtime or self.spec.target
-        fmt = runtime if runtime in ("openvino", "ncnn") else "onnx"
+        fmt = runtime if runtime in ("openvino", "ncnn", "litert") else "onnx"
         folder = {"openvino": "ov", "ncnn": "ncnn"}.get(fmt)  # folder formats: OUT/artifacts/<key>/<folder>/model.*
+        from ..quantize import OPTIMIZE_CALIB_IMAGES
+
+        calib = {"calib_data": self.spec.data, "calib": OPTIMIZE_CALIB_IMAGES} if precision == "int8" else {}
         res = export(model, ExportSpec(format=fmt, imgsz=imgsz, dynamic=dynamic, verify=True, precision=precision,
-                                       out=out if folder is None else out.parent / folder))
+                                       out=out if folder is None else out.parent / folder, **calib))
         return res.path
 
     def _quantize(self, out: Path, imgsz: int, mixed: bool, qat: int = 0, qat_dir: Path | None = None,

@@ -1,4 +1,4 @@
-"""Inference backends: PyTorch, ONNX Runtime, OpenVINO, TorchScript, TensorRT.
+"""Inference backends: PyTorch, ONNX Runtime, OpenVINO, TorchScript, TensorRT (NCNN and LiteRT: edge.py).
 
 All of them map a float (B,3,H,W) RGB batch in [0,1] (torch tensor or numpy array) to a
 ``torch.Tensor`` on the CPU: decoded ``(B,N,5+nc)`` predictions, or, for an artifact exported
@@ -31,7 +31,7 @@ METADATA_FORMAT = "yolopt-export"
 SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".safetensors": "torch",
     ".onnx": "onnxruntime", ".xml": "openvino", ".torchscript": "torchscript", ".engine": "tensorrt", ".trt": "tensorrt",
-    ".param": "ncnn",
+    ".param": "ncnn", ".tflite": "litert",
 }
 FOLDER_SUFFIXES = {".xml": "openvino", ".param": "ncnn"}  # a folder holding exactly one such file opens as it
 
@@ -784,9 +784,16 @@ def _ncnn_backend(*args, **kwargs) -> Backend:
     return NcnnBackend(*args, **kwargs)
 
 
+def _litert_backend(*args, **kwargs) -> Backend:
+    from .edge import LiteRTBackend
+
+    return LiteRTBackend(*args, **kwargs)
+
+
 _CLASSES: dict[str, Callable[..., Backend]] = {
     "torch": TorchBackend, "onnxruntime": OnnxBackend, "openvino": OpenVINOBackend,
     "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend, "ncnn": _ncnn_backend,
+    "litert": _litert_backend,
 }
 
 
@@ -807,7 +814,7 @@ def open(model, *, device=None, threads: int | None = None, workers: int = 1, pr
     """Open a model for inference: the one way every command, the evaluator and the benchmark get one.
 
     ``model``: a file (.pt / .safetensors -> torch, .onnx -> onnxruntime, .xml or its folder ->
-    openvino, .torchscript, .engine -> tensorrt, .param or its folder -> ncnn), an in-memory
+    openvino, .torchscript, .engine -> tensorrt, .param or its folder -> ncnn, .tflite -> litert), an in-memory
     ``DetectionModel`` (used as is), or a ``Backend`` (returned, wrapped for ``workers``).
 
     ``device``: ``cpu``, ``cuda:0``, ``0`` or ``auto`` (PyTorch / TorchScript / TensorRT; ONNX Runtime

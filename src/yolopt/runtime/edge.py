@@ -1,14 +1,25 @@
-"""Edge runtime backends: NCNN.
+"""Edge runtime backends: NCNN and LiteRT (TFLite).
 
 An NCNN artifact is a ``.param`` (the graph) with its ``.bin`` (the weights) and yolopt's metadata in
 ``<stem>.json`` beside them (an Ultralytics-style ``metadata.yaml`` is read too). ``runtime.open`` takes the
 ``.param`` or the folder holding exactly one.
+
+A LiteRT artifact is one ``.tflite`` file with yolopt's metadata inside (a TFLite ``Metadata`` entry named
+``yolopt``, JSON); upstream YOLOv5's ``meta.txt`` appended as a zip is read too. It runs on ``ai-edge-litert``'s
+interpreter with the XNNPACK delegate.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import json
 import logging
+import os
+import sys
+import tempfile
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +27,15 @@ import numpy as np
 
 from ..errors import RuntimeBackendError
 from ..machine import usable_cpus
-from .backends import Backend, _first_line, _unsupported, check_precision, decode_metadata, upstream_sidecar_metadata
+from .backends import (
+    Backend,
+    _first_line,
+    _unsupported,
+    check_precision,
+    decode_metadata,
+    default_threads,
+    upstream_sidecar_metadata,
+)
 
 log = logging.getLogger("yolopt")
 
@@ -120,3 +139,155 @@ class NcnnBackend(Backend):
 
     def describe(self) -> dict:
         return {**super().describe(), "spin": self.spin}
+
+
+# --- LiteRT (TFLite) ------------------------------------------------------------------------------------------
+
+TFLITE_IDENTIFIER = b"TFL3"  # bytes 4-8 of every TFLite flatbuffer
+LITERT_METADATA = "yolopt"  # the Metadata entry yolopt writes (export/edge.py)
+
+
+def require_litert(path) -> Any:
+    """The LiteRT ``Interpreter`` class, or one clear error naming the install that fixes it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise RuntimeBackendError(f"{path}: the LiteRT runtime is not installed (pip install 'yolopt[edge]', or "
+                                  "pip install ai-edge-litert)") from None
+    return Interpreter
+
+
+def tflite_metadata(data: bytes, where: Path | str = "model") -> dict[str, Any]:
+    """Metadata of a ``.tflite`` (its bytes): yolopt's ``Metadata`` entry (a dict of values), else upstream
+    YOLOv5's ``meta.txt`` appended as a zip (``{'stride': 32, 'names': {...}}``, read as a literal, never
+    evaluated); {} when neither (with a warning when one is unreadable)."""
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+
+        model = fb.Model.GetRootAs(bytearray(data), 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == LITERT_METADATA.encode():
+                meta = json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+                if isinstance(meta, dict):
+                    return meta
+                log.warning("%s: yolopt metadata is not a JSON object; ignored", where)
+    except Exception as e:  # noqa: BLE001 - a damaged entry: the model may still run, with default metadata
+        log.warning("%s: unreadable yolopt metadata (%s); ignored", where, _first_line(e))
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:  # upstream's export.py appends meta.txt with tflite_support
+            names = z.namelist()
+            text = z.read(names[0]).decode("utf-8") if names else ""
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, KeyError):
+        return {}
+    try:
+        meta = ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        log.warning("%s: unreadable upstream metadata in the file; ignored", where)
+        return {}
+    return {k: meta[k] for k in ("names", "stride") if k in meta} if isinstance(meta, dict) else {}
+
+
+@contextmanager
+def _native_stderr_to_log():
+    """Capture what native code writes to file descriptor 2 while the block runs (LiteRT prints "INFO: Created
+    TensorFlow Lite XNNPACK delegate for CPU." on each interpreter's first run); INFO lines go to the debug log,
+    anything else back to stderr."""
+    fd = 2  # native code writes to the process's fd 2, whatever sys.stderr is
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            for ln in tmp.read().decode("utf-8", "replace").splitlines():
+                if ln.startswith("INFO: "):
+                    log.debug("litert: %s", ln[6:])
+                elif ln.strip():
+                    print(ln, file=sys.stderr)
+
+
+class LiteRTBackend(Backend):
+    """A LiteRT (TFLite) model on the CPU: ``ai-edge-litert``'s interpreter with the XNNPACK delegate.
+
+    ``threads``: the interpreter's (and XNNPACK's) threads, default the usable cores. A float artifact computes
+    in fp32 (fp16 weights are widened when the model loads); an int8 one in int8, with float input and outputs.
+    The output is one ``(B, N, 5 + nc)`` tensor, or two that are joined into one: boxes ``(B, N, 4)`` and scores
+    ``(B, N, 1 + nc)`` (int8 artifacts: each has its own scale). The batch is the artifact's fixed one.
+    """
+
+    name = "litert"
+
+    def __init__(self, path, threads: int | None = None, precision: str | None = None):
+        Interpreter = require_litert(path)
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+            raise RuntimeBackendError(f"{self.path}: not a TFLite model file (no TFL3 identifier)")
+        meta = decode_metadata(tflite_metadata(data, self.path))
+        self.threads = int(threads) if threads else default_threads()
+        try:
+            interp = Interpreter(model_content=data, num_threads=self.threads)
+            runner = interp.get_signature_runner()
+        except (ValueError, RuntimeError) as e:
+            raise RuntimeBackendError(f"{self.path}: LiteRT cannot load this model ({_first_line(e)})") from None
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        shapes = {k: tuple(int(v) for v in d["shape"]) for k, d in outs.items()}
+        if len(ins) != 1 or len(outs) not in (1, 2):
+            raise RuntimeBackendError(f"{self.path}: expected one input and one or two outputs, found inputs "
+                                      f"{list(ins)} and outputs {list(outs)}")
+        (self.input_name, inp), = ins.items()
+        shape = tuple(int(v) for v in inp["shape"])
+        if len(shape) != 4 or shape[1] != 3:
+            raise RuntimeBackendError(f"{self.path}: expected a (B, 3, H, W) input, found {shape}")
+        self.output_names = sorted(outs, key=_natural)  # output_0 (predictions or boxes), output_1 (scores)
+        cols = sum(s[-1] for s in shapes.values())
+        self._init_meta(meta, nc_output=cols - 5)
+        self.imgsz, self.batch, self.dynamic = (shape[2], shape[3]), shape[0], False
+        self.end2end, self.nms = False, None
+        self._in_quant = inp.get("quantization", (0.0, 0)) if inp["dtype"] != np.float32 else None
+        self._in_dtype = inp["dtype"]
+        self._out_quant = {k: (d.get("quantization", (0.0, 0)) if d["dtype"] != np.float32 else None)
+                           for k, d in outs.items()}
+        want = check_precision(precision)
+        own = "int8" if self.artifact_precision == "int8" else "fp32"
+        if want not in (None, own):
+            raise _unsupported(self.path, "litert", want, f"this artifact computes in {own} on LiteRT's CPU "
+                               "kernels (an fp16 artifact has fp16 weights, run in fp32)")
+        self.precision = own
+        self.interp, self.runner = interp, runner
+        self._open_kwargs = {"threads": threads, "precision": precision}
+        with _native_stderr_to_log():  # XNNPACK is applied on the first run, and says so on stderr: run once here
+            self._run(np.zeros(shape, dtype=np.float32))
+
+    def _run(self, x: np.ndarray):
+        if self._in_quant is not None:  # a graph with a quantized input: x / scale + zero point
+            scale, zero = self._in_quant
+            x = np.clip(np.round(x / scale + zero), *_int_range(self._in_dtype)).astype(self._in_dtype)
+        try:
+            res = self.runner(**{self.input_name: x})
+        except (ValueError, RuntimeError) as e:
+            raise RuntimeBackendError(f"{self.path}: LiteRT inference failed on input {tuple(x.shape)} "
+                                      f"({_first_line(e)})") from None
+        parts = []
+        for k in self.output_names:
+            y = res[k]
+            q = self._out_quant[k]
+            if q is not None:
+                y = (y.astype(np.float32) - q[1]) * q[0]
+            parts.append(np.asarray(y, dtype=np.float32))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: ``output_2`` before ``output_10``."""
+    head = name.rstrip("0123456789")
+    return head, int(name[len(head):] or -1)
+
+
+def _int_range(dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)

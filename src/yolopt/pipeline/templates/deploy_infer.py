@@ -165,7 +165,8 @@ def to_input(padded, dtype):
 # --- model ----------------------------------------------------------------------------------------
 
 class Model:
-    """The bundle's artifact on onnxruntime, OpenVINO or NCNN (CPU): (1, 3, H, W) -> first output as float32."""
+    """The bundle's artifact on onnxruntime, OpenVINO, NCNN or LiteRT (CPU): (1, 3, H, W) -> first output as float32
+    (LiteRT: its outputs joined, boxes then scores, when it has two)."""
 
     def __init__(self, cfg, threads=None):
         path = os.path.join(HERE, cfg["artifact"])
@@ -205,6 +206,8 @@ class Model:
             self.dtype = np.dtype(self.compiled.inputs[0].get_element_type().to_dtype()).type
         elif self.runtime == "ncnn":
             self._open_ncnn(cfg, path, threads)
+        elif self.runtime == "litert":
+            self._open_litert(cfg, path, threads)
         else:
             raise BundleError(f"deploy.json: unknown runtime {self.runtime!r}")
 
@@ -247,11 +250,39 @@ class Model:
         """Every output of an onnxruntime artifact, as float32 (a raw head's per-level maps)."""
         return [np.asarray(y, dtype=np.float32) for y in self.session.run(None, {self.input_name: x})]
 
+    def _open_litert(self, cfg, path, threads):
+        """LiteRT's interpreter (XNNPACK delegate on the CPU) on the default signature, as yolopt runs it: the
+        usable cores as threads unless told otherwise."""
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise BundleError("ai-edge-litert is not installed: pip install -r requirements.txt") from None
+        threads = threads or (cfg.get("runtime_options") or {}).get("threads") or usable_cpus()
+        try:
+            self.runner = Interpreter(model_path=path, num_threads=int(threads)).get_signature_runner()
+        except (ValueError, RuntimeError) as e:
+            raise BundleError(f"{path}: LiteRT cannot load this model ({e})") from None
+        self.input_name = cfg["input"]["name"]
+        self.output_names = [t["name"] for t in cfg["outputs"]]  # predictions, or boxes then scores
+        details = self.runner.get_output_details()
+        self.out_quant = {k: d["quantization"] if d["dtype"] != np.float32 else None for k, d in details.items()}
+        self.dtype = np.float32
+
+    def _run_litert(self, x):
+        res = self.runner(**{self.input_name: x})
+        parts = []
+        for k in self.output_names:
+            y, q = res[k], self.out_quant.get(k)
+            parts.append((y.astype(np.float32) - q[1]) * q[0] if q else y.astype(np.float32, copy=False))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
     def __call__(self, x):
         if self.runtime == "ncnn":
             return np.asarray(self._run_ncnn(x), dtype=np.float32)
         if self.batch and self.batch > 1:  # a fixed-batch artifact: fill the rest with zeros
             x = np.concatenate([x, np.zeros((self.batch - 1, *x.shape[1:]), x.dtype)])
+        if self.runtime == "litert":
+            return np.asarray(self._run_litert(x), dtype=np.float32)
         if self.runtime == "onnxruntime":
             y = self.session.run([self.output_name], {self.input_name: x})[0]
         else:
