@@ -105,7 +105,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(weights, data, tmp_path)
     """kill -9 in the first stage's second epoch, the same command again: the same stages, scores and weights
     as a run that was never stopped; a run folder with other settings is refused."""
     common = ["--data", str(data), "--epochs-budget", "8", "--imgsz", "64", "--batch", "8", "--workers", "0",
-              "--no-latency", "--no-progress"]
+              "--no-fill", "--no-latency", "--no-progress"]  # the fill has its own test (test_compress.py)
     ref = tmp_path / "ref"
     r = run_cli("compress", weights, *common, "--out", ref)
     assert r.returncode == 0, r.stderr[-2000:]

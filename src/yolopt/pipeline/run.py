@@ -176,7 +176,8 @@ class Optimizer:
                 old = Variant.from_dict(d["variant"], estimate_s=v.estimate_s)  # fields added later take defaults
                 if r.status == "failed" and r.failure != "variant":
                     return None  # a full disk, a killed worker: try again (only the variant's own failures stay)
-                if old == v and not stale_int8(r.build, v.runtime or self.spec.target, self.spec):
+                if old == v and not ("calibration" in (r.build or {}) and  # INT8: as this run would build it
+                                     stale_int8(r.build, v.runtime or self.spec.target, self.spec)):
                     r.variant = v
                     return r
             except (KeyError, TypeError, AttributeError):
