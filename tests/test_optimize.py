@@ -75,6 +75,30 @@ def _copy_run(ref: Path, dest: Path, keep: tuple[str, ...] | None = None) -> Pat
     return out
 
 
+def _plan(spec, tmp_path, monkeypatch, shapes):
+    """Run optimize's planner alone on ``spec`` (no model, data or lock), every variant 'measured' at once as done,
+    drop 0, 10 images/s: (the optimizer, the variants in the order planned)."""
+    from yolopt.pipeline import run as run_mod
+
+    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)
+    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, shapes
+    opt.results, opt.order = {}, []
+    opt.budget = type("B", (), {"left": 1e9})()
+    seen = []
+
+    def fake_run(self, v, same_map_as=None):
+        seen.append(v)
+        self.order.append(v.name)
+        r = self._record(v)
+        r.status, r.drop, r.fps, r.seconds, r.build_seconds = "done", 0.0, 10.0, 1.0, 0.5
+        self.results[v.name] = r
+        return r
+
+    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
+    opt.plan_and_run()
+    return opt, seen
+
+
 def test_kill9_mid_run_then_rerun_reuses_finished_variants(synth_data, ref_run, tmp_path):
     # an uninterrupted run: the reference recommendation
     ref_out, ref = ref_run
@@ -287,8 +311,6 @@ def test_ncnn_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
     """The candidates of --target ncnn, with the measuring stubbed out: FP32 at each size and FP16 weights at
     the sizes within the mAP budget; no rect letterbox (ncnn has a fixed input) even on wide images; INT8 is
     a skipped row that says why; no mixed precision or QAT."""
-    from yolopt.pipeline import run as run_mod
-    from yolopt.pipeline.records import VariantResult
     from yolopt.pipeline.select import Choice, next_steps
     from yolopt.pipeline.spec import OptimizeSpec
 
@@ -296,22 +318,7 @@ def test_ncnn_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
     spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", scenario="edge", target="ncnn", imgsz=[160, 96], prune=False,
                         out=str(tmp_path / "o")).check()
     assert spec.threads == 1 and spec.target == "ncnn"
-    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)  # no model, data or lock: only the planner runs
-    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, [(90, 160)] * 4  # wide: rect pays
-    opt.results, opt.order = {}, []
-    opt.budget = type("B", (), {"left": 1e9})()
-    seen = []
-
-    def fake_run(self, v, same_map_as=None):
-        seen.append(v)
-        self.order.append(v.name)
-        r = VariantResult(name=v.name, kind=v.kind, status="done", drop=0.0, fps=10.0, seconds=1.0,
-                          build_seconds=0.5, runtime="ncnn", threads=1)
-        self.results[v.name] = r
-        return r
-
-    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
-    opt.plan_and_run()
+    opt, seen = _plan(spec, tmp_path, monkeypatch, shapes=[(90, 160)] * 4)  # wide: rect pays
     assert [(v.name, v.build, v.letterbox) for v in seen] == [
         ("fp32", "fp32-160-fixed", "square"), ("fp32-96", "fp32-96-fixed", "square"),
         ("fp16-160", "fp16-160-fixed", "square"), ("fp16-96", "fp16-96-fixed", "square")]
@@ -352,8 +359,6 @@ def test_openvino_int8_is_tried_unless_the_runtime_is_pinned(tmp_path, monkeypat
     and --target was not given; a --target given pins every variant to ONNX Runtime. The build key names its
     runtime and splits back; a pruned build's own dots are not a runtime."""
     pytest.importorskip("openvino")
-    from yolopt.pipeline import run as run_mod
-    from yolopt.pipeline.records import VariantResult
     from yolopt.pipeline.spec import OptimizeSpec
     from yolopt.pipeline.variants import build_key, split_key
 
@@ -362,23 +367,7 @@ def test_openvino_int8_is_tried_unless_the_runtime_is_pinned(tmp_path, monkeypat
     assert split_key("prune0.75-320-dyn", "onnxruntime") == ("onnxruntime", "prune0.75", 320, True)
     spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", imgsz=[160], prune=False, qat_epochs=0, threads=2,
                         pin_target=pinned, out=str(tmp_path / "o")).check()
-    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)  # no model, data or lock: only the planner runs
-    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, [(160, 160)] * 4  # square: no rect
-    opt.results, opt.order = {}, []
-    opt.budget = type("B", (), {"left": 1e9})()
-    seen = []
-
-    def fake_run(self, v, same_map_as=None):
-        seen.append(v)
-        self.order.append(v.name)
-        r = self._record(v)
-        r.status, r.drop, r.fps, r.seconds, r.build_seconds = "done", 0.0, 10.0, 1.0, 0.5
-        self.results[v.name] = r
-        return r
-
-    monkeypatch.setattr(run_mod.Optimizer, "_cached", lambda self, v: None)
-    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
-    opt.plan_and_run()
+    opt, seen = _plan(spec, tmp_path, monkeypatch, shapes=[(160, 160)] * 4)  # square: no rect
     ov = [v for v in seen if v.runtime == "openvino"]
     if pinned:
         assert not ov and all(opt.results[v.name].runtime == "onnxruntime" for v in seen)
@@ -450,29 +439,12 @@ def test_litert_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
     weights at the sizes within the mAP budget, square only (a fixed input); then INT8 at those sizes (exported
     with its calibration, fixed input); no mixed precision or QAT."""
     from conftest import need_litert
-    from yolopt.pipeline import run as run_mod
-    from yolopt.pipeline.records import VariantResult
     from yolopt.pipeline.spec import OptimizeSpec
 
     need_litert()  # spec.check() asks for the runtime and the converter
     spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", scenario="edge", target="litert", imgsz=[160, 96], prune=False,
                         out=str(tmp_path / "o")).check()
-    opt = run_mod.Optimizer.__new__(run_mod.Optimizer)  # no model, data or lock: only the planner runs
-    opt.spec, opt.out, opt.val, opt.shapes = spec, tmp_path / "o", [None] * 24, [(90, 160)] * 4  # wide: rect pays
-    opt.results, opt.order = {}, []
-    opt.budget = type("B", (), {"left": 1e9})()
-    seen = []
-
-    def fake_run(self, v, same_map_as=None):
-        seen.append(v)
-        self.order.append(v.name)
-        r = VariantResult(name=v.name, kind=v.kind, status="done", drop=0.0, fps=10.0, seconds=1.0,
-                          build_seconds=0.5, runtime="litert", threads=1)
-        self.results[v.name] = r
-        return r
-
-    monkeypatch.setattr(run_mod.Optimizer, "run_variant", fake_run)
-    opt.plan_and_run()
+    opt, seen = _plan(spec, tmp_path, monkeypatch, shapes=[(90, 160)] * 4)  # wide: rect pays
     assert [(v.name, v.build, v.letterbox) for v in seen] == [
         ("fp32", "fp32-160-fixed", "square"), ("fp32-96", "fp32-96-fixed", "square"),
         ("fp16-160", "fp16-160-fixed", "square"), ("fp16-96", "fp16-96-fixed", "square"),
