@@ -493,8 +493,6 @@ def fill_flops(model: DetectionModel, spec: PruneSpec, calib=None, record: list 
     ratio that missed the target, with one group pruned by one more ``round_to`` step (every prunable group is
     tried once); None when that is no closer to the target than the uniform ratio. ``record``: the uniform
     search's candidates (:func:`search_ratio_flops`); this search's best is appended to it."""
-    import torch_pruning as tp
-
     record = [] if record is None else record
     target = spec.target_flops
     under = [r for r in record if r["value"] <= target]
@@ -509,31 +507,71 @@ def fill_flops(model: DetectionModel, spec: PruneSpec, calib=None, record: list 
     base = model_flops(model, imgsz)
     one_step = PruneSpec(**{**asdict(spec), "steps": 1, "fill": False, "target_flops": None, "ratio": lo})
     step = max(spec.round_to, 1)
-    at_lo = layer_channels(prune_at(model, one_step, lo, calib))
-    m = copy.deepcopy(model).eval()
-    names = {mod: n for n, mod in m.named_modules()}
-    pr = ChannelPruner(m, one_step, ratio=lo)  # its dependency graph: one candidate per group (its root conv)
-    roots = []
-    for group in pr.pruner.DG.get_all_groups(ignored_layers=pr.pruner.ignored_layers, root_module_types=[nn.Conv2d]):
-        conv = group[0].dep.target.module
-        if group[0].dep.handler == tp.prune_conv_out_channels and names.get(conv) in at_lo:
-            roots.append(names[conv])
-    best, before = None, layer_channels(model)
-    for name in roots:
+    at_lo_model = prune_at(model, one_step, lo, calib)
+    at_lo, before = layer_channels(at_lo_model), layer_channels(model)
+    # Every group's FLOPs one step further, computed from the pruned model's dependency graph (conv FLOPs are
+    # bilinear in the channel counts, so this is exact); only the best candidates are then pruned for real.
+    estimates = []
+    for name, fl in _one_step_flops(at_lo_model, one_step, lo, step, imgsz).items():
         n, k = before[name][1], at_lo[name][1]
         if k - step < step:
             continue
-        r = min((n - k + step) / n + 1e-6, spec.max_ratio)
+        v = fl / base
+        if best_uniform < v <= target + 1e-9:
+            estimates.append((v, name, min((n - k + step) / n + 1e-6, spec.max_ratio)))
+    for _, name, r in sorted(estimates, reverse=True):
         try:
             v = model_flops(prune_at(model, replace(one_step, layer_ratios=((name, r),)), lo, calib), imgsz) / base
         except YoloptError:
             continue
-        if v <= target and (best is None or v > best[0]):
-            best = (v, name, r)
-    if best is None or best[0] <= best_uniform:
-        return None
-    record.append({"ratio": round(lo, 4), "layer_ratios": [[best[1], round(best[2], 4)]], "value": best[0]})
-    return lo, ((best[1], best[2]),)
+        if best_uniform < v <= target:
+            record.append({"ratio": round(lo, 4), "layer_ratios": [[name, round(r, 4)]], "value": v})
+            return lo, ((name, r),)
+    return None
+
+
+def _one_step_flops(model: DetectionModel, spec: PruneSpec, ratio: float, step: int, imgsz: int) -> dict[str, float]:
+    """``{root conv name: GFLOPs of model with that conv's dependency group pruned by step more channels}``, from
+    the per-conv FLOPs of one forward and the channel counts each group removes from each conv. Groups whose
+    convs are grouped (depthwise) are left out."""
+    import torch_pruning as tp
+
+    m = copy.deepcopy(model).eval()
+    names = {mod: n for n, mod in m.named_modules()}
+    hw: dict[nn.Conv2d, int] = {}
+    hooks = [c.register_forward_hook(lambda mod, a, out: hw.__setitem__(mod, out.shape[-2] * out.shape[-1]))
+             for c in m.modules() if isinstance(c, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            m(torch.zeros(1, m.yaml.get("ch", 3), imgsz, imgsz, dtype=next(m.parameters()).dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def flops(conv, d_out=0, d_in=0):
+        kh, kw = conv.kernel_size
+        return 2 * (conv.out_channels - d_out) * (conv.in_channels - d_in) * kh * kw * hw[conv] / 1e9
+
+    total = sum(flops(c) for c in hw)
+    pr = ChannelPruner(m, spec, ratio=ratio)
+    dg = pr.pruner.DG
+    out = {}
+    for group in dg.get_all_groups(ignored_layers=pr.pruner.ignored_layers, root_module_types=[nn.Conv2d]):
+        root = group[0].dep.target.module
+        if group[0].dep.handler != tp.prune_conv_out_channels or root.out_channels <= step:
+            continue
+        cut: dict[nn.Conv2d, list[set]] = {}
+        for dep, idxs in dg.get_pruning_group(root, tp.prune_conv_out_channels, list(range(step))):
+            mod = dep.target.module
+            if isinstance(mod, nn.Conv2d) and mod in hw:
+                slot = 0 if dg.is_out_channel_pruning_fn(dep.handler) else 1 if dg.is_in_channel_pruning_fn(
+                    dep.handler) else None
+                if slot is not None:
+                    cut.setdefault(mod, [set(), set()])[slot].update(int(i) for i in idxs)
+        if any(c.groups != 1 for c in cut):
+            continue
+        out[names[root]] = total - sum(flops(c) - flops(c, len(o), len(i)) for c, (o, i) in cut.items())
+    return out
 
 
 def measure_latency(model: nn.Module, imgsz: int, backend: str = "onnxruntime", threads: int | None = None,
