@@ -68,7 +68,9 @@ def main() -> int:
     slim_out = work / "slim.safetensors"
     if not slim_out.exists():
         run_prune(PruneWorkflowSpec(model=str(sparse_dir / "last.safetensors"), target_flops=spec["target_flops"],
-                                    method="slim", round_to=int(spec.get("round_to") or 8), data=str(train_yaml), finetune=epochs - n_sparse, distill=True,
+                                    method="slim", round_to=int(spec.get("round_to") or 8),
+                                    fill=bool(spec.get("fill", True)), data=str(train_yaml),
+                                    finetune=epochs - n_sparse, distill=True,
                                     teacher=base_path, imgsz=imgsz, latency=False, force=True, out=slim_out,
                                     workers=2, device="cpu", val_every=max(1, (epochs - n_sparse) // 8)))
     t_slim = time.time() - t0 - t_sparse
