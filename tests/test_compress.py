@@ -796,3 +796,13 @@ def test_fill_lands_just_under_the_flops_target():
     assert filled.spec.layer_ratios and filled.search[-1]["layer_ratios"]
     assert all(v[1] % 16 == 0 for k, v in layer_channels(filled.model).items() if not k.startswith("model.24"))
     assert filled.model.provenance["pruned"]["layer_ratios"]
+    # the fill ranks groups by FLOPs computed from the dependency graph, without pruning each: exact for the group
+    # it chose (the pruned model's own FLOPs), and every candidate is below the uniform ratio's model
+    from yolopt.compress.prune import _one_step_flops, prune_at
+
+    lo, ((name, _),) = filled.ratio, filled.spec.layer_ratios
+    one = PruneSpec(round_to=16, imgsz=64, ratio=lo)
+    at_lo = prune_at(m, one, lo)
+    est = _one_step_flops(at_lo, one, lo, 16, 64)
+    assert est[name] == pytest.approx(filled.flops_after, rel=1e-9)
+    assert len(est) > 10 and all(v < model_flops(at_lo, 64) for v in est.values())
