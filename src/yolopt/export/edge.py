@@ -208,8 +208,8 @@ EXECUTORCH = ("executorch==1.5.1", "ruamel.yaml==0.19.1", "tabulate==0.10.0")
 EXECUTORCH_INSTALL = f"pip install --no-deps {' '.join(EXECUTORCH)}"
 EXECUTORCH_METADATA = "yolopt_metadata"  # the constant method of the .pte that returns yolopt's metadata (JSON bytes)
 # why INT8 is refused (docs/edge.md)
-EXECUTORCH_INT8 = ("XNNPACK PT2E quantization is not wired up here yet (lowering yolov5n alone takes minutes on a "
-                   "busy 2-core CPU); export fp32, or quantize with format litert or openvino")
+EXECUTORCH_INT8 = ("XNNPACK PT2E quantization is not implemented for this format yet; export fp32 here, or int8 with "
+                   "format litert (or yolopt quantize for onnxruntime / openvino)")
 
 
 def _check_executorch(spec: ExportSpec, name: str) -> None:
