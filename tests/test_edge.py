@@ -846,3 +846,44 @@ def test_unreadable_pte_artifacts(executorch_export, tmp_path, case, needle):
     p.write_bytes(b"garbage\n" * 10 if case == "garbage" else executorch_export.path.read_bytes()[:5000])
     with pytest.raises(runtime.RuntimeBackendError, match=needle):
         runtime.open(p)
+
+
+def _fake_lowering(monkeypatch, result):
+    """Replace executorch's lowering with ``result`` (an exception to raise, or the bytes of a program to return):
+    the export's own steps run, without minutes of lowering."""
+    import types
+
+    import executorch.exir as exir
+
+    def lower(*args, **kwargs):
+        if isinstance(result, BaseException):
+            raise result
+        return types.SimpleNamespace(to_executorch=lambda: types.SimpleNamespace(buffer=result))
+
+    monkeypatch.setattr(exir, "to_edge_transform_and_lower", lower)
+
+
+def test_executorch_lowering_error_is_its_first_line(executorch_export, yolov5n_pt, tmp_path, monkeypatch):
+    """A model executorch cannot lower: one line with the error's first line, nothing written."""
+    _fake_lowering(monkeypatch, RuntimeError("Missing out variant for aten::frobnicate\nsecond line"))
+    out = tmp_path / "out"
+    r = run_cli("export", yolov5n_pt, "--format", "executorch", "--imgsz", "64", "--out", out / "m.pte")
+    line = _one_line(r, "executorch could not lower the model", "RuntimeError: Missing out variant for aten::frobnicate")
+    assert "second line" not in line and not out.exists()
+
+
+def test_executorch_failed_verification_writes_nothing(executorch_export, yolov5n_pt, bus_jpg, tmp_path,
+                                                       monkeypatch):
+    """A program whose outputs drift from PyTorch's fails verification; neither the file nor a temporary folder is
+    left (the lowering returns the session's program: no second lowering)."""
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.edge import ExecuTorchBackend
+
+    _fake_lowering(monkeypatch, executorch_export.path.read_bytes())
+    run = ExecuTorchBackend._run
+    monkeypatch.setattr(ExecuTorchBackend, "_run", lambda self, x: run(self, x) + 0.5)
+    with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
+        export(yolov5n_pt, ExportSpec("executorch", imgsz=IMGSZ, out=tmp_path / "bad" / "m.pte",
+                                      verify_images=[bus_jpg]))
+    assert list(tmp_path.iterdir()) == []

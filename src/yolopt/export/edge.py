@@ -239,11 +239,14 @@ def write_executorch(model, out: Path, spec: ExportSpec, meta: dict, workdir: Pa
     h, w = spec.imgsz
     m = traceable(model, "cpu", "fp32")
     x = torch.zeros(int(spec.batch), 3, h, w)
+    from ..runtime.edge import quiet_executorch_import
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # executorch's passes warn about deprecated torch APIs, per node
         try:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.exir import to_edge_transform_and_lower
+            with quiet_executorch_import():
+                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+                from executorch.exir import to_edge_transform_and_lower
         except ImportError as e:  # an executorch whose own imports fail (a missing dependency)
             raise ExportError(f"{out.name}: executorch cannot be imported ({_first_line(e)}; {EXECUTORCH_INSTALL})"
                               ) from None

@@ -304,14 +304,31 @@ EXECUTORCH_METADATA = "yolopt_metadata"  # the constant method yolopt's exporter
 EXECUTORCH_INSTALL = "pip install --no-deps executorch==1.5.1 ruamel.yaml==0.19.1 tabulate==0.10.0"  # export.edge.EXECUTORCH
 
 
+@contextmanager
+def quiet_executorch_import():
+    """Importing executorch imports torchao, which logs a warning for each optional CUDA kernel library it cannot
+    load on a CPU-only machine, and torch warns about one of torchao's Enum registrations: keep those (and Python
+    warnings) off the user's stderr while the import runs."""
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def require_executorch(path) -> Any:
     """ExecuTorch's ``Runtime`` (its Python runtime, with the XNNPACK backend built in), or one clear error naming
     the install that fixes it."""
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_executorch_import():
             from executorch.runtime import Runtime
     except ImportError:
         raise RuntimeBackendError(f"{path}: the ExecuTorch runtime is not installed ({EXECUTORCH_INSTALL})"
