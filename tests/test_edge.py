@@ -746,8 +746,8 @@ def test_executorch_artifact_file_metadata_and_verification(executorch_export):
     assert v.box_ratio < 0.5 and "bus" in str(v.sources[0])
 
 
-def test_executorch_backend_bus_detections_match_torch(executorch_export, yolov5n, bus_jpg, capfd):
-    """The backend's attributes, threads and precision; raw outputs and conf-0.25 detections on bus.jpg (same
+def test_executorch_backend_bus_detections_match_torch(executorch_export, yolov5n, bus_jpg, capfd, caplog):
+    """The backend's attributes, its process-wide thread pool and precision; raw outputs and conf-0.25 detections on bus.jpg (same
     256 px square letterbox) within 1 px with the same classes, a batch of 2 run image by image; the runtime's
     cpuinfo probe lines do not reach stderr."""
     import copy
@@ -758,13 +758,21 @@ def test_executorch_backend_bus_detections_match_torch(executorch_export, yolov5
     from yolopt.ops.nms import non_max_suppression
     from yolopt.runtime import ExecuTorchBackend
 
+    from yolopt.runtime import edge as rt_edge
+
     capfd.readouterr()
-    b = runtime.open(executorch_export.path, threads=1, precision="fp32")
+    pool = rt_edge._POOL["threads"]  # sized by the first backend of the process (the export's verification)
+    assert pool == runtime.default_threads()
+    b = runtime.open(executorch_export.path, precision="fp32")
     assert isinstance(b, ExecuTorchBackend) and b.name == "executorch" and b.path == executorch_export.path
     assert b.names[:2] == ["person", "bicycle"] and b.nc == 80 and b.stride.tolist() == [8, 16, 32]
     assert b.imgsz == (IMGSZ, IMGSZ) and not b.dynamic and b.letterbox_mode == "square" and b.batch == 1
-    assert b.threads == 1 and b.precision == "fp32" and b.clone().threads == 1
+    assert b.threads == pool and b.precision == "fp32" and b.clone().threads == pool
     assert b.describe()["backend"] == "executorch"
+    other = pool + 1  # a different count once the pool is sized: runs on the pool's, says so (no resize: it crashed)
+    with caplog.at_level("WARNING", logger="yolopt"):
+        assert runtime.open(executorch_export.path, threads=other).threads == pool
+    assert f"already has {pool} threads" in caplog.text and f"not {other}" in caplog.text
     with pytest.raises(runtime.RuntimeBackendError, match="this artifact computes in fp32"):
         runtime.open(executorch_export.path, precision="fp16")
     x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]

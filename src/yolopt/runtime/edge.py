@@ -353,13 +353,37 @@ def _pte_metadata(program, where: Path) -> dict[str, Any]:
     return meta
 
 
+# ExecuTorch's thread pool (XNNPACK's threads) is one per process. Resizing it once a program has loaded crashed
+# executorch 1.5.1 (SIGSEGV in a later run of a method loaded before the resize), so it is sized once, by the
+# first ExecuTorchBackend of the process, before its program loads; the count it got is kept here.
+_POOL: dict[str, int | None] = {"threads": None}
+
+
+def _pool_threads(path: Path, want: int | None) -> int:
+    """Size ExecuTorch's thread pool to ``want`` (default the usable cores) when no program has loaded in this
+    process yet; afterwards the pool keeps its size (a warning when ``want`` differs). Returns the pool's size."""
+    from executorch.extension.pybindings import portable_lib as et
+
+    if _POOL["threads"] is None:
+        n = int(want) if want else default_threads()
+        if et._threadpool_get_thread_count() != n:
+            with _native_stderr_to_log("executorch"):  # it says "Resetting threadpool to N threads." on stderr
+                et._unsafe_reset_threadpool(n)
+        _POOL["threads"] = int(et._threadpool_get_thread_count())
+    elif want and int(want) != _POOL["threads"]:
+        log.warning("%s: ExecuTorch's thread pool is one per process and already has %d threads (resizing it after "
+                    "a program has loaded crashes executorch); running on %d, not %d", path, _POOL["threads"],
+                    _POOL["threads"], int(want))
+    return int(_POOL["threads"])
+
+
 class ExecuTorchBackend(Backend):
     """An ExecuTorch program (``.pte``) on the CPU, run by ``executorch``'s Python runtime; the parts lowered to
     XNNPACK run on its kernels, the rest on ExecuTorch's portable ones. Computes in fp32.
 
-    ``threads``: XNNPACK's thread pool (default the usable cores). The pool is one per process: it is resized
-    before a run when another ExecuTorch model in the process set it differently. The batch is the artifact's
-    fixed one.
+    ``threads``: XNNPACK's thread pool (default the usable cores). The pool is one per process and is sized by
+    the first backend the process opens (see ``_POOL``): a later one asking for another count runs on the pool's
+    with a warning, and ``threads`` says what it runs on. The batch is the artifact's fixed one.
     """
 
     name = "executorch"
@@ -370,7 +394,7 @@ class ExecuTorchBackend(Backend):
         data = self.path.read_bytes()
         if len(data) < 8 or data[4:6] != b"ET":  # a .pte flatbuffer's identifier: "ET" + two version digits
             raise RuntimeBackendError(f"{self.path}: not an ExecuTorch program file (no ET identifier)")
-        self.threads = int(threads) if threads else default_threads()
+        self.threads = _pool_threads(self.path, threads)
         try:
             with _native_stderr_to_log("executorch"):
                 program = Runtime.get().load_program(data)
@@ -400,16 +424,12 @@ class ExecuTorchBackend(Backend):
         self.precision = "fp32"
         self.program, self.method = program, method
         self._open_kwargs = {"threads": threads, "precision": precision}
-        with _native_stderr_to_log("executorch"):  # the first run sets up XNNPACK's thread pool: once here
+        with _native_stderr_to_log("executorch"):  # the first run sets XNNPACK up: once here
             self._run(np.zeros(shape, dtype=np.float32))
 
     def _run(self, x: np.ndarray):
         import torch
 
-        from executorch.extension.pybindings import portable_lib as et
-
-        if et._threadpool_get_thread_count() != self.threads:
-            et._unsafe_reset_threadpool(self.threads)
         try:
             y = self.method.execute([torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0]
         except Exception as e:  # noqa: BLE001
