@@ -366,10 +366,10 @@ def _pool_threads(path: Path, want: int | None) -> int:
 
     if _POOL["threads"] is None:
         n = int(want) if want else default_threads()
-        if et._threadpool_get_thread_count() != n:
-            with _native_stderr_to_log("executorch"):  # it says "Resetting threadpool to N threads." on stderr
+        with _native_stderr_to_log("executorch"):  # creating the pool probes the CPU, resizing it says so: stderr
+            if et._threadpool_get_thread_count() != n:
                 et._unsafe_reset_threadpool(n)
-        _POOL["threads"] = int(et._threadpool_get_thread_count())
+            _POOL["threads"] = int(et._threadpool_get_thread_count())
     elif want and int(want) != _POOL["threads"]:
         log.warning("%s: ExecuTorch's thread pool is one per process and already has %d threads (resizing it after "
                     "a program has loaded crashes executorch); running on %d, not %d", path, _POOL["threads"],
