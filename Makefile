@@ -16,11 +16,18 @@ $(VPY):
 # the edge extra. Keep in step with yolopt.export.edge.LITERT_CONVERTER.
 LITERT_CONVERTER := litert-torch==0.10.0 litert-converter==0.5.0
 
+# ExecuTorch (docs/edge.md): its exporter (executorch.exir, the XNNPACK partitioner) and its Python runtime, without
+# the dependencies it declares but neither imports (coremltools, pandas, hydra-core, pytorch-tokenizers,
+# scikit-learn...); of what they do import, ruamel.yaml and tabulate are the ones the edge extra does not bring (torchao,
+# flatbuffers, sympy come with the edge extra and torch). Keep in step with yolopt.export.edge.EXECUTORCH.
+EXECUTORCH := executorch==1.5.1 ruamel.yaml==0.19.1 tabulate==0.10.0
+
 # torch: keep an importable torch (e.g. a user's CUDA build); otherwise take the local CPU wheel.
 $(STAMP): $(VPY) pyproject.toml Makefile
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[deploy,edge,test]"
 	$(VPY) -m pip install -q --no-deps $(LITERT_CONVERTER)
+	$(VPY) -m pip install -q --no-deps $(EXECUTORCH)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -132,6 +132,33 @@ def litert_export(tmp_path_factory, yolov5n_pt, bus_jpg):
     return export(yolov5n_pt, ExportSpec("litert", imgsz=256, out=d / "yolov5n.tflite", verify_images=[bus_jpg]))
 
 
+def need_executorch():
+    """Skip unless executorch (its exporter and its runtime: one wheel) and what it imports beyond the edge extra
+    are installed; found without importing them."""
+    import importlib.util
+
+    for mod in ("executorch", "ruamel.yaml", "tabulate"):
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            pytest.skip(f"{mod} is not installed (make install, or pip install --no-deps executorch==1.5.1 "
+                        "ruamel.yaml==0.19.1 tabulate==0.10.0)")
+
+
+@pytest.fixture(scope="session")
+def executorch_export(tmp_path_factory, yolov5n_pt, bus_jpg):
+    """yolov5n as an ExecuTorch .pte (XNNPACK) at 256 px, verified on bus.jpg: lowered once per session."""
+    need_executorch()
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.backends import torch_threads
+
+    d = tmp_path_factory.mktemp("executorch")
+    with torch_threads(1):
+        return export(yolov5n_pt, ExportSpec("executorch", imgsz=256, out=d / "yolov5n.pte", verify_images=[bus_jpg]))
+
+
 @pytest.fixture(scope="module")
 def two_threads():
     """Torch on 2 threads for a module (the machines have 2 cores), restored afterwards."""

@@ -1,4 +1,5 @@
-"""Edge runtimes: the NCNN export (pnnx) and backend, and the LiteRT export (litert-torch) and backend. yolov5n is
+"""Edge runtimes: the NCNN export (pnnx) and backend, the LiteRT export (litert-torch) and backend, and the
+ExecuTorch export (XNNPACK) and backend (session fixture ``executorch_export``). yolov5n is
 exported once at 256 px for each (LiteRT: the session fixture ``litert_export``); its detections, val mAP, bench
 and predict are compared with PyTorch at the same size and letterbox. Bad input: one line each, and nothing
 half-written."""
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import need_litert, run_cli
+from conftest import need_executorch, need_litert, run_cli
 
 IMGSZ = 256
 
@@ -720,3 +721,177 @@ def test_litert_int8_that_loses_its_scores_is_never_written(litert_int8, yolov5n
         export(yolov5n_pt, ExportSpec("litert", imgsz=IMGSZ, precision="int8", out=tmp_path / "q" / "m.tflite",
                                       verify_images=[bus_jpg], calib_images=[str(bus_jpg)]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake_child.py"]
+
+
+# --- ExecuTorch (.pte, XNNPACK) -------------------------------------------------------------------------------
+
+def test_executorch_artifact_file_metadata_and_verification(executorch_export):
+    """One .pte with yolopt's metadata inside (its yolopt_metadata method), lowered to XNNPACK, verified on
+    bus.jpg against PyTorch before it was written."""
+    from yolopt.runtime.edge import _pte_metadata, require_executorch
+
+    res = executorch_export
+    assert res.format == "executorch" and res.path.suffix == ".pte" and res.files == [res.path]
+    assert sorted(p.name for p in res.path.parent.iterdir()) == ["yolov5n.pte"]
+    data = res.path.read_bytes()
+    assert data[4:6] == b"ET" and b"XnnpackBackend" in data  # the graph was delegated to XNNPACK
+    assert len(data) > 4 * 1.8e6  # fp32 weights: 4 bytes per parameter
+    program = require_executorch(res.path).get().load_program(data)
+    assert program.method_names == {"forward", "yolopt_metadata"}
+    meta = _pte_metadata(program, res.path)
+    assert meta["names"][0] == "person" and len(meta["names"]) == 80 and meta["nc"] == 80
+    assert meta["stride"] == [8, 16, 32] and meta["imgsz"] == [IMGSZ, IMGSZ] and meta["precision"] == "fp32"
+    v = res.verify
+    assert v.passed and v.agreement == 1.0 and v.detections_torch > 0 and v.max_score_diff < 1e-4
+    assert v.box_ratio < 0.5 and "bus" in str(v.sources[0])
+
+
+def test_executorch_backend_bus_detections_match_torch(executorch_export, yolov5n, bus_jpg, capfd, caplog):
+    """The backend's attributes, its process-wide thread pool and precision; raw outputs and conf-0.25 detections on bus.jpg (same
+    256 px square letterbox) within 1 px with the same classes, a batch of 2 run image by image; the runtime's
+    cpuinfo probe lines do not reach stderr."""
+    import copy
+
+    from yolopt import runtime
+    from yolopt.data.images import read_image
+    from yolopt.data.letterbox import letterbox, to_tensor
+    from yolopt.ops.nms import non_max_suppression
+    from yolopt.runtime import ExecuTorchBackend
+
+    from yolopt.runtime import edge as rt_edge
+
+    capfd.readouterr()
+    pool = rt_edge._POOL["threads"]  # sized by the first backend of the process (the export's verification)
+    assert pool == runtime.default_threads()
+    b = runtime.open(executorch_export.path, precision="fp32")
+    assert isinstance(b, ExecuTorchBackend) and b.name == "executorch" and b.path == executorch_export.path
+    assert b.names[:2] == ["person", "bicycle"] and b.nc == 80 and b.stride.tolist() == [8, 16, 32]
+    assert b.imgsz == (IMGSZ, IMGSZ) and not b.dynamic and b.letterbox_mode == "square" and b.batch == 1
+    assert b.threads == pool and b.precision == "fp32" and b.clone().threads == pool
+    assert b.describe()["backend"] == "executorch"
+    other = pool + 1  # a different count once the pool is sized: runs on the pool's, says so (no resize: it crashed)
+    with caplog.at_level("WARNING", logger="yolopt"):
+        assert runtime.open(executorch_export.path, threads=other).threads == pool
+    assert f"already has {pool} threads" in caplog.text and f"not {other}" in caplog.text
+    with pytest.raises(runtime.RuntimeBackendError, match="this artifact computes in fp32"):
+        runtime.open(executorch_export.path, precision="fp16")
+    x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]
+    with torch.inference_mode():
+        ref = copy.deepcopy(yolov5n).fuse()(x)
+    y = b(torch.cat([x, x.flip(-1)]))
+    assert "cpuinfo" not in capfd.readouterr().err
+    assert y.shape == (2, *ref.shape[1:])
+    assert (y[:1, :, :4] - ref[..., :4]).abs().max() < 0.01 and (y[:1, :, 4:] - ref[..., 4:]).abs().max() < 1e-4
+    assert not torch.equal(y[0], y[1])  # each image its own output (the runtime's output buffer is copied)
+    d_ref = non_max_suppression(ref, 0.25, 0.45)[0]
+    d_et = non_max_suppression(y[:1], 0.25, 0.45)[0]
+    assert len(d_ref) >= 3 and len(d_et) == len(d_ref)
+    assert torch.equal(d_et[:, 5], d_ref[:, 5]) and (d_et[:, :4] - d_ref[:, :4]).abs().max() < 1.0
+
+
+def test_executorch_val_matches_torch_in_the_same_letterbox(executorch_export, yolov5n_pt, few_coco, tmp_path):
+    """`yolopt val` on the .pte: PyTorch's mAP at 256 px in the square letterbox, within 0.002."""
+    from yolopt.evaluate import EvalSpec, evaluate
+
+    out = tmp_path / "val.json"
+    r = run_cli("val", executorch_export.path, "--data", few_coco, "--batch", "4", "--threads", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert got["backend"] == "executorch" and got["rect"] is False and got["imgsz"] == IMGSZ
+    ref = evaluate(yolov5n_pt, few_coco, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False))
+    assert ref.mode == "square" and ref.map50_95 > 0.2
+    assert abs(got["map50_95"] - ref.map50_95) < 0.002 and abs(got["map50"] - ref.map50) < 0.002
+
+
+@pytest.mark.parametrize("module", ["executorch", "ruamel.yaml", "tabulate"])
+def test_executorch_missing_package_names_the_install(yolov5n_pt, tmp_path, monkeypatch, module):
+    """Export: one line naming the missing package and the --no-deps install the Makefile runs; nothing written."""
+    monkeypatch.setitem(sys.modules, module, None)  # find_spec sees the package as missing
+    r = run_cli("export", yolov5n_pt, "--format", "executorch", "--out", tmp_path / "m.pte")
+    line = _one_line(r, f"{module} package", "pip install --no-deps executorch==1.5.1 ruamel.yaml==0.19.1 "
+                     "tabulate==0.10.0", "--format")
+    assert "yolov5n.pt" in line and list(tmp_path.iterdir()) == []
+
+
+def test_executorch_missing_runtime_at_open_names_the_install(tmp_path, monkeypatch):
+    from yolopt import runtime
+
+    p = tmp_path / "m.pte"
+    p.write_bytes(b"\0" * 64)
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)
+    with pytest.raises(runtime.RuntimeBackendError, match=r"ExecuTorch runtime is not installed \(pip install "
+                       r"--no-deps executorch==1\.5\.1"):
+        runtime.open(p)
+
+
+def test_executorch_pins_match_the_makefile():
+    """The install line a missing package names is the one `make` runs, at export and at open."""
+    from conftest import ROOT
+    from yolopt.export.edge import EXECUTORCH, EXECUTORCH_INSTALL
+    from yolopt.runtime import edge as rt_edge
+
+    line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("EXECUTORCH :="))
+    assert line.split(":=")[1].split() == list(EXECUTORCH)
+    assert rt_edge.EXECUTORCH_INSTALL == EXECUTORCH_INSTALL == "pip install --no-deps " + " ".join(EXECUTORCH)
+
+
+@pytest.mark.parametrize("opt,needle", [(("--dynamic",), "fixed input size"), (("--nms",), "not executorch"),
+                                        (("--precision", "int8"), "XNNPACK PT2E quantization"),
+                                        (("--precision", "fp16"), "precision fp16")])
+def test_executorch_unsupported_options_one_line(yolov5n_pt, tmp_path, opt, needle):
+    need_executorch()
+    r = run_cli("export", yolov5n_pt, "--format", "executorch", *opt, "--out", tmp_path / "m.pte")
+    _one_line(r, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case,needle", [("garbage", "not an ExecuTorch program file"),
+                                         ("truncated", "ExecuTorch cannot load this program")])
+def test_unreadable_pte_artifacts(executorch_export, tmp_path, case, needle):
+    from yolopt import runtime
+
+    p = tmp_path / "m.pte"
+    p.write_bytes(b"garbage\n" * 10 if case == "garbage" else executorch_export.path.read_bytes()[:5000])
+    with pytest.raises(runtime.RuntimeBackendError, match=needle):
+        runtime.open(p)
+
+
+def _fake_lowering(monkeypatch, result):
+    """Replace executorch's lowering with ``result`` (an exception to raise, or the bytes of a program to return):
+    the export's own steps run, without minutes of lowering."""
+    import types
+
+    import executorch.exir as exir
+
+    def lower(*args, **kwargs):
+        if isinstance(result, BaseException):
+            raise result
+        return types.SimpleNamespace(to_executorch=lambda: types.SimpleNamespace(buffer=result))
+
+    monkeypatch.setattr(exir, "to_edge_transform_and_lower", lower)
+
+
+def test_executorch_lowering_error_is_its_first_line(executorch_export, yolov5n_pt, tmp_path, monkeypatch):
+    """A model executorch cannot lower: one line with the error's first line, nothing written."""
+    _fake_lowering(monkeypatch, RuntimeError("Missing out variant for aten::frobnicate\nsecond line"))
+    out = tmp_path / "out"
+    r = run_cli("export", yolov5n_pt, "--format", "executorch", "--imgsz", "64", "--out", out / "m.pte")
+    line = _one_line(r, "executorch could not lower the model", "RuntimeError: Missing out variant for aten::frobnicate")
+    assert "second line" not in line and not out.exists()
+
+
+def test_executorch_failed_verification_writes_nothing(executorch_export, yolov5n_pt, bus_jpg, tmp_path,
+                                                       monkeypatch):
+    """A program whose outputs drift from PyTorch's fails verification; neither the file nor a temporary folder is
+    left (the lowering returns the session's program: no second lowering)."""
+    from yolopt.errors import ExportError
+    from yolopt.export import ExportSpec, export
+    from yolopt.runtime.edge import ExecuTorchBackend
+
+    _fake_lowering(monkeypatch, executorch_export.path.read_bytes())
+    run = ExecuTorchBackend._run
+    monkeypatch.setattr(ExecuTorchBackend, "_run", lambda self, x: run(self, x) + 0.5)
+    with pytest.raises(ExportError, match="verification FAILED, artifact not written"):
+        export(yolov5n_pt, ExportSpec("executorch", imgsz=IMGSZ, out=tmp_path / "bad" / "m.pte",
+                                      verify_images=[bus_jpg]))
+    assert list(tmp_path.iterdir()) == []

@@ -269,9 +269,11 @@ def test_registry_has_the_builtin_formats(registry):
     assert list(registry)[:4] == ["onnx", "openvino", "torchscript", "tensorrt"]
     assert {k: e.suffix for k, e in registry.items()} == {
         "onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript", "tensorrt": ".engine", "ncnn": ".param",
-        "litert": ".tflite"}
-    assert all(e.precisions == ("fp32", "fp16") for k, e in registry.items() if k != "litert")
+        "litert": ".tflite", "executorch": ".pte"}
+    assert all(e.precisions == ("fp32", "fp16") for k, e in registry.items() if k not in ("litert", "executorch"))
     assert registry["litert"].precisions == ("fp32", "fp16", "int8")  # int8 quantized while exporting
+    assert registry["executorch"].precisions == ("fp32",) and not registry["executorch"].folder  # test_edge.py
+    assert dict(registry["executorch"].refused).keys() == {"int8"}
     assert not registry["litert"].folder  # one .tflite, metadata inside (tests/test_edge.py)
     assert registry["ncnn"].folder and dict(registry["ncnn"].refused).keys() == {"int8"}  # tests/test_edge.py
     assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]

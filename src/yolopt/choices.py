@@ -5,4 +5,4 @@ these names and the registries agree.
 """
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-EXPORT_FORMATS = ("onnx", "openvino", "torchscript", "tensorrt", "ncnn", "litert")  # export.EXPORTERS, in registration order
+EXPORT_FORMATS = ("onnx", "openvino", "torchscript", "tensorrt", "ncnn", "litert", "executorch")  # export.EXPORTERS, in registration order

@@ -17,7 +17,7 @@ from pathlib import Path
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve")
 RUNTIME_PACKAGES = ("torch", "onnxruntime", "openvino", "onnx", "numpy", "opencv-python-headless", "tensorrt", "nncf",
-                    "ncnn", "pnnx", "ai-edge-litert", "litert-torch")
+                    "ncnn", "pnnx", "ai-edge-litert", "litert-torch", "executorch")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:

@@ -17,7 +17,7 @@ from .exporter import (
     register_exporter,
     traceable,
 )
-from .edge import write_litert, write_ncnn  # registers the edge formats (ncnn, litert)  # noqa: F401
+from .edge import write_executorch, write_litert, write_ncnn  # registers the edge formats (ncnn, litert, executorch)  # noqa: F401
 from .verify import TOLERANCE, VERIFY_NMS, Tolerance, VerifyOptions, VerifyResult, tolerance, verify, verify_inputs
 
 __all__ = [

@@ -197,3 +197,66 @@ def write_litert(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) 
         raise ExportError(f"{out.name}: litert-torch could not convert the model ({why[:300]})")
     embed_tflite_metadata(out, meta)
     return [out]
+
+
+# --- ExecuTorch (.pte, XNNPACK) -------------------------------------------------------------------------------
+
+# ExecuTorch, installed with --no-deps (the Makefile's EXECUTORCH; docs/edge.md says why): its declared
+# dependencies add coremltools, pandas, hydra, tokenizers... that neither its export path nor its runtime imports;
+# what they do import beyond torch and the edge extra is ruamel.yaml and tabulate (the Makefile line installs them)
+EXECUTORCH = ("executorch==1.5.1", "ruamel.yaml==0.19.1", "tabulate==0.10.0")
+EXECUTORCH_INSTALL = f"pip install --no-deps {' '.join(EXECUTORCH)}"
+EXECUTORCH_METADATA = "yolopt_metadata"  # the constant method of the .pte that returns yolopt's metadata (JSON bytes)
+# why INT8 is refused (docs/edge.md)
+EXECUTORCH_INT8 = ("XNNPACK PT2E quantization is not implemented for this format yet; export fp32 here, or int8 with "
+                   "format litert (or yolopt quantize for onnxruntime / openvino)")
+
+
+def _check_executorch(spec: ExportSpec, name: str) -> None:
+    """Format executorch needs the executorch package (its exporter and its runtime are one wheel), found without
+    importing it; fixed input size, batch as given."""
+    missing = [pkg for mod, pkg in (("executorch", "executorch"), ("ruamel.yaml", "ruamel.yaml"),
+                                                       ("tabulate", "tabulate"))
+               if not _findable(mod)]
+    if missing:
+        raise ExportError(f"{name}: format executorch needs the {' and '.join(missing)} package"
+                          f"{'s' if len(missing) > 1 else ''}, not installed ({EXECUTORCH_INSTALL})",
+                          fields=("format",))
+    if spec.dynamic:
+        raise ExportError(f"{name}: format executorch exports a fixed input size, not a dynamic one",
+                          fields=("dynamic", "format"))
+
+
+def metadata_tensor(meta: dict) -> torch.Tensor:
+    """yolopt's metadata as a uint8 tensor of its JSON bytes (what the ``yolopt_metadata`` method returns)."""
+    return torch.tensor(list(json.dumps(meta).encode("utf-8")), dtype=torch.uint8)
+
+
+@register_exporter("executorch", ".pte", ExporterTraits(precisions=("fp32",), check=_check_executorch,
+                                                         refused=(("int8", EXECUTORCH_INT8),)))
+def write_executorch(model, out: Path, spec: ExportSpec, meta: dict, workdir: Path) -> list[Path]:
+    """ExecuTorch (.pte) lowered to XNNPACK; metadata inside (a constant method)."""
+    h, w = spec.imgsz
+    m = traceable(model, "cpu", "fp32")
+    x = torch.zeros(int(spec.batch), 3, h, w)
+    from ..runtime.edge import quiet_executorch_import
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # executorch's passes warn about deprecated torch APIs, per node
+        try:
+            with quiet_executorch_import():
+                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+                from executorch.exir import to_edge_transform_and_lower
+        except ImportError as e:  # an executorch whose own imports fail (a missing dependency)
+            raise ExportError(f"{out.name}: executorch cannot be imported ({_first_line(e)}; {EXECUTORCH_INSTALL})"
+                              ) from None
+        try:
+            with torch.no_grad():
+                ep = torch.export.export(m, (x,), strict=False)
+            prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                               constant_methods={EXECUTORCH_METADATA: metadata_tensor(meta)})
+            buf = prog.to_executorch().buffer
+        except Exception as e:  # noqa: BLE001 - any converter failure is one line
+            raise ExportError(f"{out.name}: executorch could not lower the model ({_first_line(e)[:300]})") from None
+    out.write_bytes(buf)
+    return [out]

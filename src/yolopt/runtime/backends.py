@@ -31,7 +31,7 @@ METADATA_FORMAT = "yolopt-export"
 SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".safetensors": "torch",
     ".onnx": "onnxruntime", ".xml": "openvino", ".torchscript": "torchscript", ".engine": "tensorrt", ".trt": "tensorrt",
-    ".param": "ncnn", ".tflite": "litert",
+    ".param": "ncnn", ".tflite": "litert", ".pte": "executorch",
 }
 FOLDER_SUFFIXES = {".xml": "openvino", ".param": "ncnn"}  # a folder holding exactly one such file opens as it
 
@@ -790,10 +790,16 @@ def _litert_backend(*args, **kwargs) -> Backend:
     return LiteRTBackend(*args, **kwargs)
 
 
+def _executorch_backend(*args, **kwargs) -> Backend:
+    from .edge import ExecuTorchBackend
+
+    return ExecuTorchBackend(*args, **kwargs)
+
+
 _CLASSES: dict[str, Callable[..., Backend]] = {
     "torch": TorchBackend, "onnxruntime": OnnxBackend, "openvino": OpenVINOBackend,
     "torchscript": TorchScriptBackend, "tensorrt": TensorRTBackend, "ncnn": _ncnn_backend,
-    "litert": _litert_backend,
+    "litert": _litert_backend, "executorch": _executorch_backend,
 }
 
 
@@ -814,7 +820,7 @@ def open(model, *, device=None, threads: int | None = None, workers: int = 1, pr
     """Open a model for inference: the one way every command, the evaluator and the benchmark get one.
 
     ``model``: a file (.pt / .safetensors -> torch, .onnx -> onnxruntime, .xml or its folder ->
-    openvino, .torchscript, .engine -> tensorrt, .param or its folder -> ncnn, .tflite -> litert), an in-memory
+    openvino, .torchscript, .engine -> tensorrt, .param or its folder -> ncnn, .tflite -> litert, .pte -> executorch), an in-memory
     ``DetectionModel`` (used as is), or a ``Backend`` (returned, wrapped for ``workers``).
 
     ``device``: ``cpu``, ``cuda:0``, ``0`` or ``auto`` (PyTorch / TorchScript / TensorRT; ONNX Runtime

@@ -7,6 +7,9 @@ An NCNN artifact is a ``.param`` (the graph) with its ``.bin`` (the weights) and
 A LiteRT artifact is one ``.tflite`` file with yolopt's metadata inside (a TFLite ``Metadata`` entry named
 ``yolopt``, JSON); upstream YOLOv5's ``meta.txt`` appended as a zip is read too. It runs on ``ai-edge-litert``'s
 interpreter with the XNNPACK delegate.
+
+An ExecuTorch artifact is one ``.pte`` program (lowered to XNNPACK) with yolopt's metadata inside: a constant
+method ``yolopt_metadata`` that returns its JSON bytes. It runs on ``executorch``'s Python runtime.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ def tflite_metadata(data: bytes, where: Path | str = "model") -> dict[str, Any]:
 
 
 @contextmanager
-def _native_stderr_to_log():
+def _native_stderr_to_log(tag: str = "litert"):
     """Capture what native code writes to file descriptor 2 while the block runs (LiteRT prints "INFO: Created
     TensorFlow Lite XNNPACK delegate for CPU." on each interpreter's first run); INFO lines go to the debug log,
     anything else back to stderr."""
@@ -205,7 +208,9 @@ def _native_stderr_to_log():
             tmp.seek(0)
             for ln in tmp.read().decode("utf-8", "replace").splitlines():
                 if ln.startswith("INFO: "):
-                    log.debug("litert: %s", ln[6:])
+                    log.debug("%s: %s", tag, ln[6:])
+                elif tag == "executorch" and ln.startswith("["):  # its cpuinfo probe: "[cpuinfo_utils.cpp:71] ..."
+                    log.debug("%s: %s", tag, ln)
                 elif ln.strip():
                     print(ln, file=sys.stderr)
 
@@ -291,3 +296,143 @@ def _natural(name: str) -> tuple:
 def _int_range(dtype) -> tuple[int, int]:
     info = np.iinfo(dtype)
     return int(info.min), int(info.max)
+
+
+# --- ExecuTorch (.pte) ----------------------------------------------------------------------------------------
+
+EXECUTORCH_METADATA = "yolopt_metadata"  # the constant method yolopt's exporter adds (export/edge.py)
+EXECUTORCH_INSTALL = "pip install --no-deps executorch==1.5.1 ruamel.yaml==0.19.1 tabulate==0.10.0"  # export.edge.EXECUTORCH
+
+
+@contextmanager
+def quiet_executorch_import():
+    """Importing executorch imports torchao, which logs a warning for each optional CUDA kernel library it cannot
+    load on a CPU-only machine, and torch warns about one of torchao's Enum registrations: keep those (and Python
+    warnings) off the user's stderr while the import runs."""
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def require_executorch(path) -> Any:
+    """ExecuTorch's ``Runtime`` (its Python runtime, with the XNNPACK backend built in), or one clear error naming
+    the install that fixes it."""
+    try:
+        with quiet_executorch_import():
+            from executorch.runtime import Runtime
+    except ImportError:
+        raise RuntimeBackendError(f"{path}: the ExecuTorch runtime is not installed ({EXECUTORCH_INSTALL})"
+                                  ) from None
+    return Runtime
+
+
+def _pte_metadata(program, where: Path) -> dict[str, Any]:
+    """yolopt's metadata from the program's ``yolopt_metadata`` method; {} when it has none (or it is damaged,
+    with a warning)."""
+    if EXECUTORCH_METADATA not in program.method_names:
+        return {}
+    try:
+        raw = program.load_method(EXECUTORCH_METADATA).execute([])[0]
+        meta = json.loads(bytes(np.asarray(raw, dtype=np.uint8).tobytes()).decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 - a damaged entry: the model may still run, with default metadata
+        log.warning("%s: unreadable yolopt metadata (%s); ignored", where, _first_line(e))
+        return {}
+    if not isinstance(meta, dict):
+        log.warning("%s: yolopt metadata is not a JSON object; ignored", where)
+        return {}
+    return meta
+
+
+# ExecuTorch's thread pool (XNNPACK's threads) is one per process. Resizing it once a program has loaded crashed
+# executorch 1.5.1 (SIGSEGV in a later run of a method loaded before the resize), so it is sized once, by the
+# first ExecuTorchBackend of the process, before its program loads; the count it got is kept here.
+_POOL: dict[str, int | None] = {"threads": None}
+
+
+def _pool_threads(path: Path, want: int | None) -> int:
+    """Size ExecuTorch's thread pool to ``want`` (default the usable cores) when no program has loaded in this
+    process yet; afterwards the pool keeps its size (a warning when ``want`` differs). Returns the pool's size."""
+    from executorch.extension.pybindings import portable_lib as et
+
+    if _POOL["threads"] is None:
+        n = int(want) if want else default_threads()
+        with _native_stderr_to_log("executorch"):  # creating the pool probes the CPU, resizing it says so: stderr
+            if et._threadpool_get_thread_count() != n:
+                et._unsafe_reset_threadpool(n)
+            _POOL["threads"] = int(et._threadpool_get_thread_count())
+    elif want and int(want) != _POOL["threads"]:
+        log.warning("%s: ExecuTorch's thread pool is one per process and already has %d threads (resizing it after "
+                    "a program has loaded crashes executorch); running on %d, not %d", path, _POOL["threads"],
+                    _POOL["threads"], int(want))
+    return int(_POOL["threads"])
+
+
+class ExecuTorchBackend(Backend):
+    """An ExecuTorch program (``.pte``) on the CPU, run by ``executorch``'s Python runtime; the parts lowered to
+    XNNPACK run on its kernels, the rest on ExecuTorch's portable ones. Computes in fp32.
+
+    ``threads``: XNNPACK's thread pool (default the usable cores). The pool is one per process and is sized by
+    the first backend the process opens (see ``_POOL``): a later one asking for another count runs on the pool's
+    with a warning, and ``threads`` says what it runs on. The batch is the artifact's fixed one.
+    """
+
+    name = "executorch"
+
+    def __init__(self, path, threads: int | None = None, precision: str | None = None):
+        Runtime = require_executorch(path)
+        self.path = Path(path)
+        data = self.path.read_bytes()
+        if len(data) < 8 or data[4:6] != b"ET":  # a .pte flatbuffer's identifier: "ET" + two version digits
+            raise RuntimeBackendError(f"{self.path}: not an ExecuTorch program file (no ET identifier)")
+        self.threads = _pool_threads(self.path, threads)
+        try:
+            with _native_stderr_to_log("executorch"):
+                program = Runtime.get().load_program(data)
+                method = program.load_method("forward")
+        except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError / its own types
+            raise RuntimeBackendError(f"{self.path}: ExecuTorch cannot load this program ({_first_line(e)})"
+                                      ) from None
+        if method is None:
+            raise RuntimeBackendError(f"{self.path}: the program has no forward method")
+        mm = method.metadata
+        if mm.num_inputs() != 1 or mm.num_outputs() != 1:
+            raise RuntimeBackendError(f"{self.path}: expected one input and one output, found {mm.num_inputs()} "
+                                      f"inputs and {mm.num_outputs()} outputs")
+        shape = tuple(int(v) for v in mm.input_tensor_meta(0).sizes())
+        out = tuple(int(v) for v in mm.output_tensor_meta(0).sizes())
+        if len(shape) != 4 or shape[1] != 3 or len(out) != 3:
+            raise RuntimeBackendError(f"{self.path}: expected a (B, 3, H, W) input and a (B, N, 5 + nc) output, "
+                                      f"found {shape} and {out}")
+        meta = decode_metadata(_pte_metadata(program, self.path))
+        self._init_meta(meta, nc_output=out[-1] - 5)
+        self.imgsz, self.batch, self.dynamic = (shape[2], shape[3]), shape[0], False
+        self.end2end, self.nms = False, None
+        want = check_precision(precision)
+        if want not in (None, "fp32"):
+            raise _unsupported(self.path, "executorch", want, "this artifact computes in fp32 on XNNPACK's CPU "
+                               "kernels")
+        self.precision = "fp32"
+        self.program, self.method = program, method
+        self._open_kwargs = {"threads": threads, "precision": precision}
+        with _native_stderr_to_log("executorch"):  # the first run sets XNNPACK up: once here
+            self._run(np.zeros(shape, dtype=np.float32))
+
+    def _run(self, x: np.ndarray):
+        import torch
+
+        try:
+            y = self.method.execute([torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0]
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeBackendError(f"{self.path}: ExecuTorch inference failed on input {tuple(x.shape)} "
+                                      f"({_first_line(e)})") from None
+        return y.clone() if isinstance(y, torch.Tensor) else np.asarray(y, dtype=np.float32)
