@@ -98,7 +98,8 @@ def test_wrong_input_size_is_a_clear_error(files):
     ("m.xml", b"<net>", "OpenVINO weights file m.bin is missing"),
     ("m.torchscript", b"garbage", "not a loadable TorchScript file"),
     ("m.onnx", b"", "empty file"),
-    ("m.pte", b"x", "unknown model format '.pte'"),  # .tflite opens with LiteRT (tests/test_edge.py)
+    ("m.pte", b"x", "not an ExecuTorch program file"),  # .tflite opens with LiteRT (tests/test_edge.py)
+    ("m.mnn", b"x", "unknown model format '.mnn'"),
 ])
 def test_unreadable_artifacts(tmp_path, name, content, needle):
     from yolopt import runtime
