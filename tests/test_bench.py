@@ -103,3 +103,34 @@ def test_bench_unknown_file(tmp_path):
     p.write_bytes(b"x")
     r = run_cli("bench", p)
     assert r.returncode == 1 and "unknown model format '.bin'" in r.stderr and str(p) in r.stderr
+
+
+def test_glue_around_a_runtime_runs_on_one_torch_thread():
+    """bench.measure runs the torch glue (input, decode, NMS) on one torch thread when the model is not run by
+    torch (its OpenMP threads fought ONNX Runtime's spin-waiting ones), keeps a torch backend's setting, and puts
+    the process-wide setting back afterwards."""
+    import numpy as np
+    import torch
+
+    from yolopt.bench import BenchSpec, measure
+
+    class Fake:
+        path, threads, uint8_input, precision = "fake.onnx", 2, False, "fp32"
+
+        def __init__(self, name):
+            self.name, self.seen = name, []
+
+        def __call__(self, x):
+            self.seen.append(torch.get_num_threads())
+            return np.zeros((1, 10, 85), np.float32)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ort, pt = Fake("onnxruntime"), Fake("torch")
+        measure(ort, 32, BenchSpec(warmup=1, iters=2))
+        measure(pt, 32, BenchSpec(warmup=1, iters=2))
+        assert set(ort.seen) == {1} and set(pt.seen) == {2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

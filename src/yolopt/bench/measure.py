@@ -13,9 +13,11 @@ import numpy as np
 from ..data.letterbox import to_pixels
 from ..errors import YoloptError
 from ..machine import machine_info
-from ..runtime.backends import predict_above
+from ..runtime.backends import predict_above, torch_threads
 from .end2end import EndToEnd
 from .timing import artifact_size_mb, median, peak_rss_mb, percentiles, time_calls
+
+TORCH_COMPUTE = ("torch", "torch-unfused", "torchscript")  # backends whose model runs on torch's own threads
 
 
 @dataclass
@@ -98,20 +100,26 @@ def measure(backend, imgsz, spec: BenchSpec | None = None, model_name: str | Non
         # a raw-head artifact decodes the cells that pass the deployment threshold, as it does when deployed
         return lambda: predict_above(b, x, spec.conf)
 
-    step = make_step(backend)
-    lat = time_calls(step, warmup, iters, duration)
-    extra: dict = {}
-    stages = None
-    if source is not None:  # the warm-up calls' stage times are dropped
-        stages = {k: float(np.median(v[-len(lat):])) for k, v in step.stage_samples.items()}
-        extra["detections_per_image"] = step.counts[-len(lat) * batch:][:step.cycle_frames]
-        if step.frames.videos:
-            extra["videos"] = step.frames.videos  # source fps, size and frame count of each video
-    p = percentiles(lat)
-    fps = batch * 1e3 / p["mean"]
-    throughput = fps
-    if streams > 1:
-        throughput, extra["stream_latency_ms"] = _streams(backend, make_step, spec, len(lat))
+    # The glue around a runtime (letterbox, decode, NMS in torch) runs on one torch thread: with torch's default
+    # (the cores) its OpenMP threads fight the runtime's spin-waiting threads on a 2-core CPU. Measured, yolov5n 640
+    # FP32 ONNX Runtime end to end on an Intel Xeon: 15.5-17.5 images/s with 2 torch threads, 21.0-26.4 with 1, where
+    # the bundle's infer.py (numpy glue) runs at 21.5-22.8. A PyTorch backend keeps the process's setting.
+    glue = None if backend.name in TORCH_COMPUTE else 1
+    with torch_threads(glue):
+        step = make_step(backend)
+        lat = time_calls(step, warmup, iters, duration)
+        extra: dict = {}
+        stages = None
+        if source is not None:  # the warm-up calls' stage times are dropped
+            stages = {k: float(np.median(v[-len(lat):])) for k, v in step.stage_samples.items()}
+            extra["detections_per_image"] = step.counts[-len(lat) * batch:][:step.cycle_frames]
+            if step.frames.videos:
+                extra["videos"] = step.frames.videos  # source fps, size and frame count of each video
+        p = percentiles(lat)
+        fps = batch * 1e3 / p["mean"]
+        throughput = fps
+        if streams > 1:
+            throughput, extra["stream_latency_ms"] = _streams(backend, make_step, spec, len(lat))
     return BenchRecord(
         backend=backend.name, model=str(model_name or backend.path), imgsz=list(imgsz), batch=batch,
         threads=backend.threads, streams=streams, latency_ms=p, fps=fps, throughput_fps=throughput,
