@@ -44,8 +44,10 @@ sysdeps:
 	else { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 	  || echo "sysdeps: apt-get install chromium failed (browser test will skip)"; fi
 
+# One pytest-xdist worker per usable core (at most 2), each pinned to its own core (tests/conftest.py): the many
+# single-threaded parts of the suite (exports, mAP, start-ups) run side by side; `long` tests start first.
 test: sysdeps $(STAMP)
-	$(VPY) -m pytest tests -q
+	$(VPY) -m pytest tests -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

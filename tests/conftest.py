@@ -13,6 +13,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("YOLOPT_SHARED", ROOT.parent / "shared")).resolve()
 
 
+# ---- one core per pytest-xdist worker
+# `make test` runs the suite in one worker per usable core (pytest -n auto). Each worker is pinned to a core of
+# its own, before torch is imported, so torch, ONNX Runtime, OpenVINO and every CLI subprocess it starts see a
+# one-core machine (yolopt.machine.usable_cpus follows the affinity) and pick one thread: two workers never
+# run four threads on two cores, where threads stall at barriers. Without xdist nothing changes.
+def _pin_worker() -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    total = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if total < 2 or total > len(cores):
+        return
+    os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+_pin_worker()
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per usable core (affinity and cgroup quota), at most 2 (the CI machine's cores;
+    more workers would build the session fixtures once more each)."""
+    from yolopt.machine import usable_cpus
+
+    return min(2, usable_cpus())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long`` are collected first: under xdist they start at once instead of being the run's tail."""
+    items.sort(key=lambda it: it.get_closest_marker("long") is None)  # stable: the order is otherwise kept
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared asset missing: {path} (set YOLOPT_SHARED)")

@@ -157,3 +157,38 @@ def test_command_modules_are_thin():
     long = {f.name: n for f in sorted((SRC / "commands").glob("*.py"))
             if (n := len(f.read_text().splitlines())) > MAX_COMMAND_LINES}
     assert not long, f"command modules over {MAX_COMMAND_LINES} lines (move their logic into the library): {long}"
+
+
+MAX_PARAMETERS = 8
+
+
+def _wide_public_functions(root: Path) -> list[str]:
+    """``file:line name (n)`` for each public function or method under ``root`` taking more than MAX_PARAMETERS
+    parameters (``self`` / ``cls`` not counted; ``*args`` and ``**kwargs`` count one each; a spec object is one)."""
+    wide = []
+
+    def visit(node, prefix: str, private: bool, path: Path):
+        for n in ast.iter_child_nodes(node):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = n.args
+                count = sum(x.arg not in ("self", "cls") for x in a.posonlyargs + a.args + a.kwonlyargs)
+                count += bool(a.vararg) + bool(a.kwarg)
+                public = not private and (not n.name.startswith("_") or n.name == "__init__")
+                if public and count > MAX_PARAMETERS:
+                    wide.append(f"{path.relative_to(root)}:{n.lineno} {prefix}{n.name} ({count})")
+            elif isinstance(n, ast.ClassDef):
+                visit(n, f"{prefix}{n.name}.", private or n.name.startswith("_"), path)
+
+    for f in sorted(root.rglob("*.py")):
+        visit(ast.parse(f.read_text()), "", f.name.startswith("_") and f.name != "__init__.py", f)
+    return wide
+
+
+def test_no_public_function_takes_more_than_eight_parameters(tmp_path):
+    """Options travel as spec objects: no public function or method in src/ takes more than MAX_PARAMETERS
+    parameters. The check itself catches a wide function (and ignores a private one)."""
+    assert not _wide_public_functions(SRC), _wide_public_functions(SRC)
+    (tmp_path / "m.py").write_text("def wide(a, b, c, d, e, f, g, h, i): pass\n"
+                                   "def _private(a, b, c, d, e, f, g, h, i): pass\n"
+                                   "class K:\n    def m(self, a, b, c, d, e, f, g, h, *rest): pass\n")
+    assert _wide_public_functions(tmp_path) == ["m.py:1 wide (9)", "m.py:4 K.m (9)"]

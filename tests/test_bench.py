@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,22 @@ def test_glue_around_a_runtime_runs_on_one_torch_thread():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_peak_memory_of_a_child_is_its_own_not_its_parents():
+    """A benchmark worker started by a large process (optimize after an INT8 build) reports its own peak memory:
+    Linux's ru_maxrss would carry the parent's 700 MB into it across fork + exec."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc/self/status: the peak comes from ru_maxrss here")
+    child = "from yolopt.bench.timing import peak_rss_mb; print(peak_rss_mb())"
+    parent = ("import subprocess, sys\n"
+              "a = bytearray(700 * 2**20)\n"
+              "a[::4096] = b'\\x01' * len(range(0, len(a), 4096))\n"  # touch every page: 700 MB resident
+              f"sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)\n")
+    r = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
+    peak = float(r.stdout.strip())
+    assert 10 < peak < 600, peak  # numpy and yolopt's bench imported: far below the parent's 700 MB

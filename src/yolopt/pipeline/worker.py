@@ -40,7 +40,7 @@ def measure_request(req: dict) -> dict:
         warmup=max(3, len(req["images"]) // 2), iters=None, duration=float(req["seconds"]), streams=streams,
         source=req["images"], conf=req["conf"], iou=req["iou"], mode=req["letterbox"]))
     out = rec.to_dict()
-    out["model_mem_mb"] = max(0.0, rec.peak_rss_mb - before)  # the record's peak is the process's (ru_maxrss)
+    out["model_mem_mb"] = max(0.0, rec.peak_rss_mb - before)  # the record's peak: this process's own (VmHWM)
     return out
 
 
