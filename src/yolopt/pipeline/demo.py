@@ -24,7 +24,10 @@ BASE_TRAIN = {"cfg": "yolov5n", "epochs": 30, "imgsz": 160, "batch": 16, "nbs": 
 # no latency, and 8 lets the prune land at 0.45x the FLOPs rather than 0.40x (yolov5n's widths all cross the
 # next multiple of 16 at once)
 # fill False: the configuration the suite's acceptance test was measured with (the prune lands at 0.447x the FLOPs)
-COMPRESS = {"target_flops": 0.5, "epochs_budget": 24, "imgsz": 160, "round_to": 8, "fill": False}  # CompressSpec
+# metric map50: the demo's claim (and its test's) is mAP50 kept; the recipe then stops once the selection mAP50 is
+# back within 0.01 after the widen stage ("target met"), instead of polishing on for mAP50-95
+COMPRESS = {"target_flops": 0.5, "epochs_budget": 24, "imgsz": 160, "round_to": 8, "fill": False,
+            "metric": "map50"}  # CompressSpec
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "assets" / "synth_yolov5n.safetensors"
 
 # The optimize demo: `yolopt optimize --scenario realtime` on the same synthetic model and set, with a short budget.
