@@ -229,7 +229,6 @@ def test_selection_rules_per_scenario():
     assert choose(edge, spec, "edge").variant == "a"
 
 
-@pytest.mark.long
 def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path, monkeypatch):
     """`make demo` -> `yolopt demo`: with no ../shared, the optimize part runs on yolopt's own synthetic set and
     model and ends with a recommendation, a report and a deploy bundle (the demo's time is in the issue note).
