@@ -836,7 +836,8 @@ def test_executorch_pins_match_the_makefile():
 
 
 @pytest.mark.parametrize("opt,needle", [(("--dynamic",), "fixed input size"), (("--nms",), "not executorch"),
-                                        (("--precision", "int8"), "XNNPACK PT2E quantization"),
+                                        (("--precision", "int8"), "format executorch at precision int8 is calibrated "
+                                                                  "on images"),
                                         (("--precision", "fp16"), "precision fp16")])
 def test_executorch_unsupported_options_one_line(yolov5n_pt, tmp_path, opt, needle):
     need_executorch()
@@ -895,3 +896,60 @@ def test_executorch_failed_verification_writes_nothing(executorch_export, yolov5
         export(yolov5n_pt, ExportSpec("executorch", imgsz=IMGSZ, out=tmp_path / "bad" / "m.pte",
                                       verify_images=[bus_jpg]))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- ExecuTorch INT8 ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def executorch_int8(tmp_path_factory, yolov5n_pt, few_coco, bus_jpg):
+    """yolov5n as an int8 ExecuTorch program at 256 px (PT2E, XNNPACK quantizer, Detect float), calibrated on the 16
+    images of ``few_coco`` (its train split), verified on bus.jpg; through the CLI, once for this module."""
+    need_executorch()
+    out = tmp_path_factory.mktemp("et_int8") / "yolov5n_int8.pte"
+    r = run_cli("export", yolov5n_pt, "--format", "executorch", "--precision", "int8", "--imgsz", IMGSZ, "--data",
+                few_coco, "--out", out, "--verify-source", bus_jpg, "--json", out.with_suffix(".json"))
+    assert r.returncode == 0, r.stderr
+    assert f"executorch int8 export: {out}" in r.stdout and "PASS" in r.stdout
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_executorch_int8_program_runs_int8_with_a_float_head(executorch_int8, executorch_export, yolov5n,
+                                                             bus_jpg, few_coco, yolov5n_pt, tmp_path):
+    """The int8 program: calibration and the quantization recorded in its metadata, opened as int8 (fp32 refused),
+    smaller than the fp32 one; bus.jpg at conf 0.25 finds PyTorch's confident detections (same class, within 4 px:
+    the head is float, so boxes and scores keep their own ranges); `yolopt val` on the 16 calibration images
+    within 0.03 mAP50-95 of PyTorch in the same letterbox."""
+    import copy
+
+    from yolopt import runtime
+    from yolopt.data.images import read_image
+    from yolopt.data.letterbox import letterbox, to_tensor
+    from yolopt.evaluate import EvalSpec, evaluate
+    from yolopt.ops.nms import non_max_suppression
+
+    path = Path(executorch_int8["path"])
+    meta = executorch_int8["metadata"]
+    assert meta["precision"] == "int8" and executorch_int8["verify"]["passed"]
+    assert meta["calibration"]["images"] == 16 and meta["quantization"]["method"] == "pt2e-xnnpack"
+    assert path.stat().st_size < 0.6 * executorch_export.path.stat().st_size
+    b = runtime.open(path)
+    assert b.name == "executorch" and b.precision == b.artifact_precision == "int8" and b.nc == 80
+    with pytest.raises(runtime.RuntimeBackendError, match="this artifact computes in int8"):
+        runtime.open(path, precision="fp32")
+    x = to_tensor(letterbox(read_image(bus_jpg), IMGSZ, auto=False)[0])[None]
+    with torch.inference_mode():
+        ref = non_max_suppression(copy.deepcopy(yolov5n).fuse()(x), 0.25, 0.45)[0]
+    got = non_max_suppression(b(x), 0.25, 0.45)[0]
+    confident = ref[ref[:, 4] > 0.4]
+    assert len(confident) >= 3
+    for row in confident:
+        d = (got[:, :4] - row[:4]).abs().max(1).values
+        d[got[:, 5] != row[5]] = float("inf")
+        assert float(d.min()) < 4.0, (row, got)
+    out = tmp_path / "val.json"
+    r = run_cli("val", path, "--data", few_coco, "--batch", "4", "--json", out)
+    assert r.returncode == 0, r.stderr
+    got_val = json.loads(out.read_text())
+    ref_val = evaluate(yolov5n_pt, few_coco, EvalSpec(imgsz=IMGSZ, batch=4, mode="square", threads=1, progress=False))
+    assert got_val["backend"] == "executorch" and got_val["rect"] is False
+    assert abs(got_val["map50_95"] - ref_val.map50_95) < 0.03  # 16 images: int8 moved it by +0.020 here

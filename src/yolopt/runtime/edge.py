@@ -379,7 +379,8 @@ def _pool_threads(path: Path, want: int | None) -> int:
 
 class ExecuTorchBackend(Backend):
     """An ExecuTorch program (``.pte``) on the CPU, run by ``executorch``'s Python runtime; the parts lowered to
-    XNNPACK run on its kernels, the rest on ExecuTorch's portable ones. Computes in fp32.
+    XNNPACK run on its kernels, the rest on ExecuTorch's portable ones. Computes in fp32, or in int8 for an artifact
+    exported at precision int8 (PT2E, Detect float).
 
     ``threads``: XNNPACK's thread pool (default the usable cores). The pool is one per process and is sized by
     the first backend the process opens (see ``_POOL``): a later one asking for another count runs on the pool's
@@ -418,10 +419,11 @@ class ExecuTorchBackend(Backend):
         self.imgsz, self.batch, self.dynamic = (shape[2], shape[3]), shape[0], False
         self.end2end, self.nms = False, None
         want = check_precision(precision)
-        if want not in (None, "fp32"):
-            raise _unsupported(self.path, "executorch", want, "this artifact computes in fp32 on XNNPACK's CPU "
+        own = "int8" if self.artifact_precision == "int8" else "fp32"
+        if want not in (None, own):
+            raise _unsupported(self.path, "executorch", want, f"this artifact computes in {own} on XNNPACK's CPU "
                                "kernels")
-        self.precision = "fp32"
+        self.precision = own
         self.program, self.method = program, method
         self._open_kwargs = {"threads": threads, "precision": precision}
         with _native_stderr_to_log("executorch"):  # the first run sets XNNPACK up: once here
