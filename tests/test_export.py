@@ -272,8 +272,8 @@ def test_registry_has_the_builtin_formats(registry):
         "litert": ".tflite", "executorch": ".pte"}
     assert all(e.precisions == ("fp32", "fp16") for k, e in registry.items() if k not in ("litert", "executorch"))
     assert registry["litert"].precisions == ("fp32", "fp16", "int8")  # int8 quantized while exporting
-    assert registry["executorch"].precisions == ("fp32",) and not registry["executorch"].folder  # test_edge.py
-    assert dict(registry["executorch"].refused).keys() == {"int8"}
+    # int8 quantized while exporting (PT2E), fp16 refused in one line (test_edge.py)
+    assert registry["executorch"].precisions == ("fp32", "int8") and not registry["executorch"].folder
     assert not registry["litert"].folder  # one .tflite, metadata inside (tests/test_edge.py)
     assert registry["ncnn"].folder and dict(registry["ncnn"].refused).keys() == {"int8"}  # tests/test_edge.py
     assert [k for k, e in registry.items() if e.needs_gpu] == ["tensorrt"]
@@ -360,8 +360,8 @@ def test_in_memory_model_needs_an_output_path(yolov5n):
 @pytest.mark.parametrize("fmt,precision,code,needle", [
     ("onnx", "bf16", 1, ("precision bf16 is not an export precision: it is a runtime precision; export fp32 and "
                          "run the fp32 artifact at precision bf16 on a CPU that has AVX-512 BF16 (--precision)")),
-    ("openvino", "int8", 1, "precision int8: format openvino exports fp32 and fp16 (format litert exports int8; or "
-                            "quantize the artifact: yolopt quantize)"),
+    ("openvino", "int8", 1, "precision int8: format openvino exports fp32 and fp16 (format litert and executorch "
+                            "export int8; or quantize the artifact: yolopt quantize)"),
     ("onnx", "xyz", 2, "argument --precision: invalid choice: 'xyz'"),
     pytest.param("onnx", "fp16", 1, ("precision fp16, format onnx, needs a CUDA GPU (fp16 tracing) and none is "
                                      "available; on a CPU use format openvino or ncnn or litert at precision fp16 "
