@@ -157,15 +157,22 @@ def embed_tflite_metadata(tflite: Path, meta: dict) -> None:
     tflite.write_bytes(b.Output())
 
 
-def litert_calibration(spec: ExportSpec) -> list[str]:
-    """The int8 calibration images of ``spec`` (its dataset's train split, or its images), decoded once here so
-    that a bad file is one line before minutes of conversion."""
+def calibration_set(spec: ExportSpec, n: int | None = None):
+    """The int8 :class:`~yolopt.data.calib.CalibrationSet` of ``spec`` (its dataset's train split, or its images;
+    ``n`` images, default ``spec.calib``), each decoded once here so that a bad file is one line before minutes of
+    conversion."""
     from ..data.calib import CalibrationSet
 
-    cs = (CalibrationSet.from_images(spec.calib_images, spec.imgsz, spec.calib) if spec.calib_images else
-          CalibrationSet.from_data(spec.calib_data, spec.imgsz, spec.calib))
+    n = spec.calib if n is None else n
+    cs = (CalibrationSet.from_images(spec.calib_images, spec.imgsz, n) if spec.calib_images else
+          CalibrationSet.from_data(spec.calib_data, spec.imgsz, n))
     cs.check()
-    return [str(Path(p).resolve()) for p in cs.paths]
+    return cs
+
+
+def litert_calibration(spec: ExportSpec) -> list[str]:
+    """The int8 calibration image paths of ``spec`` (:func:`calibration_set`), for the converter's child process."""
+    return [str(Path(p).resolve()) for p in calibration_set(spec).paths]
 
 
 @register_exporter("litert", ".tflite", ExporterTraits(precisions=("fp32", "fp16", "int8"), check=_check_litert))
@@ -237,7 +244,7 @@ def metadata_tensor(meta: dict) -> torch.Tensor:
 
 
 def _not_in_detect(node) -> bool:
-    """PT2E filter: True for a graph node outside the Detect head (by the module stack torch.export records)."""
+    """True for a graph node outside the Detect head (by the module stack torch.export records)."""
     from ..models.yolo import Detect
 
     stack = node.meta.get("nn_module_stack") or {}
@@ -250,20 +257,17 @@ def _quantize_pt2e(m, x: torch.Tensor, spec: ExportSpec, meta: dict):
     (square-letterboxed like inference), Detect left float."""
     import numpy as np
 
-    from ..data.calib import CalibrationSet
-
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    n = spec.calib if spec.calib != ExportSpec.calib else EXECUTORCH_CALIB
-    cs = (CalibrationSet.from_images(spec.calib_images, spec.imgsz, n) if spec.calib_images else
-          CalibrationSet.from_data(spec.calib_data, spec.imgsz, n))
-    cs.check()  # a bad image is one line before minutes of calibration
+    cs = calibration_set(spec, spec.calib if spec.calib != ExportSpec.calib else EXECUTORCH_CALIB)
+
     class HeadFloat(XNNPACKQuantizer):
-        """XNNPACK's quantizer with Detect's nodes left float. Its filter function alone does not do it: the cat
-        annotator (executorch 1.5.1) ignores the filter, and the decode's concat then shares one int8 scale."""
+        """XNNPACK's quantizer with Detect's nodes left float: their annotations are removed once annotation is
+        done. (Its filter function does not do it: the cat annotator of executorch 1.5.1 ignores the filter, and
+        the decode's concat then shares one int8 scale.)"""
 
         def annotate(self, model):
             model = super().annotate(model)
@@ -273,7 +277,6 @@ def _quantize_pt2e(m, x: torch.Tensor, spec: ExportSpec, meta: dict):
             return model
 
     q = HeadFloat().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    q.set_filter_function(_not_in_detect)
     with torch.no_grad():
         gm = torch.export.export(m, (x,), strict=False).module()
         prepared = prepare_pt2e(gm, q)
