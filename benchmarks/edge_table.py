@@ -16,6 +16,17 @@ the data's train split. Then:
   reversed every other round), once per ``--threads`` value, each in a process of its own (ExecuTorch sizes XNNPACK's
   process-wide thread pool once). Ratios to ONNX Runtime FP32 are the median of the per-round ratios.
 
+* **detections** (``--images``): conf-0.25 detections of each artifact on those images against PyTorch's in the
+  same letterbox: matched (same class, IoU >= 0.5) / PyTorch's count and the largest box-corner difference in px.
+
+A third-party model whose classes differ from the data's: ``--match-classes`` (as ``yolopt val``); ``--threads 0``
+leaves latency out. For ppe_yolov5n on hardhat (FP32 on every runtime):
+
+    PYTHONPATH=src python benchmarks/edge_table.py ../shared/weights/ppe_yolov5n.pt \
+        --data ../shared/data/hardhat/hardhat.yaml --match-classes --imgsz 640 --threads 0 \
+        --only openvino ncnn litert executorch --images ../shared/data/images/bus.jpg \
+        --work runs/edge_table_ppe --out benchmarks/results/edge_table_ppe.json
+
 Writes one JSON with the machine block (CPU, ISA flags, versions). Run it with the cores otherwise idle.
 """
 
@@ -71,10 +82,10 @@ def build(model: str, imgsz: int, work: Path, only: list[str] | None, data: str,
     return arts, missing
 
 
-def accuracy(model: str, arts: dict, data: str, imgsz: int, max_images: int | None) -> dict:
+def accuracy(model: str, arts: dict, data: str, imgsz: int, max_images: int | None, match: bool = False) -> dict:
     from yolopt.evaluate import EvalSpec, evaluate
 
-    spec = EvalSpec(imgsz=imgsz, batch=1, mode="square", max_images=max_images, progress=False)
+    spec = EvalSpec(imgsz=imgsz, batch=1, mode="square", max_images=max_images, progress=False, match_classes=match)
     rows = {}
     for name, path in {"pytorch": model, **{k: str(v) for k, v in arts.items()}}.items():
         t0 = time.perf_counter()
@@ -86,6 +97,42 @@ def accuracy(model: str, arts: dict, data: str, imgsz: int, max_images: int | No
     for row in rows.values():
         row["diff_map50_95"] = round(row["map50_95"] - ref["map50_95"], 5)
         row["diff_map50"] = round(row["map50"] - ref["map50"], 5)
+    return rows
+
+
+def detections(model: str, arts: dict, images: list[str], imgsz: int) -> dict:
+    """Each artifact's conf-0.25 detections against PyTorch's on ``images`` (square letterbox): matched (same
+    class, IoU >= 0.5) of PyTorch's, extra ones, and the largest box-corner difference (px) of the matched."""
+    import numpy as np
+    import torch
+
+    from yolopt.detect import predict
+    from yolopt.ops.boxes import box_iou
+    from yolopt.runtime import open as open_backend
+
+    def run(m):
+        return [(np.asarray(d.xyxy, dtype=np.float64).reshape(-1, 4), np.asarray(d.cls).reshape(-1))
+                for d in predict(open_backend(m, threads=1), images, imgsz=imgsz, letterbox="square")]
+
+    ref = run(model)
+    rows = {}
+    for name, path in arts.items():
+        matched, total, extra, worst = 0, 0, 0, 0.0
+        for (rb, rc), (b, c) in zip(ref, run(str(path))):
+            total += len(rb)
+            used: set[int] = set()
+            iou = box_iou(torch.from_numpy(rb), torch.from_numpy(b)).numpy() if len(rb) and len(b) else None
+            for i in range(len(rb)):
+                cand = [k for k in range(len(b)) if k not in used and c[k] == rc[i]] if iou is not None else []
+                j = max(cand, key=lambda k: iou[i, k], default=None)
+                if j is not None and iou[i, j] >= 0.5:
+                    used.add(j)
+                    matched += 1
+                    worst = max(worst, float(np.abs(rb[i] - b[j]).max()))
+            extra += len(b) - len(used)
+        rows[name] = {"matched": matched, "pytorch": total, "extra": extra, "max_box_diff_px": round(worst, 4)}
+        print(f"detections {name}: {matched}/{total} matched, {extra} extra, max box diff {worst:.4f} px",
+              file=sys.stderr)
     return rows
 
 
@@ -116,6 +163,8 @@ def main() -> int:
     ap.add_argument("--val-images", type=int, default=None, help="only the first N val images (default: all)")
     ap.add_argument("--only", nargs="+", choices=sorted(ARTIFACTS), help="these runtimes only (onnxruntime always)")
     ap.add_argument("--no-val", action="store_true", help="latency only")
+    ap.add_argument("--match-classes", action="store_true", help="val: match the model's class names to the data's")
+    ap.add_argument("--images", nargs="+", help="compare conf-0.25 detections with PyTorch's on these images")
     ap.add_argument("--work", default="runs/edge_table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one latency run, JSON request
@@ -140,7 +189,7 @@ def main() -> int:
         return 1
     result = {"model": args.model, "data": args.data, "imgsz": args.imgsz, "missing": missing,
               "command": " ".join(sys.argv), "machine": machine_info(), "latency": [], "accuracy": None}
-    for t in args.threads:
+    for t in [t for t in args.threads if t > 0]:
         with tempfile.TemporaryDirectory() as tmp:
             req, out = Path(tmp) / "req.json", Path(tmp) / "out.json"
             req.write_text(json.dumps({"arts": {k: str(v) for k, v in arts.items()}, "imgsz": args.imgsz,
@@ -153,8 +202,11 @@ def main() -> int:
             print(f"{t} thread(s) {name}: p50 {r['p50_ms']:.2f} ms, {r['vs_onnxruntime']:.3f}x ONNX Runtime",
                   file=sys.stderr)
         write_json(args.out, result, quiet=True)  # partial results survive an interrupted run
+    if args.images:
+        result["detections"] = detections(args.model, arts, args.images, args.imgsz)
+        write_json(args.out, result, quiet=True)
     if not args.no_val:
-        result["accuracy"] = accuracy(args.model, arts, args.data, args.imgsz, args.val_images)
+        result["accuracy"] = accuracy(args.model, arts, args.data, args.imgsz, args.val_images, args.match_classes)
     write_json(args.out, result)
     return 0
 

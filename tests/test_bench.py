@@ -62,6 +62,31 @@ def test_benchmark_api_streams_and_end2end(onnx_dyn, bus_jpg):
     assert sum(e.stages_ms.values()) <= e.latency_ms["p90"] * 1.05
 
 
+def test_end_to_end_streams_run_as_processes_like_a_bundles_workers(onnx_dyn, bus_jpg, tmp_path):
+    """End to end, N streams are N processes with a session each (as infer.py --workers N runs them): their
+    throughput, latency and the memory they need together; a pipeline process that fails ends the measurement
+    with one line naming the artifact, never a hang."""
+    import shutil
+
+    from yolopt import runtime
+    from yolopt.bench import BenchSpec, measure
+    from yolopt.errors import YoloptError
+
+    b = runtime.open(onnx_dyn, threads=1)
+    r = measure(b, 128, BenchSpec(warmup=1, iters=4, streams=2, source=[bus_jpg]))
+    assert r.end2end and r.extra["stream_mode"] == "processes" and r.throughput_fps > 0
+    assert r.extra["stream_latency_ms"]["p50"] > 0 and r.extra["stream_model_mem_mb"] > 0
+    t = measure(b, 128, BenchSpec(warmup=1, iters=4, streams=2, source=[bus_jpg], processes=False))
+    assert t.extra["stream_mode"] == "threads" and "stream_model_mem_mb" not in t.extra
+    gone = tmp_path / "gone.onnx"
+    shutil.copyfile(onnx_dyn, gone)
+    g = runtime.open(gone, threads=1)
+    gone.unlink()  # the parent's session is open; the pipeline processes cannot open the file
+    with pytest.raises(YoloptError, match="a pipeline process failed") as e:
+        measure(g, 128, BenchSpec(warmup=1, iters=2, streams=2, source=[bus_jpg]))
+    assert str(gone) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_bench_cli_json(onnx_dyn, tmp_path):
     out = tmp_path / "b.json"
     r = run_cli("bench", onnx_dyn, "--imgsz", "128", "--batch", "1,2", "--warmup", "1", "--iters", "4",

@@ -759,3 +759,21 @@ def test_litert_infer_in_a_fresh_venv(litert_bundle, litert_export, bus_jpg, tmp
     py = fresh_venv("litert")
     run_infer(py, litert_bundle, bus_jpg, "--json", tmp_path / "d.json")
     assert assert_same(json.loads((tmp_path / "d.json").read_text()), yolopt_square(litert_export.path, bus_jpg)) >= 4
+
+
+def test_optimize_times_a_bundle_with_its_own_infer_pipeline(arts, images, tmp_path):
+    """pipeline.harness.measure_bundle (how optimize measures every variant): the bundle's own infer.py pipeline
+    in its worker processes, warm before the clock starts; images/s, latency and the workers' memory. A bundle
+    whose model the runtime refuses is one line naming the bundle."""
+    from yolopt.errors import YoloptError
+    from yolopt.pipeline.harness import measure_bundle
+
+    b = write_bundle(arts["static"], tmp_path / "b", threads=1, workers=1)
+    ims = [str(images / "bus.jpg"), str(images / "zidane.jpg")]
+    r = measure_bundle(b, ims, 0.5)
+    assert r.fps > 0 and r.images >= 1 and r.workers == 1 and r.threads == 1
+    assert 20 < r.peak_mem_mb < 400 and r.latency_ms["p50"] > 0  # infer.py's process: no torch in it
+    (b / "yolov5n.onnx").write_bytes(b"not a model")
+    with pytest.raises(YoloptError) as e:
+        measure_bundle(b, ims, 0.5)
+    assert str(b) in str(e.value) and "\n" not in str(e.value)

@@ -331,7 +331,9 @@ def test_ncnn_target_plans_fp32_and_fp16_variants(tmp_path, monkeypatch):
 
 def test_ncnn_fp16_build_is_verified_and_measured(tmp_path):
     """One real build of --target ncnn (the synthetic model, FP16 weights, 96 px): an NCNN folder with fp16
-    weights, its mAP through yolopt's evaluation and its end-to-end benchmark in the worker process."""
+    weights, its mAP through yolopt's evaluation and its end-to-end benchmark in the worker process: the
+    variant's own deploy bundle, run by its infer.py pipeline (its worker's memory is the deployed memory: no
+    torch in it), with yolopt's per-stage times beside it."""
     _need_ncnn()
     from yolopt.data.synth import generate
     from yolopt.models.checkpoint import load_model
@@ -351,6 +353,8 @@ def test_ncnn_fp16_build_is_verified_and_measured(tmp_path):
     imgs = sorted(str(p) for p in (tmp_path / "d").rglob("*.jpg"))[:2]
     bench = bench_variant(b.artifact, v, spec, imgs)
     assert bench.fps > 0 and bench.threads_per_stream == 1 and bench.size_mb > 0
+    assert bench.measured_by == "infer.py" and 20 < bench.peak_mem_mb < 400 and bench.latency_ms["p50"] > 0
+    assert set(bench.stages_ms) >= {"decode", "preprocess", "inference", "nms"}
 
 
 @pytest.mark.parametrize("pinned", [False, True])

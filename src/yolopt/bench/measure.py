@@ -15,7 +15,7 @@ from ..errors import YoloptError
 from ..machine import machine_info
 from ..runtime.backends import predict_above, torch_threads
 from .end2end import EndToEnd
-from .timing import artifact_size_mb, median, peak_rss_mb, percentiles, time_calls
+from .timing import artifact_size_mb, median, peak_rss_mb, percentiles, rss_mb, time_calls
 
 TORCH_COMPUTE = ("torch", "torch-unfused", "torchscript")  # backends whose model runs on torch's own threads
 
@@ -60,7 +60,9 @@ class BenchSpec:
     """How :func:`measure` times a backend.
 
     ``iters`` timed calls after ``warmup`` (or as many as fit in ``duration`` seconds), at ``batch``;
-    ``streams > 1`` adds a throughput figure with that many sessions in threads. ``source``: images / videos
+    ``streams > 1`` adds a throughput figure with that many pipelines run at once: end to end (``source``
+    given), each in a process of its own, as a deploy bundle's ``infer.py --workers N`` runs them (``processes``
+    False, or a model that runs on torch: sessions in threads of this process). ``source``: images / videos
     for the end-to-end pipeline (else model-only on a fixed random input), with its ``conf`` / ``iou`` NMS
     thresholds and letterbox ``mode``: ``square`` or ``rect`` (dynamic artifacts: each frame padded to its own
     minimal stride-multiple rectangle).
@@ -75,6 +77,7 @@ class BenchSpec:
     conf: float = 0.25
     iou: float = 0.45
     mode: str = "square"
+    processes: bool = True
 
 
 def measure(backend, imgsz, spec: BenchSpec | None = None, model_name: str | None = None) -> BenchRecord:
@@ -118,8 +121,13 @@ def measure(backend, imgsz, spec: BenchSpec | None = None, model_name: str | Non
         p = percentiles(lat)
         fps = batch * 1e3 / p["mean"]
         throughput = fps
-        if streams > 1:
+        if streams > 1 and source is not None and spec.processes and _reopenable(backend):
+            throughput, extra["stream_latency_ms"], extra["stream_model_mem_mb"] = _stream_processes(
+                backend, imgsz, spec, len(lat))
+            extra["stream_mode"] = "processes"
+        elif streams > 1:
             throughput, extra["stream_latency_ms"] = _streams(backend, make_step, spec, len(lat))
+            extra["stream_mode"] = "threads"
     return BenchRecord(
         backend=backend.name, model=str(model_name or backend.path), imgsz=list(imgsz), batch=batch,
         threads=backend.threads, streams=streams, latency_ms=p, fps=fps, throughput_fps=throughput,
@@ -149,6 +157,94 @@ def _streams(backend, make_step, spec: BenchSpec, n_calls: int) -> tuple[float, 
     wall = time.perf_counter() - t0
     total = sum(len(s) for s in stream_lat) * spec.batch
     return total / wall, percentiles([v for s in stream_lat for v in s])
+
+
+def _reopenable(backend) -> bool:
+    """Whether another process can open ``backend`` again from its path and options (a model that runs on
+    torch, or a wrapper of sessions, cannot: its streams run in threads)."""
+    from ..runtime import Backend
+
+    return backend.name not in TORCH_COMPUTE and type(backend).clone is Backend.clone
+
+
+def _stream_child(cls, path, kwargs, imgsz, spec, n_calls, offset, go, results) -> None:
+    """One pipeline of :func:`_stream_processes`, in a process of its own: open, warm up, say ``ready``, wait for
+    ``go``, time the calls, report ``(ms per call, peak RSS MB above the RSS before the artifact was opened)``;
+    or report the error's first line."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # the glue around a runtime, as in measure()
+        before = rss_mb()
+        b = cls(path, **kwargs)
+        step = EndToEnd(b, spec.source, imgsz, spec.batch, spec.conf, spec.iou, mode=spec.mode)
+        for _ in range(offset):  # start each pipeline on other frames, as infer.py's workers take turns
+            step.frames()
+        for _ in range(max(1, min(spec.warmup, 3))):
+            step()
+    except Exception as e:  # noqa: BLE001 - reported to the parent in one line
+        msg = str(e).strip().splitlines()
+        results.put((offset, "error", f"{type(e).__name__}: {msg[0] if msg else ''}"))
+        return
+    results.put((offset, "ready", None))
+    if not go.wait(timeout=600):
+        return
+    lat = time_calls(step, 0, n_calls if not spec.duration else None, spec.duration)
+    results.put((offset, "ok", (lat, max(0.0, peak_rss_mb() - before))))
+
+
+def _collect(results, procs, want: str, where) -> dict:
+    """One ``want`` message from every pipeline process (``{index: payload}``); the first error, or a process
+    that ended without its message, raises one line."""
+    import queue
+
+    got: dict = {}
+    while len(got) < len(procs):
+        try:
+            k, kind, payload = results.get(timeout=2)
+        except queue.Empty:
+            dead = [i for i, p in enumerate(procs) if not p.is_alive() and i not in got]
+            if dead and results.empty():
+                raise YoloptError(f"{where}: pipeline process {dead[0] + 1} of {len(procs)} ended without a result "
+                                  f"(exit code {procs[dead[0]].exitcode})") from None
+            continue
+        if kind == "error":
+            raise YoloptError(f"{where}: a pipeline process failed: {payload}")
+        if kind == want:
+            got[k] = payload
+    return got
+
+
+def _stream_processes(backend, imgsz, spec: BenchSpec, n_calls: int) -> tuple[float, dict, float]:
+    """Throughput (images / s) of ``spec.streams`` end-to-end pipelines, each in a process of its own with its
+    own session (``backend``'s artifact and options), started together; the percentiles of all their calls
+    and the memory the pipelines need (MB: the sum of each process's peak RSS above its RSS before it opened the
+    artifact). The processes are spawned and warmed up before the clock starts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    kwargs = dict(getattr(backend, "_open_kwargs", {}))
+    procs = [ctx.Process(target=_stream_child, daemon=True,
+                         args=(type(backend), str(backend.path), kwargs, imgsz, spec, n_calls, k, go, results))
+             for k in range(spec.streams)]
+    for p in procs:
+        p.start()
+    try:
+        _collect(results, procs, "ready", backend.path)
+        t0 = time.perf_counter()
+        go.set()
+        got = _collect(results, procs, "ok", backend.path)
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.join(timeout=5 if go.is_set() else 0.1)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    lats = [g[0] for g in got.values()]
+    total = sum(len(s) for s in lats) * spec.batch
+    return total / wall, percentiles([v for s in lats for v in s]), float(sum(g[1] for g in got.values()))
 
 
 def interleaved(artifacts: dict, imgsz, threads: int | None = None, rounds: int = 5, iters: int = 20,

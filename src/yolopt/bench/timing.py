@@ -36,6 +36,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux (bytes on macOS)
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now (MB; 0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def artifact_size_mb(path) -> float:
     p = Path(path)
     if not p.exists():

@@ -18,7 +18,8 @@ def register(sub) -> None:
         help="measure latency (p50/p90/p99), FPS and parallel throughput",
         description="Benchmark a .pt/.safetensors/.onnx/.xml/.torchscript/.engine model: model-only on a fixed "
         "random input, or --end2end on real images (decode + letterbox + inference + NMS). Reports latency "
-        "percentiles, FPS, throughput with N parallel streams (separate sessions in threads), peak RSS and size.",
+        "percentiles, FPS, throughput with N parallel streams (end to end: one process per stream, as a deploy "
+        "bundle's workers; model-only: sessions in threads), peak RSS and size.",
     )
     p.add_argument("weights", help="model file")
     p.add_argument("--imgsz", type=imgsz_arg, default=640, help="input size (default 640; fixed artifacts use their own)")

@@ -89,6 +89,7 @@ class VariantResult:
     size_mb: float | None = None
     threads_per_stream: int | None = None
     machine: dict | None = None
+    measured_by: str | None = None  # "infer.py": its deploy bundle's own pipeline; "yolopt": yolopt's (no bundle)
     params: int | None = None
     gflops: float | None = None
     seconds: float | None = None  # build + measurement of this variant
@@ -126,6 +127,7 @@ class VariantResult:
         self.fps, self.latency_ms, self.stages_ms = b.fps, b.latency_ms, b.stages_ms
         self.peak_mem_mb, self.size_mb, self.threads_per_stream, self.machine = (b.peak_mem_mb, b.size_mb,
                                                                                  b.threads_per_stream, b.machine)
+        self.measured_by = b.measured_by
 
     def to_dict(self) -> dict:
         out = {}

@@ -72,10 +72,11 @@ class BenchResult:
     fps: float
     latency_ms: dict  # p50, p99, mean, ... of one image end to end (ms)
     stages_ms: dict | None  # decode, preprocess, inference, nms, postprocess (ms per image)
-    peak_mem_mb: float  # the runtime's peak resident memory in the benchmark process
+    peak_mem_mb: float  # peak resident memory of the deployed pipeline: its bundle's worker processes, summed
     size_mb: float  # the artifact on disk
     threads_per_stream: int
     machine: dict  # the benchmark process's machine block
+    measured_by: str = "infer.py"  # the bundle's own pipeline, or "yolopt" (an artifact that makes no bundle)
 
 
 @dataclass
@@ -268,12 +269,22 @@ def evaluate_variant(artifact: str, v: Variant, spec: OptimizeSpec) -> tuple[Acc
 
 def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[str],
                   seconds: float | None = None) -> BenchResult:
-    """End-to-end latency and throughput in a child process (:mod:`yolopt.pipeline.worker`)."""
+    """End-to-end images/s, latency and memory in a child process (:mod:`yolopt.pipeline.worker`): the
+    variant's deploy bundle, written to a temporary folder with the settings it deploys with, run by its own
+    infer.py pipeline (:mod:`yolopt.pipeline.harness`), and the per-stage times of yolopt's pipeline; an
+    artifact that makes no bundle (a PyTorch model, a TensorRT engine) is timed by yolopt's pipeline alone."""
+    from .deploy import BundleSpec, write_bundle
+
     threads = max(1, spec.threads // v.streams)
     req = {"artifact": artifact, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": threads, "streams": v.streams,
            "images": images, "conf": spec.conf, "iou": spec.iou, "seconds": seconds or spec.bench_seconds,
            "spin": v.spin}
     with tempfile.TemporaryDirectory(prefix="yolopt-bench-") as tmp:
+        try:
+            req["bundle"] = str(write_bundle(artifact, Path(tmp) / "bundle", BundleSpec(
+                letterbox=v.letterbox, conf=spec.conf, iou=spec.iou, threads=threads, spin=v.spin, workers=v.streams)))
+        except YoloptError:
+            pass  # not bundleable: yolopt's own pipeline times it
         rq, out = Path(tmp) / "req.json", Path(tmp) / "out.json"
         rq.write_text(json.dumps(req))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -285,9 +296,13 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
                 raise TransientError(f"benchmark of {v.name} failed: its worker was killed by signal {-r.returncode}")
             raise YoloptError(f"benchmark of {v.name} failed: {tail}")
         rec = json.loads(out.read_text())
-    if v.streams > 1:  # throughput of all pipelines together; latency as each pipeline saw it
-        fps, lat = rec["throughput_fps"], rec["extra"]["stream_latency_ms"]
+    dep = rec.get("deployed")
+    if dep:  # the bundle's own pipeline: all its workers together
+        fps, lat, mem = dep["fps"], dep["latency_ms"], dep["peak_mem_mb"]
+    elif v.streams > 1:  # throughput of all pipelines together; latency as each pipeline saw it
+        fps, lat, mem = rec["throughput_fps"], rec["extra"]["stream_latency_ms"], rec["model_mem_mb"]
     else:
-        fps, lat = rec["fps"], rec["latency_ms"]
-    return BenchResult(fps=fps, latency_ms=lat, stages_ms=rec.get("stages_ms"), peak_mem_mb=rec["model_mem_mb"],
+        fps, lat, mem = rec["fps"], rec["latency_ms"], rec["model_mem_mb"]
+    return BenchResult(fps=fps, latency_ms=lat, stages_ms=rec.get("stages_ms"), peak_mem_mb=mem,
+                       measured_by="infer.py" if dep else "yolopt",
                        size_mb=rec["size_mb"], threads_per_stream=threads, machine=rec["machine"])
