@@ -6,7 +6,8 @@ and at the best FP32 pipeline setting the run measured.
 Reads the run's ``results.json``; writes ``OUT/deploy_fp32_defaults`` (the ``fp32`` variant's artifact, one
 pipeline, the runtime's own thread count and spin setting) and ``OUT/deploy_fp32_best`` (the same artifact with
 the pipelines, threads and spin of the fastest of the run's FP32 pipeline variants: ``fp32``, ``fp32-2streams``,
-``fp32-nospin``), each with ``report.fps`` = that variant's end-to-end images/s in the run. Then
+``fp32-nospin``), each with ``report.fps`` = that variant's end-to-end images/s in the run (the median of the
+confirmation rounds where the run timed it there, as the recommended bundle's). Then
 
     PYTHONPATH=src python benchmarks/bundle_e2e.py OUT/deploy_fp32_defaults OUT/deploy_fp32_best OUT/deploy \
         --images FOLDER --out benchmarks/results/NAME.json
@@ -46,8 +47,12 @@ def main() -> int:
     artifact = Path(base["artifact"])
     if not artifact.is_absolute() and not artifact.exists():
         artifact = args.run.parent.parent / artifact  # a path relative to where optimize ran
+    confirmed = (res.get("confirm") or {}).get("median_fps") or {}  # the interleaved rounds' medians, when run
     for name, row, defaults in (("deploy_fp32_defaults", base, True), ("deploy_fp32_best", best, False)):
-        report = {"name": row["name"], "fps": row["fps"], "map50_95": row.get("map50_95"), "map50": row.get("map50")}
+        fps = confirmed.get(row["name"], row["fps"])
+        report = {"name": row["name"], "fps": fps, "fps_first_pass": row["fps"], "map50_95": row.get("map50_95"),
+                  "map50": row.get("map50"), "fps_rounds": (res.get("confirm") or {}).get("rounds")
+                  if row["name"] in confirmed else None}
         opts = dict(letterbox=base["letterbox"], report=report)
         if not defaults:
             opts.update(threads=row.get("threads_per_stream") or row.get("threads"),
@@ -55,7 +60,7 @@ def main() -> int:
         else:
             opts.update(workers=1)
         write_bundle(artifact, out / name, **opts)
-        print(f"{out / name}: {row['name']} ({row['description']}), report {row['fps']:.1f} images/s")
+        print(f"{out / name}: {row['name']} ({row['description']}), report {fps:.1f} images/s")
     return 0
 
 

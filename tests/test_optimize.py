@@ -253,6 +253,12 @@ def test_demo_without_shared_ends_with_a_recommendation_and_a_report(tmp_path, m
     assert res["time_spent_s"] <= res["budget"]["time_budget_s"] * 1.1  # the whole run, confirmation included
     assert "recommendation (realtime)" in r.stdout and "report.html" in r.stdout
     assert (out / "report.html").stat().st_size > 20_000 and (out / "deploy" / "infer.py").exists()
+    # every variant was timed through its own bundle's infer.py; the bundle reports what its README promises
+    assert {v.get("measured_by") for v in res["variants"] if v["status"] == "done"} == {"infer.py"}
+    dep = json.loads((out / "deploy" / "deploy.json").read_text())["report"]
+    if res.get("confirm"):  # the interleaved rounds' median, not the first pass
+        assert dep["fps"] == res["confirm"]["median_fps"][rec["variant"]] and dep["fps_rounds"] >= 1
+    assert f"{dep['fps']:.1f} images/s" in (out / "deploy" / "README.md").read_text()
 
 
 def test_no_spin_pipeline_setting_same_outputs_and_carried_into_the_bundle(tmp_path):

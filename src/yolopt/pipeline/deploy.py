@@ -239,8 +239,10 @@ def _throughput(cfg: dict) -> str:
     text = "\n## Throughput\n\n"
     if isinstance(fps, (int, float)):
         on = f" on {rep['cpu']}" if rep.get("cpu") else ""
-        text += (f"yolopt measured **{fps:.1f} images/s** end to end (decode, letterbox, inference, NMS){on}, with "
-                 f"{w} pipeline(s) x {t or 'default'} thread(s). This command runs the same:\n")
+        rounds = f" (median of {rep['fps_rounds']} interleaved rounds)" if rep.get("fps_rounds") else ""
+        text += (f"yolopt measured **{fps:.1f} images/s**{rounds} end to end (read, letterbox, inference, NMS: this "
+                 f"bundle's own pipeline){on}, with {w} pipeline(s) x {t or 'default'} thread(s). This command runs "
+                 "the same:\n")
     else:
         text += "Run the pipelines deploy.json recommends with:\n"
     return text + f"\n```\n{run_command(cfg)}\n```\n"

@@ -13,6 +13,7 @@ lend them its memory figures.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,9 +70,41 @@ def _percentiles(ms: list[float]) -> dict:
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
-def measure_bundle(bundle: str | Path, images: list[str], seconds: float, warmup: int = 2) -> DeployedRun:
+def _in_process(mod, bundle: Path, cfg: dict, settings: dict, images: list[str], seconds: float,
+                warmup: int) -> DeployedRun:
+    """One pipeline, in this process, as ``infer.py`` runs ``--workers 1``."""
+    try:
+        det = mod.Detector(cfg, settings)
+    except Exception as e:  # noqa: BLE001 - the runtime refusing the model: one line, as infer.py's workers say it
+        msg = str(e).strip().splitlines()
+        raise YoloptError(f"{bundle}: {type(e).__name__}: {msg[0] if msg else ''}") from None
+
+    def one(k: int) -> float:
+        rec, warning, m = det(images[k % len(images)], None, None)
+        if warning:
+            raise YoloptError(f"{bundle}: {warning}")
+        return m
+
+    for k in range(max(1, warmup)):
+        one(k)
+    ms: list[float] = []
+    t0 = time.perf_counter()
+    k = max(1, warmup)
+    while not ms or time.perf_counter() - t0 < seconds:
+        ms.append(one(k))
+        k += 1
+    wall = time.perf_counter() - t0
+    return DeployedRun(fps=len(ms) / wall, images=len(ms), seconds=wall, workers=1, threads=settings["threads"],
+                       latency_ms=_percentiles(ms), peak_mem_mb=_peak_rss_mb(os.getpid()))
+
+
+def measure_bundle(bundle: str | Path, images: list[str], seconds: float, warmup: int = 2,
+                   workers: int | None = None) -> DeployedRun:
     """Time ``bundle`` (a deploy bundle folder) on ``images`` (image files, cycled over) for about ``seconds``,
-    after ``warmup`` images per worker, with infer.py's own defaults for ``--workers`` / ``--threads`` here.
+    after ``warmup`` images per worker, with infer.py's own defaults for ``--workers`` / ``--threads`` here: one
+    pipeline in this process, more in infer.py's worker processes (``WorkerPool``), as infer.py runs them.
+    ``peak_mem_mb``: one pipeline, this process's peak (call it from a process that holds no torch); more, the
+    workers' peaks summed. ``workers``: as infer.py's ``--workers`` (default: its own default).
     Any failure of the bundle (a worker that dies, an image it cannot read) is one :class:`YoloptError` line."""
     bundle = Path(bundle)
     if not images:
@@ -79,10 +112,13 @@ def measure_bundle(bundle: str | Path, images: list[str], seconds: float, warmup
     mod = _load_infer(bundle)
     try:
         cfg = mod.load_config(str(bundle / "deploy.json"))
-        settings = mod.settings_of(mod.parse_args([str(images[0]), "--quiet"]), cfg)
+        argv = [str(images[0]), "--quiet"] + ([] if workers is None else ["--workers", str(workers)])
+        settings = mod.settings_of(mod.parse_args(argv), cfg)
+        if settings["workers"] == 1:  # infer.py runs one pipeline in its own process: so here
+            return _in_process(mod, bundle, cfg, settings, images, seconds, warmup)
         pool = mod.WorkerPool(settings["workers"], cfg, settings)
     except mod.BundleError as e:
-        raise YoloptError(f"{bundle}: {e}") from None
+        raise YoloptError(f"{bundle}: {str(e).splitlines()[0]}") from None
     workers = settings["workers"]
     n_warm = max(1, warmup) * workers
     ms: list[float] = []

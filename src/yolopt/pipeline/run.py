@@ -622,6 +622,10 @@ def _optimize(opt: Optimizer) -> OptimizeResults:
                                                "latency_ms", "size_mb", "threads", "streams")}
         if res.confirm is not None:
             summary["speedup_confirmed"] = res.confirm.speedup
+            # the bundle's throughput: the median of the interleaved rounds, not the one first-pass window (which
+            # a shared machine moves by 15-25%); the first pass stays beside it
+            summary["fps_first_pass"], summary["fps"] = r.fps, res.confirm.median_fps[name]
+            summary["fps_rounds"] = res.confirm.rounds
         summary["cpu"] = (r.machine or {}).get("cpu")
         bundle = BundleSpec(letterbox=r.letterbox, conf=spec.conf, iou=spec.iou, report=summary, threads=r.threads,
                             spin=r.spin, workers=r.streams or 1)

@@ -280,11 +280,16 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
            "images": images, "conf": spec.conf, "iou": spec.iou, "seconds": seconds or spec.bench_seconds,
            "spin": v.spin}
     with tempfile.TemporaryDirectory(prefix="yolopt-bench-") as tmp:
+        dlog = logging.getLogger(write_bundle.__module__)
+        level = dlog.level
+        dlog.setLevel(logging.WARNING)  # a temporary bundle: no "wrote deploy bundle" line
         try:
             req["bundle"] = str(write_bundle(artifact, Path(tmp) / "bundle", BundleSpec(
                 letterbox=v.letterbox, conf=spec.conf, iou=spec.iou, threads=threads, spin=v.spin, workers=v.streams)))
         except YoloptError:
             pass  # not bundleable: yolopt's own pipeline times it
+        finally:
+            dlog.setLevel(level)
         rq, out = Path(tmp) / "req.json", Path(tmp) / "out.json"
         rq.write_text(json.dumps(req))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -39,7 +39,7 @@ def measure_request(req: dict) -> dict:
         kwargs["spin"] = False
     backend = open_backend(req["artifact"], threads=int(req["threads"]), **kwargs)
     rec = bench.measure(backend, req["imgsz"], bench.BenchSpec(
-        warmup=max(3, len(req["images"]) // 2), iters=None, streams=streams,
+        warmup=3 if deployed else max(3, len(req["images"]) // 2), iters=None, streams=streams,
         duration=float(req["seconds"]) / (4 if deployed else 1),
         source=req["images"], conf=req["conf"], iou=req["iou"], mode=req["letterbox"]))
     out = rec.to_dict()
