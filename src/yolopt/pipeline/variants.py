@@ -274,13 +274,14 @@ def bench_variant(artifact: str, v: Variant, spec: OptimizeSpec, images: list[st
     infer.py pipeline (:mod:`yolopt.pipeline.harness`), and the per-stage times of yolopt's pipeline; an
     artifact that makes no bundle (a PyTorch model, a TensorRT engine) is timed by yolopt's pipeline alone."""
     from .deploy import BundleSpec, write_bundle
+    from .deploy import log as deploy_log
 
     threads = max(1, spec.threads // v.streams)
     req = {"artifact": artifact, "imgsz": v.imgsz, "letterbox": v.letterbox, "threads": threads, "streams": v.streams,
            "images": images, "conf": spec.conf, "iou": spec.iou, "seconds": seconds or spec.bench_seconds,
            "spin": v.spin}
     with tempfile.TemporaryDirectory(prefix="yolopt-bench-") as tmp:
-        dlog = logging.getLogger(write_bundle.__module__)
+        dlog = deploy_log
         level = dlog.level
         dlog.setLevel(logging.WARNING)  # a temporary bundle: no "wrote deploy bundle" line
         try:
