@@ -75,9 +75,10 @@ def _copy_run(ref: Path, dest: Path, keep: tuple[str, ...] | None = None) -> Pat
     return out
 
 
-def _plan(spec, tmp_path, monkeypatch, shapes):
+def _plan(spec, tmp_path, monkeypatch, shapes, outcome=None):
     """Run optimize's planner alone on ``spec`` (no model, data or lock), every variant 'measured' at once as done,
-    drop 0, 10 images/s: (the optimizer, the variants in the order planned)."""
+    drop 0, 10 images/s (``outcome(variant)``: its (status, drop) instead): (the optimizer, the variants in the
+    order planned)."""
     from yolopt.pipeline import run as run_mod
 
     opt = run_mod.Optimizer.__new__(run_mod.Optimizer)
@@ -91,6 +92,8 @@ def _plan(spec, tmp_path, monkeypatch, shapes):
         self.order.append(v.name)
         r = self._record(v)
         r.status, r.drop, r.fps, r.seconds, r.build_seconds = "done", 0.0, 10.0, 1.0, 0.5
+        if outcome is not None:
+            r.status, r.drop = outcome(v)
         self.results[v.name] = r
         return r
 
@@ -304,6 +307,29 @@ def test_qat_candidate_where_int8_misses_the_budget(synth_data, ref_run, tmp_pat
     build = json.loads(next((out / "artifacts").glob("qat1-160-dyn/build.json")).read_text())
     assert build["details"]["qat"]["epochs"] == 1 and "map50_95_gain_over_ptq" in build["details"]["qat"]
     assert (out / "artifacts" / "qat1-160-dyn.qat_run" / "qat_ranges.json").is_file()
+
+
+@pytest.mark.parametrize("mixed_ok", [False, True])
+def test_a_failed_mixed_build_is_not_tried_again_for_rect(tmp_path, monkeypatch, mixed_ok):
+    """Mixed precision is planned where plain INT8 misses the budget; its rect variant shares the build, so it is
+    planned only when the square one was built (on coco128 a failed accuracy-control search took 25 minutes, and
+    the rect row ran it a second time)."""
+    from yolopt.pipeline.spec import OptimizeSpec
+
+    spec = OptimizeSpec(str(SYNTH_MODEL), "d.yaml", target="onnxruntime", pin_target=True, imgsz=[160], prune=False,
+                        qat_epochs=0, threads=1, out=str(tmp_path / "o")).check()
+
+    def outcome(v):
+        if v.kind == "int8":
+            return "done", 0.05  # misses the 1-point budget
+        if v.kind == "mixed":
+            return ("done", 0.0) if mixed_ok else ("failed", None)
+        return "done", 0.0
+
+    _, seen = _plan(spec, tmp_path, monkeypatch, shapes=[(50, 160)] * 4, outcome=outcome)  # wide: rect pays
+    names = [v.name for v in seen]
+    assert "int8-rect160" in names and "mixed-160" in names
+    assert ("mixed-rect160" in names) is mixed_ok
 
 
 # --- target ncnn -----------------------------------------------------------------------------------

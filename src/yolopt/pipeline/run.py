@@ -386,10 +386,10 @@ class Optimizer:
                 if not q or not q.done or q.drop <= spec.max_map_drop:
                     continue
                 f = (s / s0) ** 2
-                self.run_variant(Variant(f"mixed-{s}", "mixed", f"INT8 with the most sensitive layers float (accuracy "
-                                         f"control at half the budget), {s} square", build_key("mixed", s, True), s,
-                                         estimate_s=costs.mixed_s(c0, s0) * f))
-                if rect_ok:
+                mixed = self.run_variant(Variant(f"mixed-{s}", "mixed", f"INT8 with the most sensitive layers float "
+                                                 f"(accuracy control at half the budget), {s} square",
+                                                 build_key("mixed", s, True), s, estimate_s=costs.mixed_s(c0, s0) * f))
+                if rect_ok and mixed.done:  # the rect variant shares the build: a failed one is not tried twice
                     self.run_variant(Variant(f"mixed-rect{s}", "mixed", f"mixed INT8, {s} rect letterbox",
                                              build_key("mixed", s, True), s, "rect", estimate_s=c0 * f))
         # 6b) QAT, where plain INT8 misses the budget (needs training time, like pruning)
