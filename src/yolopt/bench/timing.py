@@ -22,29 +22,31 @@ def percentiles(samples_ms) -> dict:
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
+def _status_mb(key: str) -> float | None:
+    """A memory line of this process's ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in MB; None without /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (MB): Linux's ``VmHWM``, the high-water mark of this
     process's own memory. Not ``getrusage``'s ``ru_maxrss`` where ``VmHWM`` exists: a process started by fork +
     exec inherits its parent's resident size at the fork there (optimize's benchmark workers, started from a
     4 GB optimize process after an OpenVINO INT8 build, reported 4281 MB for a model that needs 100)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux (bytes on macOS)
 
 
 def rss_mb() -> float:
     """Resident memory of this process now (MB; 0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
+    return _status_mb("VmRSS") or 0.0
 
 
 def artifact_size_mb(path) -> float:
