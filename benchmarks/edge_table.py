@@ -24,7 +24,8 @@ leaves latency out. For ppe_yolov5n on hardhat (FP32 on every runtime):
 
     PYTHONPATH=src python benchmarks/edge_table.py ../shared/weights/ppe_yolov5n.pt \
         --data ../shared/data/hardhat/hardhat.yaml --match-classes --imgsz 640 --threads 0 \
-        --only openvino ncnn litert executorch --images ../shared/data/images/bus.jpg \
+        --only openvino ncnn litert executorch \
+        --images ../shared/data/images/bus.jpg $(ls ../shared/data/hardhat/images/val/*.jpg | head -8) \
         --work runs/edge_table_ppe --out benchmarks/results/edge_table_ppe.json
 
 Writes one JSON with the machine block (CPU, ISA flags, versions). Run it with the cores otherwise idle.
