@@ -136,7 +136,12 @@ def test_kill9_mid_run_then_rerun_reuses_finished_variants(synth_data, ref_run, 
     res = json.loads((out / "results.json").read_text())
     base = next(v for v in res["variants"] if v["name"] == "fp32")
     assert base["fps"] == before["fps"] and base["seconds"] == before["seconds"]  # reused, not measured again
-    assert res["recommendation"]["variant"] == ref_res["recommendation"]["variant"]
+    assert [v["name"] for v in res["variants"] if v["status"] == "done"] == names  # the same variants, in order
+    # the realtime choice over the resumed rows (every variant meets the 50-point budget: the fastest). Not "the
+    # reference run's choice": fp32 and fp32-96 differ by 1.2-1.7x end to end at these sizes, and a 0.5-s window on
+    # a shared core moved one variant by 35% between runs, so the re-measured one may swap places
+    fps = {v["name"]: v["fps"] for v in res["variants"] if v["status"] == "done"}
+    assert res["recommendation"]["variant"] == max(fps, key=fps.get), fps
     assert (out / "report.html").exists() and (out / "deploy" / "deploy.json").exists()
 
     # a third run measures nothing: every variant comes from the cache
